@@ -1,0 +1,58 @@
+// Batched elementwise: out = s_b * (a*x + d*I) + bb*y, where s_b = pow(max(scal[b]*mult + add, floor), power)
+// is a per-matrix scalar computed on the device (norms, traces) and I is the identity of each m×n matrix.
+struct U {
+    total: u32, per: u32, cols: u32, rows: u32,
+    x_off: u32, y_off: u32, o_off: u32, s_off: u32,
+    a: f32, d: f32, bb: f32, mult: f32,
+    add: f32, floor: f32, power: f32, groups_x: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;
+//#if HAS_X
+@group(0) @binding({{X_BIND}}) var<storage, read> x: array<f32>;
+//#endif
+//#if HAS_Y
+@group(0) @binding({{Y_BIND}}) var<storage, read> y: array<f32>;
+//#endif
+//#if HAS_S
+@group(0) @binding({{S_BIND}}) var<storage, read> scal: array<f32>;
+//#endif
+
+fn rnd(v: f32) -> f32 {
+//#if ROUND_BF16
+    let bits = bitcast<u32>(v);
+    return bitcast<f32>((bits + 0x7fffu + ((bits >> 16u) & 1u)) & 0xffff0000u);
+//#else
+//#if ROUND_F16
+    return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
+//#else
+    return v;
+//#endif
+//#endif
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = (wg.y * u.groups_x + wg.x) * 256u + li;
+    if (i >= u.total) { return; }
+    let batch = i / u.per;
+    let within = i % u.per;
+    var v = 0.0;
+//#if HAS_X
+    v = u.a * x[u.x_off + i];
+//#endif
+//#if X_INPLACE
+    v = u.a * o[u.o_off + i];
+//#endif
+    if (within / u.cols == within % u.cols) { v += u.d; }
+//#if HAS_S
+    v *= pow(max(scal[u.s_off + batch] * u.mult + u.add, u.floor), u.power);
+//#endif
+//#if HAS_Y
+    v += u.bb * y[u.y_off + i];
+//#endif
+//#if Y_INPLACE
+    v += u.bb * o[u.o_off + i];
+//#endif
+    o[u.o_off + i] = rnd(v);
+}

@@ -1,0 +1,87 @@
+// Batched out = alpha * op(A) op(B) + beta * C, f32 accumulation, one register tile per invocation.
+// The tile body is generated unrolled (named accumulators) by src/linalg/matmul.rs.
+// Indices of loads are clamped into range and stores are guarded, so no access leaves its matrix.
+struct U {
+    m: u32, n: u32, k: u32, tiles_n: u32,
+    a_off: u32, a_bs: u32, b_off: u32, b_bs: u32,
+    c_off: u32, c_bs: u32, o_off: u32, o_bs: u32,
+    alpha: f32, beta: f32, tiles_m: u32, _pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+//#if HAS_C
+@group(0) @binding(4) var<storage, read> c: array<f32>;
+//#endif
+
+// Precision emulation of the inputs and outputs (f32: identity; bf16: round-to-nearest-even to 8 mantissa bits).
+fn rnd(x: f32) -> f32 {
+//#if ROUND_BF16
+    let bits = bitcast<u32>(x);
+    let lsb = (bits >> 16u) & 1u;
+    return bitcast<f32>((bits + 0x7fffu + lsb) & 0xffff0000u);
+//#else
+//#if ROUND_F16
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+//#else
+    return x;
+//#endif
+//#endif
+}
+
+fn la(batch: u32, r: u32, kk: u32) -> f32 {
+//#if TRANS_A
+    return rnd(a[u.a_off + batch * u.a_bs + kk * u.m + r]);
+//#else
+    return rnd(a[u.a_off + batch * u.a_bs + r * u.k + kk]);
+//#endif
+}
+
+fn lb(batch: u32, kk: u32, cidx: u32) -> f32 {
+//#if TRANS_B
+    return rnd(b[u.b_off + batch * u.b_bs + cidx * u.k + kk]);
+//#else
+    return rnd(b[u.b_off + batch * u.b_bs + kk * u.n + cidx]);
+//#endif
+}
+
+fn store(batch: u32, r: u32, cidx: u32, v: f32) {
+    if (r >= u.m || cidx >= u.n) { return; }
+//#if SYM
+    if (cidx < r) { return; }
+//#endif
+    var acc = u.alpha * v;
+//#if HAS_C
+    acc += u.beta * c[u.c_off + batch * u.c_bs + r * u.n + cidx];
+//#endif
+//#if C_INPLACE
+    acc += u.beta * o[u.o_off + batch * u.o_bs + r * u.n + cidx];
+//#endif
+    o[u.o_off + batch * u.o_bs + r * u.n + cidx] = rnd(acc);
+//#if SYM
+    if (r != cidx) { o[u.o_off + batch * u.o_bs + cidx * u.n + r] = rnd(acc); }
+//#endif
+}
+
+@compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z;
+    let ti = wg.y;
+    let tj = wg.x;
+//#if SYM
+    // Symmetric output: tiles wholly below the diagonal have nothing to do (the upper tiles mirror into them).
+    if ((tj + 1u) * {{TILE_N}}u <= ti * {{TILE_M}}u) { return; }
+//#endif
+    let row0 = ti * {{TILE_M}}u + lid.y * {{TM}}u;
+    let col0 = tj * {{TILE_N}}u + lid.x;
+    let mlast = u.m - 1u;
+    let nlast = u.n - 1u;
+{{ROWS}}
+{{COLS}}
+{{DECL}}
+    for (var kk = 0u; kk < u.k; kk++) {
+{{BODY}}
+    }
+{{STORE}}
+}

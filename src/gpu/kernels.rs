@@ -1,0 +1,161 @@
+//! The kernel registry: WGSL sources embedded at build time, specialized by light templating,
+//! validated with naga and compiled once per (kernel, variant) into a cached pipeline.
+//!
+//! Templating: `{{NAME}}` is replaced by the define's value; lines between `//#if NAME` and
+//! `//#endif` (with an optional `//#else`) are kept when `NAME` is defined and not `0`/`false`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+macro_rules! shader_table {
+    ($($path:literal),* $(,)?) => {
+        /// Every embedded WGSL file, by its path under `shaders/`.
+        pub const SHADERS: &[(&str, &str)] = &[$(($path, include_str!(concat!("../../shaders/", $path)))),*];
+    };
+}
+
+shader_table!(
+    "linalg/matmul.wgsl",
+    "linalg/elementwise.wgsl",
+    "linalg/reduce.wgsl",
+    "linalg/row_col.wgsl",
+    "linalg/transpose.wgsl",
+    "linalg/jacobi.wgsl",
+    "linalg/qr.wgsl",
+    "linalg/cholesky.wgsl",
+    "linalg/trsm.wgsl",
+    "linalg/eig_apply.wgsl",
+);
+
+/// A compiled compute pipeline plus its bind-group layout.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) name: String,
+}
+
+/// Pipelines keyed by file and defines.
+#[derive(Default)]
+pub(crate) struct KernelCache {
+    map: Mutex<HashMap<String, Kernel>>,
+}
+
+/// Apply `//#if` blocks and `{{KEY}}` substitutions.
+pub fn specialize(source: &str, defines: &[(&str, String)]) -> std::result::Result<String, String> {
+    let truthy = |k: &str| defines.iter().any(|(n, v)| *n == k && v != "0" && v != "false");
+    let mut out = String::with_capacity(source.len());
+    let mut stack: Vec<(bool, bool)> = Vec::new(); // (this block active, parent active)
+    for line in source.lines() {
+        let t = line.trim();
+        let active = stack.last().map(|s| s.0).unwrap_or(true);
+        if let Some(name) = t.strip_prefix("//#if ") {
+            stack.push((active && truthy(name.trim()), active));
+        } else if t == "//#else" {
+            let top = stack.last_mut().ok_or("//#else without //#if")?;
+            top.0 = top.1 && !top.0;
+        } else if t == "//#endif" {
+            stack.pop().ok_or("//#endif without //#if")?;
+        } else if active {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err("unterminated //#if".into());
+    }
+    for (k, v) in defines {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    if let Some(pos) = out.find("{{") {
+        let end = out[pos..].find("}}").map(|e| pos + e + 2).unwrap_or(out.len());
+        return Err(format!("undefined template key {}", &out[pos..end]));
+    }
+    Ok(out)
+}
+
+impl Gpu {
+    /// The pipeline for `file` (a path under `shaders/`) specialized with `defines`, compiled on first use.
+    pub fn kernel(&self, file: &str, entry: &str, defines: &[(&str, String)]) -> Result<Kernel> {
+        let key = format!("{file}:{entry}:{defines:?}");
+        let cache = &self.inner.kernels;
+        if let Some(k) = cache.map.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(k.clone());
+        }
+        let kernel = self.compile(file, entry, defines, &key)?;
+        cache.map.lock().map_err(|_| poisoned())?.insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn compile(&self, file: &str, entry: &str, defines: &[(&str, String)], key: &str) -> Result<Kernel> {
+        let shader_err = |message: String| Error::Shader { kernel: key.to_string(), message };
+        let source = SHADERS
+            .iter()
+            .find(|(p, _)| *p == file)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| shader_err("no such shader file".into()))?;
+        let code = specialize(source, defines).map_err(&shader_err)?;
+        // Validate with naga first: wgpu reports shader errors asynchronously, we want them now.
+        let module = naga::front::wgsl::parse_str(&code).map_err(|e| shader_err(e.emit_to_string(&code)))?;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .map_err(|e| shader_err(e.emit_to_string(&code)))?;
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(code.into()) };
+        let device = &self.inner.device;
+        // SAFETY: every wgoptim kernel guards its indices against the sizes in its uniforms (audited, and tested
+        // on awkward shapes), so removing the driver-side bounds checks cannot cause out-of-bounds access.
+        // Bounds checks cost ~35 % on CPU adapters.
+        #[cfg(not(target_arch = "wasm32"))]
+        let shader = unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) };
+        #[cfg(target_arch = "wasm32")]
+        let shader = device.create_shader_module(desc);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key),
+            layout: None,
+            module: &shader,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        Ok(Kernel { pipeline, layout, name: key.to_string() })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Device("kernel cache lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::specialize;
+
+    #[test]
+    fn templating_handles_blocks_and_keys() {
+        let src = "a\n//#if X\nb {{N}}\n//#else\nc\n//#endif\n//#if Y\nd\n//#endif\n";
+        assert_eq!(specialize(src, &[("X", "1".into()), ("N", "4".into())]).unwrap(), "a\nb 4\n");
+        assert_eq!(specialize(src, &[("X", "0".into())]).unwrap(), "a\nc\n");
+        assert!(specialize("{{Q}}", &[]).is_err());
+        assert!(specialize("//#if A\n", &[]).is_err());
+    }
+
+    #[test]
+    fn every_shader_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "wgsl") {
+                    let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().replace('\\', "/");
+                    assert!(super::SHADERS.iter().any(|(n, _)| *n == rel), "{rel} is not in SHADERS");
+                }
+            }
+        }
+    }
+}

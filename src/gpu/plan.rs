@@ -1,0 +1,310 @@
+//! The step plan: dispatches whose bind groups are created once at build time, recorded into
+//! one compute pass (one per stage when timing) of one encoder, and submitted once per run.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Tensor};
+
+struct Pending {
+    kernel: Kernel,
+    uniform: (u64, u64),
+    buffers: Vec<wgpu::Buffer>,
+    workgroups: [u32; 3],
+    stage: usize,
+}
+
+/// Collects dispatches; [`PlanBuilder::build`] turns them into a [`Plan`].
+///
+/// Every kernel takes its static arguments (sizes, offsets, alpha/beta) in a small uniform block at
+/// binding 0 and its tensors as storage buffers at bindings 1, 2, …; all uniform blocks of a plan share
+/// one buffer, written once at build time.
+pub struct PlanBuilder {
+    gpu: Gpu,
+    items: Vec<Pending>,
+    uniforms: Vec<u8>,
+    stages: Vec<String>,
+    timing: bool,
+    params: Option<Tensor>,
+}
+
+impl PlanBuilder {
+    /// An empty plan for `gpu`, with one stage named `main`.
+    pub fn new(gpu: &Gpu) -> PlanBuilder {
+        PlanBuilder {
+            gpu: gpu.clone(),
+            items: Vec::new(),
+            uniforms: Vec::new(),
+            stages: vec!["main".into()],
+            timing: false,
+            params: None,
+        }
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Start a named stage: later dispatches are timed under this name when timing is on.
+    pub fn stage(&mut self, name: &str) {
+        if self.items.iter().any(|p| p.stage == self.stages.len() - 1) {
+            self.stages.push(name.to_string());
+        } else if let Some(last) = self.stages.last_mut() {
+            *last = name.to_string();
+        }
+    }
+
+    /// Measure device time per stage with timestamp queries (ignored where the adapter has none).
+    pub fn with_timing(mut self, on: bool) -> PlanBuilder {
+        self.timing = on && self.gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        self
+    }
+
+    /// A zero-filled workspace tensor owned by the plan's caller, allocated now (never per run).
+    pub fn scratch(&mut self, shape: &[usize]) -> Result<Tensor> {
+        Tensor::zeros(&self.gpu, shape)
+    }
+
+    /// The per-run parameter block (`len` f32 values, e.g. lr and step), written by [`Plan::set_params`]
+    /// once per run; kernels bind it like any tensor.
+    pub fn step_params(&mut self, len: usize) -> Result<Tensor> {
+        if let Some(p) = &self.params {
+            return Ok(p.clone());
+        }
+        let p = Tensor::zeros(&self.gpu, &[len.max(1)])?;
+        self.params = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Record one dispatch of `kernel` with `uniforms` at binding 0 and `tensors` at bindings 1…
+    pub fn dispatch<U: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        uniforms: &U,
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let limits = self.gpu.limits();
+        for t in tensors {
+            if !t.gpu.same_device(&self.gpu) {
+                return Err(Error::DeviceMismatch { op: "PlanBuilder::dispatch" });
+            }
+            let bytes = t.buffer.size();
+            if bytes > limits.max_storage_buffer_binding_size as u64 {
+                return Err(Error::BindingTooLarge {
+                    op: "PlanBuilder::dispatch",
+                    bytes,
+                    limit: limits.max_storage_buffer_binding_size as u64,
+                });
+            }
+        }
+        let max = limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(Error::InvalidArgument {
+                op: "PlanBuilder::dispatch",
+                name: "workgroups",
+                detail: format!("{workgroups:?} exceeds the device limit of {max} per dimension ({})", kernel.name),
+            });
+        }
+        let align = limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let offset = self.uniforms.len().div_ceil(align) * align;
+        let bytes = bytemuck::bytes_of(uniforms);
+        self.uniforms.resize(offset, 0);
+        self.uniforms.extend_from_slice(bytes);
+        self.items.push(Pending {
+            kernel: kernel.clone(),
+            uniform: (offset as u64, bytes.len() as u64),
+            buffers: tensors.iter().map(|t| t.buffer.clone()).collect(),
+            workgroups,
+            stage: self.stages.len() - 1,
+        });
+        Ok(())
+    }
+
+    /// Create the uniform buffer and every bind group.
+    pub fn build(self) -> Result<Plan> {
+        let device = self.gpu.device();
+        let ubuf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgoptim plan uniforms"),
+            size: (self.uniforms.len().max(16) as u64).div_ceil(16) * 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !self.uniforms.is_empty() {
+            let mut data = self.uniforms.clone();
+            data.resize(ubuf.size() as usize, 0);
+            self.gpu.queue().write_buffer(&ubuf, 0, &data);
+        }
+        let dispatches = self
+            .items
+            .iter()
+            .map(|p| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &ubuf,
+                        offset: p.uniform.0,
+                        size: wgpu::BufferSize::new(p.uniform.1),
+                    }),
+                }];
+                for (i, b) in p.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                }
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&p.kernel.name),
+                    layout: &p.kernel.layout,
+                    entries: &entries,
+                });
+                Dispatch { pipeline: p.kernel.pipeline.clone(), bind_group, workgroups: p.workgroups, stage: p.stage }
+            })
+            .collect();
+        let timing = self.timing.then(|| Timing::new(device, self.stages.len()));
+        self.gpu.take_error()?;
+        Ok(Plan { gpu: self.gpu, dispatches, stages: self.stages, params: self.params, _uniforms: ubuf, timing })
+    }
+}
+
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+    stage: usize,
+}
+
+struct Timing {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+}
+
+impl Timing {
+    fn new(device: &wgpu::Device, stages: usize) -> Timing {
+        let count = 2 * stages as u32;
+        Timing {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgoptim stage timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgoptim timestamps"),
+                size: count as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+}
+
+/// A pre-built sequence of dispatches, replayed by [`Plan::run`] with one submit and no allocation.
+pub struct Plan {
+    gpu: Gpu,
+    dispatches: Vec<Dispatch>,
+    stages: Vec<String>,
+    params: Option<Tensor>,
+    _uniforms: wgpu::Buffer,
+    timing: Option<Timing>,
+}
+
+impl Plan {
+    /// Number of compute dispatches per run.
+    pub fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Stage names in order.
+    pub fn stages(&self) -> &[String] {
+        &self.stages
+    }
+
+    /// Write the per-run parameter block (see [`PlanBuilder::step_params`]).
+    pub fn set_params(&self, values: &[f32]) -> Result<()> {
+        match &self.params {
+            Some(p) if p.numel() >= values.len() => {
+                self.gpu.queue().write_buffer(&p.buffer, 0, bytemuck::cast_slice(values));
+                Ok(())
+            }
+            Some(p) => Err(Error::Shape {
+                op: "Plan::set_params",
+                detail: format!("{} values for a parameter block of {}", values.len(), p.numel()),
+            }),
+            None => Err(Error::InvalidArgument {
+                op: "Plan::set_params",
+                name: "values",
+                detail: "this plan has no parameter block".into(),
+            }),
+        }
+    }
+
+    /// Record every dispatch into a caller's encoder (embedding): one pass, or one per stage when timing.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.gpu.counters().add_dispatches(self.dispatches.len() as u64);
+        let Some(t) = &self.timing else {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgoptim"), timestamp_writes: None });
+            self.record_range(&mut pass, 0..self.dispatches.len());
+            return;
+        };
+        for s in 0..self.stages.len() {
+            let range = self.stage_range(s);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&self.stages[s]),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(2 * s as u32),
+                    end_of_pass_write_index: Some(2 * s as u32 + 1),
+                }),
+            });
+            self.record_range(&mut pass, range);
+        }
+        encoder.resolve_query_set(&t.queries, 0..2 * self.stages.len() as u32, &t.resolve, 0);
+    }
+
+    fn stage_range(&self, s: usize) -> std::ops::Range<usize> {
+        let start = self.dispatches.iter().position(|d| d.stage >= s).unwrap_or(self.dispatches.len());
+        let end = self.dispatches.iter().position(|d| d.stage > s).unwrap_or(self.dispatches.len());
+        start..end
+    }
+
+    fn record_range(&self, pass: &mut wgpu::ComputePass<'_>, range: std::ops::Range<usize>) {
+        for d in &self.dispatches[range] {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+        }
+    }
+
+    /// Record and submit: exactly one submit, no readback.
+    pub fn run(&self) -> wgpu::SubmissionIndex {
+        let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+        self.record(&mut encoder);
+        self.gpu.submit([encoder.finish()])
+    }
+
+    /// Run once and return device seconds per stage (needs [`PlanBuilder::with_timing`] and TIMESTAMP_QUERY).
+    pub async fn run_timed(&self) -> Result<Vec<(String, f64)>> {
+        let Some(t) = &self.timing else {
+            return Err(Error::InvalidArgument {
+                op: "Plan::run_timed",
+                name: "timing",
+                detail: "the plan was built without timing, or the adapter has no TIMESTAMP_QUERY".into(),
+            });
+        };
+        self.run();
+        let raw = crate::gpu::tensor::read_buffer(&self.gpu, &t.resolve, 0, t.resolve.size()).await?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period = self.gpu.queue().get_timestamp_period() as f64 * 1e-9;
+        Ok(self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period))
+            .collect())
+    }
+}

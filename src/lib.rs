@@ -1,0 +1,14 @@
+//! # wgoptim
+//!
+//! A portable WebGPU compute runtime for neural-network optimizers: WGSL kernels for the heavy math of
+//! modern optimizers (Newton–Schulz / Polar Express orthogonalization, Kronecker-factored whitening, Adam-style
+//! moments) and a scheduler that turns a whole step into one pre-built [`gpu::Plan`] with one submit.
+//!
+//! Layers (data flows one way): [`gpu`] ← [`linalg`]. See `docs/architecture.md` in the project's shared docs.
+
+pub mod error;
+pub mod gpu;
+pub mod linalg;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions, Plan, PlanBuilder, Tensor};

@@ -1,0 +1,324 @@
+//! Batched matrix multiply `out = alpha·op(A)·op(B) + beta·C` with transposes, and Gram products
+//! (`X·Xᵀ`, `Xᵀ·X`) that compute one triangle and mirror it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, PlanBuilder, Tensor};
+use crate::linalg::Precision;
+
+/// Whether an operand is used as stored or transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// As stored.
+    N,
+    /// Transposed.
+    T,
+}
+
+/// Register-tile shape of one matmul variant: each invocation computes `tm × tn` outputs;
+/// a workgroup is `wg_x × wg_y` invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulTile {
+    /// Output rows per invocation.
+    pub tm: u32,
+    /// Output columns per invocation (interleaved across the workgroup's x lanes).
+    pub tn: u32,
+    /// Workgroup width (lanes along columns).
+    pub wg_x: u32,
+    /// Workgroup height.
+    pub wg_y: u32,
+}
+
+impl MatmulTile {
+    /// The variant measured fastest on this kind of adapter (see `wgoptim bench matmul`).
+    /// `WGOPTIM_MATMUL_TILE=tm,tn,wg_x,wg_y` overrides it (for tuning with `wgoptim bench matmul`).
+    pub fn for_gpu(gpu: &Gpu) -> MatmulTile {
+        if let Some(t) = Self::from_env() {
+            return t;
+        }
+        if gpu.is_cpu() {
+            MatmulTile { tm: 8, tn: 8, wg_x: 8, wg_y: 8 }
+        } else {
+            MatmulTile { tm: 4, tn: 4, wg_x: 16, wg_y: 16 }
+        }
+    }
+    fn from_env() -> Option<MatmulTile> {
+        let v: Vec<u32> = std::env::var("WGOPTIM_MATMUL_TILE").ok()?.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        match v[..] {
+            [tm, tn, wg_x, wg_y] if tm * tn > 0 && tm * tn <= 128 && wg_x * wg_y > 0 && wg_x * wg_y <= 256 => {
+                Some(MatmulTile { tm, tn, wg_x, wg_y })
+            }
+            _ => None,
+        }
+    }
+    fn rows(&self) -> u32 {
+        self.tm * self.wg_y
+    }
+    fn cols(&self) -> u32 {
+        self.tn * self.wg_x
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Uniforms {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_n: u32,
+    a_off: u32,
+    a_bs: u32,
+    b_off: u32,
+    b_bs: u32,
+    c_off: u32,
+    c_bs: u32,
+    o_off: u32,
+    o_bs: u32,
+    alpha: f32,
+    beta: f32,
+    tiles_m: u32,
+    _pad: u32,
+}
+
+/// Generate the unrolled tile body for the skeleton in `shaders/linalg/matmul.wgsl`.
+fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
+    let (tm, tn) = (t.tm, t.tn);
+    let mut rows = String::new();
+    for i in 0..tm {
+        rows += &format!("    let r{i} = min(row0 + {i}u, mlast);\n");
+    }
+    let mut cols = String::new();
+    for j in 0..tn {
+        cols += &format!("    let c{j} = min(col0 + {}u, nlast);\n", j * t.wg_x);
+    }
+    let mut decl = String::new();
+    let mut body = String::new();
+    let mut store = String::new();
+    for j in 0..tn {
+        body += &format!("        let b{j} = lb(batch, kk, c{j});\n");
+    }
+    for i in 0..tm {
+        body += &format!("        let a{i} = la(batch, r{i}, kk);\n");
+        for j in 0..tn {
+            decl += &format!("    var acc{i}_{j} = 0.0;\n");
+            body += &format!("        acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
+            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", j * t.wg_x);
+        }
+    }
+    vec![
+        ("WG_X", t.wg_x.to_string()),
+        ("WG_Y", t.wg_y.to_string()),
+        ("TM", tm.to_string()),
+        ("TILE_M", t.rows().to_string()),
+        ("TILE_N", t.cols().to_string()),
+        ("ROWS", rows),
+        ("COLS", cols),
+        ("DECL", decl),
+        ("BODY", body),
+        ("STORE", store),
+    ]
+}
+
+/// One batched matmul call's operands. `c` may be the same tensor as `out` (accumulate in place).
+pub struct Matmul<'a> {
+    /// Left operand, `[b?, m, k]` (or `[b?, k, m]` when `ta = T`).
+    pub a: &'a Tensor,
+    /// Right operand, `[b?, k, n]` (or `[b?, n, k]` when `tb = T`).
+    pub b: &'a Tensor,
+    /// Output `[b, m, n]`.
+    pub out: &'a Tensor,
+    /// Optional addend `beta·C`, shaped like `out`.
+    pub c: Option<&'a Tensor>,
+    /// Transpose A.
+    pub ta: Trans,
+    /// Transpose B.
+    pub tb: Trans,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of `c`.
+    pub beta: f32,
+    /// Rounding of inputs and outputs.
+    pub precision: Precision,
+}
+
+impl<'a> Matmul<'a> {
+    /// `out = a · b`, f32.
+    pub fn new(a: &'a Tensor, b: &'a Tensor, out: &'a Tensor) -> Self {
+        Matmul { a, b, out, c: None, ta: Trans::N, tb: Trans::N, alpha: 1.0, beta: 0.0, precision: Precision::F32 }
+    }
+    /// Set the transposes.
+    pub fn trans(mut self, ta: Trans, tb: Trans) -> Self {
+        self.ta = ta;
+        self.tb = tb;
+        self
+    }
+    /// `out = alpha·op(a)op(b) + beta·c`.
+    pub fn scaled(mut self, alpha: f32, c: Option<&'a Tensor>, beta: f32) -> Self {
+        self.alpha = alpha;
+        self.c = c;
+        self.beta = beta;
+        self
+    }
+    /// Emulated precision of the products.
+    pub fn precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+
+    /// Record the dispatch into `plan`.
+    pub fn record(&self, plan: &mut PlanBuilder) -> Result<()> {
+        let (ba, ar, ac) = self.a.matrices("matmul A")?;
+        let (bb, br, bc) = self.b.matrices("matmul B")?;
+        let (bo, m, n) = self.out.matrices("matmul out")?;
+        let (m_a, k_a) = if self.ta == Trans::N { (ar, ac) } else { (ac, ar) };
+        let (k_b, n_b) = if self.tb == Trans::N { (br, bc) } else { (bc, br) };
+        if m_a != m || n_b != n || k_a != k_b {
+            return Err(Error::Shape {
+                op: "matmul",
+                detail: format!(
+                    "op(A) is {m_a}×{k_a}, op(B) is {k_b}×{n_b}, out is {m}×{n} (A {:?} {:?}, B {:?} {:?})",
+                    self.a.shape(), self.ta, self.b.shape(), self.tb
+                ),
+            });
+        }
+        check_batch("matmul", ba, bo)?;
+        check_batch("matmul", bb, bo)?;
+        if let Some(c) = self.c {
+            let (bc_, cm, cn) = c.matrices("matmul C")?;
+            if (cm, cn) != (m, n) {
+                return Err(Error::Shape { op: "matmul", detail: format!("C is {cm}×{cn}, out is {m}×{n}") });
+            }
+            check_batch("matmul", bc_, bo)?;
+        }
+        let same_as_out = |t: &Tensor| t.buffer == self.out.buffer;
+        if same_as_out(self.a) || same_as_out(self.b) {
+            return Err(Error::InvalidArgument { op: "matmul", name: "out", detail: "out must not alias A or B".into() });
+        }
+        let inplace = self.c.is_some_and(|c| same_as_out(c) && c.offset == self.out.offset);
+        if self.c.is_some_and(|c| same_as_out(c)) && !inplace {
+            return Err(Error::InvalidArgument { op: "matmul", name: "c", detail: "C may alias out only exactly".into() });
+        }
+        let sym = false;
+        record_matmul(plan, self, (bo, m, n, k_a), (ba, bb), inplace, sym)
+    }
+}
+
+fn check_batch(op: &'static str, b: usize, out: usize) -> Result<()> {
+    if b == out || b == 1 {
+        Ok(())
+    } else {
+        Err(Error::Shape { op, detail: format!("batch {b} does not match the output batch {out} (nor broadcasts)") })
+    }
+}
+
+fn kernel(gpu: &Gpu, mm: &Matmul<'_>, has_c: bool, inplace: bool, sym: bool) -> Result<Kernel> {
+    let flag = |b: bool| (if b { "1" } else { "0" }).to_string();
+    mm.precision.check(gpu, "matmul")?;
+    let mut defines = tile_defines(MatmulTile::for_gpu(gpu));
+    defines.extend([
+        ("TRANS_A", flag(mm.ta == Trans::T)),
+        ("TRANS_B", flag(mm.tb == Trans::T)),
+        ("HAS_C", flag(has_c)),
+        ("C_INPLACE", flag(inplace)),
+        ("SYM", flag(sym)),
+        ("ROUND_BF16", flag(mm.precision == Precision::Bf16Emulated)),
+        ("ROUND_F16", flag(mm.precision == Precision::F16)),
+    ]);
+    gpu.kernel("linalg/matmul.wgsl", "main", &defines)
+}
+
+fn record_matmul(
+    plan: &mut PlanBuilder,
+    mm: &Matmul<'_>,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    (ba, bb): (usize, usize),
+    inplace: bool,
+    sym: bool,
+) -> Result<()> {
+    let gpu = plan.gpu().clone();
+    let tile = MatmulTile::for_gpu(&gpu);
+    let has_c = mm.c.is_some() && !inplace && mm.beta != 0.0;
+    let inplace = inplace && mm.beta != 0.0;
+    let kern = kernel(&gpu, mm, has_c, inplace, sym)?;
+    let tiles_m = (m as u32).div_ceil(tile.rows());
+    let tiles_n = (n as u32).div_ceil(tile.cols());
+    let stride = |b: usize, r: usize, c: usize| if b == 1 { 0 } else { (r * c) as u32 };
+    let (ar, ac) = (mm.a.shape()[mm.a.shape().len() - 2], mm.a.shape()[mm.a.shape().len() - 1]);
+    let (br, bc) = (mm.b.shape()[mm.b.shape().len() - 2], mm.b.shape()[mm.b.shape().len() - 1]);
+    let c = mm.c.unwrap_or(mm.out);
+    let u = Uniforms {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        tiles_n,
+        a_off: mm.a.offset() as u32,
+        a_bs: stride(ba, ar, ac),
+        b_off: mm.b.offset() as u32,
+        b_bs: stride(bb, br, bc),
+        c_off: c.offset() as u32,
+        c_bs: stride(c.matrices("matmul C")?.0, m, n),
+        o_off: mm.out.offset() as u32,
+        o_bs: (m * n) as u32,
+        alpha: mm.alpha,
+        beta: mm.beta,
+        tiles_m,
+        _pad: 0,
+    };
+    let groups = [tiles_n, tiles_m, batch as u32];
+    let mut tensors = vec![mm.a, mm.b, mm.out];
+    if has_c {
+        tensors.push(c);
+    }
+    plan.dispatch(&kern, &u, &tensors, groups)
+}
+
+/// Which Gram product of `X` (`[b?, m, n]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GramSide {
+    /// `X·Xᵀ` (m×m).
+    Rows,
+    /// `Xᵀ·X` (n×n).
+    Cols,
+}
+
+/// `out = alpha·G + beta·C` with `G = X·Xᵀ` or `Xᵀ·X`; only the upper-triangle tiles are computed and each is
+/// mirrored, so the result is exactly symmetric at about half the FLOPs of a matmul.
+#[allow(clippy::too_many_arguments)]
+pub fn gram(
+    plan: &mut PlanBuilder,
+    x: &Tensor,
+    side: GramSide,
+    out: &Tensor,
+    alpha: f32,
+    c: Option<&Tensor>,
+    beta: f32,
+    precision: Precision,
+) -> Result<()> {
+    let (ta, tb) = match side {
+        GramSide::Rows => (Trans::N, Trans::T),
+        GramSide::Cols => (Trans::T, Trans::N),
+    };
+    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision };
+    let (bx, r, cdim) = x.matrices("gram X")?;
+    let (bo, m, n) = out.matrices("gram out")?;
+    let s = if side == GramSide::Rows { r } else { cdim };
+    let k = if side == GramSide::Rows { cdim } else { r };
+    if (m, n) != (s, s) {
+        return Err(Error::Shape { op: "gram", detail: format!("X {:?} gives {s}×{s}, out is {m}×{n}", x.shape()) });
+    }
+    check_batch("gram", bx, bo)?;
+    if x.buffer == out.buffer {
+        return Err(Error::InvalidArgument { op: "gram", name: "out", detail: "out must not alias X".into() });
+    }
+    let inplace = c.is_some_and(|c| c.buffer == out.buffer && c.offset == out.offset);
+    if let Some(cc) = c {
+        if cc.matrices("gram C")?.1 != s || cc.matrices("gram C")?.2 != s {
+            return Err(Error::Shape { op: "gram", detail: format!("C {:?} is not {s}×{s}", cc.shape()) });
+        }
+        if cc.buffer == out.buffer && !inplace {
+            return Err(Error::InvalidArgument { op: "gram", name: "c", detail: "C may alias out only exactly".into() });
+        }
+    }
+    record_matmul(plan, &mm, (bo, s, s, k), (bx, bx), inplace, true)
+}

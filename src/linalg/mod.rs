@@ -1,0 +1,39 @@
+//! Matrix kernels, batched over stacks of same-shape matrices: matmul and Gram products, elementwise ops,
+//! deterministic reductions, transpose, the polar factor (Newton–Schulz, Polar Express, Gram Newton–Schulz),
+//! inverse p-th roots, symmetric eigendecomposition (Jacobi), Householder QR, Cholesky and triangular solves.
+//!
+//! Every launcher records dispatches into a [`PlanBuilder`](crate::gpu::PlanBuilder); nothing runs until the
+//! plan does. f32 throughout (no f64 on the GPU).
+
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+
+pub use elementwise::{copy, identity, Axpby, BatchScalar};
+pub use matmul::{gram, GramSide, Matmul, MatmulTile, Trans};
+pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Arithmetic precision of matrix products (docs/optimizers.md, decisions §1 and §0.4): storage and
+/// accumulation stay f32; inputs and outputs of each product are rounded to the chosen format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Plain f32.
+    #[default]
+    F32,
+    /// bf16 emulated: round-to-nearest-even to 8 mantissa bits, to match bf16 references closely.
+    Bf16Emulated,
+    /// f16 rounding; offered only where the adapter has SHADER_F16.
+    F16,
+}
+
+impl Precision {
+    pub(crate) fn check(self, gpu: &Gpu, op: &'static str) -> Result<()> {
+        if self == Precision::F16 && !gpu.has_f16() {
+            return Err(Error::MissingFeature { op, feature: "SHADER_F16", adapter: gpu.info().name.clone() });
+        }
+        Ok(())
+    }
+}

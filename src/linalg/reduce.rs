@@ -1,0 +1,150 @@
+//! Deterministic tree reductions (fixed order, no atomics): sum, sum of squares, Frobenius norm, max-abs, L1,
+//! an all-finite flag, trace; and per-row / per-column mean of squares.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{PlanBuilder, Tensor};
+
+/// What a reduction computes over each segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Σ x.
+    Sum,
+    /// Σ x².
+    SumSq,
+    /// sqrt(Σ x²) (Frobenius norm of a matrix).
+    Norm,
+    /// max |x|.
+    MaxAbs,
+    /// Σ |x|.
+    L1,
+    /// 1.0 when every element is finite, else 0.0.
+    AllFinite,
+}
+
+impl ReduceOp {
+    fn codes(self) -> (u32, u32) {
+        match self {
+            ReduceOp::Sum => (0, 0),
+            ReduceOp::SumSq => (1, 0),
+            ReduceOp::Norm => (1, 1),
+            ReduceOp::MaxAbs => (2, 0),
+            ReduceOp::L1 => (3, 0),
+            ReduceOp::AllFinite => (4, 2),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Uniforms {
+    count: u32,
+    stride: u32,
+    seg_stride: u32,
+    off: u32,
+    chunks: u32,
+    chunk_len: u32,
+    out_off: u32,
+    _p: u32,
+}
+
+const CHUNK: usize = 256 * 16;
+
+/// Reduce each of `segments` equal contiguous parts of `x` into `out[segment]` (`out` has ≥ `segments` values).
+/// One pass when a segment fits one workgroup's chunk, else two (partials in a scratch buffer).
+pub fn reduce(plan: &mut PlanBuilder, x: &Tensor, op: ReduceOp, segments: usize, out: &Tensor) -> Result<()> {
+    let n = x.numel();
+    if n == 0 || segments == 0 {
+        return Err(Error::ZeroSize { op: "reduce", shape: x.shape().to_vec() });
+    }
+    if n % segments != 0 || out.numel() < segments {
+        return Err(Error::Shape {
+            op: "reduce",
+            detail: format!("{n} elements into {segments} segments, output of {} values", out.numel()),
+        });
+    }
+    strided(plan, x, op, segments, n / segments, 1, n / segments, out)
+}
+
+/// `out[b] = trace(x[b])` for a stack of matrices.
+pub fn trace(plan: &mut PlanBuilder, x: &Tensor, out: &Tensor) -> Result<()> {
+    let (b, m, n) = x.matrices("trace")?;
+    if out.numel() < b {
+        return Err(Error::Shape { op: "trace", detail: format!("output has {} values for {b} matrices", out.numel()) });
+    }
+    strided(plan, x, ReduceOp::Sum, b, m.min(n), n + 1, m * n, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn strided(
+    plan: &mut PlanBuilder,
+    x: &Tensor,
+    op: ReduceOp,
+    segments: usize,
+    count: usize,
+    stride: usize,
+    seg_stride: usize,
+    out: &Tensor,
+) -> Result<()> {
+    let (code, post) = op.codes();
+    let chunks = count.div_ceil(CHUNK);
+    let gpu = plan.gpu().clone();
+    let kernel = |fin: bool, partials: bool| {
+        let f = |b: bool| (if b { "1" } else { "0" }).to_string();
+        gpu.kernel(
+            "linalg/reduce.wgsl",
+            "main",
+            &[("OP", code.to_string()), ("POST", post.to_string()), ("FINAL", f(fin)), ("READ_PARTIALS", f(partials))],
+        )
+    };
+    let u = |count: usize, stride: usize, seg_stride: usize, off: usize, chunks: usize, out_off: usize| Uniforms {
+        count: count as u32,
+        stride: stride as u32,
+        seg_stride: seg_stride as u32,
+        off: off as u32,
+        chunks: chunks as u32,
+        chunk_len: CHUNK as u32,
+        out_off: out_off as u32,
+        _p: 0,
+    };
+    if chunks == 1 {
+        let k = kernel(true, false)?;
+        return plan.dispatch(&k, &u(count, stride, seg_stride, x.offset(), 1, out.offset()), &[x, out], [1, segments as u32, 1]);
+    }
+    let partials = plan.scratch(&[segments * chunks])?;
+    let k1 = kernel(false, false)?;
+    plan.dispatch(&k1, &u(count, stride, seg_stride, x.offset(), chunks, 0), &[x, &partials], [chunks as u32, segments as u32, 1])?;
+    let k2 = kernel(true, true)?;
+    let mut u2 = u(chunks, 1, chunks, 0, 1, out.offset());
+    u2.chunk_len = chunks as u32;
+    plan.dispatch(&k2, &u2, &[&partials, out], [1, segments as u32, 1])
+}
+
+/// Per-row (`per_row = true`, output `[b, m]`) or per-column (output `[b, n]`) mean of squares.
+pub fn mean_sq(plan: &mut PlanBuilder, x: &Tensor, per_row: bool, out: &Tensor) -> Result<()> {
+    let (b, m, n) = x.matrices("mean_sq")?;
+    let len = if per_row { m } else { n };
+    if out.numel() != b * len {
+        return Err(Error::Shape { op: "mean_sq", detail: format!("output has {} values, expected {}", out.numel(), b * len) });
+    }
+    let f = if per_row { "1" } else { "0" };
+    let k = plan.gpu().kernel("linalg/row_col.wgsl", "main", &[("PER_ROW", f.into())])?;
+    let u: [u32; 8] = [b as u32, m as u32, n as u32, x.offset() as u32, out.offset() as u32, 0, 0, 0];
+    plan.dispatch(&k, &u, &[x, out], [(len as u32).div_ceil(64), b as u32, 1])
+}
+
+/// `out[b] = xᵀ` for each matrix of the stack (`out` shaped `[b?, n, m]`).
+pub fn transpose(plan: &mut PlanBuilder, x: &Tensor, out: &Tensor) -> Result<()> {
+    let (b, m, n) = x.matrices("transpose")?;
+    let (bo, om, on) = out.matrices("transpose out")?;
+    if (bo, om, on) != (b, n, m) {
+        return Err(Error::Shape { op: "transpose", detail: format!("{:?} into {:?}", x.shape(), out.shape()) });
+    }
+    if x.buffer == out.buffer {
+        return Err(Error::InvalidArgument { op: "transpose", name: "out", detail: "out must not alias x".into() });
+    }
+    let k = plan.gpu().kernel("linalg/transpose.wgsl", "main", &[])?;
+    let u: [u32; 4] = [m as u32, n as u32, x.offset() as u32, out.offset() as u32];
+    plan.dispatch(&k, &u, &[x, out], [(n as u32).div_ceil(16), (m as u32).div_ceil(16), b as u32])
+}

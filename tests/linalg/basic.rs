@@ -1,0 +1,239 @@
+//! matmul (NN/NT/TN, alpha/beta, batched, broadcast), Gram, elementwise, reductions, transpose.
+
+use crate::cpu::*;
+use wgoptim::linalg::*;
+use wgoptim::{Error, PlanBuilder, Tensor};
+
+fn op(m: &Mat, t: Trans) -> Mat {
+    if t == Trans::T { m.t() } else { m.clone() }
+}
+
+#[test]
+fn matmul_all_transposes_and_shapes() {
+    let gpu = gpu();
+    let mut rng = Rng::new(1);
+    for &(m, n) in SHAPES {
+        for &k in &[1usize, 5, 33] {
+            for (ta, tb) in [(Trans::N, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::N), (Trans::T, Trans::T)] {
+                let batch = 2;
+                let a: Vec<Mat> = (0..batch).map(|_| op(&rng.mat(m, k), ta)).collect();
+                let b: Vec<Mat> = (0..batch).map(|_| op(&rng.mat(k, n), tb)).collect();
+                let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
+                let (ga, gb, gc) = (upload(&gpu, &a), upload(&gpu, &b), upload(&gpu, &c));
+                let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
+                run(&gpu, |p| Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap());
+                let got = out.read_blocking().unwrap();
+                for (i, g) in split(&got, batch).iter().enumerate() {
+                    let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
+                    let e = rel_err(g, &want.d);
+                    assert!(e < 1e-5, "{m}x{k}x{n} {ta:?}{tb:?} batch {i}: rel err {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_large_broadcast_and_inplace() {
+    let gpu = gpu();
+    let mut rng = Rng::new(2);
+    let (m, k, n) = (200, 384, 136);
+    let a = rng.mat(m, k);
+    let bs: Vec<Mat> = (0..3).map(|_| rng.mat(k, n)).collect();
+    let ga = upload(&gpu, &[a.clone()]);
+    let gb = upload(&gpu, &bs);
+    let cs: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
+    let out = upload(&gpu, &cs);
+    // A broadcast over the batch, C = out (accumulate in place).
+    run(&gpu, |p| Matmul::new(&ga, &gb, &out).scaled(1.0, Some(&out), 1.0).record(p).unwrap());
+    let got = out.read_blocking().unwrap();
+    for (i, g) in split(&got, 3).iter().enumerate() {
+        let want = a.mul(&bs[i]).add(&cs[i]);
+        assert!(rel_err(g, &want.d) < 1e-5);
+    }
+}
+
+#[test]
+fn gram_both_sides_exactly_symmetric() {
+    let gpu = gpu();
+    let mut rng = Rng::new(3);
+    for &(m, n) in SHAPES.iter().chain(&[(384, 96)]) {
+        let x: Vec<Mat> = (0..2).map(|_| rng.mat(m, n)).collect();
+        let gx = upload(&gpu, &x);
+        for side in [GramSide::Rows, GramSide::Cols] {
+            let s = if side == GramSide::Rows { m } else { n };
+            let c: Vec<Mat> = (0..2).map(|_| { let r = rng.mat(s, s); r.add(&r.t()) }).collect();
+            let gc = upload(&gpu, &c);
+            let out = Tensor::zeros(&gpu, &[2, s, s]).unwrap();
+            run(&gpu, |p| gram(p, &gx, side, &out, 2.0, Some(&gc), 0.5, Precision::F32).unwrap());
+            let got = out.read_blocking().unwrap();
+            for (i, g) in split(&got, 2).iter().enumerate() {
+                let gm = if side == GramSide::Rows { x[i].mul(&x[i].t()) } else { x[i].t().mul(&x[i]) };
+                let want = gm.scale(2.0).add(&c[i].scale(0.5));
+                assert!(rel_err(g, &want.d) < 1e-5, "{m}x{n} {side:?}");
+                let gg = Mat::from_f32(s, s, g);
+                assert_eq!(gg, gg.t(), "Gram output must be exactly symmetric");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let gpu = gpu();
+    let a = Tensor::zeros(&gpu, &[3, 4]).unwrap();
+    let b = Tensor::zeros(&gpu, &[5, 6]).unwrap();
+    let o = Tensor::zeros(&gpu, &[3, 6]).unwrap();
+    let mut p = PlanBuilder::new(&gpu);
+    assert!(matches!(Matmul::new(&a, &b, &o).record(&mut p), Err(Error::Shape { .. })));
+    let z = Tensor::zeros(&gpu, &[0, 4]).unwrap();
+    assert!(matches!(Matmul::new(&z, &b, &o).record(&mut p), Err(Error::ZeroSize { .. })));
+    let b3 = Tensor::zeros(&gpu, &[2, 4, 6]).unwrap();
+    let o3 = Tensor::zeros(&gpu, &[3, 3, 6]).unwrap();
+    assert!(matches!(Matmul::new(&a, &b3, &o3).record(&mut p), Err(Error::Shape { .. })));
+    let v = Tensor::zeros(&gpu, &[7]).unwrap();
+    assert!(matches!(Matmul::new(&v, &b, &o).record(&mut p), Err(Error::Shape { .. })));
+    assert!(matches!(Matmul::new(&a, &b, &a).record(&mut p), Err(_)));
+    assert!(p.is_empty(), "failed calls must record nothing");
+}
+
+#[test]
+fn bf16_emulation_rounds_products() {
+    let gpu = gpu();
+    let a = Tensor::from_slice(&gpu, &[1, 1], &[1.0 + 1.0 / 512.0]).unwrap();
+    let b = Tensor::from_slice(&gpu, &[1, 1], &[1.0]).unwrap();
+    let o = Tensor::zeros(&gpu, &[1, 1]).unwrap();
+    run(&gpu, |p| Matmul::new(&a, &b, &o).precision(Precision::Bf16Emulated).record(p).unwrap());
+    // 1 + 2^-9 is below half a bf16 ulp (2^-8) above 1: rounds down to 1.
+    assert_eq!(o.read_blocking().unwrap(), vec![1.0]);
+    // 1 + 1.5·2^-7 is a tie between 1 + 2^-7 (odd mantissa) and 1 + 2^-6 (even): rounds to even.
+    let a2 = Tensor::from_slice(&gpu, &[1, 1], &[1.0 + 3.0 / 256.0]).unwrap();
+    run(&gpu, |p| Matmul::new(&a2, &b, &o).precision(Precision::Bf16Emulated).record(p).unwrap());
+    assert_eq!(o.read_blocking().unwrap(), vec![1.0 + 1.0 / 64.0]);
+}
+
+#[test]
+fn axpby_with_batch_scalars_and_diagonal() {
+    let gpu = gpu();
+    let mut rng = Rng::new(4);
+    let (m, n) = (7, 13);
+    let x: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
+    let y: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
+    let (gx, gy) = (upload(&gpu, &x), upload(&gpu, &y));
+    let s = Tensor::from_slice(&gpu, &[3], &[1.0, 4.0, 9.0]).unwrap();
+    let out = Tensor::zeros(&gpu, &[3, m, n]).unwrap();
+    run(&gpu, |p| {
+        Axpby {
+            x: Some(&gx),
+            a: 2.0,
+            diag: 0.5,
+            scale: Some(BatchScalar::of(&s).affine(1.0, 0.0, 0.0).pow(-0.5)),
+            y: Some(&gy),
+            b: -1.0,
+            ..Axpby::new(&out)
+        }
+        .record(p)
+        .unwrap()
+    });
+    let got = out.read_blocking().unwrap();
+    for (i, g) in split(&got, 3).iter().enumerate() {
+        let mut d = Mat::zeros(m, n);
+        for j in 0..m.min(n) {
+            d.set(j, j, 0.5);
+        }
+        let sc = 1.0 / ((i + 1) as f64);
+        let want = x[i].scale(2.0).add(&d).scale(sc).add(&y[i].scale(-1.0));
+        assert!(rel_err(g, &want.d) < 1e-6);
+    }
+    // In place: out = 3·out.
+    run(&gpu, |p| Axpby { x: Some(&out), a: 3.0, ..Axpby::new(&out) }.record(p).unwrap());
+    let again = out.read_blocking().unwrap();
+    assert!(again.iter().zip(&got).all(|(a, b)| (a - 3.0 * b).abs() <= 1e-6 * b.abs().max(1.0)));
+}
+
+#[test]
+fn reductions_match_cpu() {
+    let gpu = gpu();
+    let mut rng = Rng::new(5);
+    for &len in &[1usize, 255, 4097, 100_003] {
+        let segs = 3;
+        let data: Vec<f64> = (0..len * segs).map(|_| rng.next() * 3.0).collect();
+        let x = Tensor::from_slice(&gpu, &[segs, len], &data.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+        for op in [ReduceOp::Sum, ReduceOp::SumSq, ReduceOp::Norm, ReduceOp::MaxAbs, ReduceOp::L1, ReduceOp::AllFinite] {
+            let out = Tensor::zeros(&gpu, &[segs]).unwrap();
+            run(&gpu, |p| reduce(p, &x, op, segs, &out).unwrap());
+            let got = out.read_blocking().unwrap();
+            for s in 0..segs {
+                let seg = data[s * len..(s + 1) * len].iter().map(|&v| v as f32 as f64);
+                let want = match op {
+                    ReduceOp::Sum => seg.sum(),
+                    ReduceOp::SumSq => seg.map(|v| v * v).sum(),
+                    ReduceOp::Norm => seg.map(|v| v * v).sum::<f64>().sqrt(),
+                    ReduceOp::MaxAbs => seg.map(f64::abs).fold(0.0, f64::max),
+                    ReduceOp::L1 => seg.map(f64::abs).sum(),
+                    ReduceOp::AllFinite => 1.0,
+                };
+                let tol = if op == ReduceOp::Sum { 1e-4 * (len as f64).sqrt() } else { 1e-5 * want.abs().max(1.0) };
+                assert!((got[s] as f64 - want).abs() <= tol, "{op:?} len {len}: {} vs {want}", got[s]);
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions_are_deterministic_and_flag_nonfinite() {
+    let gpu = gpu();
+    let mut rng = Rng::new(6);
+    let mut data: Vec<f32> = (0..50_000).map(|_| rng.next() as f32).collect();
+    let x = Tensor::from_slice(&gpu, &[50_000], &data).unwrap();
+    let out = Tensor::zeros(&gpu, &[1]).unwrap();
+    let mut pb = PlanBuilder::new(&gpu);
+    reduce(&mut pb, &x, ReduceOp::Sum, 1, &out).unwrap();
+    let plan = pb.build().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        plan.run();
+        seen.push(out.read_blocking().unwrap()[0].to_bits());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "sums differ between runs: {seen:?}");
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        data[31_337] = bad;
+        x.write(&data).unwrap();
+        run(&gpu, |p| reduce(p, &x, ReduceOp::AllFinite, 1, &out).unwrap());
+        assert_eq!(out.read_blocking().unwrap(), vec![0.0], "{bad} not flagged");
+    }
+}
+
+#[test]
+fn trace_mean_sq_transpose() {
+    let gpu = gpu();
+    let mut rng = Rng::new(7);
+    for &(m, n) in SHAPES {
+        let x: Vec<Mat> = (0..2).map(|_| rng.mat(m, n)).collect();
+        let gx = upload(&gpu, &x);
+        let tr = Tensor::zeros(&gpu, &[2]).unwrap();
+        let rows = Tensor::zeros(&gpu, &[2, m]).unwrap();
+        let cols = Tensor::zeros(&gpu, &[2, n]).unwrap();
+        let xt = Tensor::zeros(&gpu, &[2, n, m]).unwrap();
+        run(&gpu, |p| {
+            trace(p, &gx, &tr).unwrap();
+            mean_sq(p, &gx, true, &rows).unwrap();
+            mean_sq(p, &gx, false, &cols).unwrap();
+            transpose(p, &gx, &xt).unwrap();
+        });
+        let (tr, rows, cols, xt) = (tr.read_blocking().unwrap(), rows.read_blocking().unwrap(), cols.read_blocking().unwrap(), xt.read_blocking().unwrap());
+        for b in 0..2 {
+            let t: f64 = (0..m.min(n)).map(|i| x[b].at(i, i)).sum();
+            assert!((tr[b] as f64 - t).abs() < 1e-5);
+            for i in 0..m {
+                let want = (0..n).map(|j| x[b].at(i, j).powi(2)).sum::<f64>() / n as f64;
+                assert!((rows[b * m + i] as f64 - want).abs() < 1e-5);
+            }
+            for j in 0..n {
+                let want = (0..m).map(|i| x[b].at(i, j).powi(2)).sum::<f64>() / m as f64;
+                assert!((cols[b * n + j] as f64 - want).abs() < 1e-5);
+            }
+            assert_eq!(&xt[b * m * n..(b + 1) * m * n], &x[b].t().f32s()[..]);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `cargo xtask test`: install what a fresh Debian/Ubuntu machine lacks, then run every suite and summarize.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match test() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask test failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask test\n  installs lavapipe (if no Vulkan driver) and Rust targets, then runs the native \
+                       suite on the present adapter, a wasm32 build, and DX12/Metal type checks");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const TARGETS: &[&str] = &["wasm32-unknown-unknown", "x86_64-pc-windows-msvc", "aarch64-apple-darwin"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn test() -> Result<(), String> {
+    let root = root();
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("wgoptim-xdg");
+        let _ = std::fs::create_dir_all(&dir);
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+    ensure_vulkan()?;
+    ensure_targets()?;
+    let mut summary = Vec::new();
+
+    let out = cargo(&root, &["test", "--release", "--workspace"], true)?;
+    let (passed, failed) = count_tests(&out);
+    let adapter = out.lines().find_map(|l| l.strip_prefix("adapter: ")).unwrap_or("(not reported)").to_string();
+    summary.push(format!("native tests: {passed} passed, {failed} failed"));
+    if failed > 0 || !out.contains("test result:") {
+        return Err(format!("native tests failed ({failed} failures)"));
+    }
+
+    cargo(&root, &["build", "--target", "wasm32-unknown-unknown", "-p", "wgoptim", "-p", "wgoptim-wasm", "--lib"], false)?;
+    summary.push("wasm32 build (library + wasm crate): ok".into());
+    for t in ["x86_64-pc-windows-msvc", "aarch64-apple-darwin"] {
+        cargo(&root, &["check", "--target", t, "-p", "wgoptim", "--lib"], false)?;
+        summary.push(format!("cargo check {t}: ok"));
+    }
+
+    println!("\n== wgoptim test summary ==\nadapter: {adapter}");
+    for s in &summary {
+        println!("{s}");
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// Run cargo, echoing its output; return stdout+stderr when `capture`.
+fn cargo(dir: &Path, args: &[&str], capture: bool) -> Result<String, String> {
+    println!("$ cargo {}", args.join(" "));
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(dir);
+    if !capture {
+        let st = cmd.status().map_err(|e| e.to_string())?;
+        return if st.success() { Ok(String::new()) } else { Err(format!("cargo {} failed", args.join(" "))) };
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    print!("{text}");
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("cargo {} failed", args.join(" ")))
+    }
+}
+
+fn count_tests(out: &str) -> (usize, usize) {
+    let mut totals = (0, 0);
+    for line in out.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |key: &str| {
+            line.split(';')
+                .find(|p| p.contains(key))
+                .and_then(|p| p.split_whitespace().rev().nth(1)?.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        totals.0 += num(" passed");
+        totals.1 += num(" failed");
+    }
+    totals
+}
+
+fn has_vulkan_driver() -> bool {
+    let loader = Command::new("sh")
+        .args(["-c", "ldconfig -p | grep -q 'libvulkan.so.1'"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let icd = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|d| {
+        std::fs::read_dir(d).is_ok_and(|mut it| it.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))))
+    });
+    loader && icd
+}
+
+/// Install lavapipe (Mesa's Vulkan CPU driver) when no Vulkan driver exists; the bookworm-backports build on
+/// Debian 12 (Mesa 25, ~6× faster for compute than bookworm's). Prints the commands instead when not root.
+fn ensure_vulkan() -> Result<(), String> {
+    if has_vulkan_driver() {
+        return Ok(());
+    }
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let bookworm = os.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm");
+    let mut cmds = Vec::new();
+    if bookworm {
+        cmds.push("echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list".to_string());
+        cmds.push("apt-get update".into());
+        cmds.push("DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports mesa-vulkan-drivers libvulkan1".into());
+    } else {
+        cmds.push("apt-get update".into());
+        cmds.push("DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1".into());
+    }
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let has_apt = Path::new("/usr/bin/apt-get").exists();
+    if !(is_root && has_apt) {
+        return Err(format!(
+            "no Vulkan driver found. Install lavapipe as root:\n  {}\n(other systems: install your GPU's Vulkan driver or Mesa's lavapipe)",
+            cmds.join("\n  ")
+        ));
+    }
+    println!("no Vulkan driver: installing lavapipe");
+    for c in &cmds {
+        println!("# {c}");
+        let ok = Command::new("sh").args(["-c", c]).status().is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("`{c}` failed"));
+        }
+    }
+    if has_vulkan_driver() { Ok(()) } else { Err("lavapipe was installed but no Vulkan driver is visible".into()) }
+}
+
+fn ensure_targets() -> Result<(), String> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let missing: Vec<&str> = TARGETS.iter().copied().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("$ rustup target add {}", missing.join(" "));
+    let ok = Command::new("rustup").arg("target").arg("add").args(&missing).status().is_ok_and(|s| s.success());
+    if ok { Ok(()) } else { Err(format!("rustup target add {} failed", missing.join(" "))) }
+}
