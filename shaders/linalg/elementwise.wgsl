@@ -24,7 +24,11 @@ fn rnd(v: f32) -> f32 {
     return bitcast<f32>((bits + 0x7fffu + ((bits >> 16u) & 1u)) & 0xffff0000u);
 //#else
 //#if ROUND_F16
-    return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
+    // Round to f16's 10 mantissa bits (nearest even) and clamp to its range; done on the bit pattern
+    // because drivers fold f32(f16(x)) away.
+    let bits = bitcast<u32>(v);
+    let r = bitcast<f32>((bits + 0xfffu + ((bits >> 13u) & 1u)) & 0xffffe000u);
+    return clamp(r, -65504.0, 65504.0);
 //#else
     return v;
 //#endif

@@ -5,12 +5,16 @@
 //! Every launcher records dispatches into a [`PlanBuilder`](crate::gpu::PlanBuilder); nothing runs until the
 //! plan does. f32 throughout (no f64 on the GPU).
 
+pub mod coefficients;
 pub mod elementwise;
 pub mod matmul;
+pub mod polar;
 pub mod reduce;
 
+pub use coefficients::{NsCoefficients, NsNormalization};
 pub use elementwise::{copy, identity, Axpby, BatchScalar};
 pub use matmul::{gram, GramSide, Matmul, MatmulTile, Trans};
+pub use polar::{polar, PolarAlgorithm, PolarConfig};
 pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};
 
 use crate::error::{Error, Result};

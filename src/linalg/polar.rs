@@ -1,0 +1,162 @@
+//! The polar factor ("zeroth power", msign) of a stack of matrices by odd-quintic Newton–Schulz iteration
+//! (docs/optimizers.md §1.1, §11.1) or by Gram Newton–Schulz (§1.4), always iterating on the small side.
+
+use crate::error::{Error, Result};
+use crate::gpu::{PlanBuilder, Tensor};
+use crate::linalg::{gram, reduce, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision, ReduceOp, Trans};
+
+/// The iteration that computes the polar factor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolarAlgorithm {
+    /// `A = XXᵀ; B = bA + cA²; X = aX + BX` per step (Gram on the small side).
+    NewtonSchulz,
+    /// Dao-AILab's Gram Newton–Schulz (§1.4): iterate on the small Gram matrix only and fold into X at the given
+    /// restart positions and at the end. Square matrices fall back to [`PolarAlgorithm::NewtonSchulz`].
+    GramNewtonSchulz {
+        /// Iteration indices before which X is refreshed (Dao default: `[2]`).
+        restarts: Vec<usize>,
+    },
+}
+
+/// Everything that selects a polar computation; defaults are KellerJordan/Muon's (decisions §2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolarConfig {
+    /// Coefficient set.
+    pub coefficients: NsCoefficients,
+    /// Number of iterations (5 in every reference).
+    pub steps: usize,
+    /// Pre-normalization.
+    pub normalization: NsNormalization,
+    /// Precision of the products (`ns_precision`).
+    pub precision: Precision,
+    /// Plain or Gram Newton–Schulz.
+    pub algorithm: PolarAlgorithm,
+}
+
+impl Default for PolarConfig {
+    fn default() -> Self {
+        PolarConfig {
+            coefficients: NsCoefficients::Keller,
+            steps: 5,
+            normalization: NsNormalization::Keller,
+            precision: Precision::F32,
+            algorithm: PolarAlgorithm::NewtonSchulz,
+        }
+    }
+}
+
+/// Record `out = polar(g)` for a stack `[b?, m, n]`. `out` may be `g` itself. Transposition follows the
+/// references: tall matrices (m > n) iterate on `XᵀX`, others on `XXᵀ`. All scratch is allocated now, at
+/// plan-build time; the recorded dispatches need no readback.
+pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig) -> Result<()> {
+    let (b, m, n) = g.matrices("polar")?;
+    if out.shape() != g.shape() {
+        return Err(Error::Shape { op: "polar", detail: format!("out {:?} != input {:?}", out.shape(), g.shape()) });
+    }
+    if cfg.steps == 0 {
+        return Err(Error::InvalidArgument { op: "polar", name: "steps", detail: "at least one step".into() });
+    }
+    if let NsCoefficients::Custom(rows) = &cfg.coefficients {
+        if rows.is_empty() || rows.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument { op: "polar", name: "coefficients", detail: "need finite rows".into() });
+        }
+    }
+    cfg.precision.check(plan.gpu(), "polar")?;
+    let tall = m > n;
+    let k = m.min(n);
+    let rows = cfg.coefficients.rows(cfg.steps);
+    // X0 = G / max(‖G‖·mult + add, floor), rounded to the product precision.
+    let norm = plan.scratch(&[b])?;
+    reduce(plan, g, ReduceOp::Norm, b, &norm)?;
+    let (mult, add, floor) = cfg.normalization.params();
+    let normalize = |plan: &mut PlanBuilder, dst: &Tensor| {
+        Axpby {
+            x: Some(g),
+            scale: Some(BatchScalar::of(&norm).affine(mult, add, floor).pow(-1.0)),
+            precision: cfg.precision,
+            ..Axpby::new(dst)
+        }
+        .record(plan)
+    };
+    let shape = [b, m, n];
+    let side = if tall { GramSide::Cols } else { GramSide::Rows };
+    // X ← a·X + B·X (wide) or a·X + X·B (tall).
+    let apply = |plan: &mut PlanBuilder, bm: &Tensor, x: &Tensor, dst: &Tensor, a: f32| {
+        let mm = if tall { Matmul::new(x, bm, dst) } else { Matmul::new(bm, x, dst) };
+        mm.scaled(1.0, Some(x), a).precision(cfg.precision).record(plan)
+    };
+    match &cfg.algorithm {
+        PolarAlgorithm::GramNewtonSchulz { restarts } if m != n => {
+            let xa = plan.scratch(&shape)?;
+            normalize(plan, &xa)?;
+            gram_newton_schulz(plan, (&xa, out), side, tall, k, &rows, restarts, cfg.precision)
+        }
+        _ => {
+            // Ping-pong so that the last step writes `out`.
+            let other = plan.scratch(&shape)?;
+            let (mut cur, mut next) = if rows.len() % 2 == 0 { (out.clone(), other) } else { (other, out.clone()) };
+            normalize(plan, &cur)?;
+            let a_mat = plan.scratch(&[b, k, k])?;
+            let b_mat = plan.scratch(&[b, k, k])?;
+            for &[a, bc, c] in &rows {
+                gram(plan, &cur, side, &a_mat, 1.0, None, 0.0, cfg.precision)?;
+                gram(plan, &a_mat, GramSide::Rows, &b_mat, c as f32, Some(&a_mat), bc as f32, cfg.precision)?;
+                apply(plan, &b_mat, &cur, &next, a as f32)?;
+                std::mem::swap(&mut cur, &mut next);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// §1.4 with restarts; `x.0` holds the normalized input, the result lands in `x.1`.
+#[allow(clippy::too_many_arguments)]
+fn gram_newton_schulz(
+    plan: &mut PlanBuilder,
+    (x0, out): (&Tensor, &Tensor),
+    side: GramSide,
+    tall: bool,
+    k: usize,
+    rows: &[[f64; 3]],
+    restarts: &[usize],
+    p: Precision,
+) -> Result<()> {
+    let b = x0.matrices("polar")?.0;
+    let small = [b, k, k];
+    let (mut r, mut r2, z, mut q, mut q2, rz) =
+        (plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?);
+    let x1 = plan.scratch(x0.shape())?;
+    // X ← Q·X (wide) or X·Q (tall; Q is symmetric).
+    let fold = |plan: &mut PlanBuilder, q: &Tensor, x: &Tensor, dst: &Tensor| {
+        let mm = if tall { Matmul::new(x, q, dst) } else { Matmul::new(q, x, dst) };
+        mm.precision(p).record(plan)
+    };
+    let mut x = x0.clone();
+    gram(plan, &x, side, &r, 1.0, None, 0.0, p)?;
+    let last = rows.len() - 1;
+    for (i, &[a, bc, c]) in rows.iter().enumerate() {
+        let (a, bc, c) = (a as f32, bc as f32, c as f32);
+        let restart = restarts.contains(&i) && i != 0;
+        if restart {
+            let dst = if x.buffer() == x0.buffer() { &x1 } else { x0 };
+            fold(plan, &q, &x, dst)?;
+            x = dst.clone();
+            gram(plan, &x, side, &r, 1.0, None, 0.0, p)?;
+        }
+        // Z = bR + cR².
+        gram(plan, &r, GramSide::Rows, &z, c, Some(&r), bc, p)?;
+        if i == 0 || restart {
+            Axpby { x: Some(&z), diag: a, precision: p, ..Axpby::new(&q) }.record(plan)?;
+        } else {
+            Matmul::new(&q, &z, &q2).scaled(1.0, Some(&q), a).precision(p).record(plan)?;
+            std::mem::swap(&mut q, &mut q2);
+        }
+        if i != last && !restarts.contains(&(i + 1)) {
+            // R ← (Z + aI) R (Z + aI).
+            Matmul::new(&r, &z, &rz).scaled(1.0, Some(&r), a).precision(p).record(plan)?;
+            Matmul::new(&z, &rz, &r2).trans(Trans::N, Trans::N).scaled(1.0, Some(&rz), a).precision(p).record(plan)?;
+            std::mem::swap(&mut r, &mut r2);
+        }
+    }
+    fold(plan, &q, &x, out)
+}
