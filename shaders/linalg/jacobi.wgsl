@@ -1,0 +1,129 @@
+// Symmetric eigendecomposition by parallel two-sided Jacobi (docs/optimizers.md §11.4): one workgroup per matrix,
+// round-robin (circle) ordering gives m/2 disjoint pairs per round, m−1 rounds per sweep; the sweep loop stops
+// once off(A)² ≤ tol²·‖A‖². `a` and `v` are work copies (V starts as I, or the previous basis for a warm start);
+// the result is written sorted ascending into `vals` and the columns of `vecs`.
+struct U {
+    n: u32, m: u32, max_sweeps: u32, _p: u32,
+    tol: f32, skip: f32, _q: u32, _r: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> vals: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vecs: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> rot: array<vec2<f32>, {{PAIRS}}>;
+var<workgroup> idx: array<vec2<u32>, {{PAIRS}}>;
+var<workgroup> red_off: array<f32, 256>;
+var<workgroup> red_tot: array<f32, 256>;
+var<workgroup> done: u32;
+
+fn pair(r: u32, k: u32) -> vec2<u32> {
+    let h = u.m - 1u;
+    var p = h;
+    var q = r;
+    if (k != 0u) {
+        p = (r + k) % h;
+        q = (r + h - k) % h;
+    }
+    return vec2<u32>(min(p, q), max(p, q));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let n = u.n;
+    let base = wg.x * n * n;
+    let pairs = u.m / 2u;
+    for (var sweep = 0u; sweep <= u.max_sweeps; sweep++) {
+        var off = 0.0;
+        var tot = 0.0;
+        for (var i = li; i < n * n; i += WG) {
+            let x = a[base + i];
+            tot += x * x;
+            if (i / n != i % n) { off += x * x; }
+        }
+        red_off[li] = off;
+        red_tot[li] = tot;
+        workgroupBarrier();
+        for (var w = 128u; w > 0u; w >>= 1u) {
+            if (li < w) {
+                red_off[li] += red_off[li + w];
+                red_tot[li] += red_tot[li + w];
+            }
+            workgroupBarrier();
+        }
+        if (li == 0u) {
+            done = select(0u, 1u, red_off[0] <= u.tol * u.tol * red_tot[0] || sweep == u.max_sweeps);
+        }
+        if (workgroupUniformLoad(&done) == 1u) { break; }
+        for (var r = 0u; r + 1u < u.m; r++) {
+            for (var k = li; k < pairs; k += WG) {
+                let pq = pair(r, k);
+                var cs = vec2<f32>(1.0, 0.0);
+                if (pq.y < n) {
+                    let apq = a[base + pq.x * n + pq.y];
+                    let app = a[base + pq.x * n + pq.x];
+                    let aqq = a[base + pq.y * n + pq.y];
+                    if (abs(apq) > u.skip * sqrt(abs(app * aqq)) && abs(apq) > 1e-30) {
+                        let tau = (aqq - app) / (2.0 * apq);
+                        var t = select(-1.0, 1.0, tau >= 0.0) / (abs(tau) + sqrt(1.0 + tau * tau));
+                        if (abs(tau) > 1e18) { t = 0.5 / tau; }
+                        let c = inverseSqrt(1.0 + t * t);
+                        cs = vec2<f32>(c, t * c);
+                    }
+                }
+                rot[k] = cs;
+                idx[k] = pq;
+            }
+            storageBarrier();
+            workgroupBarrier();
+            // Rows p, q ← Jᵀ A.
+            for (var i = li; i < pairs * n; i += WG) {
+                let k = i / n;
+                let col = i % n;
+                let cs = rot[k];
+                if (cs.y != 0.0) {
+                    let pq = idx[k];
+                    let x = a[base + pq.x * n + col];
+                    let y = a[base + pq.y * n + col];
+                    a[base + pq.x * n + col] = cs.x * x - cs.y * y;
+                    a[base + pq.y * n + col] = cs.y * x + cs.x * y;
+                }
+            }
+            storageBarrier();
+            // Columns p, q ← A J, V J.
+            for (var i = li; i < pairs * n; i += WG) {
+                let k = i / n;
+                let row = i % n;
+                let cs = rot[k];
+                if (cs.y != 0.0) {
+                    let pq = idx[k];
+                    let x = a[base + row * n + pq.x];
+                    let y = a[base + row * n + pq.y];
+                    a[base + row * n + pq.x] = cs.x * x - cs.y * y;
+                    a[base + row * n + pq.y] = cs.y * x + cs.x * y;
+                    let vx = v[base + row * n + pq.x];
+                    let vy = v[base + row * n + pq.y];
+                    v[base + row * n + pq.x] = cs.x * vx - cs.y * vy;
+                    v[base + row * n + pq.y] = cs.y * vx + cs.x * vy;
+                }
+            }
+            storageBarrier();
+            workgroupBarrier();
+        }
+    }
+    // Sort ascending (ties by index): rank each eigenvalue, scatter value and column.
+    for (var i = li; i < n; i += WG) {
+        let li_ = a[base + i * n + i];
+        var rank = 0u;
+        for (var j = 0u; j < n; j++) {
+            let lj = a[base + j * n + j];
+            if (lj < li_ || (lj == li_ && j < i)) { rank += 1u; }
+        }
+        vals[wg.x * n + rank] = li_;
+        for (var row = 0u; row < n; row++) {
+            vecs[base + row * n + rank] = v[base + row * n + i];
+        }
+    }
+}

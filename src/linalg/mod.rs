@@ -6,16 +6,22 @@
 //! plan does. f32 throughout (no f64 on the GPU).
 
 pub mod coefficients;
+pub mod eigen;
 pub mod elementwise;
+pub mod factor;
 pub mod matmul;
 pub mod polar;
 pub mod reduce;
+pub mod roots;
 
 pub use coefficients::{NsCoefficients, NsNormalization};
+pub use eigen::{eig_apply, eigh, EighConfig, MAX_EIGH_DIM};
 pub use elementwise::{copy, identity, Axpby, BatchScalar};
+pub use factor::{cholesky, qr, trsm, Side, MAX_QR_COLS};
 pub use matmul::{gram, GramSide, Matmul, MatmulTile, Trans};
 pub use polar::{polar, PolarAlgorithm, PolarConfig};
 pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};
+pub use roots::{inverse_root_eigh, inverse_root_newton, sqrt_newton_schulz};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;

@@ -110,12 +110,12 @@ impl Rng {
     }
     /// A random matrix with orthonormal columns (r ≥ c), by modified Gram–Schmidt in f64.
     pub fn orthonormal(&mut self, r: usize, c: usize) -> Mat {
-        qr(&self.mat(r, c)).0
+        cpu_qr(&self.mat(r, c)).0
     }
 }
 
 /// Thin QR by twice-repeated modified Gram–Schmidt in f64 (R with non-negative diagonal).
-pub fn qr(a: &Mat) -> (Mat, Mat) {
+pub fn cpu_qr(a: &Mat) -> (Mat, Mat) {
     let (m, n) = (a.r, a.c);
     let mut q = a.clone();
     let mut r = Mat::zeros(n, n);
@@ -139,7 +139,7 @@ pub fn qr(a: &Mat) -> (Mat, Mat) {
 }
 
 /// Symmetric eigendecomposition by cyclic Jacobi in f64: ascending eigenvalues, eigenvectors as columns.
-pub fn eigh(a: &Mat) -> (Vec<f64>, Mat) {
+pub fn cpu_eigh(a: &Mat) -> (Vec<f64>, Mat) {
     let n = a.r;
     let mut a = a.clone();
     let mut v = Mat::eye(n);

@@ -2,4 +2,5 @@
 
 mod basic;
 mod cpu;
+mod decomp;
 mod polar;

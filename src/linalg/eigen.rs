@@ -1,0 +1,115 @@
+//! Symmetric eigendecomposition by parallel Jacobi with warm start (docs/optimizers.md §11.4), and
+//! spectral functions `V·f(Λ)·Vᵀ` built from it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{PlanBuilder, Tensor};
+use crate::linalg::{copy, identity, Matmul, Trans};
+
+/// Largest matrix the one-workgroup Jacobi kernel takes (its pair table lives in workgroup memory).
+pub const MAX_EIGH_DIM: usize = 2048;
+
+/// Jacobi settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EighConfig {
+    /// Upper bound on sweeps; the kernel stops earlier once `off(A) ≤ tol·‖A‖_F`.
+    pub max_sweeps: u32,
+    /// Relative off-diagonal tolerance for stopping.
+    pub tol: f32,
+    /// A rotation is skipped when `|a_pq| ≤ skip·sqrt(|a_pp·a_qq|)`.
+    pub skip: f32,
+}
+
+impl Default for EighConfig {
+    fn default() -> Self {
+        EighConfig { max_sweeps: 15, tol: 1e-6, skip: 1e-7 }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Uniforms {
+    n: u32,
+    m: u32,
+    max_sweeps: u32,
+    _p: u32,
+    tol: f32,
+    skip: f32,
+    _q: u32,
+    _r: u32,
+}
+
+fn square(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
+    let (b, m, n) = t.matrices(op)?;
+    if m != n {
+        return Err(Error::Shape { op, detail: format!("expected square matrices, got {:?}", t.shape()) });
+    }
+    Ok((b, n))
+}
+
+/// Eigenvalues (ascending, `vals: [b, n]`) and eigenvectors (columns of `vecs: [b, n, n]`) of symmetric `a`.
+/// With `warm = Some(V₀)` (an orthogonal basis from a previous call) Jacobi runs on `V₀ᵀ A V₀` and returns
+/// `V₀·V_jac`, which typically needs 1–3 sweeps when `A` drifted little.
+pub fn eigh(plan: &mut PlanBuilder, a: &Tensor, vals: &Tensor, vecs: &Tensor, warm: Option<&Tensor>, cfg: &EighConfig) -> Result<()> {
+    let (b, n) = square(a, "eigh")?;
+    if n > MAX_EIGH_DIM {
+        return Err(Error::InvalidArgument { op: "eigh", name: "a", detail: format!("n = {n} exceeds {MAX_EIGH_DIM}") });
+    }
+    if vals.numel() != b * n || vecs.shape().iter().product::<usize>() != b * n * n {
+        return Err(Error::Shape {
+            op: "eigh",
+            detail: format!("vals {:?} / vecs {:?} for {b} matrices of {n}×{n}", vals.shape(), vecs.shape()),
+        });
+    }
+    if !(cfg.tol >= 0.0 && cfg.skip >= 0.0) {
+        return Err(Error::InvalidArgument { op: "eigh", name: "tol", detail: "tolerances must be ≥ 0".into() });
+    }
+    let work_a = plan.scratch(&[b, n, n])?;
+    let work_v = plan.scratch(&[b, n, n])?;
+    match warm {
+        Some(v0) => {
+            if square(v0, "eigh warm start")?.1 != n {
+                return Err(Error::Shape { op: "eigh", detail: format!("warm basis {:?} for {n}×{n}", v0.shape()) });
+            }
+            let t = plan.scratch(&[b, n, n])?;
+            Matmul::new(v0, a, &t).trans(Trans::T, Trans::N).record(plan)?;
+            Matmul::new(&t, v0, &work_a).record(plan)?;
+            copy(plan, v0, &work_v)?;
+        }
+        None => {
+            copy(plan, a, &work_a)?;
+            identity(plan, &work_v, 1.0)?;
+        }
+    }
+    let m = n + n % 2;
+    let kernel = plan.gpu().kernel("linalg/jacobi.wgsl", "main", &[("PAIRS", (m / 2).max(1).to_string())])?;
+    let u = Uniforms { n: n as u32, m: m as u32, max_sweeps: cfg.max_sweeps, _p: 0, tol: cfg.tol, skip: cfg.skip, _q: 0, _r: 0 };
+    plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
+}
+
+/// `out = V·diag(f(λ))·Vᵀ` with `f(λ) = (max(λ, floor) + eps)^power`, from [`eigh`]'s outputs.
+pub fn eig_apply(plan: &mut PlanBuilder, vals: &Tensor, vecs: &Tensor, out: &Tensor, power: f32, eps: f32, floor: f32) -> Result<()> {
+    let (b, n) = square(vecs, "eig_apply")?;
+    if vals.numel() != b * n || out.numel() != b * n * n {
+        return Err(Error::Shape { op: "eig_apply", detail: format!("vals {:?}, out {:?}", vals.shape(), out.shape()) });
+    }
+    let w = plan.scratch(&[b, n, n])?;
+    let kernel = plan.gpu().kernel("linalg/eig_apply.wgsl", "main", &[])?;
+    let total = (b * n * n) as u32;
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct U {
+        n: u32,
+        total: u32,
+        floor: f32,
+        eps: f32,
+        power: f32,
+        _p: [u32; 3],
+    }
+    let u = U { n: n as u32, total, floor, eps, power, _p: [0; 3] };
+    plan.dispatch(&kernel, &u, &[vals, vecs, &w], [total.div_ceil(256), 1, 1])?;
+    let vv = vecs.reshape(&[b, n, n])?;
+    let o = out.reshape(&[b, n, n])?;
+    Matmul::new(&w, &vv, &o).trans(Trans::N, Trans::T).record(plan)
+}

@@ -1,0 +1,263 @@
+//! Jacobi eigendecomposition, Householder QR, Cholesky, triangular solves and matrix roots.
+
+use crate::cpu::*;
+use wgoptim::linalg::*;
+use wgoptim::{Error, PlanBuilder, Tensor};
+
+fn sym_with_eigs(rng: &mut Rng, eigs: &[f64]) -> Mat {
+    let n = eigs.len();
+    let v = rng.orthonormal(n, n);
+    let a = v.scale_cols(eigs).mul(&v.t());
+    a.add(&a.t()).scale(0.5)
+}
+
+fn max_abs_diff(a: &Mat, b: &Mat) -> f64 {
+    a.d.iter().zip(&b.d).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Checks V Λ Vᵀ = A, VᵀV = I and the eigenvalues against the f64 reference.
+fn check_eigh(a: &Mat, vals: &[f32], vecs: &[f32], tol: f64) {
+    let n = a.r;
+    let v = Mat::from_f32(n, n, vecs);
+    let lam: Vec<f64> = vals.iter().map(|&x| x as f64).collect();
+    assert!(lam.windows(2).all(|w| w[0] <= w[1]), "eigenvalues must ascend: {lam:?}");
+    let scale = a.norm().max(1e-30);
+    let recon = v.scale_cols(&lam).mul(&v.t());
+    assert!(max_abs_diff(&recon, a) / scale < tol, "reconstruction {}", max_abs_diff(&recon, a) / scale);
+    assert!(max_abs_diff(&v.t().mul(&v), &Mat::eye(n)) < tol * 10.0, "orthogonality");
+    let (want, _) = cpu_eigh(a);
+    for (g, w) in lam.iter().zip(&want) {
+        assert!((g - w).abs() / scale < tol, "eigenvalue {g} vs {w}");
+    }
+}
+
+fn run_eigh(a: &[Mat], warm: Option<&Tensor>, cfg: &EighConfig) -> (Vec<f32>, Vec<f32>) {
+    let gpu = gpu();
+    let n = a[0].r;
+    let ga = upload(&gpu, a);
+    let vals = Tensor::zeros(&gpu, &[a.len(), n]).unwrap();
+    let vecs = Tensor::zeros(&gpu, &[a.len(), n, n]).unwrap();
+    run(&gpu, |p| eigh(p, &ga, &vals, &vecs, warm, cfg).unwrap());
+    (vals.read_blocking().unwrap(), vecs.read_blocking().unwrap())
+}
+
+#[test]
+fn eigh_random_rank_deficient_and_ill_conditioned() {
+    let mut rng = Rng::new(21);
+    for n in [1usize, 2, 7, 13, 64, 127] {
+        let random: Vec<Mat> = (0..2).map(|_| { let m = rng.mat(n, n); m.add(&m.t()) }).collect();
+        let low_rank = { let x = rng.mat(n, (n / 3).max(1)); x.mul(&x.t()) };
+        let ill = sym_with_eigs(&mut rng, &(0..n).map(|i| 10f64.powf(-6.0 * i as f64 / n.max(2) as f64)).collect::<Vec<_>>());
+        for batch in [random, vec![low_rank, ill]] {
+            let (vals, vecs) = run_eigh(&batch, None, &EighConfig::default());
+            for (i, a) in batch.iter().enumerate() {
+                check_eigh(a, &vals[i * n..(i + 1) * n], &vecs[i * n * n..(i + 1) * n * n], 2e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn eigh_warm_start_converges_in_few_sweeps() {
+    let gpu = gpu();
+    let mut rng = Rng::new(22);
+    let n = 48;
+    let a = { let m = rng.mat(n, n); m.add(&m.t()) };
+    let (_, v0) = run_eigh(&[a.clone()], None, &EighConfig::default());
+    let drift = { let m = rng.mat(n, n); m.add(&m.t()).scale(1e-3) };
+    let a2 = a.add(&drift);
+    let warm = Tensor::from_slice(&gpu, &[1, n, n], &v0).unwrap();
+    let cfg = EighConfig { max_sweeps: 3, ..EighConfig::default() };
+    let (vals, vecs) = run_eigh(&[a2.clone()], Some(&warm), &cfg);
+    check_eigh(&a2, &vals, &vecs, 2e-5);
+    // Cold with only 1 sweep is far from converged: the warm start is what did the work.
+    let (cv, cvec) = run_eigh(&[a2.clone()], None, &EighConfig { max_sweeps: 1, ..cfg });
+    let v = Mat::from_f32(n, n, &cvec);
+    let recon = v.scale_cols(&cv.iter().map(|&x| x as f64).collect::<Vec<_>>()).mul(&v.t());
+    assert!(max_abs_diff(&recon, &a2) / a2.norm() > 1e-4);
+}
+
+#[test]
+fn eigh_of_zero_is_finite() {
+    let (vals, vecs) = run_eigh(&[Mat::zeros(5, 5)], None, &EighConfig::default());
+    assert!(vals.iter().all(|&v| v == 0.0));
+    assert_eq!(Mat::from_f32(5, 5, &vecs), Mat::eye(5));
+}
+
+#[test]
+fn qr_matches_gram_schmidt_and_is_orthogonal() {
+    let gpu = gpu();
+    let mut rng = Rng::new(23);
+    for (m, n) in [(1usize, 1usize), (9, 1), (13, 7), (64, 64), (255, 127)] {
+        let a: Vec<Mat> = (0..2).map(|_| rng.mat(m, n)).collect();
+        let ga = upload(&gpu, &a);
+        let q = Tensor::zeros(&gpu, &[2, m, n]).unwrap();
+        let r = Tensor::zeros(&gpu, &[2, n, n]).unwrap();
+        run(&gpu, |p| qr(p, &ga, &q, &r).unwrap());
+        let (gq, gr) = (q.read_blocking().unwrap(), r.read_blocking().unwrap());
+        for i in 0..2 {
+            let (wq, wr) = cpu_qr(&a[i]);
+            let qm = Mat::from_f32(m, n, &gq[i * m * n..(i + 1) * m * n]);
+            let rm = Mat::from_f32(n, n, &gr[i * n * n..(i + 1) * n * n]);
+            assert!(rel_err(&qm.f32s(), &wq.d) < 1e-4, "{m}x{n} Q");
+            assert!(rel_err(&rm.f32s(), &wr.d) < 1e-5, "{m}x{n} R");
+            assert!(max_abs_diff(&qm.t().mul(&qm), &Mat::eye(n)) < 1e-5);
+            assert!(rel_err(&qm.mul(&rm).f32s(), &a[i].d) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn qr_of_rank_deficient_input() {
+    let gpu = gpu();
+    let mut rng = Rng::new(24);
+    let (m, n) = (40, 12);
+    let mut a = rng.mat(m, n);
+    for i in 0..m {
+        let v = a.at(i, 0);
+        a.set(i, 5, v); // duplicate column
+        a.set(i, 9, 0.0); // zero column
+    }
+    let ga = upload(&gpu, &[a.clone()]);
+    let q = Tensor::zeros(&gpu, &[1, m, n]).unwrap();
+    let r = Tensor::zeros(&gpu, &[1, n, n]).unwrap();
+    run(&gpu, |p| qr(p, &ga, &q, &r).unwrap());
+    let qm = Mat::from_f32(m, n, &q.read_blocking().unwrap());
+    let rm = Mat::from_f32(n, n, &r.read_blocking().unwrap());
+    assert!(qm.d.iter().chain(&rm.d).all(|v| v.is_finite()));
+    assert!(max_abs_diff(&qm.t().mul(&qm), &Mat::eye(n)) < 1e-5, "Householder Q stays orthogonal");
+    assert!(rel_err(&qm.mul(&rm).f32s(), &a.d) < 1e-5);
+}
+
+#[test]
+fn cholesky_and_failure_report() {
+    let gpu = gpu();
+    let mut rng = Rng::new(25);
+    for n in [1usize, 7, 64, 130] {
+        let x = rng.mat(n, n);
+        let a = x.mul(&x.t()).add(&Mat::eye(n));
+        let bad = Mat::eye(n).scale(-1.0);
+        let ga = upload(&gpu, &[a.clone(), bad]);
+        let l = Tensor::zeros(&gpu, &[2, n, n]).unwrap();
+        let info = Tensor::zeros(&gpu, &[2]).unwrap();
+        run(&gpu, |p| cholesky(p, &ga, &l, &info, 0.0).unwrap());
+        let gl = l.read_blocking().unwrap();
+        let lm = Mat::from_f32(n, n, &gl[..n * n]);
+        assert!((0..n).all(|i| (i + 1..n).all(|j| lm.at(i, j) == 0.0)), "L is lower triangular");
+        assert!(rel_err(&lm.mul(&lm.t()).f32s(), &a.d) < 1e-5);
+        assert_eq!(info.read_blocking().unwrap(), vec![0.0, 1.0]);
+        assert!(gl.iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn trsm_every_side_triangle_and_transpose() {
+    let gpu = gpu();
+    let mut rng = Rng::new(26);
+    let (n, r) = (23, 9);
+    for lower in [true, false] {
+        // A well-conditioned triangular T.
+        let mut t = rng.mat(n, n).scale(0.1);
+        for i in 0..n {
+            for j in 0..n {
+                if (lower && j > i) || (!lower && j < i) {
+                    t.set(i, j, 0.0);
+                }
+            }
+            t.set(i, i, 1.0 + t.at(i, i).abs());
+        }
+        for trans in [Trans::N, Trans::T] {
+            for side in [Side::Left, Side::Right] {
+                let b = if side == Side::Left { rng.mat(n, r) } else { rng.mat(r, n) };
+                let (gt, gb) = (upload(&gpu, &[t.clone(), t.clone()]), upload(&gpu, &[b.clone(), b.clone()]));
+                let x = Tensor::zeros(&gpu, gb.shape()).unwrap();
+                run(&gpu, |p| trsm(p, &gt, lower, trans, side, &gb, &x).unwrap());
+                let got = x.read_blocking().unwrap();
+                let opt = if trans == Trans::T { t.t() } else { t.clone() };
+                for xs in split(&got, 2) {
+                    let xm = Mat::from_f32(b.r, b.c, &xs);
+                    let back = if side == Side::Left { opt.mul(&xm) } else { xm.mul(&opt) };
+                    assert!(rel_err(&back.f32s(), &b.d) < 1e-5, "lower={lower} {trans:?} {side:?}");
+                }
+            }
+        }
+    }
+}
+
+fn cpu_root(a: &Mat, p: f64, eps: f64) -> Mat {
+    let (vals, v) = cpu_eigh(a);
+    v.scale_cols(&vals.iter().map(|&l| (l.max(0.0) + eps).powf(-1.0 / p)).collect::<Vec<_>>()).mul(&v.t())
+}
+
+#[test]
+fn inverse_roots_agree_across_methods() {
+    let gpu = gpu();
+    let mut rng = Rng::new(27);
+    let n = 32;
+    let eigs: Vec<f64> = (0..n).map(|i| 10f64.powf(-3.0 * i as f64 / (n - 1) as f64)).collect();
+    let a = sym_with_eigs(&mut rng, &eigs);
+    let ga = upload(&gpu, &[a.clone(), a.scale(4.0)]);
+    let eps = 1e-4;
+    for p in [1u32, 2, 4] {
+        let (newton, eig) = (Tensor::zeros(&gpu, &[2, n, n]).unwrap(), Tensor::zeros(&gpu, &[2, n, n]).unwrap());
+        run(&gpu, |pl| {
+            inverse_root_newton(pl, &ga, &newton, p, eps, 40).unwrap();
+            inverse_root_eigh(pl, &ga, &eig, p, eps, &EighConfig::default()).unwrap();
+        });
+        let (gn, ge) = (newton.read_blocking().unwrap(), eig.read_blocking().unwrap());
+        for (i, s) in [1.0, 4.0].iter().enumerate() {
+            let want = cpu_root(&a.scale(*s), p as f64, eps as f64);
+            let sl = i * n * n..(i + 1) * n * n;
+            let (en, ee) = (rel_err(&gn[sl.clone()], &want.d), rel_err(&ge[sl], &want.d));
+            assert!(ee < 1e-4, "p={p} eigen route {ee}");
+            assert!(en < 2e-3, "p={p} coupled Newton {en}");
+        }
+    }
+    let (inv, sq) = (Tensor::zeros(&gpu, &[2, n, n]).unwrap(), Tensor::zeros(&gpu, &[2, n, n]).unwrap());
+    run(&gpu, |pl| sqrt_newton_schulz(pl, &ga, Some(&inv), Some(&sq), eps, 30).unwrap());
+    let (gi, gs) = (inv.read_blocking().unwrap(), sq.read_blocking().unwrap());
+    let want_inv = cpu_root(&a, 2.0, eps as f64);
+    let want_sq = cpu_root(&a, -2.0, eps as f64);
+    assert!(rel_err(&gi[..n * n], &want_inv.d) < 2e-3, "NS inverse sqrt {}", rel_err(&gi[..n * n], &want_inv.d));
+    assert!(rel_err(&gs[..n * n], &want_sq.d) < 1e-4, "NS sqrt {}", rel_err(&gs[..n * n], &want_sq.d));
+}
+
+#[test]
+fn roots_of_rank_deficient_and_zero_factors_stay_finite() {
+    let gpu = gpu();
+    let mut rng = Rng::new(28);
+    let n = 20;
+    let x = rng.mat(n, 3);
+    let a = x.mul(&x.t());
+    let ga = upload(&gpu, &[a.clone(), Mat::zeros(n, n)]);
+    let outs: Vec<Tensor> = (0..3).map(|_| Tensor::zeros(&gpu, &[2, n, n]).unwrap()).collect();
+    run(&gpu, |pl| {
+        inverse_root_eigh(pl, &ga, &outs[0], 4, 1e-3, &EighConfig::default()).unwrap();
+        inverse_root_newton(pl, &ga, &outs[1], 4, 1e-3, 40).unwrap();
+        sqrt_newton_schulz(pl, &ga, Some(&outs[2]), None, 1e-3, 40).unwrap();
+    });
+    for o in &outs {
+        assert!(o.read_blocking().unwrap().iter().all(|v| v.is_finite()));
+    }
+    let ge = outs[0].read_blocking().unwrap();
+    assert!(rel_err(&ge[..n * n], &cpu_root(&a, 4.0, 1e-3).d) < 1e-4);
+    // Zero factor: (0 + ε)^{-1/4} I.
+    let z = Mat::eye(n).scale(1e-3f64.powf(-0.25));
+    assert!(rel_err(&ge[n * n..], &z.d) < 1e-5);
+}
+
+#[test]
+fn decompositions_reject_bad_input() {
+    let gpu = gpu();
+    let mut pb = PlanBuilder::new(&gpu);
+    let rect = Tensor::zeros(&gpu, &[3, 4]).unwrap();
+    let sq = Tensor::zeros(&gpu, &[4, 4]).unwrap();
+    let v = Tensor::zeros(&gpu, &[4]).unwrap();
+    assert!(matches!(eigh(&mut pb, &rect, &v, &sq, None, &EighConfig::default()), Err(Error::Shape { .. })));
+    assert!(matches!(qr(&mut pb, &Tensor::zeros(&gpu, &[3, 5]).unwrap(), &rect, &sq), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(inverse_root_newton(&mut pb, &sq, &sq, 0, 0.0, 5), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(inverse_root_eigh(&mut pb, &sq, &sq, 2, f32::NAN, &EighConfig::default()), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(cholesky(&mut pb, &sq, &sq, &v, -1.0), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(sqrt_newton_schulz(&mut pb, &sq, None, None, 0.0, 5), Err(Error::InvalidArgument { .. })));
+    assert!(pb.is_empty());
+}
