@@ -4,3 +4,4 @@ mod basic;
 mod cpu;
 mod decomp;
 mod polar;
+mod runtime;
