@@ -40,7 +40,7 @@ fn test() -> Result<(), String> {
 
     let out = cargo(&root, &["test", "--release", "--workspace"], true)?;
     let (passed, failed) = count_tests(&out);
-    let adapter = out.lines().find_map(|l| l.strip_prefix("adapter: ")).unwrap_or("(not reported)").to_string();
+    let adapter = used_adapter(&root);
     summary.push(format!("native tests: {passed} passed, {failed} failed"));
     if failed > 0 || !out.contains("test result:") {
         return Err(format!("native tests failed ({failed} failures)"));
@@ -78,6 +78,17 @@ fn cargo(dir: &Path, args: &[&str], capture: bool) -> Result<String, String> {
     } else {
         Err(format!("cargo {} failed", args.join(" ")))
     }
+}
+
+/// The adapter the suite ran on, as `wgoptim info` marks it (the test harness captures the tests' own output).
+fn used_adapter(root: &Path) -> String {
+    let bin = root.join("target/release/wgoptim");
+    Command::new(bin)
+        .arg("info")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.ends_with("<- used")).map(|l| l.trim_end_matches("<- used").trim().to_string()))
+        .unwrap_or_else(|| "(unknown: `wgoptim info` found none)".into())
 }
 
 fn count_tests(out: &str) -> (usize, usize) {
