@@ -84,6 +84,15 @@ pub enum Error {
     /// Reading a buffer back from the device failed.
     #[error("reading back from the device failed: {0}")]
     Readback(String),
+    /// A checkpoint could not be read or does not match the optimizer it is loaded into.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Steps were skipped because a gradient held NaN or Inf (with `NonFinitePolicy::Fail`).
+    #[error("{skipped} optimizer step(s) skipped: non-finite gradient (parameters and state were left untouched)")]
+    NonFiniteGradient {
+        /// Steps skipped so far.
+        skipped: u64,
+    },
     /// The device reported an error (validation, out of memory, lost device).
     #[error("device error: {0}")]
     Device(String),

@@ -4,11 +4,12 @@
 //! modern optimizers (Newton–Schulz / Polar Express orthogonalization, Kronecker-factored whitening, Adam-style
 //! moments) and a scheduler that turns a whole step into one pre-built [`gpu::Plan`] with one submit.
 //!
-//! Layers (data flows one way): [`gpu`] ← [`linalg`]. See `docs/architecture.md` in the project's shared docs.
+//! Layers (data flows one way): [`gpu`] ← [`linalg`] ← [`optim`]. See `docs/architecture.md` in the project's shared docs.
 
 pub mod error;
 pub mod gpu;
 pub mod linalg;
+pub mod optim;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, Plan, PlanBuilder, Tensor};

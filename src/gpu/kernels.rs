@@ -28,6 +28,9 @@ shader_table!(
     "linalg/cholesky.wgsl",
     "linalg/trsm.wgsl",
     "linalg/eig_apply.wgsl",
+    "optim/grad_stats.wgsl",
+    "optim/prologue.wgsl",
+    "optim/update.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

@@ -1,0 +1,84 @@
+// The step prologue (one invocation): global gradient norm and finiteness from the chunk partials (summed in a
+// fixed order), the clip coefficient, then per group — only when the step is applied — the step counter, the
+// scheduled learning rate and momentum, and the bias corrections. Writes `scalars`, read by every update kernel.
+//
+// scalars layout: [0] apply (1/0), [1] clip coefficient, [2] global grad norm, [3] skipped steps (f32 copy);
+// group g at 8 + 8g: lr_t, beta1_t, 1 − beta1_t^t, 1 − beta2^t, t, (k = t − 1), 0, 0.
+// counters layout (u32, persistent state): [0] skipped steps, [1] steps attempted, [2 + g] applied steps of group g.
+struct Group {
+    lr: f32, beta1: f32, beta2: f32, kind: u32,        // kind: 0 constant, 1 warmup+cosine, 2 warmup-stable-decay
+    warmup: f32, total: f32, decay: f32, min_ratio: f32,
+    m_kind: u32, m_start: f32, m_warmup: f32, m_cooldown: f32,
+    m_total: f32, _a: f32, _b: f32, _c: f32,
+}
+struct U { groups: u32, partials: u32, max_norm: f32, clip: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> groups: array<Group>;
+@group(0) @binding(2) var<storage, read> partial: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> counters: array<u32>;
+@group(0) @binding(4) var<storage, read_write> scalars: array<f32>;
+
+const PI: f32 = 3.14159265358979;
+
+// Learning-rate multiplier at completed-step count k (docs in src/optim/schedule.rs).
+fn lr_factor(g: Group, k: f32) -> f32 {
+    if (g.kind == 1u) {
+        if (k < g.warmup) { return (k + 1.0) / (g.warmup + 1.0); }
+        let span = max(g.total - g.warmup, 1.0);
+        let p = clamp((k - g.warmup) / span, 0.0, 1.0);
+        return g.min_ratio + (1.0 - g.min_ratio) * 0.5 * (1.0 + cos(PI * p));
+    }
+    if (g.kind == 2u) {
+        if (k < g.warmup) { return (k + 1.0) / g.warmup; }
+        let decay_start = g.total - g.decay;
+        if (k < decay_start) { return 1.0; }
+        let p = clamp((k - decay_start) / max(g.decay, 1.0), 0.0, 1.0);
+        return 1.0 - (1.0 - g.min_ratio) * p;
+    }
+    return 1.0;
+}
+
+// Momentum (β1) at completed-step count k: warm up from m_start to beta1, cool down to m_start at the end.
+fn momentum(g: Group, k: f32) -> f32 {
+    if (g.m_kind == 0u) { return g.beta1; }
+    var b = g.beta1;
+    if (k < g.m_warmup) { b = mix(g.m_start, g.beta1, k / g.m_warmup); }
+    let cool = g.m_total - g.m_cooldown;
+    if (g.m_cooldown > 0.0 && k >= cool) { b = mix(g.beta1, g.m_start, min((k - cool) / g.m_cooldown, 1.0)); }
+    return b;
+}
+
+@compute @workgroup_size(1, 1, 1)
+fn main() {
+    var ss = 0.0;
+    var bad = 0.0;
+    for (var i = 0u; i < u.partials; i++) {
+        let p = partial[i];
+        ss += p.x;
+        bad = max(bad, p.y);
+    }
+    let norm = sqrt(ss);
+    let apply = bad == 0.0;
+    counters[1] += 1u;
+    if (!apply) { counters[0] += 1u; }
+    scalars[0] = select(0.0, 1.0, apply);
+    scalars[1] = select(1.0, min(1.0, u.max_norm / (norm + 1e-6)), u.clip == 1u);
+    scalars[2] = select(norm, bitcast<f32>(0x7fc00000u), !apply);
+    scalars[3] = f32(counters[0]);
+    for (var g = 0u; g < u.groups; g++) {
+        if (apply) { counters[2u + g] += 1u; }
+        let t = f32(counters[2u + g]);
+        let k = max(t - 1.0, 0.0);
+        let gr = groups[g];
+        let b1 = momentum(gr, k);
+        let o = 8u + 8u * g;
+        scalars[o] = gr.lr * lr_factor(gr, k);
+        scalars[o + 1u] = b1;
+        scalars[o + 2u] = 1.0 - pow(b1, t);
+        scalars[o + 3u] = 1.0 - pow(gr.beta2, t);
+        scalars[o + 4u] = t;
+        scalars[o + 5u] = k;
+        scalars[o + 6u] = 0.0;
+        scalars[o + 7u] = 0.0;
+    }
+}

@@ -1,0 +1,90 @@
+// Fused elementwise optimizer updates over a bucket: one workgroup per chunk of the chunk table
+// (param offset, grad offset, state offset, length), so any number of tensors take one dispatch.
+// The whole step is skipped when the prologue found a non-finite gradient (scalars[0] == 0).
+// Semantics per optimizer: docs/optimizers.md §7 (AdamW §7.1, Lion §7.4, Signum §7.5) and torch.optim.SGD.
+struct U {
+    chunks: u32, group: u32, groups_x: u32, flags: u32,     // flags: 1 amsgrad / nesterov, 2 maximize
+    h0: f32, h1: f32, h2: f32, h3: f32,                      // per-optimizer hyper-parameters (see src/optim)
+}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> table: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> scalars: array<f32>;
+@group(0) @binding(3) var<storage, read> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> param: array<f32>;
+//#if STATES_1
+@group(0) @binding(5) var<storage, read_write> s0: array<f32>;
+//#endif
+//#if STATES_2
+@group(0) @binding(5) var<storage, read_write> s0: array<f32>;
+@group(0) @binding(6) var<storage, read_write> s1: array<f32>;
+//#endif
+//#if STATES_3
+@group(0) @binding(5) var<storage, read_write> s0: array<f32>;
+@group(0) @binding(6) var<storage, read_write> s1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> s2: array<f32>;
+//#endif
+
+fn sgn(x: f32) -> f32 { return select(select(0.0, -1.0, x < 0.0), 1.0, x > 0.0); }
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let c = wg.y * u.groups_x + wg.x;
+    if (c >= u.chunks || scalars[0] == 0.0) { return; }
+    let ch = table[c];
+    let clip = scalars[1];
+    let o = 8u + 8u * u.group;
+    let lr = scalars[o];
+    let b1 = scalars[o + 1u];
+    let bc1 = scalars[o + 2u];
+    let bc2 = scalars[o + 3u];
+    let t = scalars[o + 4u];
+    let neg = select(1.0, -1.0, (u.flags & 2u) != 0u);
+    for (var i = li; i < ch.w; i += 256u) {
+        let pi = ch.x + i;
+        let si = ch.z + i;
+        let g = neg * clip * grad[ch.y + i];
+        var p = param[pi];
+//#if OPT_SGD
+        // h0 weight decay, h1 dampening. torch.optim.SGD: coupled decay, first step buf = g.
+        var d = g + u.h0 * p;
+//#if STATES_1
+        if (b1 != 0.0) {
+            var buf = d;
+            if (t > 1.0) { buf = b1 * s0[si] + (1.0 - u.h1) * d; }
+            s0[si] = buf;
+            d = select(buf, d + b1 * buf, (u.flags & 1u) != 0u);
+        }
+//#endif
+        p -= lr * d;
+//#endif
+//#if OPT_ADAMW
+        // h0 beta2, h1 eps, h2 weight decay. torch.optim.AdamW (§7.1).
+        p *= 1.0 - lr * u.h2;
+        let m = mix(s0[si], g, 1.0 - b1);
+        let v = u.h0 * s1[si] + (1.0 - u.h0) * g * g;
+        s0[si] = m;
+        s1[si] = v;
+        var vv = v;
+//#if AMSGRAD
+        vv = max(s2[si], v);
+        s2[si] = vv;
+//#endif
+        let denom = sqrt(vv) / sqrt(bc2) + u.h1;
+        p -= (lr / bc1) * m / denom;
+//#endif
+//#if OPT_LION
+        // h0 beta2, h2 weight decay. google/automl Lion (§7.4).
+        p *= 1.0 - lr * u.h2;
+        let m = s0[si];
+        p -= lr * sgn(b1 * m + (1.0 - b1) * g);
+        s0[si] = u.h0 * m + (1.0 - u.h0) * g;
+//#endif
+//#if OPT_SIGNUM
+        // h0 lookahead λ, h2 weight decay. matrix-whitening signum (§7.5): p ← p − lr(sign((1−λ)m + λg) + wd·p).
+        let m = b1 * s0[si] + (1.0 - b1) * g;
+        s0[si] = m;
+        p -= lr * (sgn((1.0 - u.h0) * m + u.h0 * g) + u.h2 * p);
+//#endif
+        param[pi] = p;
+    }
+}

@@ -1,0 +1,397 @@
+//! The optimizer builder: parameters, routing rules with per-group hyper-parameters, and the one-plan step.
+
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, PlanBuilder, Tensor};
+use crate::optim::optimizer::{Bucket, Optimizer, ParamSlot};
+use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule};
+
+/// Which parameters a routing rule takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Matcher {
+    /// Every parameter.
+    All,
+    /// Names matching a glob (`*` matches any run of characters), e.g. `blocks.*.attn.*`.
+    Name(String),
+    /// Exactly these names.
+    Names(Vec<String>),
+    /// 2-D parameters whose name matches none of the globs (e.g. exclude `*emb*`, `lm_head*`): hidden matrices.
+    MatricesExcept(Vec<String>),
+    /// Parameters of this rank.
+    Rank(usize),
+}
+
+impl Matcher {
+    fn matches(&self, name: &str, shape: &[usize]) -> bool {
+        match self {
+            Matcher::All => true,
+            Matcher::Name(g) => glob(g, name),
+            Matcher::Names(v) => v.iter().any(|n| n == name),
+            Matcher::MatricesExcept(ex) => shape.len() == 2 && !ex.iter().any(|g| glob(g, name)),
+            Matcher::Rank(r) => shape.len() == *r,
+        }
+    }
+}
+
+/// `*`-only glob match.
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || !s[first.len()..].ends_with(last) || s.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A parameter group: an optimizer, its learning-rate schedule and optional momentum schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// The optimizer and its hyper-parameters.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// β1 warmup/cooldown.
+    #[serde(default)]
+    pub momentum: Option<MomentumSchedule>,
+}
+
+impl Group {
+    /// A group with a constant learning rate.
+    pub fn new(optimizer: OptimizerConfig) -> Group {
+        Group { optimizer, schedule: Schedule::Constant, momentum: None }
+    }
+    /// Set the learning-rate schedule.
+    pub fn schedule(mut self, s: Schedule) -> Group {
+        self.schedule = s;
+        self
+    }
+    /// Set the momentum schedule.
+    pub fn momentum(mut self, m: MomentumSchedule) -> Group {
+        self.momentum = Some(m);
+        self
+    }
+}
+
+/// What a step does when a gradient holds NaN or Inf: it is always skipped on the device (parameters and state
+/// untouched) and counted; `Fail` additionally makes [`Optimizer::report`] return an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinitePolicy {
+    /// Skip and count.
+    #[default]
+    Skip,
+    /// Skip, count, and report an error.
+    Fail,
+}
+
+pub(crate) struct ParamEntry {
+    pub name: String,
+    pub param: Tensor,
+    pub grad: Tensor,
+}
+
+/// Collects parameters, routing rules and step options; [`OptimizerBuilder::build`] makes the [`Optimizer`].
+pub struct OptimizerBuilder {
+    gpu: Gpu,
+    params: Vec<ParamEntry>,
+    rules: Vec<(Matcher, Group)>,
+    clip: Option<f32>,
+    policy: NonFinitePolicy,
+    timing: bool,
+}
+
+/// Elements per chunk of a bucket (one workgroup each).
+pub(crate) const CHUNK: usize = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct GroupUniform {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    kind: u32,
+    warmup: f32,
+    total: f32,
+    decay: f32,
+    min_ratio: f32,
+    m_kind: u32,
+    m_start: f32,
+    m_warmup: f32,
+    m_cooldown: f32,
+    m_total: f32,
+    _pad: [f32; 3],
+}
+
+impl OptimizerBuilder {
+    /// An empty builder.
+    pub fn new(gpu: &Gpu) -> OptimizerBuilder {
+        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false }
+    }
+
+    /// Add a parameter and its gradient (tensors or views of caller-owned buffers; same shape).
+    pub fn param(&mut self, name: &str, param: &Tensor, grad: &Tensor) -> Result<&mut Self> {
+        let err = |detail: String| Err(Error::InvalidArgument { op: "OptimizerBuilder::param", name: "param", detail });
+        if self.params.iter().any(|p| p.name == name) {
+            return err(format!("duplicate parameter name `{name}`"));
+        }
+        if param.shape() != grad.shape() {
+            return Err(Error::Shape {
+                op: "OptimizerBuilder::param",
+                detail: format!("`{name}`: parameter {:?} but gradient {:?}", param.shape(), grad.shape()),
+            });
+        }
+        if param.numel() == 0 {
+            return Err(Error::ZeroSize { op: "OptimizerBuilder::param", shape: param.shape().to_vec() });
+        }
+        if !param.gpu().same_device(&self.gpu) || !grad.gpu().same_device(&self.gpu) {
+            return Err(Error::DeviceMismatch { op: "OptimizerBuilder::param" });
+        }
+        if param.buffer() == grad.buffer() {
+            return err(format!("`{name}`: the gradient must not live in the parameter's buffer"));
+        }
+        let (a0, a1) = (param.offset(), param.offset() + param.numel());
+        if let Some(other) = self.params.iter().find(|p| {
+            p.param.buffer() == param.buffer() && p.param.offset() < a1 && a0 < p.param.offset() + p.param.numel()
+        }) {
+            return err(format!("`{name}` overlaps parameter `{}` in the same buffer", other.name));
+        }
+        self.params.push(ParamEntry { name: name.to_string(), param: param.clone(), grad: grad.clone() });
+        Ok(self)
+    }
+
+    /// Add every parameter of a [`ParamStore`].
+    pub fn params_from(&mut self, store: &ParamStore) -> Result<&mut Self> {
+        for item in store.iter() {
+            let (name, p, g) = item?;
+            self.param(name, &p, &g)?;
+        }
+        Ok(self)
+    }
+
+    /// A routing rule: parameters matching `m` (and no earlier rule) join `group`.
+    pub fn rule(&mut self, m: Matcher, group: Group) -> &mut Self {
+        self.rules.push((m, group));
+        self
+    }
+
+    /// Clip the global gradient norm to `max_norm` (computed on the device, applied inside the update kernels).
+    pub fn clip_grad_norm(&mut self, max_norm: f32) -> &mut Self {
+        self.clip = Some(max_norm);
+        self
+    }
+
+    /// Behaviour on a non-finite gradient.
+    pub fn on_nonfinite(&mut self, policy: NonFinitePolicy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Time the stages (grad statistics, prologue, updates) with timestamp queries where supported.
+    pub fn with_timing(&mut self, on: bool) -> &mut Self {
+        self.timing = on;
+        self
+    }
+
+    /// Route, bucket, allocate state, and build the one-submit step plan.
+    pub fn build(&self) -> Result<Optimizer> {
+        if self.params.is_empty() {
+            return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "params", detail: "no parameters".into() });
+        }
+        if let Some(c) = self.clip {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "clip_grad_norm", detail: format!("{c} must be > 0") });
+            }
+        }
+        // Route each parameter to the first matching rule; only rules that take something become groups.
+        let mut rule_of = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let r = self.rules.iter().position(|(m, _)| m.matches(&p.name, p.param.shape())).ok_or_else(|| Error::InvalidArgument {
+                op: "OptimizerBuilder::build",
+                name: "rules",
+                detail: format!("no routing rule takes parameter `{}` {:?}", p.name, p.param.shape()),
+            })?;
+            rule_of.push(r);
+        }
+        let mut used: Vec<usize> = rule_of.clone();
+        used.sort_unstable();
+        used.dedup();
+        let groups: Vec<Group> = used.iter().map(|&r| self.rules[r].1.clone()).collect();
+        for g in &groups {
+            g.optimizer.validate()?;
+            let bad = |detail: String| Error::InvalidArgument { op: "OptimizerBuilder::build", name: "schedule", detail };
+            g.schedule.validate().map_err(bad)?;
+            if let Some(m) = &g.momentum {
+                m.validate().map_err(bad)?;
+                if g.optimizer.kernel().beta1 == 0.0 {
+                    return Err(Error::InvalidArgument {
+                        op: "OptimizerBuilder::build",
+                        name: "momentum",
+                        detail: format!("{}: a momentum schedule needs momentum > 0", g.optimizer.name()),
+                    });
+                }
+            }
+        }
+        let group_of: Vec<usize> = rule_of.iter().map(|r| used.iter().position(|u| u == r).unwrap_or(0)).collect();
+
+        // Buckets: same group, same parameter buffer, same gradient buffer.
+        let mut keys: Vec<(usize, wgpu::Buffer, wgpu::Buffer)> = Vec::new();
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let key = (group_of[i], p.param.buffer().clone(), p.grad.buffer().clone());
+            match keys.iter().position(|k| *k == key) {
+                Some(b) => members[b].push(i),
+                None => {
+                    keys.push(key);
+                    members.push(vec![i]);
+                }
+            }
+        }
+        let gpu = &self.gpu;
+        let mut plan = PlanBuilder::new(gpu).with_timing(self.timing);
+        let counters = Tensor::zeros(gpu, &[2 + groups.len()])?;
+        let scalars = Tensor::zeros(gpu, &[8 + 8 * groups.len()])?;
+        let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
+        let group_buf = Tensor::zeros(gpu, &[groups.len() * 16])?;
+        group_buf.write(bytemuck::cast_slice(&group_data))?;
+
+        let mut buckets = Vec::new();
+        let mut slots = Vec::new();
+        let mut total_chunks = 0usize;
+        for (b, idx) in members.iter().enumerate() {
+            let group = keys[b].0;
+            let spec = groups[group].optimizer.kernel();
+            let numel: usize = idx.iter().map(|&i| self.params[i].param.numel()).sum();
+            let mut table: Vec<u32> = Vec::new();
+            let mut state_off = 0usize;
+            for &i in idx {
+                let p = &self.params[i];
+                let n = p.param.numel();
+                let fits = |v: usize| u32::try_from(v).is_ok();
+                if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(numel) {
+                    return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+                }
+                for c in (0..n).step_by(CHUNK) {
+                    let len = CHUNK.min(n - c);
+                    table.extend([(p.param.offset() + c) as u32, (p.grad.offset() + c) as u32, (state_off + c) as u32, len as u32]);
+                }
+                slots.push(ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off });
+                state_off += n;
+            }
+            let chunks = table.len() / 4;
+            let table_t = Tensor::zeros(gpu, &[table.len()])?;
+            table_t.write(bytemuck::cast_slice(&table))?;
+            let states: Vec<(String, Tensor)> =
+                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[numel])?))).collect::<Result<_>>()?;
+            buckets.push(Bucket { group, chunks, chunk_base: total_chunks, table: table_t, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
+            total_chunks += chunks;
+        }
+        let partials = Tensor::zeros(gpu, &[2 * total_chunks])?;
+
+        plan.stage("grad_stats");
+        let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &[])?;
+        for b in &buckets {
+            let (gx, gy) = grid(b.chunks);
+            let u: [u32; 4] = [b.chunks as u32, b.chunk_base as u32, gx, 0];
+            plan.dispatch(&stats, &u, &[&b.table, &b.grad, &partials], [gx, gy, 1])?;
+        }
+        plan.stage("prologue");
+        let prologue = gpu.kernel("optim/prologue.wgsl", "main", &[])?;
+        #[repr(C)]
+        #[derive(Clone, Copy, Pod, Zeroable)]
+        struct P {
+            groups: u32,
+            partials: u32,
+            max_norm: f32,
+            clip: u32,
+        }
+        let pu = P { groups: groups.len() as u32, partials: total_chunks as u32, max_norm: self.clip.unwrap_or(0.0), clip: self.clip.is_some() as u32 };
+        plan.dispatch(&prologue, &pu, &[&group_buf, &partials, &counters, &scalars], [1, 1, 1])?;
+        plan.stage("update");
+        for b in &buckets {
+            let spec = groups[b.group].optimizer.kernel();
+            let n = spec.states.len();
+            let flag = |v: bool| (if v { "1" } else { "0" }).to_string();
+            let defines = [
+                (spec.define, "1".to_string()),
+                ("STATES_1", flag(n == 1)),
+                ("STATES_2", flag(n == 2)),
+                ("STATES_3", flag(n == 3)),
+                ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
+            ];
+            let kernel = gpu.kernel("optim/update.wgsl", "main", &defines)?;
+            let (gx, gy) = grid(b.chunks);
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct Upd {
+                chunks: u32,
+                group: u32,
+                groups_x: u32,
+                flags: u32,
+                h: [f32; 4],
+            }
+            let u = Upd { chunks: b.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, h: spec.h };
+            let mut tensors: Vec<&Tensor> = vec![&b.table, &scalars, &b.grad, &b.param];
+            tensors.extend(b.states.iter().map(|(_, t)| t));
+            plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
+        }
+        let plan = plan.build()?;
+        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, counters, scalars, self.policy, self.clip))
+    }
+}
+
+fn grid(chunks: usize) -> (u32, u32) {
+    let gx = (chunks as u32).clamp(1, 65535);
+    (gx, (chunks as u32).div_ceil(gx).max(1))
+}
+
+fn encode_group(g: &Group) -> GroupUniform {
+    let spec = g.optimizer.kernel();
+    let (kind, warmup, total, decay, min_ratio) = g.schedule.encode();
+    let m = g.momentum;
+    GroupUniform {
+        lr: g.optimizer.lr(),
+        beta1: spec.beta1,
+        beta2: spec.beta2,
+        kind,
+        warmup,
+        total,
+        decay,
+        min_ratio,
+        m_kind: m.is_some() as u32,
+        m_start: m.map_or(0.0, |m| m.start),
+        m_warmup: m.map_or(0.0, |m| m.warmup as f32),
+        m_cooldown: m.map_or(0.0, |m| m.cooldown as f32),
+        m_total: m.map_or(0.0, |m| m.total as f32),
+        _pad: [0.0; 3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("blocks.*.attn.*", "blocks.3.attn.qkv"));
+        assert!(glob("*emb*", "tok_emb"));
+        assert!(!glob("*emb*", "lm_head"));
+        assert!(glob("a*", "a"));
+        assert!(!glob("ab*ba", "aba"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
+}

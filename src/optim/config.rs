@@ -1,0 +1,247 @@
+//! Configurations of the elementwise optimizers, with the defaults of their reference implementations
+//! (docs/optimizers.md §7) and validation that names the offending field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// torch.optim.SGD: coupled weight decay, momentum buffer initialized to the first gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum μ (0 disables the buffer).
+    pub momentum: f32,
+    /// Dampening of the gradient in the momentum buffer.
+    pub dampening: f32,
+    /// Coupled L2 weight decay (added to the gradient).
+    pub weight_decay: f32,
+    /// Nesterov momentum (needs momentum > 0 and dampening = 0, as torch requires).
+    pub nesterov: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig { lr: 1e-3, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, maximize: false }
+    }
+}
+
+/// torch.optim.AdamW (§7.1): decoupled WD-pre, bias-corrected, eps outside the square root.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Use the running maximum of v.
+    pub amsgrad: bool,
+    /// Ascend instead of descend.
+    pub maximize: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, amsgrad: false, maximize: false }
+    }
+}
+
+/// Lion (google/automl, §7.4).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LionConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1 (interpolation for the sign).
+    pub beta1: f32,
+    /// β2 (momentum EMA).
+    pub beta2: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for LionConfig {
+    fn default() -> Self {
+        LionConfig { lr: 1e-4, beta1: 0.9, beta2: 0.99, weight_decay: 0.0 }
+    }
+}
+
+/// Signum as in kvfrans/matrix-whitening (§7.5): `m ← β m + (1−β) g; p ← p − lr(sign((1−λ)m + λg) + wd·p)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignumConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β.
+    pub beta1: f32,
+    /// Lookahead λ ∈ [0, 1].
+    pub lookahead: f32,
+    /// Weight decay (inside the step, as the harness applies it).
+    pub weight_decay: f32,
+}
+
+impl Default for SignumConfig {
+    fn default() -> Self {
+        SignumConfig { lr: 0.01, beta1: 0.9, lookahead: 0.0, weight_decay: 0.0 }
+    }
+}
+
+/// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum OptimizerConfig {
+    /// [`SgdConfig`].
+    Sgd(SgdConfig),
+    /// [`AdamWConfig`].
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+    /// [`LionConfig`].
+    Lion(LionConfig),
+    /// [`SignumConfig`].
+    Signum(SignumConfig),
+}
+
+/// How an optimizer maps onto the fused update kernel.
+pub(crate) struct KernelSpec {
+    pub define: &'static str,
+    pub states: &'static [&'static str],
+    pub flags: u32,
+    pub h: [f32; 4],
+    pub beta1: f32,
+    pub beta2: f32,
+}
+
+impl OptimizerConfig {
+    /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Sgd(_) => "sgd",
+            OptimizerConfig::AdamW(_) => "adamw",
+            OptimizerConfig::Lion(_) => "lion",
+            OptimizerConfig::Signum(_) => "signum",
+        }
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f32 {
+        match self {
+            OptimizerConfig::Sgd(c) => c.lr,
+            OptimizerConfig::AdamW(c) => c.lr,
+            OptimizerConfig::Lion(c) => c.lr,
+            OptimizerConfig::Signum(c) => c.lr,
+        }
+    }
+
+    /// Parse `{"lr": …}`-style JSON for the optimizer called `name` (unknown fields are an error).
+    pub fn from_json(name: &str, json: &str) -> Result<OptimizerConfig> {
+        let bad = |e: serde_json::Error| Error::InvalidArgument { op: "optimizer config", name: "config", detail: format!("{name}: {e}") };
+        let cfg = match name {
+            "sgd" => OptimizerConfig::Sgd(serde_json::from_str(json).map_err(bad)?),
+            "adamw" => OptimizerConfig::AdamW(serde_json::from_str(json).map_err(bad)?),
+            "lion" => OptimizerConfig::Lion(serde_json::from_str(json).map_err(bad)?),
+            "signum" => OptimizerConfig::Signum(serde_json::from_str(json).map_err(bad)?),
+            other => {
+                return Err(Error::InvalidArgument {
+                    op: "optimizer config",
+                    name: "optimizer",
+                    detail: format!("unknown optimizer `{other}` (known: sgd, adamw, lion, signum)"),
+                })
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every hyper-parameter's range; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let name = self.name();
+        let check = |field: &'static str, ok: bool, v: f32, want: &str| {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument { op: "optimizer config", name: field, detail: format!("{name}: {field} = {v}, must be {want}") })
+            }
+        };
+        let beta = |field, v: f32| check(field, (0.0..1.0).contains(&v), v, "in [0, 1)");
+        let nonneg = |field, v: f32| check(field, v >= 0.0, v, "≥ 0");
+        nonneg("lr", self.lr())?;
+        match *self {
+            OptimizerConfig::Sgd(c) => {
+                nonneg("momentum", c.momentum)?;
+                beta("momentum", c.momentum)?;
+                check("dampening", (0.0..=1.0).contains(&c.dampening), c.dampening, "in [0, 1]")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "nesterov",
+                        detail: "sgd: nesterov needs momentum > 0 and dampening = 0".into(),
+                    });
+                }
+            }
+            OptimizerConfig::AdamW(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Lion(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Signum(c) => {
+                beta("beta1", c.beta1)?;
+                check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn kernel(&self) -> KernelSpec {
+        match *self {
+            OptimizerConfig::Sgd(c) => KernelSpec {
+                define: "OPT_SGD",
+                states: if c.momentum > 0.0 { &["momentum_buffer"] } else { &[] },
+                flags: c.nesterov as u32 | (c.maximize as u32) << 1,
+                h: [c.weight_decay, c.dampening, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
+            },
+            OptimizerConfig::AdamW(c) => KernelSpec {
+                define: "OPT_ADAMW",
+                states: if c.amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] },
+                flags: c.amsgrad as u32 | (c.maximize as u32) << 1,
+                h: [c.beta2, c.eps, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: c.beta2,
+            },
+            OptimizerConfig::Lion(c) => KernelSpec {
+                define: "OPT_LION",
+                states: &["exp_avg"],
+                flags: 0,
+                h: [c.beta2, 0.0, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: c.beta2,
+            },
+            OptimizerConfig::Signum(c) => KernelSpec {
+                define: "OPT_SIGNUM",
+                states: &["momentum"],
+                flags: 0,
+                h: [c.lookahead, 0.0, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: 0.0,
+            },
+        }
+    }
+}

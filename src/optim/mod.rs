@@ -1,0 +1,15 @@
+//! Optimizers over the runtime: parameter groups routed by rules, bucketed so that each bucket is one fused
+//! dispatch, and the whole step (gradient statistics, clipping, the non-finite guard, schedules, updates) built
+//! once into one plan: one submit and no readback per step. Equations: docs/optimizers.md §0, §7.
+
+mod builder;
+mod config;
+mod optimizer;
+mod params;
+mod schedule;
+
+pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
+pub use config::{AdamWConfig, LionConfig, OptimizerConfig, SgdConfig, SignumConfig};
+pub use optimizer::{Optimizer, StepReport};
+pub use params::ParamStore;
+pub use schedule::{MomentumSchedule, Schedule};

@@ -1,0 +1,261 @@
+//! [`Optimizer`]: the built step (one submit, no readback), asynchronous reports, state access and checkpoints.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Plan, Tensor};
+use crate::optim::{Group, NonFinitePolicy};
+
+pub(crate) struct Bucket {
+    pub group: usize,
+    pub chunks: usize,
+    pub chunk_base: usize,
+    pub table: Tensor,
+    pub grad: Tensor,
+    pub param: Tensor,
+    pub states: Vec<(String, Tensor)>,
+}
+
+pub(crate) struct ParamSlot {
+    pub name: String,
+    pub param: Tensor,
+    pub group: usize,
+    pub bucket: usize,
+    pub state_offset: usize,
+}
+
+/// What the device says about the steps so far (read asynchronously, never inside a step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Steps submitted.
+    pub attempted: u64,
+    /// Steps skipped for a non-finite gradient.
+    pub skipped: u64,
+    /// Steps applied, per group.
+    pub applied: Vec<u64>,
+    /// Global gradient norm of the last step (NaN if it was skipped).
+    pub grad_norm: f32,
+    /// Learning rate each group used in the last step.
+    pub lr: Vec<f32>,
+}
+
+/// A built optimizer: parameter groups routed to optimizers, state on the device, and the step plan.
+pub struct Optimizer {
+    gpu: Gpu,
+    plan: Plan,
+    groups: Vec<Group>,
+    buckets: Vec<Bucket>,
+    slots: Vec<ParamSlot>,
+    counters: Tensor,
+    scalars: Tensor,
+    policy: NonFinitePolicy,
+    clip: Option<f32>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct GroupMeta {
+    #[serde(flatten)]
+    group: Group,
+    params: Vec<String>,
+}
+
+const FORMAT: &str = "wgoptim-checkpoint-1";
+
+impl Optimizer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        gpu: Gpu,
+        plan: Plan,
+        groups: Vec<Group>,
+        buckets: Vec<Bucket>,
+        slots: Vec<ParamSlot>,
+        counters: Tensor,
+        scalars: Tensor,
+        policy: NonFinitePolicy,
+        clip: Option<f32>,
+    ) -> Optimizer {
+        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, policy, clip }
+    }
+
+    /// Run one step: exactly one submit, no CPU↔GPU synchronization.
+    pub fn step(&self) -> wgpu::SubmissionIndex {
+        self.plan.run()
+    }
+
+    /// Record one step into a caller's encoder (embedding).
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.plan.record(encoder)
+    }
+
+    /// The underlying plan (dispatch count, stage names, timed runs).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The groups, in the order the counters and reports use.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// Number of buckets (each is one dispatch of the update stage).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Parameter names in the order they were added.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// The group index a parameter was routed to.
+    pub fn group_of(&self, name: &str) -> Result<usize> {
+        self.slot(name).map(|s| s.group)
+    }
+
+    fn slot(&self, name: &str) -> Result<&ParamSlot> {
+        self.slots.iter().find(|s| s.name == name).ok_or_else(|| Error::InvalidArgument {
+            op: "Optimizer",
+            name: "name",
+            detail: format!("no parameter `{name}`"),
+        })
+    }
+
+    /// The names of the state tensors a parameter has (e.g. `exp_avg`, `exp_avg_sq`).
+    pub fn state_names(&self, name: &str) -> Result<Vec<String>> {
+        let s = self.slot(name)?;
+        Ok(self.buckets[s.bucket].states.iter().map(|(n, _)| n.clone()).collect())
+    }
+
+    /// A view of one state tensor of a parameter, shaped like the parameter.
+    pub fn state(&self, name: &str, state: &str) -> Result<Tensor> {
+        let s = self.slot(name)?;
+        let (_, t) = self.buckets[s.bucket].states.iter().find(|(n, _)| n == state).ok_or_else(|| Error::InvalidArgument {
+            op: "Optimizer::state",
+            name: "state",
+            detail: format!("`{name}` has no state `{state}`"),
+        })?;
+        Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())
+    }
+
+    /// Counters and last-step scalars, read back asynchronously. With [`NonFinitePolicy::Fail`] a skipped step
+    /// makes this an error.
+    pub async fn report(&self) -> Result<StepReport> {
+        let c: Vec<u32> = self.counters.read().await?.iter().map(|v| v.to_bits()).collect();
+        let s = self.scalars.read().await?;
+        let report = StepReport {
+            attempted: c[1] as u64,
+            skipped: c[0] as u64,
+            applied: c[2..].iter().map(|&v| v as u64).collect(),
+            grad_norm: s[2],
+            lr: (0..self.groups.len()).map(|g| s[8 + 8 * g]).collect(),
+        };
+        if self.policy == NonFinitePolicy::Fail && report.skipped > 0 {
+            return Err(Error::NonFiniteGradient { skipped: report.skipped });
+        }
+        Ok(report)
+    }
+
+    fn metadata(&self) -> Result<String> {
+        let metas: Vec<GroupMeta> = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| GroupMeta {
+                group: group.clone(),
+                params: self.slots.iter().filter(|s| s.group == g).map(|s| s.name.clone()).collect(),
+            })
+            .collect();
+        serde_json::to_string(&metas).map_err(|e| Error::Checkpoint(e.to_string()))
+    }
+
+    /// Parameters, every state tensor and the step counters as safetensors bytes, with a metadata block
+    /// (format, wgoptim version, groups with their optimizer configs and parameter names, step options).
+    pub async fn save(&self) -> Result<Vec<u8>> {
+        let mut blobs: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for s in &self.slots {
+            let shape = s.param.shape().to_vec();
+            blobs.push((format!("param/{}", s.name), safetensors::Dtype::F32, shape.clone(), f32_bytes(s.param.read().await?)));
+            for (state, _) in &self.buckets[s.bucket].states {
+                let v = self.state(&s.name, state)?.read().await?;
+                blobs.push((format!("state/{}/{state}", s.name), safetensors::Dtype::F32, shape.clone(), f32_bytes(v)));
+            }
+        }
+        let counters: Vec<u8> = self.counters.read().await?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+        blobs.push(("counters".into(), safetensors::Dtype::U32, vec![self.counters.numel()], counters));
+        let views = blobs
+            .iter()
+            .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::Checkpoint(e.to_string()))?)))
+            .collect::<Result<Vec<_>>>()?;
+        let meta = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("wgoptim_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("groups".to_string(), self.metadata()?),
+            ("clip_grad_norm".to_string(), serde_json::to_string(&self.clip).map_err(|e| Error::Checkpoint(e.to_string()))?),
+            ("nonfinite".to_string(), serde_json::to_string(&self.policy).map_err(|e| Error::Checkpoint(e.to_string()))?),
+        ]);
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
+    }
+
+    /// Restore a checkpoint from [`Optimizer::save`]. Everything is checked first (format, groups and configs,
+    /// every tensor's presence, dtype and shape, no extra tensors); on any mismatch nothing is written.
+    pub fn load(&self, bytes: &[u8]) -> Result<()> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Checkpoint(format!("unreadable or truncated file: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |k: &str| meta.get(k).cloned().ok_or_else(|| Error::Checkpoint(format!("metadata has no `{k}`")));
+        if field("format")? != FORMAT {
+            return Err(Error::Checkpoint(format!("not a {FORMAT} file (format `{}`)", field("format")?)));
+        }
+        let saved: Vec<GroupMeta> = serde_json::from_str(&field("groups")?).map_err(|e| Error::Checkpoint(format!("bad groups metadata: {e}")))?;
+        let ours: Vec<GroupMeta> = serde_json::from_str(&self.metadata()?).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        if saved.len() != ours.len() {
+            return Err(Error::Checkpoint(format!("{} groups saved, this optimizer has {}", saved.len(), ours.len())));
+        }
+        for (g, (a, b)) in saved.iter().zip(&ours).enumerate() {
+            if a.params != b.params {
+                return Err(Error::Checkpoint(format!("group {g}: saved parameters {:?}, here {:?}", a.params, b.params)));
+            }
+            if a.group != b.group {
+                return Err(Error::Checkpoint(format!(
+                    "group {g}: saved config {} differs from this optimizer's {}",
+                    serde_json::to_string(&a.group).unwrap_or_default(),
+                    serde_json::to_string(&b.group).unwrap_or_default()
+                )));
+            }
+        }
+        let mut writes: Vec<(Tensor, Vec<f32>)> = Vec::new();
+        let mut expected = vec!["counters".to_string()];
+        for s in &self.slots {
+            let mut want = vec![(format!("param/{}", s.name), s.param.clone())];
+            for (state, _) in &self.buckets[s.bucket].states {
+                want.push((format!("state/{}/{state}", s.name), self.state(&s.name, state)?));
+            }
+            for (key, t) in want {
+                let v = st.tensor(&key).map_err(|_| Error::Checkpoint(format!("missing tensor `{key}`")))?;
+                if v.dtype() != safetensors::Dtype::F32 || v.shape() != t.shape() {
+                    return Err(Error::Checkpoint(format!("`{key}`: saved {:?} {:?}, expected F32 {:?}", v.dtype(), v.shape(), t.shape())));
+                }
+                writes.push((t, bytemuck::pod_collect_to_vec(v.data())));
+                expected.push(key);
+            }
+        }
+        let c = st.tensor("counters").map_err(|_| Error::Checkpoint("missing tensor `counters`".into()))?;
+        if c.dtype() != safetensors::Dtype::U32 || c.shape() != [self.counters.numel()] {
+            return Err(Error::Checkpoint(format!("`counters`: saved {:?} {:?}, expected U32 [{}]", c.dtype(), c.shape(), self.counters.numel())));
+        }
+        if let Some(extra) = st.names().into_iter().find(|n| !expected.iter().any(|e| e == n)) {
+            return Err(Error::Checkpoint(format!("unexpected tensor `{extra}`")));
+        }
+        writes.push((self.counters.clone(), bytemuck::pod_collect_to_vec(c.data())));
+        for (t, v) in writes {
+            t.write(&v)?;
+        }
+        Ok(())
+    }
+}
+
+fn f32_bytes(v: Vec<f32>) -> Vec<u8> {
+    bytemuck::cast_slice(&v).to_vec()
+}

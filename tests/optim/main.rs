@@ -1,0 +1,293 @@
+//! The optimizer conformance matrix: every elementwise optimizer against its f64 reference for 30 steps
+//! (schedules, momentum warmup, clipping, a skipped NaN step), save/load round trip, bit-exact resume,
+//! one submit per step, and bad input.
+
+mod reference;
+
+use reference::*;
+use std::sync::OnceLock;
+use wgoptim::optim::*;
+use wgoptim::{Error, Gpu, Tensor};
+
+fn gpu() -> Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))).clone()
+}
+
+/// Deterministic values in [-1, 1).
+fn noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+/// Shapes: a hidden matrix, a vector crossing a chunk boundary (4096), a scalar, a 3-D tensor.
+const SPECS: &[(&str, &[usize])] = &[("h.weight", &[7, 13]), ("emb", &[5000]), ("scale", &[1]), ("conv", &[3, 1, 2]), ("h2.weight", &[9, 4])];
+
+struct Run {
+    store: ParamStore,
+    opt: Optimizer,
+}
+
+fn build(groups: &[(Matcher, Group)], clip: Option<f32>) -> Result<Run, Error> {
+    let gpu = gpu();
+    let store = ParamStore::new(&gpu, SPECS)?;
+    for (i, (name, shape)) in SPECS.iter().enumerate() {
+        store.param(name)?.write(&noise(100 + i as u64, shape.iter().product()))?;
+    }
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store)?;
+    for (m, g) in groups {
+        b.rule(m.clone(), g.clone());
+    }
+    if let Some(c) = clip {
+        b.clip_grad_norm(c);
+    }
+    Ok(Run { opt: b.build()?, store })
+}
+
+fn grads_at(step: u32, nan_at: Option<u32>) -> Vec<Vec<f32>> {
+    SPECS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape))| {
+            let mut g: Vec<f32> = noise(1000 * step as u64 + i as u64, shape.iter().product()).iter().map(|v| v * 0.5).collect();
+            if nan_at == Some(step) && i == 1 {
+                g[4095] = f32::NAN;
+            }
+            g
+        })
+        .collect()
+}
+
+fn write_grads(run: &Run, grads: &[Vec<f32>]) {
+    for ((name, _), g) in SPECS.iter().zip(grads) {
+        run.store.grad(name).unwrap().write(g).unwrap();
+    }
+}
+
+fn read_params(run: &Run) -> Vec<Vec<f32>> {
+    SPECS.iter().map(|(n, _)| run.store.param(n).unwrap().read_blocking().unwrap()).collect()
+}
+
+/// Run `steps` on the GPU and the reference; compare every parameter (relative Frobenius error over all).
+fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_at: Option<u32>) {
+    let run = build(groups, clip).unwrap();
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0 }).collect();
+    let init = read_params(&run);
+    let mut ref_params: Vec<(usize, RefParam)> =
+        SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
+    let mut skipped = 0;
+    for step in 1..=steps {
+        let g = grads_at(step, nan_at);
+        write_grads(&run, &g);
+        let state_before: Option<Vec<f32>> = (nan_at == Some(step)).then(|| {
+            let names = run.opt.state_names("emb").unwrap();
+            names.iter().flat_map(|s| run.opt.state("emb", s).unwrap().read_blocking().unwrap()).collect()
+        });
+        let params_before = state_before.as_ref().map(|_| read_params(&run));
+        run.opt.step();
+        let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+        if !engine_step(&mut ref_groups, &mut ref_params, &g64, clip) {
+            skipped += 1;
+            // The skipped step left parameters and state bit-identical.
+            assert_eq!(read_params(&run), params_before.unwrap(), "skipped step changed parameters");
+            let names = run.opt.state_names("emb").unwrap();
+            let after: Vec<f32> = names.iter().flat_map(|s| run.opt.state("emb", s).unwrap().read_blocking().unwrap()).collect();
+            assert_eq!(after, state_before.unwrap(), "skipped step changed state");
+        }
+    }
+    let got: Vec<f64> = read_params(&run).into_iter().flatten().map(|v| v as f64).collect();
+    let want: Vec<f64> = ref_params.iter().flat_map(|(_, x)| x.p.clone()).collect();
+    let init: Vec<f64> = init.into_iter().flatten().map(|v| v as f64).collect();
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let moved = want.iter().zip(&init).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(moved > 1e-3 * norm, "the reference barely moved: the test would prove nothing");
+    assert!(diff / norm <= 1e-5, "{groups:?}: relative error {} after {steps} steps", diff / norm);
+    let report = pollster::block_on(run.opt.report()).unwrap();
+    assert_eq!(report.skipped, skipped);
+    assert_eq!(report.attempted, steps as u64);
+    assert!(report.applied.iter().all(|&a| a == (steps - skipped as u32) as u64));
+}
+
+fn matrices() -> Matcher {
+    Matcher::MatricesExcept(vec!["emb*".into()])
+}
+
+fn cosine() -> Schedule {
+    Schedule::WarmupCosine { warmup: 5, total: 25, min_ratio: 0.1 }
+}
+
+fn every_config() -> Vec<OptimizerConfig> {
+    vec![
+        OptimizerConfig::Sgd(SgdConfig { lr: 0.05, ..Default::default() }),
+        OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 0.01, ..Default::default() }),
+        OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.9, nesterov: true, maximize: true, ..Default::default() }),
+        OptimizerConfig::AdamW(AdamWConfig::default()),
+        OptimizerConfig::AdamW(AdamWConfig { lr: 3e-3, amsgrad: true, weight_decay: 0.1, ..Default::default() }),
+        OptimizerConfig::AdamW(AdamWConfig { maximize: true, beta1: 0.8, beta2: 0.95, eps: 1e-6, ..Default::default() }),
+        OptimizerConfig::Lion(LionConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() }),
+        OptimizerConfig::Signum(SignumConfig { lr: 1e-3, ..Default::default() }),
+        OptimizerConfig::Signum(SignumConfig { lr: 1e-3, lookahead: 0.5, weight_decay: 0.1, ..Default::default() }),
+    ]
+}
+
+#[test]
+fn every_optimizer_matches_its_reference() {
+    for cfg in every_config() {
+        // Matrices get the optimizer under test with a warmup-cosine schedule; the rest AdamW, constant lr.
+        let groups = [
+            (matrices(), Group::new(cfg).schedule(cosine())),
+            (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig { lr: 2e-3, ..Default::default() }))),
+        ];
+        conformance(&groups, None, 30, None);
+        // Everything under test, WSD schedule, momentum warmup, clipping, and a NaN step at 10.
+        let wsd = Schedule::WarmupStableDecay { warmup: 3, total: 30, decay: 10, min_ratio: 0.0 };
+        let momentum = MomentumSchedule { start: 0.5, warmup: 8, cooldown: 5, total: 30 };
+        let no_momentum = matches!(cfg, OptimizerConfig::Sgd(SgdConfig { momentum, .. }) if momentum == 0.0);
+        let group = Group::new(cfg).schedule(wsd);
+        if no_momentum {
+            assert!(build(&[(Matcher::All, group.clone().momentum(momentum))], None).is_err(), "momentum schedule without momentum");
+        }
+        let one = [(Matcher::All, if no_momentum { group } else { group.momentum(momentum) })];
+        conformance(&one, Some(2.0), 30, Some(10));
+    }
+}
+
+#[test]
+fn one_submit_per_step_and_one_dispatch_per_bucket() {
+    let gpu = Gpu::new_blocking().unwrap(); // own device: the shared one counts other tests' submits
+    let store = ParamStore::new(&gpu, SPECS).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap();
+    b.rule(matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
+    b.rule(Matcher::All, Group::new(OptimizerConfig::Lion(LionConfig::default())));
+    let opt = b.build().unwrap();
+    assert_eq!(opt.bucket_count(), 2, "5 tensors in two groups share two buckets");
+    assert_eq!(opt.plan().dispatch_count(), 2 + 1 + 2, "stats per bucket, prologue, update per bucket");
+    let before = gpu.counters().submits();
+    for _ in 0..3 {
+        opt.step();
+    }
+    assert_eq!(gpu.counters().submits() - before, 3);
+}
+
+fn adamw_groups() -> Vec<(Matcher, Group)> {
+    vec![
+        (matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig { amsgrad: true, ..Default::default() })).schedule(cosine())),
+        (Matcher::All, Group::new(OptimizerConfig::Sgd(SgdConfig { lr: 0.01, momentum: 0.9, ..Default::default() }))),
+    ]
+}
+
+#[test]
+fn resume_from_checkpoint_is_bit_exact() {
+    let straight = build(&adamw_groups(), Some(1.0)).unwrap();
+    for step in 1..=25 {
+        write_grads(&straight, &grads_at(step, Some(7)));
+        straight.opt.step();
+    }
+    let first = build(&adamw_groups(), Some(1.0)).unwrap();
+    for step in 1..=12 {
+        write_grads(&first, &grads_at(step, Some(7)));
+        first.opt.step();
+    }
+    let bytes = pollster::block_on(first.opt.save()).unwrap();
+    let resumed = build(&adamw_groups(), Some(1.0)).unwrap();
+    resumed.opt.load(&bytes).unwrap();
+    assert_eq!(read_params(&resumed), read_params(&first), "load restores parameters");
+    for step in 13..=25 {
+        write_grads(&resumed, &grads_at(step, Some(7)));
+        resumed.opt.step();
+    }
+    let (a, b) = (read_params(&straight), read_params(&resumed));
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "resumed run differs from the uninterrupted one");
+    }
+    let (ra, rb) = (pollster::block_on(straight.opt.report()).unwrap(), pollster::block_on(resumed.opt.report()).unwrap());
+    assert_eq!(ra, rb);
+    assert_eq!(ra.skipped, 1);
+}
+
+#[test]
+fn bad_checkpoints_are_refused_and_lose_nothing() {
+    let run = build(&adamw_groups(), None).unwrap();
+    write_grads(&run, &grads_at(1, None));
+    run.opt.step();
+    let bytes = pollster::block_on(run.opt.save()).unwrap();
+    let before = read_params(&run);
+    // Truncated and garbage files.
+    assert!(matches!(run.opt.load(&bytes[..bytes.len() / 2]), Err(Error::Checkpoint(_))));
+    assert!(matches!(run.opt.load(b"not a checkpoint"), Err(Error::Checkpoint(_))));
+    // A different configuration.
+    let mut other = adamw_groups();
+    other[1].1 = Group::new(OptimizerConfig::Sgd(SgdConfig { lr: 0.02, momentum: 0.9, ..Default::default() }));
+    let other_run = build(&other, None).unwrap();
+    let e = other_run.opt.load(&bytes).unwrap_err();
+    assert!(e.to_string().contains("differs"), "{e}");
+    // Different routing (different parameter sets per group).
+    let rerouted = build(&[(Matcher::All, adamw_groups()[0].1.clone())], None).unwrap();
+    assert!(matches!(rerouted.opt.load(&bytes), Err(Error::Checkpoint(_))));
+    assert_eq!(read_params(&run), before, "a refused load changed nothing");
+}
+
+#[test]
+fn bad_configs_and_params_are_rejected() {
+    let gpu = gpu();
+    let bad_cfgs = [
+        OptimizerConfig::AdamW(AdamWConfig { lr: -1.0, ..Default::default() }),
+        OptimizerConfig::AdamW(AdamWConfig { beta2: 1.0, ..Default::default() }),
+        OptimizerConfig::AdamW(AdamWConfig { eps: 0.0, ..Default::default() }),
+        OptimizerConfig::Sgd(SgdConfig { momentum: 0.9, dampening: 0.5, nesterov: true, ..Default::default() }),
+        OptimizerConfig::Lion(LionConfig { lr: f32::NAN, ..Default::default() }),
+        OptimizerConfig::Signum(SignumConfig { lookahead: 2.0, ..Default::default() }),
+    ];
+    for cfg in bad_cfgs {
+        let e = build(&[(Matcher::All, Group::new(cfg))], None).err().expect("must be rejected");
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{cfg:?}: {e}");
+    }
+    let e = build(&[(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())).schedule(Schedule::WarmupCosine { warmup: 9, total: 3, min_ratio: 0.0 }))], None);
+    assert!(e.is_err());
+    // No rule takes the vector parameters: the error names one.
+    let e = build(&[(matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))], None).err().unwrap();
+    assert!(e.to_string().contains("emb"), "{e}");
+    assert!(build(&[(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))], Some(-1.0)).is_err());
+    // JSON configs: unknown fields and names.
+    assert!(OptimizerConfig::from_json("adamw", r#"{"lr": 0.01, "betas2": 0.9}"#).is_err());
+    assert!(OptimizerConfig::from_json("adamz", "{}").is_err());
+    assert!(OptimizerConfig::from_json("adamw", r#"{"beta1": 1.5}"#).is_err());
+    assert_eq!(OptimizerConfig::from_json("lion", r#"{"lr": 0.5}"#).unwrap().lr(), 0.5);
+    // Parameters: shape mismatch, duplicates, zero size, overlap, grad in the param buffer.
+    let mut b = OptimizerBuilder::new(&gpu);
+    let p = Tensor::zeros(&gpu, &[4, 4]).unwrap();
+    let g = Tensor::zeros(&gpu, &[4, 4]).unwrap();
+    assert!(matches!(b.param("a", &p, &Tensor::zeros(&gpu, &[16]).unwrap()), Err(Error::Shape { .. })));
+    b.param("a", &p, &g).unwrap();
+    assert!(b.param("a", &Tensor::zeros(&gpu, &[2]).unwrap(), &Tensor::zeros(&gpu, &[2]).unwrap()).is_err());
+    assert!(b.param("z", &Tensor::zeros(&gpu, &[0]).unwrap(), &Tensor::zeros(&gpu, &[0]).unwrap()).is_err());
+    let view = Tensor::from_buffer(&gpu, p.buffer().clone(), 8, &[4]).unwrap();
+    assert!(b.param("overlap", &view, &Tensor::zeros(&gpu, &[4]).unwrap()).is_err());
+    let same = Tensor::from_buffer(&gpu, g.buffer().clone(), 0, &[2]).unwrap();
+    assert!(b.param("self", &same, &Tensor::from_buffer(&gpu, g.buffer().clone(), 2, &[2]).unwrap()).is_err());
+    assert!(ParamStore::new(&gpu, &[("x", &[2]), ("x", &[3])]).is_err());
+}
+
+#[test]
+fn nonfinite_policy_fail_reports_an_error() {
+    let gpu = gpu();
+    let store = ParamStore::new(&gpu, &[("w", &[8])]).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
+    b.on_nonfinite(NonFinitePolicy::Fail);
+    let opt = b.build().unwrap();
+    store.grad("w").unwrap().write(&[1.0, 2.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
+    opt.step();
+    assert!(matches!(pollster::block_on(opt.report()), Err(Error::NonFiniteGradient { skipped: 1 })));
+    assert_eq!(store.param("w").unwrap().read_blocking().unwrap(), vec![0.0; 8]);
+}

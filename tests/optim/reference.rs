@@ -1,0 +1,113 @@
+//! f64 CPU references of the elementwise optimizers (docs/optimizers.md §7; torch.optim.SGD), with the
+//! engine's step semantics: schedules on the applied-step count, global-norm clipping, skipped non-finite steps.
+
+use wgoptim::optim::*;
+
+/// One parameter's reference state.
+#[derive(Clone, Debug)]
+pub struct RefParam {
+    pub p: Vec<f64>,
+    pub s: [Vec<f64>; 3],
+}
+
+impl RefParam {
+    pub fn new(p: &[f32]) -> RefParam {
+        let z = vec![0.0; p.len()];
+        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z] }
+    }
+}
+
+fn sgn(x: f64) -> f64 {
+    if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }
+}
+
+/// A group's reference: its config and schedules, and how many steps it applied.
+#[derive(Clone, Debug)]
+pub struct RefGroup {
+    pub group: Group,
+    pub t: u32,
+}
+
+impl RefGroup {
+    /// (lr, β1) for the step about to be applied (t already incremented).
+    fn scalars(&self) -> (f64, f64) {
+        let k = self.t - 1;
+        let cfg = self.group.optimizer;
+        let beta1 = match cfg {
+            OptimizerConfig::Sgd(c) => c.momentum,
+            OptimizerConfig::AdamW(c) => c.beta1,
+            OptimizerConfig::Lion(c) => c.beta1,
+            OptimizerConfig::Signum(c) => c.beta1,
+        };
+        let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
+        ((cfg.lr() * self.group.schedule.factor(k)) as f64, b1 as f64)
+    }
+
+    pub fn step(&self, x: &mut RefParam, g: &[f64]) {
+        let (lr, b1) = self.scalars();
+        let t = self.t as i32;
+        let f = |v: f32| v as f64;
+        match self.group.optimizer {
+            OptimizerConfig::Sgd(c) => {
+                let sign = if c.maximize { -1.0 } else { 1.0 };
+                for i in 0..x.p.len() {
+                    let mut d = sign * g[i] + f(c.weight_decay) * x.p[i];
+                    if b1 != 0.0 {
+                        let buf = if t > 1 { b1 * x.s[0][i] + (1.0 - f(c.dampening)) * d } else { d };
+                        x.s[0][i] = buf;
+                        d = if c.nesterov { d + b1 * buf } else { buf };
+                    }
+                    x.p[i] -= lr * d;
+                }
+            }
+            OptimizerConfig::AdamW(c) => {
+                let (b2, eps, wd) = (f(c.beta2), f(c.eps), f(c.weight_decay));
+                let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                for i in 0..x.p.len() {
+                    let gi = if c.maximize { -g[i] } else { g[i] };
+                    x.p[i] *= 1.0 - lr * wd;
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * gi;
+                    x.s[1][i] = b2 * x.s[1][i] + (1.0 - b2) * gi * gi;
+                    let mut v = x.s[1][i];
+                    if c.amsgrad {
+                        x.s[2][i] = x.s[2][i].max(v);
+                        v = x.s[2][i];
+                    }
+                    x.p[i] -= (lr / bc1) * x.s[0][i] / (v.sqrt() / bc2.sqrt() + eps);
+                }
+            }
+            OptimizerConfig::Lion(c) => {
+                for i in 0..x.p.len() {
+                    x.p[i] *= 1.0 - lr * f(c.weight_decay);
+                    x.p[i] -= lr * sgn(b1 * x.s[0][i] + (1.0 - b1) * g[i]);
+                    x.s[0][i] = f(c.beta2) * x.s[0][i] + (1.0 - f(c.beta2)) * g[i];
+                }
+            }
+            OptimizerConfig::Signum(c) => {
+                let la = f(c.lookahead);
+                for i in 0..x.p.len() {
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
+                    let u = sgn((1.0 - la) * x.s[0][i] + la * g[i]);
+                    x.p[i] -= lr * (u + f(c.weight_decay) * x.p[i]);
+                }
+            }
+        }
+    }
+}
+
+/// One engine step over all params: clip by the global norm, skip on non-finite, advance each group's counter.
+pub fn engine_step(groups: &mut [RefGroup], params: &mut [(usize, RefParam)], grads: &[Vec<f64>], clip: Option<f32>) -> bool {
+    if grads.iter().flatten().any(|g| !g.is_finite()) {
+        return false;
+    }
+    let norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+    let coef = clip.map_or(1.0, |c| (c as f64 / (norm + 1e-6)).min(1.0));
+    for g in groups.iter_mut() {
+        g.t += 1;
+    }
+    for ((group, x), g) in params.iter_mut().zip(grads) {
+        let gs: Vec<f64> = g.iter().map(|v| v * coef).collect();
+        groups[*group].step(x, &gs);
+    }
+    true
+}
