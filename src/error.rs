@@ -87,6 +87,9 @@ pub enum Error {
     /// A checkpoint could not be read or does not match the optimizer it is loaded into.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A replay trace is malformed or incomplete.
+    #[error("trace: {0}")]
+    Trace(String),
     /// Steps were skipped because a gradient held NaN or Inf (with `NonFinitePolicy::Fail`).
     #[error("{skipped} optimizer step(s) skipped: non-finite gradient (parameters and state were left untouched)")]
     NonFiniteGradient {

@@ -42,10 +42,30 @@ mod cli {
             #[command(subcommand)]
             what: Bench,
         },
+        /// Run an optimizer on recorded gradients (TRACE.safetensors) and write the parameters after every step.
+        Replay {
+            /// The trace: init/<name>, grad/<t>/<name>, metadata optimizer, config, params.
+            trace: std::path::PathBuf,
+            /// Where to write RESULT.safetensors (param/<t>/<name>).
+            #[arg(long)]
+            out: std::path::PathBuf,
+        },
     }
 
     #[derive(Subcommand)]
     enum Bench {
+        /// Time one optimizer step over a model's parameter set.
+        Step {
+            /// Optimizer name (sgd, adamw, lion, signum), with its default config.
+            #[arg(long, default_value = "adamw")]
+            optimizer: String,
+            /// Parameter set: gpt-small (4 layers, width 128: 36 tensors, 805,248 values).
+            #[arg(long, default_value = "gpt-small")]
+            shapes: String,
+            /// Print JSON instead of text.
+            #[arg(long)]
+            json: bool,
+        },
         /// f32 matmul GFLOPS for square sizes.
         Matmul {
             /// Comma-separated sizes.
@@ -74,7 +94,107 @@ mod cli {
             Cmd::Info => info(),
             Cmd::Bench { what: Bench::Matmul { sizes, json } } => bench_matmul(&sizes, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
+            Cmd::Bench { what: Bench::Step { optimizer, shapes, json } } => bench_step(&optimizer, &shapes, json),
+            Cmd::Replay { trace, out } => replay(&trace, &out),
         }
+    }
+
+    fn replay(trace: &std::path::Path, out: &std::path::Path) -> Result<()> {
+        let bytes = std::fs::read(trace).map_err(|e| Error::Trace(format!("cannot read {}: {e}", trace.display())))?;
+        let gpu = Gpu::new_blocking()?;
+        let result = pollster::block_on(wgoptim::optim::replay(&gpu, &bytes))?;
+        std::fs::write(out, result).map_err(|e| Error::Trace(format!("cannot write {}: {e}", out.display())))?;
+        println!("wrote {} on {}", out.display(), gpu.describe());
+        Ok(())
+    }
+
+    /// The small GPT demo's parameters: 4 layers of width 128, vocabulary 65, block 64, no linear biases.
+    fn gpt_small() -> Vec<(String, Vec<usize>)> {
+        let mut v = vec![("tok_emb".to_string(), vec![65, 128]), ("pos_emb".to_string(), vec![64, 128])];
+        for l in 0..4 {
+            for (n, s) in [
+                ("ln1.weight", vec![128]),
+                ("ln1.bias", vec![128]),
+                ("attn.qkv.weight", vec![384, 128]),
+                ("attn.proj.weight", vec![128, 128]),
+                ("ln2.weight", vec![128]),
+                ("ln2.bias", vec![128]),
+                ("mlp.fc.weight", vec![512, 128]),
+                ("mlp.proj.weight", vec![128, 512]),
+            ] {
+                v.push((format!("blocks.{l}.{n}"), s));
+            }
+        }
+        v.push(("ln_f.weight".into(), vec![128]));
+        v.push(("ln_f.bias".into(), vec![128]));
+        v
+    }
+
+    /// Device buffer-copy bandwidth in GB/s (bytes read + written per second) for a 64 MiB copy.
+    fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
+        let n = 16 << 20;
+        let (a, b) = (Tensor::zeros(gpu, &[n])?, Tensor::zeros(gpu, &[n])?);
+        let run = || {
+            let mut e = gpu.device().create_command_encoder(&Default::default());
+            for _ in 0..4 {
+                e.copy_buffer_to_buffer(a.buffer(), 0, b.buffer(), 0, (n * 4) as u64);
+            }
+            gpu.submit([e.finish()]);
+            gpu.wait()
+        };
+        run()?;
+        let t = Instant::now();
+        run()?;
+        Ok(2.0 * 4.0 * (n * 4) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    }
+
+    fn bench_step(name: &str, shapes: &str, json: bool) -> Result<()> {
+        use wgoptim::optim::{Group, Matcher, OptimizerBuilder, OptimizerConfig, ParamStore};
+        if shapes != "gpt-small" {
+            return Err(Error::InvalidArgument { op: "bench step", name: "shapes", detail: format!("unknown set `{shapes}` (known: gpt-small)") });
+        }
+        let cfg = OptimizerConfig::from_json(name, "{}")?;
+        let gpu = Gpu::new_blocking()?;
+        let specs = gpt_small();
+        let refs: Vec<(&str, &[usize])> = specs.iter().map(|(n, s)| (n.as_str(), s.as_slice())).collect();
+        let store = ParamStore::new(&gpu, &refs)?;
+        let numel = store.params_flat().numel();
+        store.grads_flat().write(&(0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-4 - 0.05).collect::<Vec<_>>())?;
+        let mut b = OptimizerBuilder::new(&gpu);
+        b.params_from(&store)?.rule(Matcher::All, Group::new(cfg)).with_timing(true);
+        let opt = b.build()?;
+        opt.step(); // warm up: CPU drivers compile shaders at their first dispatch
+        gpu.wait()?;
+        let stages: Vec<(String, f64)> = match pollster::block_on(opt.plan().run_timed()) {
+            Ok(s) => s,
+            Err(_) => Vec::new(), // no timestamp queries on this adapter
+        };
+        let submits = gpu.counters().submits();
+        let secs = time_plan(&gpu, opt.plan(), 20)?;
+        let submits_per_step = (gpu.counters().submits() - submits) as f64 / 21.0;
+        // Bytes each element moves per step: the statistics pass reads g; the update reads g and p and every
+        // state tensor and writes p and every state tensor.
+        let states = opt.state_names(&specs[0].0)?.len() as f64;
+        let bytes = 4.0 * numel as f64 * (1.0 + 2.0 + 2.0 * states + 1.0);
+        let gbs = bytes / secs / 1e9;
+        let copy = copy_bandwidth(&gpu)?;
+        if json {
+            println!(
+                "{}",
+                json!({"adapter": gpu.describe(), "bench": "step", "optimizer": name, "shapes": shapes, "tensors": specs.len(),
+                       "values": numel, "ms_per_step": secs * 1e3, "dispatches_per_step": opt.plan().dispatch_count(),
+                       "submits_per_step": submits_per_step, "stage_ms": stages.iter().map(|(n, t)| (n.clone(), t * 1e3)).collect::<std::collections::BTreeMap<_, _>>(), "gb_per_s": gbs, "copy_gb_per_s": copy, "fraction_of_copy": gbs / copy})
+            );
+        } else {
+            println!("{name} step over {shapes} ({} tensors, {numel} values) on {}", specs.len(), gpu.describe());
+            println!("  {:.3} ms per step, {} dispatches, {submits_per_step} submit(s) per step, 0 readbacks", secs * 1e3, opt.plan().dispatch_count());
+            println!("  {gbs:.2} GB/s moved vs {copy:.2} GB/s buffer copy ({:.0} %)", 100.0 * gbs / copy);
+            if !stages.is_empty() {
+                let parts: Vec<String> = stages.iter().map(|(n, t)| format!("{n} {:.3} ms", t * 1e3)).collect();
+                println!("  device time per stage: {}", parts.join(", "));
+            }
+        }
+        Ok(())
     }
 
     fn info() -> Result<()> {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::optim::optimizer::{Bucket, Optimizer, ParamSlot};
+use crate::optim::optimizer::{Bucket, ChunkTable, Optimizer, ParamSlot};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule};
 
 /// Which parameters a routing rule takes.
@@ -275,39 +275,63 @@ impl OptimizerBuilder {
         for (b, idx) in members.iter().enumerate() {
             let group = keys[b].0;
             let spec = groups[group].optimizer.kernel();
-            let numel: usize = idx.iter().map(|&i| self.params[i].param.numel()).sum();
-            let mut table: Vec<u32> = Vec::new();
+            // State ranges start at multiples of 4 so aligned tensors can take the vec4 path.
             let mut state_off = 0usize;
+            let mut vec_rows: Vec<u32> = Vec::new();
+            let mut scalar_rows: Vec<u32> = Vec::new();
             for &i in idx {
                 let p = &self.params[i];
                 let n = p.param.numel();
                 let fits = |v: usize| u32::try_from(v).is_ok();
-                if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(numel) {
+                if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(state_off + n) {
                     return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
                 }
-                for c in (0..n).step_by(CHUNK) {
+                let (po, go) = (p.param.offset(), p.grad.offset());
+                let aligned = po % 4 == 0 && go % 4 == 0;
+                let body = if aligned { n / 4 * 4 } else { 0 };
+                for c in (0..body).step_by(CHUNK) {
+                    let len = CHUNK.min(body - c);
+                    vec_rows.extend([((po + c) / 4) as u32, ((go + c) / 4) as u32, ((state_off + c) / 4) as u32, (len / 4) as u32]);
+                }
+                for c in (body..n).step_by(CHUNK) {
                     let len = CHUNK.min(n - c);
-                    table.extend([(p.param.offset() + c) as u32, (p.grad.offset() + c) as u32, (state_off + c) as u32, len as u32]);
+                    scalar_rows.extend([(po + c) as u32, (go + c) as u32, (state_off + c) as u32, len as u32]);
                 }
                 slots.push(ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off });
-                state_off += n;
+                state_off += n.div_ceil(4) * 4;
             }
-            let chunks = table.len() / 4;
-            let table_t = Tensor::zeros(gpu, &[table.len()])?;
-            table_t.write(bytemuck::cast_slice(&table))?;
+            let mut tables = Vec::new();
+            for (vec4, rows) in [(true, vec_rows), (false, scalar_rows)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let t = Tensor::zeros(gpu, &[rows.len()])?;
+                t.write(bytemuck::cast_slice(&rows))?;
+                tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: total_chunks, table: t });
+                total_chunks += rows.len() / 4;
+            }
             let states: Vec<(String, Tensor)> =
-                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[numel])?))).collect::<Result<_>>()?;
-            buckets.push(Bucket { group, chunks, chunk_base: total_chunks, table: table_t, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
-            total_chunks += chunks;
+                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
+            buckets.push(Bucket { group, tables, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
         }
         let partials = Tensor::zeros(gpu, &[2 * total_chunks])?;
+        let wg = std::env::var("WGOPTIM_OPTIM_WG").ok().and_then(|v| v.parse::<u32>().ok()).filter(|w| w.is_power_of_two() && *w <= 256).unwrap_or(64);
+        let types = |vec4: bool| -> [(&'static str, String); 4] {
+            if vec4 {
+                [("T", "vec4<f32>".into()), ("U", "vec4<u32>".into()), ("SQ", "dot(g, g)".into()), ("WG", wg.to_string())]
+            } else {
+                [("T", "f32".into()), ("U", "u32".into()), ("SQ", "g * g".into()), ("WG", wg.to_string())]
+            }
+        };
 
         plan.stage("grad_stats");
-        let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &[])?;
         for b in &buckets {
-            let (gx, gy) = grid(b.chunks);
-            let u: [u32; 4] = [b.chunks as u32, b.chunk_base as u32, gx, 0];
-            plan.dispatch(&stats, &u, &[&b.table, &b.grad, &partials], [gx, gy, 1])?;
+            for t in &b.tables {
+                let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &types(t.vec4))?;
+                let (gx, gy) = grid(t.chunks);
+                let u: [u32; 4] = [t.chunks as u32, t.chunk_base as u32, gx, 0];
+                plan.dispatch(&stats, &u, &[&t.table, &b.grad, &partials], [gx, gy, 1])?;
+            }
         }
         plan.stage("prologue");
         let prologue = gpu.kernel("optim/prologue.wgsl", "main", &[])?;
@@ -326,28 +350,31 @@ impl OptimizerBuilder {
             let spec = groups[b.group].optimizer.kernel();
             let n = spec.states.len();
             let flag = |v: bool| (if v { "1" } else { "0" }).to_string();
-            let defines = [
-                (spec.define, "1".to_string()),
-                ("STATES_1", flag(n == 1)),
-                ("STATES_2", flag(n == 2)),
-                ("STATES_3", flag(n == 3)),
-                ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
-            ];
-            let kernel = gpu.kernel("optim/update.wgsl", "main", &defines)?;
-            let (gx, gy) = grid(b.chunks);
-            #[repr(C)]
-            #[derive(Clone, Copy, Pod, Zeroable)]
-            struct Upd {
-                chunks: u32,
-                group: u32,
-                groups_x: u32,
-                flags: u32,
-                h: [f32; 4],
+            for t in &b.tables {
+                let mut defines = vec![
+                    (spec.define, "1".to_string()),
+                    ("STATES_1", flag(n == 1)),
+                    ("STATES_2", flag(n == 2)),
+                    ("STATES_3", flag(n == 3)),
+                    ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
+                ];
+                defines.extend(types(t.vec4));
+                let kernel = gpu.kernel("optim/update.wgsl", "main", &defines)?;
+                let (gx, gy) = grid(t.chunks);
+                #[repr(C)]
+                #[derive(Clone, Copy, Pod, Zeroable)]
+                struct Upd {
+                    chunks: u32,
+                    group: u32,
+                    groups_x: u32,
+                    flags: u32,
+                    h: [f32; 4],
+                }
+                let u = Upd { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, h: spec.h };
+                let mut tensors: Vec<&Tensor> = vec![&t.table, &scalars, &b.grad, &b.param];
+                tensors.extend(b.states.iter().map(|(_, s)| s));
+                plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
             }
-            let u = Upd { chunks: b.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, h: spec.h };
-            let mut tensors: Vec<&Tensor> = vec![&b.table, &scalars, &b.grad, &b.param];
-            tensors.extend(b.states.iter().map(|(_, t)| t));
-            plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
         }
         let plan = plan.build()?;
         Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, counters, scalars, self.policy, self.clip))

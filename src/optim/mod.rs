@@ -6,10 +6,12 @@ mod builder;
 mod config;
 mod optimizer;
 mod params;
+mod replay;
 mod schedule;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{AdamWConfig, LionConfig, OptimizerConfig, SgdConfig, SignumConfig};
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;
+pub use replay::replay;
 pub use schedule::{MomentumSchedule, Schedule};

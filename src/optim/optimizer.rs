@@ -8,11 +8,17 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, Tensor};
 use crate::optim::{Group, NonFinitePolicy};
 
-pub(crate) struct Bucket {
-    pub group: usize,
+/// A bucket's chunks of (param offset, grad offset, state offset, length), in vec4 units when `vec4`.
+pub(crate) struct ChunkTable {
+    pub vec4: bool,
     pub chunks: usize,
     pub chunk_base: usize,
     pub table: Tensor,
+}
+
+pub(crate) struct Bucket {
+    pub group: usize,
+    pub tables: Vec<ChunkTable>,
     pub grad: Tensor,
     pub param: Tensor,
     pub states: Vec<(String, Tensor)>,

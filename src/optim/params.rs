@@ -1,5 +1,5 @@
 //! [`ParamStore`]: every parameter and gradient of a model in two flat buffers, with named views, so that an
-//! optimizer bucket of any number of tensors is one dispatch.
+//! optimizer bucket of any number of tensors is one dispatch. Tensors start at multiples of 4 elements.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -26,7 +26,8 @@ impl ParamStore {
                 return Err(Error::ZeroSize { op: "ParamStore::new", shape: shape.to_vec() });
             }
             entries.push((name.to_string(), shape.to_vec(), total));
-            total += n;
+            // Each tensor starts at a multiple of 4 elements: optimizers then use vec4 memory operations.
+            total += n.div_ceil(4) * 4;
         }
         Ok(ParamStore { params: Tensor::zeros(gpu, &[total])?, grads: Tensor::zeros(gpu, &[total])?, entries })
     }

@@ -164,19 +164,25 @@ fn every_optimizer_matches_its_reference() {
 #[test]
 fn one_submit_per_step_and_one_dispatch_per_bucket() {
     let gpu = Gpu::new_blocking().unwrap(); // own device: the shared one counts other tests' submits
-    let store = ParamStore::new(&gpu, SPECS).unwrap();
+    // Sizes that are multiples of 4: each bucket is exactly one vec4 dispatch per stage.
+    let store = ParamStore::new(&gpu, &[("a.weight", &[8, 4]), ("b", &[16]), ("c.weight", &[12, 3]), ("d", &[4, 2, 2])]).unwrap();
     let mut b = OptimizerBuilder::new(&gpu);
     b.params_from(&store).unwrap();
     b.rule(matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
     b.rule(Matcher::All, Group::new(OptimizerConfig::Lion(LionConfig::default())));
     let opt = b.build().unwrap();
-    assert_eq!(opt.bucket_count(), 2, "5 tensors in two groups share two buckets");
+    assert_eq!(opt.bucket_count(), 2, "4 tensors in two groups share two buckets");
     assert_eq!(opt.plan().dispatch_count(), 2 + 1 + 2, "stats per bucket, prologue, update per bucket");
     let before = gpu.counters().submits();
     for _ in 0..3 {
         opt.step();
     }
     assert_eq!(gpu.counters().submits() - before, 3);
+    // Sizes that are not multiples of 4 add one scalar-tail dispatch per bucket and stage.
+    let odd = ParamStore::new(&gpu, SPECS).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&odd).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
+    assert_eq!(b.build().unwrap().plan().dispatch_count(), 2 + 1 + 2);
 }
 
 fn adamw_groups() -> Vec<(Matcher, Group)> {

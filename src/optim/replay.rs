@@ -1,0 +1,70 @@
+//! Replaying an optimizer on recorded gradients (`wgoptim replay`): a trace in safetensors in, the parameters
+//! after every step out. Trace layout: `init/<name>`, `grad/<t>/<name>` (t = 0000…T−1), optional `loss/<t>` and
+//! `rand/<t>/<name>` (for optimizers that take them), metadata `optimizer`, `config` (JSON, wgoptim's field
+//! names, unknown fields are an error) and `params` (JSON list of `{name, shape}`).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::optim::{Group, Matcher, OptimizerBuilder, OptimizerConfig, ParamStore};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamSpec {
+    name: String,
+    shape: Vec<usize>,
+}
+
+fn bad(detail: String) -> Error {
+    Error::Trace(detail)
+}
+
+/// Run the trace's optimizer over its gradients; returns RESULT bytes with `param/<t>/<name>` after each step.
+pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
+    let st = safetensors::SafeTensors::deserialize(trace).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(trace).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let field = |k: &str| meta.get(k).cloned().ok_or_else(|| bad(format!("metadata has no `{k}`")));
+    let config = OptimizerConfig::from_json(&field("optimizer")?, &field("config")?)?;
+    let specs: Vec<ParamSpec> = serde_json::from_str(&field("params")?).map_err(|e| bad(format!("bad `params`: {e}")))?;
+    let spec_refs: Vec<(&str, &[usize])> = specs.iter().map(|s| (s.name.as_str(), s.shape.as_slice())).collect();
+    let store = ParamStore::new(gpu, &spec_refs)?;
+    let load = |key: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let v = st.tensor(key).map_err(|_| bad(format!("missing tensor `{key}`")))?;
+        if v.dtype() != safetensors::Dtype::F32 || v.shape() != shape {
+            return Err(bad(format!("`{key}` is {:?} {:?}, expected F32 {shape:?}", v.dtype(), v.shape())));
+        }
+        Ok(bytemuck::pod_collect_to_vec(v.data()))
+    };
+    for s in &specs {
+        store.param(&s.name)?.write(&load(&format!("init/{}", s.name), &s.shape)?)?;
+    }
+    let steps = st.names().iter().filter_map(|n| n.strip_prefix("grad/")?.split('/').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    if steps == 0 {
+        return Err(bad("no `grad/<t>/<name>` tensors".into()));
+    }
+    let mut b = OptimizerBuilder::new(gpu);
+    b.params_from(&store)?.rule(Matcher::All, Group::new(config));
+    let opt = b.build()?;
+    let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for t in 0..steps {
+        for s in &specs {
+            store.grad(&s.name)?.write(&load(&format!("grad/{t:04}/{}", s.name), &s.shape)?)?;
+        }
+        opt.step();
+        for s in &specs {
+            let v = store.param(&s.name)?.read().await?;
+            out.push((format!("param/{t:04}/{}", s.name), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
+        }
+    }
+    opt.report().await?;
+    let views = out
+        .iter()
+        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).map_err(|e| bad(e.to_string()))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("optimizer".to_string(), config.name().to_string()), ("steps".to_string(), steps.to_string())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| bad(e.to_string()))
+}
