@@ -2,7 +2,9 @@
 //! (schedules, momentum warmup, clipping, a skipped NaN step), save/load round trip, bit-exact resume,
 //! one submit per step, and bad input.
 
+mod embed;
 mod reference;
+mod replay;
 
 use reference::*;
 use std::sync::OnceLock;

@@ -1,0 +1,83 @@
+//! `wgoptim replay`: traces written from the CPU reference, replayed on the device.
+
+use crate::reference::*;
+use std::collections::HashMap;
+use wgoptim::optim::*;
+use wgoptim::Error;
+
+fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: usize, extra: bool) -> (Vec<u8>, Vec<Vec<Vec<f64>>>) {
+    let cfg = OptimizerConfig::from_json(optimizer, config).unwrap();
+    let group = RefGroup { group: Group::new(cfg), t: 0 };
+    let mut groups = vec![group];
+    let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut state: Vec<(usize, RefParam)> = Vec::new();
+    for (i, (name, shape)) in params.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let init: Vec<f32> = (0..n).map(|j| ((j * 31 + i * 7) % 17) as f32 / 17.0 - 0.5).collect();
+        state.push((0, RefParam::new(&init)));
+        blobs.push((format!("init/{name}"), shape.clone(), init));
+    }
+    let mut expected = Vec::new();
+    for t in 0..steps {
+        let mut grads = Vec::new();
+        for (i, (name, shape)) in params.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let g: Vec<f32> = (0..n).map(|j| (((j + 3 * t + i) * 2654435761) % 1000) as f32 / 1000.0 - 0.5).collect();
+            grads.push(g.iter().map(|&v| v as f64).collect::<Vec<f64>>());
+            blobs.push((format!("grad/{t:04}/{name}"), shape.clone(), g));
+        }
+        if extra {
+            blobs.push((format!("loss/{t:04}"), vec![1], vec![1.0]));
+        }
+        engine_step(&mut groups, &mut state, &grads, None);
+        expected.push(state.iter().map(|(_, x)| x.p.clone()).collect());
+    }
+    let specs: Vec<String> = params.iter().map(|(n, s)| format!(r#"{{"name":"{n}","shape":{s:?}}}"#)).collect();
+    let meta = HashMap::from([
+        ("optimizer".to_string(), optimizer.to_string()),
+        ("config".to_string(), config.to_string()),
+        ("params".to_string(), format!("[{}]", specs.join(","))),
+    ]);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = blobs.into_iter().map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        bytes.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    (safetensors::serialize(views, Some(meta)).unwrap(), expected)
+}
+
+#[test]
+fn replay_reproduces_the_reference() {
+    let gpu = crate::gpu();
+    let params = [("w", vec![6, 5]), ("b", vec![5])];
+    for (name, cfg) in [("adamw", r#"{"lr": 0.01, "weight_decay": 0.1}"#), ("sgd", r#"{"lr": 0.1, "momentum": 0.9, "nesterov": true}"#), ("lion", "{}"), ("signum", r#"{"lookahead": 0.25}"#)] {
+        let (bytes, expected) = trace(name, cfg, &params, 25, true);
+        let result = pollster::block_on(replay(&gpu, &bytes)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&result).unwrap();
+        for (t, step) in expected.iter().enumerate() {
+            for ((pname, _), want) in params.iter().zip(step) {
+                let got: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{pname}")).unwrap().data());
+                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
+                    / want.iter().map(|w| w * w).sum::<f64>().sqrt();
+                assert!(err < 1e-5, "{name} step {t} {pname}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_traces_are_clear_errors() {
+    let gpu = crate::gpu();
+    let params = [("w", vec![3])];
+    let (good, _) = trace("adamw", "{}", &params, 2, false);
+    assert!(matches!(pollster::block_on(replay(&gpu, &good[..good.len() - 5])), Err(Error::Trace(_))));
+    // Unknown config fields and optimizer names are errors naming them.
+    let mk = |opt: &str, cfg: &str| {
+        let meta = HashMap::from([("optimizer".to_string(), opt.to_string()), ("config".to_string(), cfg.to_string()), ("params".to_string(), r#"[{"name":"w","shape":[3]}]"#.to_string())]);
+        let d = bytemuck::cast_slice::<f32, u8>(&[0.0, 0.0, 0.0]).to_vec();
+        let views = vec![("init/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap()), ("grad/0000/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap())];
+        safetensors::serialize(views, Some(meta)).unwrap()
+    };
+    let e = pollster::block_on(replay(&gpu, &mk("adamw", r#"{"learning_rate": 0.1}"#))).unwrap_err();
+    assert!(e.to_string().contains("learning_rate"), "{e}");
+    let e = pollster::block_on(replay(&gpu, &mk("adam", "{}"))).unwrap_err();
+    assert!(e.to_string().contains("adam"), "{e}");
+}
