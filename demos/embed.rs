@@ -100,7 +100,7 @@ pub fn run(iters: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
             pass.set_bind_group(0, &gradient_bg, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        optimizer.record(&mut encoder);
+        optimizer.record(&mut encoder)?;
         queue.submit([encoder.finish()]);
     }
     let final_x = x.read_blocking()?;

@@ -3,13 +3,13 @@
 // scheduled learning rate and momentum, and the bias corrections. Writes `scalars`, read by every update kernel.
 //
 // scalars layout: [0] apply (1/0), [1] clip coefficient, [2] global grad norm, [3] skipped steps (f32 copy);
-// group g at 8 + 8g: lr_t, beta1_t, 1 − beta1_t^t, 1 − beta2^t, t, (k = t − 1), 0, 0.
+// group g at 8 + 8g: lr_t, beta1_t, 1 − beta1_t^t, 1 − beta2^t, t, (k = t − 1), Schedule-Free c, 0.
 // counters layout (u32, persistent state): [0] skipped steps, [1] steps attempted, [2 + g] applied steps of group g.
 struct Group {
     lr: f32, beta1: f32, beta2: f32, kind: u32,        // kind: 0 constant, 1 warmup+cosine, 2 warmup-stable-decay
     warmup: f32, total: f32, decay: f32, min_ratio: f32,
     m_kind: u32, m_start: f32, m_warmup: f32, m_cooldown: f32,
-    m_total: f32, _a: f32, _b: f32, _c: f32,
+    m_total: f32, sf: u32, r: f32, wlp: f32,             // sf: Schedule-Free averaging (docs §8) with r, weight_lr_power
 }
 struct U { groups: u32, partials: u32, max_norm: f32, clip: u32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -17,6 +17,8 @@ struct U { groups: u32, partials: u32, max_norm: f32, clip: u32 }
 @group(0) @binding(2) var<storage, read> partial: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> counters: array<u32>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;
+// Persistent per-group floats: [lr_max (starts at −1), weight_sum, 0, 0].
+@group(0) @binding(5) var<storage, read_write> gstate: array<vec4<f32>>;
 
 const PI: f32 = 3.14159265358979;
 
@@ -28,6 +30,7 @@ fn lr_factor(g: Group, k: f32) -> f32 {
         let p = clamp((k - g.warmup) / span, 0.0, 1.0);
         return g.min_ratio + (1.0 - g.min_ratio) * 0.5 * (1.0 + cos(PI * p));
     }
+    if (g.kind == 3u) { return min((k + 1.0) / g.warmup, 1.0); }
     if (g.kind == 2u) {
         if (k < g.warmup) { return (k + 1.0) / g.warmup; }
         let decay_start = g.total - g.decay;
@@ -72,13 +75,26 @@ fn main() {
         let gr = groups[g];
         let b1 = momentum(gr, k);
         let o = 8u + 8u * g;
-        scalars[o] = gr.lr * lr_factor(gr, k);
+        let lr = gr.lr * lr_factor(gr, k);
+        // Schedule-Free weights (applied steps only): c = weight / Σ weight, weight = (k+1)^r · lr_max^power.
+        var c = 0.0;
+        if (gr.sf == 1u) {
+            var st = gstate[g];
+            if (apply) {
+                st.x = max(lr, st.x);
+                st.y += pow(k + 1.0, gr.r) * pow(st.x, gr.wlp);
+                gstate[g] = st;
+            }
+            let weight = pow(k + 1.0, gr.r) * pow(st.x, gr.wlp);
+            c = select(0.0, weight / st.y, st.y > 0.0);
+        }
+        scalars[o] = lr;
         scalars[o + 1u] = b1;
         scalars[o + 2u] = 1.0 - pow(b1, t);
         scalars[o + 3u] = 1.0 - pow(gr.beta2, t);
         scalars[o + 4u] = t;
         scalars[o + 5u] = k;
-        scalars[o + 6u] = 0.0;
+        scalars[o + 6u] = c;
         scalars[o + 7u] = 0.0;
     }
 }

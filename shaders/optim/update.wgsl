@@ -85,6 +85,35 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         s0[si] = m;
         p -= lr * (sign((1.0 - u.h0) * m + u.h0 * g) + u.h2 * p);
 //#endif
+//#if OPT_SF_SGD
+        // h0 weight decay. SGDScheduleFree (§8.1, efficient form): the buffer holds y; z starts as the first y.
+        let c = scalars[o + 6u];
+        var z = s0[si];
+        if (t == 1.0) { z = p; }
+        let d = g + u.h0 * p;
+        p = mix(p, z, c);
+        p += lr * (b1 * (1.0 - c) - 1.0) * d;
+        s0[si] = z - lr * d;
+//#endif
+//#if OPT_SF_ADAMW
+        // h0 beta2, h1 eps, h2 weight decay, h3 inner momentum. AdamWScheduleFree (§8.2, efficient form).
+        let c = scalars[o + 6u];
+        var z = s0[si];
+        if (t == 1.0) { z = p; }
+        let v = u.h0 * s1[si] + (1.0 - u.h0) * g * g;
+        s1[si] = v;
+        let denom = sqrt(v / bc2) + u.h1;
+        var d = g / denom;
+//#if STATES_3
+        let e = u.h3 * s2[si] + (1.0 - u.h3) * g;
+        s2[si] = e;
+        d = (e / (1.0 - pow(u.h3, t))) / denom;
+//#endif
+        d += u.h2 * p;
+        p = mix(p, z, c);
+        p += lr * (b1 * (1.0 - c) - 1.0) * d;
+        s0[si] = z - lr * d;
+//#endif
         param[pi] = p;
     }
 }

@@ -163,7 +163,7 @@ mod cli {
         let mut b = OptimizerBuilder::new(&gpu);
         b.params_from(&store)?.rule(Matcher::All, Group::new(cfg)).with_timing(true);
         let opt = b.build()?;
-        opt.step(); // warm up: CPU drivers compile shaders at their first dispatch
+        opt.step()?; // warm up: CPU drivers compile shaders at their first dispatch
         gpu.wait()?;
         let stages: Vec<(String, f64)> = match pollster::block_on(opt.plan().run_timed()) {
             Ok(s) => s,

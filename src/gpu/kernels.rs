@@ -31,6 +31,7 @@ shader_table!(
     "optim/grad_stats.wgsl",
     "optim/prologue.wgsl",
     "optim/update.wgsl",
+    "optim/sf_mode.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

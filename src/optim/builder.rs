@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::optim::optimizer::{Bucket, ChunkTable, Optimizer, ParamSlot};
+use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, Optimizer, ParamSlot};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule};
 
 /// Which parameters a routing rule takes.
@@ -134,7 +134,9 @@ pub(crate) struct GroupUniform {
     m_warmup: f32,
     m_cooldown: f32,
     m_total: f32,
-    _pad: [f32; 3],
+    sf: u32,
+    r: f32,
+    wlp: f32,
 }
 
 impl OptimizerBuilder {
@@ -237,6 +239,13 @@ impl OptimizerBuilder {
             g.schedule.validate().map_err(bad)?;
             if let Some(m) = &g.momentum {
                 m.validate().map_err(bad)?;
+                if g.optimizer.is_schedule_free() {
+                    return Err(Error::InvalidArgument {
+                        op: "OptimizerBuilder::build",
+                        name: "momentum",
+                        detail: format!("{}: Schedule-Free interpolation β must stay constant (no momentum schedule)", g.optimizer.name()),
+                    });
+                }
                 if g.optimizer.kernel().beta1 == 0.0 {
                     return Err(Error::InvalidArgument {
                         op: "OptimizerBuilder::build",
@@ -268,6 +277,8 @@ impl OptimizerBuilder {
         let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
         let group_buf = Tensor::zeros(gpu, &[groups.len() * 16])?;
         group_buf.write(bytemuck::cast_slice(&group_data))?;
+        let gstate = Tensor::zeros(gpu, &[groups.len() * 4])?;
+        gstate.write(&groups.iter().flat_map(|_| [-1.0, 0.0, 0.0, 0.0]).collect::<Vec<f32>>())?;
 
         let mut buckets = Vec::new();
         let mut slots = Vec::new();
@@ -297,7 +308,7 @@ impl OptimizerBuilder {
                     let len = CHUNK.min(n - c);
                     scalar_rows.extend([(po + c) as u32, (go + c) as u32, (state_off + c) as u32, len as u32]);
                 }
-                slots.push(ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off });
+                slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off }));
                 state_off += n.div_ceil(4) * 4;
             }
             let mut tables = Vec::new();
@@ -314,6 +325,9 @@ impl OptimizerBuilder {
                 spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
             buckets.push(Bucket { group, tables, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
         }
+        // Reports, checkpoints and evaluation points list parameters in the order they were added.
+        slots.sort_by_key(|(i, _)| *i);
+        let slots: Vec<ParamSlot> = slots.into_iter().map(|(_, s)| s).collect();
         let partials = Tensor::zeros(gpu, &[2 * total_chunks])?;
         let wg = std::env::var("WGOPTIM_OPTIM_WG").ok().and_then(|v| v.parse::<u32>().ok()).filter(|w| w.is_power_of_two() && *w <= 256).unwrap_or(64);
         let types = |vec4: bool| -> [(&'static str, String); 4] {
@@ -344,7 +358,7 @@ impl OptimizerBuilder {
             clip: u32,
         }
         let pu = P { groups: groups.len() as u32, partials: total_chunks as u32, max_norm: self.clip.unwrap_or(0.0), clip: self.clip.is_some() as u32 };
-        plan.dispatch(&prologue, &pu, &[&group_buf, &partials, &counters, &scalars], [1, 1, 1])?;
+        plan.dispatch(&prologue, &pu, &[&group_buf, &partials, &counters, &scalars, &gstate], [1, 1, 1])?;
         plan.stage("update");
         for b in &buckets {
             let spec = groups[b.group].optimizer.kernel();
@@ -377,7 +391,57 @@ impl OptimizerBuilder {
             }
         }
         let plan = plan.build()?;
-        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, counters, scalars, self.policy, self.clip))
+        let modes = self.schedule_free_plans(&groups, &buckets, wg)?;
+        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip))
+    }
+
+    /// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into
+    /// per-bucket buffers; `None` when no group is Schedule-Free.
+    fn schedule_free_plans(&self, groups: &[Group], buckets: &[Bucket], wg: u32) -> Result<Option<ModePlans>> {
+        let sf: Vec<&Bucket> = buckets.iter().filter(|b| groups[b.group].optimizer.is_schedule_free()).collect();
+        if sf.is_empty() {
+            return Ok(None);
+        }
+        let gpu = &self.gpu;
+        let mut outs = Vec::new();
+        let mut plans = Vec::new();
+        for (which, to_out) in [(0, false), (1, false), (2, true)] {
+            let mut plan = PlanBuilder::new(gpu);
+            for b in &sf {
+                let beta = groups[b.group].optimizer.kernel().beta1;
+                let w = if which == 1 { 1.0 - beta } else { 1.0 - 1.0 / beta };
+                let z = &b.states[0].1;
+                let out = if to_out { Some(Tensor::zeros(gpu, z.shape())?) } else { None };
+                for t in &b.tables {
+                    let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
+                    let defines = [("T", ty.to_string()), ("WG", wg.to_string()), ("TO_OUT", (to_out as u32).to_string())];
+                    let kernel = gpu.kernel("optim/sf_mode.wgsl", "main", &defines)?;
+                    let (gx, gy) = grid(t.chunks);
+                    #[repr(C)]
+                    #[derive(Clone, Copy, Pod, Zeroable)]
+                    struct M {
+                        chunks: u32,
+                        groups_x: u32,
+                        w: f32,
+                        _p: u32,
+                    }
+                    let u = M { chunks: t.chunks as u32, groups_x: gx, w, _p: 0 };
+                    let mut tensors = vec![&t.table, z, &b.param];
+                    if let Some(o) = &out {
+                        tensors.push(o);
+                    }
+                    plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
+                }
+                if let Some(o) = out {
+                    outs.push((buckets.iter().position(|x| std::ptr::eq(x, *b)).unwrap_or(0), o));
+                }
+            }
+            plans.push(plan.build()?);
+        }
+        let eval_point = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+        let to_train = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+        let to_eval = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+        Ok(Some(ModePlans { to_eval, to_train, eval_point, outs }))
     }
 }
 
@@ -404,7 +468,9 @@ fn encode_group(g: &Group) -> GroupUniform {
         m_warmup: m.map_or(0.0, |m| m.warmup as f32),
         m_cooldown: m.map_or(0.0, |m| m.cooldown as f32),
         m_total: m.map_or(0.0, |m| m.total as f32),
-        _pad: [0.0; 3],
+        sf: spec.schedule_free.is_some() as u32,
+        r: spec.schedule_free.map_or(0.0, |s| s.0),
+        wlp: spec.schedule_free.map_or(0.0, |s| s.1),
     }
 }
 

@@ -95,6 +95,56 @@ impl Default for SignumConfig {
     }
 }
 
+/// SGDScheduleFree (facebookresearch/schedule_free, efficient form, §8.1). Warmup: [`crate::optim::Schedule::Warmup`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleFreeSgdConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Interpolation β between the averaged x and the fast z.
+    pub momentum: f32,
+    /// Weight decay, evaluated at y.
+    pub weight_decay: f32,
+    /// Exponent r of the step-count weighting.
+    pub r: f32,
+    /// Power of lr_max in the averaging weights.
+    pub weight_lr_power: f32,
+}
+
+impl Default for ScheduleFreeSgdConfig {
+    fn default() -> Self {
+        ScheduleFreeSgdConfig { lr: 1.0, momentum: 0.9, weight_decay: 0.0, r: 0.0, weight_lr_power: 2.0 }
+    }
+}
+
+/// AdamWScheduleFree (facebookresearch/schedule_free, efficient form, §8.2). Warmup: [`crate::optim::Schedule::Warmup`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleFreeAdamWConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// β1: interpolation between x and z.
+    pub beta1: f32,
+    /// β2 of the second moment.
+    pub beta2: f32,
+    /// ε.
+    pub eps: f32,
+    /// Weight decay, evaluated at y and added to the normalized step.
+    pub weight_decay: f32,
+    /// Exponent r of the step-count weighting.
+    pub r: f32,
+    /// Power of lr_max in the averaging weights.
+    pub weight_lr_power: f32,
+    /// Inner momentum μ (0 disables it).
+    pub inner_momentum: f32,
+}
+
+impl Default for ScheduleFreeAdamWConfig {
+    fn default() -> Self {
+        ScheduleFreeAdamWConfig { lr: 0.0025, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, r: 0.0, weight_lr_power: 2.0, inner_momentum: 0.0 }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -108,6 +158,12 @@ pub enum OptimizerConfig {
     Lion(LionConfig),
     /// [`SignumConfig`].
     Signum(SignumConfig),
+    /// [`ScheduleFreeSgdConfig`].
+    #[serde(rename = "sgd_schedulefree")]
+    ScheduleFreeSgd(ScheduleFreeSgdConfig),
+    /// [`ScheduleFreeAdamWConfig`].
+    #[serde(rename = "adamw_schedulefree")]
+    ScheduleFreeAdamW(ScheduleFreeAdamWConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -118,9 +174,14 @@ pub(crate) struct KernelSpec {
     pub h: [f32; 4],
     pub beta1: f32,
     pub beta2: f32,
+    /// Schedule-Free averaging `(r, weight_lr_power)`.
+    pub schedule_free: Option<(f32, f32)>,
 }
 
 impl OptimizerConfig {
+    /// Every optimizer name [`OptimizerConfig::from_json`] knows.
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree"];
+
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -128,6 +189,8 @@ impl OptimizerConfig {
             OptimizerConfig::AdamW(_) => "adamw",
             OptimizerConfig::Lion(_) => "lion",
             OptimizerConfig::Signum(_) => "signum",
+            OptimizerConfig::ScheduleFreeSgd(_) => "sgd_schedulefree",
+            OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
         }
     }
 
@@ -138,7 +201,14 @@ impl OptimizerConfig {
             OptimizerConfig::AdamW(c) => c.lr,
             OptimizerConfig::Lion(c) => c.lr,
             OptimizerConfig::Signum(c) => c.lr,
+            OptimizerConfig::ScheduleFreeSgd(c) => c.lr,
+            OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
         }
+    }
+
+    /// Whether the parameters hold Schedule-Free's y during training (then `train()` / `eval()` switch to x).
+    pub fn is_schedule_free(&self) -> bool {
+        matches!(self, OptimizerConfig::ScheduleFreeSgd(_) | OptimizerConfig::ScheduleFreeAdamW(_))
     }
 
     /// Parse `{"lr": …}`-style JSON for the optimizer called `name` (unknown fields are an error).
@@ -149,11 +219,13 @@ impl OptimizerConfig {
             "adamw" => OptimizerConfig::AdamW(serde_json::from_str(json).map_err(bad)?),
             "lion" => OptimizerConfig::Lion(serde_json::from_str(json).map_err(bad)?),
             "signum" => OptimizerConfig::Signum(serde_json::from_str(json).map_err(bad)?),
+            "sgd_schedulefree" => OptimizerConfig::ScheduleFreeSgd(serde_json::from_str(json).map_err(bad)?),
+            "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
                     name: "optimizer",
-                    detail: format!("unknown optimizer `{other}` (known: sgd, adamw, lion, signum)"),
+                    detail: format!("unknown optimizer `{other}` (known: {})", Self::NAMES.join(", ")),
                 })
             }
         };
@@ -204,6 +276,21 @@ impl OptimizerConfig {
                 check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
                 nonneg("weight_decay", c.weight_decay)?;
             }
+            OptimizerConfig::ScheduleFreeSgd(c) => {
+                check("momentum", c.momentum > 0.0 && c.momentum < 1.0, c.momentum, "in (0, 1)")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
+            }
+            OptimizerConfig::ScheduleFreeAdamW(c) => {
+                check("beta1", c.beta1 > 0.0 && c.beta1 < 1.0, c.beta1, "in (0, 1)")?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
+                beta("inner_momentum", c.inner_momentum)?;
+            }
         }
         Ok(())
     }
@@ -217,6 +304,7 @@ impl OptimizerConfig {
                 h: [c.weight_decay, c.dampening, 0.0, 0.0],
                 beta1: c.momentum,
                 beta2: 0.0,
+                schedule_free: None,
             },
             OptimizerConfig::AdamW(c) => KernelSpec {
                 define: "OPT_ADAMW",
@@ -225,6 +313,7 @@ impl OptimizerConfig {
                 h: [c.beta2, c.eps, c.weight_decay, 0.0],
                 beta1: c.beta1,
                 beta2: c.beta2,
+                schedule_free: None,
             },
             OptimizerConfig::Lion(c) => KernelSpec {
                 define: "OPT_LION",
@@ -233,6 +322,7 @@ impl OptimizerConfig {
                 h: [c.beta2, 0.0, c.weight_decay, 0.0],
                 beta1: c.beta1,
                 beta2: c.beta2,
+                schedule_free: None,
             },
             OptimizerConfig::Signum(c) => KernelSpec {
                 define: "OPT_SIGNUM",
@@ -241,6 +331,25 @@ impl OptimizerConfig {
                 h: [c.lookahead, 0.0, c.weight_decay, 0.0],
                 beta1: c.beta1,
                 beta2: 0.0,
+                schedule_free: None,
+            },
+            OptimizerConfig::ScheduleFreeSgd(c) => KernelSpec {
+                define: "OPT_SF_SGD",
+                states: &["z"],
+                flags: 0,
+                h: [c.weight_decay, 0.0, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
+                schedule_free: Some((c.r, c.weight_lr_power)),
+            },
+            OptimizerConfig::ScheduleFreeAdamW(c) => KernelSpec {
+                define: "OPT_SF_ADAMW",
+                states: if c.inner_momentum > 0.0 { &["z", "exp_avg_sq", "inner_momentum"] } else { &["z", "exp_avg_sq"] },
+                flags: 0,
+                h: [c.beta2, c.eps, c.weight_decay, c.inner_momentum],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                schedule_free: Some((c.r, c.weight_lr_power)),
             },
         }
     }

@@ -10,7 +10,7 @@ mod replay;
 mod schedule;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
-pub use config::{AdamWConfig, LionConfig, OptimizerConfig, SgdConfig, SignumConfig};
+pub use config::{AdamWConfig, LionConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig};
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;
 pub use replay::replay;

@@ -1,6 +1,7 @@
 //! [`Optimizer`]: the built step (one submit, no readback), asynchronous reports, state access and checkpoints.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,15 @@ pub(crate) struct ParamSlot {
     pub state_offset: usize,
 }
 
+/// The Schedule-Free mode switches and evaluation point (see [`Optimizer::eval`]).
+pub(crate) struct ModePlans {
+    pub to_eval: Plan,
+    pub to_train: Plan,
+    pub eval_point: Plan,
+    /// (bucket index, buffer holding that bucket's evaluation point in state layout)
+    pub outs: Vec<(usize, Tensor)>,
+}
+
 /// What the device says about the steps so far (read asynchronously, never inside a step).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
@@ -56,6 +66,9 @@ pub struct Optimizer {
     slots: Vec<ParamSlot>,
     counters: Tensor,
     scalars: Tensor,
+    gstate: Tensor,
+    modes: Option<ModePlans>,
+    eval_mode: AtomicBool,
     policy: NonFinitePolicy,
     clip: Option<f32>,
 }
@@ -77,22 +90,78 @@ impl Optimizer {
         groups: Vec<Group>,
         buckets: Vec<Bucket>,
         slots: Vec<ParamSlot>,
-        counters: Tensor,
-        scalars: Tensor,
+        [counters, scalars, gstate]: [Tensor; 3],
+        modes: Option<ModePlans>,
         policy: NonFinitePolicy,
         clip: Option<f32>,
     ) -> Optimizer {
-        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, policy, clip }
+        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, gstate, modes, eval_mode: AtomicBool::new(false), policy, clip }
     }
 
-    /// Run one step: exactly one submit, no CPU↔GPU synchronization.
-    pub fn step(&self) -> wgpu::SubmissionIndex {
-        self.plan.run()
+    fn check_train(&self, op: &'static str) -> Result<()> {
+        if self.eval_mode.load(Ordering::Relaxed) {
+            return Err(Error::InvalidArgument { op, name: "mode", detail: "the optimizer is in eval mode: call train() first".into() });
+        }
+        Ok(())
     }
 
-    /// Record one step into a caller's encoder (embedding).
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
-        self.plan.record(encoder)
+    /// Run one step: exactly one submit, no CPU↔GPU synchronization. Refused in eval mode.
+    pub fn step(&self) -> Result<wgpu::SubmissionIndex> {
+        self.check_train("Optimizer::step")?;
+        Ok(self.plan.run())
+    }
+
+    /// Record one step into a caller's encoder (embedding). Refused in eval mode.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.check_train("Optimizer::record")?;
+        self.plan.record(encoder);
+        Ok(())
+    }
+
+    /// Whether the parameters currently hold the evaluation point (Schedule-Free x).
+    pub fn is_eval(&self) -> bool {
+        self.eval_mode.load(Ordering::Relaxed)
+    }
+
+    /// Switch Schedule-Free parameters to the evaluation point x (`p ← lerp(p, z, 1 − 1/β)`); a no-op for other
+    /// optimizers and when already in eval mode. One submit.
+    pub fn eval(&self) {
+        if !self.eval_mode.swap(true, Ordering::Relaxed) {
+            if let Some(m) = &self.modes {
+                m.to_eval.run();
+            }
+        }
+    }
+
+    /// Switch back to training (`p ← lerp(p, z, 1 − β)`, x → y); a no-op when already training.
+    pub fn train(&self) {
+        if self.eval_mode.swap(false, Ordering::Relaxed) {
+            if let Some(m) = &self.modes {
+                m.to_train.run();
+            }
+        }
+    }
+
+    /// The evaluation point of every parameter without switching modes: Schedule-Free x for Schedule-Free
+    /// groups (computed from y and z in training mode), the parameter itself otherwise. Async readback.
+    pub async fn eval_params(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let sf_outs = match (&self.modes, self.is_eval()) {
+            (Some(m), false) => {
+                m.eval_point.run();
+                Some(&m.outs)
+            }
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let point = sf_outs.and_then(|o| o.iter().find(|(b, _)| *b == s.bucket));
+            let v = match point {
+                Some((_, t)) => Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())?.read().await?,
+                None => s.param.read().await?,
+            };
+            out.push((s.name.clone(), v));
+        }
+        Ok(out)
     }
 
     /// The underlying plan (dispatch count, stage names, timed runs).
@@ -190,6 +259,7 @@ impl Optimizer {
         }
         let counters: Vec<u8> = self.counters.read().await?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
         blobs.push(("counters".into(), safetensors::Dtype::U32, vec![self.counters.numel()], counters));
+        blobs.push(("group_state".into(), safetensors::Dtype::F32, vec![self.gstate.numel()], f32_bytes(self.gstate.read().await?)));
         let views = blobs
             .iter()
             .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::Checkpoint(e.to_string()))?)))
@@ -200,6 +270,7 @@ impl Optimizer {
             ("groups".to_string(), self.metadata()?),
             ("clip_grad_norm".to_string(), serde_json::to_string(&self.clip).map_err(|e| Error::Checkpoint(e.to_string()))?),
             ("nonfinite".to_string(), serde_json::to_string(&self.policy).map_err(|e| Error::Checkpoint(e.to_string()))?),
+            ("mode".to_string(), if self.is_eval() { "eval" } else { "train" }.to_string()),
         ]);
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
     }
@@ -232,7 +303,17 @@ impl Optimizer {
             }
         }
         let mut writes: Vec<(Tensor, Vec<f32>)> = Vec::new();
-        let mut expected = vec!["counters".to_string()];
+        let mut expected = vec!["counters".to_string(), "group_state".to_string()];
+        let eval = match meta.get("mode").map(String::as_str) {
+            Some("eval") => true,
+            Some("train") => false,
+            other => return Err(Error::Checkpoint(format!("bad or missing `mode` metadata: {other:?}"))),
+        };
+        let gs = st.tensor("group_state").map_err(|_| Error::Checkpoint("missing tensor `group_state`".into()))?;
+        if gs.dtype() != safetensors::Dtype::F32 || gs.shape() != [self.gstate.numel()] {
+            return Err(Error::Checkpoint(format!("`group_state`: saved {:?} {:?}, expected F32 [{}]", gs.dtype(), gs.shape(), self.gstate.numel())));
+        }
+        writes.push((self.gstate.clone(), bytemuck::pod_collect_to_vec(gs.data())));
         for s in &self.slots {
             let mut want = vec![(format!("param/{}", s.name), s.param.clone())];
             for (state, _) in &self.buckets[s.bucket].states {
@@ -258,6 +339,7 @@ impl Optimizer {
         for (t, v) in writes {
             t.write(&v)?;
         }
+        self.eval_mode.store(eval, Ordering::Relaxed);
         Ok(())
     }
 }

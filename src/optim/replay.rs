@@ -1,7 +1,8 @@
 //! Replaying an optimizer on recorded gradients (`wgoptim replay`): a trace in safetensors in, the parameters
 //! after every step out. Trace layout: `init/<name>`, `grad/<t>/<name>` (t = 0000…T−1), optional `loss/<t>` and
 //! `rand/<t>/<name>` (for optimizers that take them), metadata `optimizer`, `config` (JSON, wgoptim's field
-//! names, unknown fields are an error) and `params` (JSON list of `{name, shape}`).
+//! names, unknown fields are an error) and `params` (JSON list of `{name, shape}`). Optimizers with an evaluation
+//! point (Schedule-Free x) also get `param_eval/<t>/<name>`.
 
 use std::collections::HashMap;
 
@@ -54,10 +55,15 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
         for s in &specs {
             store.grad(&s.name)?.write(&load(&format!("grad/{t:04}/{}", s.name), &s.shape)?)?;
         }
-        opt.step();
+        opt.step()?;
         for s in &specs {
             let v = store.param(&s.name)?.read().await?;
             out.push((format!("param/{t:04}/{}", s.name), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
+        }
+        if config.is_schedule_free() {
+            for ((name, v), s) in opt.eval_params().await?.into_iter().zip(&specs) {
+                out.push((format!("param_eval/{t:04}/{name}"), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
+            }
         }
     }
     opt.report().await?;

@@ -21,6 +21,11 @@ pub enum Schedule {
         /// Final multiplier.
         min_ratio: f32,
     },
+    /// Linear warmup `(k+1)/warmup`, then 1 (Schedule-Free's `warmup_steps`).
+    Warmup {
+        /// Warmup steps.
+        warmup: u32,
+    },
     /// Warmup-stable-decay (trapezoid): `(k+1)/warmup`, then 1, then linear to `min_ratio` over the last `decay`
     /// steps before `total`.
     WarmupStableDecay {
@@ -41,6 +46,7 @@ impl Schedule {
         let k = k as f32;
         match *self {
             Schedule::Constant => 1.0,
+            Schedule::Warmup { warmup } => ((k + 1.0) / warmup as f32).min(1.0),
             Schedule::WarmupCosine { warmup, total, min_ratio } => {
                 let w = warmup as f32;
                 if k < w {
@@ -65,6 +71,7 @@ impl Schedule {
     pub(crate) fn validate(&self) -> Result<(), String> {
         match *self {
             Schedule::Constant => Ok(()),
+            Schedule::Warmup { warmup } => if warmup == 0 { Err("warmup must be ≥ 1".into()) } else { Ok(()) },
             Schedule::WarmupCosine { warmup, total, min_ratio } => {
                 if total < warmup {
                     return Err(format!("total ({total}) < warmup ({warmup})"));
@@ -84,6 +91,7 @@ impl Schedule {
     pub(crate) fn encode(&self) -> (u32, f32, f32, f32, f32) {
         match *self {
             Schedule::Constant => (0, 0.0, 0.0, 0.0, 1.0),
+            Schedule::Warmup { warmup } => (3, warmup as f32, 0.0, 0.0, 1.0),
             Schedule::WarmupCosine { warmup, total, min_ratio } => (1, warmup as f32, total as f32, 0.0, min_ratio),
             Schedule::WarmupStableDecay { warmup, total, decay, min_ratio } => (2, warmup as f32, total as f32, decay as f32, min_ratio),
         }

@@ -81,7 +81,7 @@ fn read_params(run: &Run) -> Vec<Vec<f32>> {
 /// Run `steps` on the GPU and the reference; compare every parameter (relative Frobenius error over all).
 fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_at: Option<u32>) {
     let run = build(groups, clip).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0 }).collect();
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0 }).collect();
     let init = read_params(&run);
     let mut ref_params: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
@@ -94,7 +94,7 @@ fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_a
             names.iter().flat_map(|s| run.opt.state("emb", s).unwrap().read_blocking().unwrap()).collect()
         });
         let params_before = state_before.as_ref().map(|_| read_params(&run));
-        run.opt.step();
+        run.opt.step().unwrap();
         let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
         if !engine_step(&mut ref_groups, &mut ref_params, &g64, clip) {
             skipped += 1;
@@ -138,6 +138,10 @@ fn every_config() -> Vec<OptimizerConfig> {
         OptimizerConfig::Lion(LionConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, lookahead: 0.5, weight_decay: 0.1, ..Default::default() }),
+        OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, weight_decay: 0.01, ..Default::default() }),
+        OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, r: 1.0, weight_lr_power: 1.0, ..Default::default() }),
+        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, weight_decay: 0.05, ..Default::default() }),
+        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, inner_momentum: 0.5, r: 0.5, ..Default::default() }),
     ]
 }
 
@@ -153,7 +157,7 @@ fn every_optimizer_matches_its_reference() {
         // Everything under test, WSD schedule, momentum warmup, clipping, and a NaN step at 10.
         let wsd = Schedule::WarmupStableDecay { warmup: 3, total: 30, decay: 10, min_ratio: 0.0 };
         let momentum = MomentumSchedule { start: 0.5, warmup: 8, cooldown: 5, total: 30 };
-        let no_momentum = matches!(cfg, OptimizerConfig::Sgd(SgdConfig { momentum, .. }) if momentum == 0.0);
+        let no_momentum = matches!(cfg, OptimizerConfig::Sgd(SgdConfig { momentum, .. }) if momentum == 0.0) || cfg.is_schedule_free();
         let group = Group::new(cfg).schedule(wsd);
         if no_momentum {
             assert!(build(&[(Matcher::All, group.clone().momentum(momentum))], None).is_err(), "momentum schedule without momentum");
@@ -177,7 +181,7 @@ fn one_submit_per_step_and_one_dispatch_per_bucket() {
     assert_eq!(opt.plan().dispatch_count(), 2 + 1 + 2, "stats per bucket, prologue, update per bucket");
     let before = gpu.counters().submits();
     for _ in 0..3 {
-        opt.step();
+        opt.step().unwrap();
     }
     assert_eq!(gpu.counters().submits() - before, 3);
     // Sizes that are not multiples of 4 add one scalar-tail dispatch per bucket and stage.
@@ -199,12 +203,12 @@ fn resume_from_checkpoint_is_bit_exact() {
     let straight = build(&adamw_groups(), Some(1.0)).unwrap();
     for step in 1..=25 {
         write_grads(&straight, &grads_at(step, Some(7)));
-        straight.opt.step();
+        straight.opt.step().unwrap();
     }
     let first = build(&adamw_groups(), Some(1.0)).unwrap();
     for step in 1..=12 {
         write_grads(&first, &grads_at(step, Some(7)));
-        first.opt.step();
+        first.opt.step().unwrap();
     }
     let bytes = pollster::block_on(first.opt.save()).unwrap();
     let resumed = build(&adamw_groups(), Some(1.0)).unwrap();
@@ -212,7 +216,7 @@ fn resume_from_checkpoint_is_bit_exact() {
     assert_eq!(read_params(&resumed), read_params(&first), "load restores parameters");
     for step in 13..=25 {
         write_grads(&resumed, &grads_at(step, Some(7)));
-        resumed.opt.step();
+        resumed.opt.step().unwrap();
     }
     let (a, b) = (read_params(&straight), read_params(&resumed));
     for (x, y) in a.iter().zip(&b) {
@@ -227,7 +231,7 @@ fn resume_from_checkpoint_is_bit_exact() {
 fn bad_checkpoints_are_refused_and_lose_nothing() {
     let run = build(&adamw_groups(), None).unwrap();
     write_grads(&run, &grads_at(1, None));
-    run.opt.step();
+    run.opt.step().unwrap();
     let bytes = pollster::block_on(run.opt.save()).unwrap();
     let before = read_params(&run);
     // Truncated and garbage files.
@@ -295,7 +299,66 @@ fn nonfinite_policy_fail_reports_an_error() {
     b.on_nonfinite(NonFinitePolicy::Fail);
     let opt = b.build().unwrap();
     store.grad("w").unwrap().write(&[1.0, 2.0, f32::INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
-    opt.step();
+    opt.step().unwrap();
     assert!(matches!(pollster::block_on(opt.report()), Err(Error::NonFiniteGradient { skipped: 1 })));
     assert_eq!(store.param("w").unwrap().read_blocking().unwrap(), vec![0.0; 8]);
+}
+
+fn sf_groups() -> Vec<(Matcher, Group)> {
+    vec![
+        (matrices(), Group::new(OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, weight_decay: 0.01, ..Default::default() })).schedule(Schedule::Warmup { warmup: 5 })),
+        (Matcher::All, Group::new(OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, ..Default::default() }))),
+    ]
+}
+
+fn rel(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt() / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-30)
+}
+
+#[test]
+fn schedule_free_eval_point_and_modes() {
+    let run = build(&sf_groups(), None).unwrap();
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0 }).collect();
+    let init = read_params(&run);
+    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
+    for step in 1..=20 {
+        let g = grads_at(step, None);
+        write_grads(&run, &g);
+        run.opt.step().unwrap();
+        let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+        engine_step(&mut ref_groups, &mut refs, &g64, None);
+    }
+    // The evaluation point without a mode switch is the reference's x; the parameters still hold y.
+    let y = read_params(&run);
+    let points = pollster::block_on(run.opt.eval_params()).unwrap();
+    let names: Vec<&str> = points.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, SPECS.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "parameters are listed in the order they were added");
+    for ((name, x), (_, r)) in points.iter().zip(&refs) {
+        assert!(rel(x, &r.s[1]) < 1e-5, "{name}: eval point {}", rel(x, &r.s[1]));
+    }
+    assert_eq!(read_params(&run), y, "eval_params must not touch the parameters");
+    // eval(): parameters become x; stepping is refused; train() brings y back (up to rounding).
+    run.opt.eval();
+    assert!(run.opt.is_eval());
+    for (p, (_, r)) in read_params(&run).iter().zip(&refs) {
+        assert!(rel(p, &r.s[1]) < 1e-5);
+    }
+    assert!(run.opt.step().is_err(), "step in eval mode must be refused");
+    let bytes = pollster::block_on(run.opt.save()).unwrap();
+    run.opt.train();
+    for (p, (_, r)) in read_params(&run).iter().zip(&refs) {
+        assert!(rel(p, &r.p) < 1e-5);
+    }
+    // A checkpoint taken in eval mode restores eval mode; training on from it matches this run bit for bit.
+    let resumed = build(&sf_groups(), None).unwrap();
+    resumed.opt.load(&bytes).unwrap();
+    assert!(resumed.opt.is_eval());
+    resumed.opt.train();
+    for step in 21..=25 {
+        for r in [&run, &resumed] {
+            write_grads(r, &grads_at(step, None));
+            r.opt.step().unwrap();
+        }
+    }
+    assert_eq!(read_params(&run), read_params(&resumed));
 }

@@ -8,12 +8,14 @@ use wgoptim::optim::*;
 pub struct RefParam {
     pub p: Vec<f64>,
     pub s: [Vec<f64>; 3],
+    /// Schedule-Free inner momentum.
+    pub e: Vec<f64>,
 }
 
 impl RefParam {
     pub fn new(p: &[f32]) -> RefParam {
         let z = vec![0.0; p.len()];
-        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z] }
+        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z.clone()], e: z }
     }
 }
 
@@ -26,6 +28,9 @@ fn sgn(x: f64) -> f64 {
 pub struct RefGroup {
     pub group: Group,
     pub t: u32,
+    /// Schedule-Free: lr_max (starts at −1) and the running weight sum.
+    pub lr_max: f64,
+    pub weight_sum: f64,
 }
 
 impl RefGroup {
@@ -38,9 +43,34 @@ impl RefGroup {
             OptimizerConfig::AdamW(c) => c.beta1,
             OptimizerConfig::Lion(c) => c.beta1,
             OptimizerConfig::Signum(c) => c.beta1,
+            OptimizerConfig::ScheduleFreeSgd(c) => c.momentum,
+            OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64, b1 as f64)
+    }
+
+    /// Schedule-Free averaging coefficient c for the step being applied (after `advance`).
+    fn sf_c(&self) -> f64 {
+        let (r, wlp) = match self.group.optimizer {
+            OptimizerConfig::ScheduleFreeSgd(c) => (c.r, c.weight_lr_power),
+            OptimizerConfig::ScheduleFreeAdamW(c) => (c.r, c.weight_lr_power),
+            _ => return 0.0,
+        };
+        let weight = (self.t as f64).powf(r as f64) * self.lr_max.powf(wlp as f64);
+        if self.weight_sum > 0.0 { weight / self.weight_sum } else { 0.0 }
+    }
+
+    /// Advance the step counter and the Schedule-Free sums.
+    pub fn advance(&mut self) {
+        self.t += 1;
+        if let OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { r, weight_lr_power: wlp, .. })
+        | OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { r, weight_lr_power: wlp, .. }) = self.group.optimizer
+        {
+            let (lr, _) = self.scalars();
+            self.lr_max = self.lr_max.max(lr);
+            self.weight_sum += (self.t as f64).powf(r as f64) * self.lr_max.powf(wlp as f64);
+        }
     }
 
     pub fn step(&self, x: &mut RefParam, g: &[f64]) {
@@ -83,6 +113,42 @@ impl RefGroup {
                     x.s[0][i] = f(c.beta2) * x.s[0][i] + (1.0 - f(c.beta2)) * g[i];
                 }
             }
+            // Reference forms (schedule_free `*_reference.py`): explicit x, y (= p) and z; s = [z, x, v, e].
+            OptimizerConfig::ScheduleFreeSgd(c) => {
+                let cc = self.sf_c();
+                for i in 0..x.p.len() {
+                    if t == 1 {
+                        x.s[0][i] = x.p[i];
+                        x.s[1][i] = x.p[i];
+                    }
+                    x.s[0][i] -= lr * (g[i] + f(c.weight_decay) * x.p[i]);
+                    x.s[1][i] = (1.0 - cc) * x.s[1][i] + cc * x.s[0][i];
+                    x.p[i] = b1 * x.s[1][i] + (1.0 - b1) * x.s[0][i];
+                }
+            }
+            OptimizerConfig::ScheduleFreeAdamW(c) => {
+                let cc = self.sf_c();
+                let (b2, mu) = (f(c.beta2), f(c.inner_momentum));
+                let bc2 = 1.0 - b2.powi(t);
+                for i in 0..x.p.len() {
+                    if t == 1 {
+                        x.s[0][i] = x.p[i];
+                        x.s[1][i] = x.p[i];
+                    }
+                    x.s[2][i] = b2 * x.s[2][i] + (1.0 - b2) * g[i] * g[i];
+                    let denom = (x.s[2][i] / bc2).sqrt() + f(c.eps);
+                    let gn = if mu > 0.0 {
+                        x.e[i] = mu * x.e[i] + (1.0 - mu) * g[i];
+                        x.e[i] / (1.0 - mu.powi(t)) / denom
+                    } else {
+                        g[i] / denom
+                    };
+                    x.s[0][i] -= lr * f(c.weight_decay) * x.p[i];
+                    x.s[0][i] -= lr * gn;
+                    x.s[1][i] = (1.0 - cc) * x.s[1][i] + cc * x.s[0][i];
+                    x.p[i] = b1 * x.s[1][i] + (1.0 - b1) * x.s[0][i];
+                }
+            }
             OptimizerConfig::Signum(c) => {
                 let la = f(c.lookahead);
                 for i in 0..x.p.len() {
@@ -103,7 +169,7 @@ pub fn engine_step(groups: &mut [RefGroup], params: &mut [(usize, RefParam)], gr
     let norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
     let coef = clip.map_or(1.0, |c| (c as f64 / (norm + 1e-6)).min(1.0));
     for g in groups.iter_mut() {
-        g.t += 1;
+        g.advance();
     }
     for ((group, x), g) in params.iter_mut().zip(grads) {
         let gs: Vec<f64> = g.iter().map(|v| v * coef).collect();

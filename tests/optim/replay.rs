@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use wgoptim::optim::*;
 use wgoptim::Error;
 
-fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: usize, extra: bool) -> (Vec<u8>, Vec<Vec<Vec<f64>>>) {
+type Expected = (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>);
+
+fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: usize, extra: bool) -> (Vec<u8>, Expected) {
     let cfg = OptimizerConfig::from_json(optimizer, config).unwrap();
-    let group = RefGroup { group: Group::new(cfg), t: 0 };
+    let group = RefGroup { group: Group::new(cfg), t: 0, lr_max: -1.0, weight_sum: 0.0 };
     let mut groups = vec![group];
     let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut state: Vec<(usize, RefParam)> = Vec::new();
@@ -18,6 +20,7 @@ fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: us
         blobs.push((format!("init/{name}"), shape.clone(), init));
     }
     let mut expected = Vec::new();
+    let mut expected_eval = Vec::new();
     for t in 0..steps {
         let mut grads = Vec::new();
         for (i, (name, shape)) in params.iter().enumerate() {
@@ -31,6 +34,7 @@ fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: us
         }
         engine_step(&mut groups, &mut state, &grads, None);
         expected.push(state.iter().map(|(_, x)| x.p.clone()).collect());
+        expected_eval.push(state.iter().map(|(_, x)| x.s[1].clone()).collect::<Vec<Vec<f64>>>());
     }
     let specs: Vec<String> = params.iter().map(|(n, s)| format!(r#"{{"name":"{n}","shape":{s:?}}}"#)).collect();
     let meta = HashMap::from([
@@ -41,15 +45,24 @@ fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: us
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = blobs.into_iter().map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> =
         bytes.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
-    (safetensors::serialize(views, Some(meta)).unwrap(), expected)
+    let eval = if cfg.is_schedule_free() { expected_eval } else { Vec::new() };
+    (safetensors::serialize(views, Some(meta)).unwrap(), (expected, eval))
 }
 
 #[test]
 fn replay_reproduces_the_reference() {
     let gpu = crate::gpu();
     let params = [("w", vec![6, 5]), ("b", vec![5])];
-    for (name, cfg) in [("adamw", r#"{"lr": 0.01, "weight_decay": 0.1}"#), ("sgd", r#"{"lr": 0.1, "momentum": 0.9, "nesterov": true}"#), ("lion", "{}"), ("signum", r#"{"lookahead": 0.25}"#)] {
-        let (bytes, expected) = trace(name, cfg, &params, 25, true);
+    let cases = [
+        ("adamw", r#"{"lr": 0.01, "weight_decay": 0.1}"#),
+        ("sgd", r#"{"lr": 0.1, "momentum": 0.9, "nesterov": true}"#),
+        ("lion", "{}"),
+        ("signum", r#"{"lookahead": 0.25}"#),
+        ("sgd_schedulefree", r#"{"lr": 0.1}"#),
+        ("adamw_schedulefree", r#"{"lr": 0.01, "inner_momentum": 0.3}"#),
+    ];
+    for (name, cfg) in cases {
+        let (bytes, (expected, expected_eval)) = trace(name, cfg, &params, 25, true);
         let result = pollster::block_on(replay(&gpu, &bytes)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&result).unwrap();
         for (t, step) in expected.iter().enumerate() {
@@ -60,6 +73,15 @@ fn replay_reproduces_the_reference() {
                 assert!(err < 1e-5, "{name} step {t} {pname}: {err}");
             }
         }
+        // Optimizers with an evaluation point also write param_eval/<t>/<name>.
+        for (t, step) in expected_eval.iter().enumerate() {
+            for ((pname, _), want) in params.iter().zip(step) {
+                let got: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{pname}")).unwrap().data());
+                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / want.iter().map(|w| w * w).sum::<f64>().sqrt();
+                assert!(err < 1e-5, "{name} eval step {t} {pname}: {err}");
+            }
+        }
+        assert_eq!(st.names().iter().any(|n| n.starts_with("param_eval/")), !expected_eval.is_empty());
     }
 }
 
