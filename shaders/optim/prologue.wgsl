@@ -2,8 +2,9 @@
 // fixed order), the clip coefficient, then per group — only when the step is applied — the step counter, the
 // scheduled learning rate and momentum, and the bias corrections. Writes `scalars`, read by every update kernel.
 //
-// scalars layout: [0] apply (1/0), [1] clip coefficient, [2] global grad norm, [3] skipped steps (f32 copy);
-// group g at 8 + 8g: lr_t, beta1_t, 1 − beta1_t^t, 1 − beta2^t, t, (k = t − 1), Schedule-Free c, 0.
+// scalars layout: [0] apply (1/0), [1] clip coefficient, [2] global grad norm, [3] skipped steps (f32 copy),
+// [4] step-size ratio;
+// group g at 8 + 8g: lr_t, beta1_t, 1 − beta1_t^t, 1 − beta2^t, t, (k = t − 1), Schedule-Free c, beta2.
 // counters layout (u32, persistent state): [0] skipped steps, [1] steps attempted, [2 + g] applied steps of group g.
 struct Group {
     lr: f32, beta1: f32, beta2: f32, kind: u32,        // kind: 0 constant, 1 warmup+cosine, 2 warmup-stable-decay
@@ -11,14 +12,18 @@ struct Group {
     m_kind: u32, m_start: f32, m_warmup: f32, m_cooldown: f32,
     m_total: f32, sf: u32, r: f32, wlp: f32,             // sf: Schedule-Free averaging (docs §8) with r, weight_lr_power
 }
-struct U { groups: u32, partials: u32, max_norm: f32, clip: u32 }
+struct U { groups: u32, partials: u32, max_norm: f32, clip: u32, loss_off: u32, beta: f32, rmin: f32, rmax: f32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> groups: array<Group>;
 @group(0) @binding(2) var<storage, read> partial: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> counters: array<u32>;
 @group(0) @binding(4) var<storage, read_write> scalars: array<f32>;
 // Persistent per-group floats: [lr_max (starts at −1), weight_sum, 0, 0].
+// After the groups, one more vec4 for the Polyak rule: [loss EMA, gradient-norm EMA, ratio, 0].
 @group(0) @binding(5) var<storage, read_write> gstate: array<vec4<f32>>;
+//#if POLYAK
+@group(0) @binding(6) var<storage, read> loss: array<f32>;
+//#endif
 
 const PI: f32 = 3.14159265358979;
 
@@ -61,13 +66,28 @@ fn main() {
         bad = max(bad, p.y);
     }
     let norm = sqrt(ss);
-    let apply = bad == 0.0;
+    var apply = bad == 0.0;
+    // The shared step-size multiplier: 1, or FusionOpt's clamp(loss_ema / gnorm_ema, min, max).
+    var ratio = 1.0;
+//#if POLYAK
+    let f = loss[u.loss_off];
+    apply = apply && (bitcast<u32>(f) & 0x7f800000u) != 0x7f800000u;
+    var pe = gstate[u.groups];
+    if (apply) {
+        pe.x = u.beta * pe.x + (1.0 - u.beta) * f;
+        pe.y = u.beta * pe.y + (1.0 - u.beta) * norm;
+        pe.z = clamp(select(u.rmax, pe.x / pe.y, pe.y > 0.0), u.rmin, u.rmax);
+        gstate[u.groups] = pe;
+    }
+    ratio = pe.z;
+//#endif
     counters[1] += 1u;
     if (!apply) { counters[0] += 1u; }
     scalars[0] = select(0.0, 1.0, apply);
     scalars[1] = select(1.0, min(1.0, u.max_norm / (norm + 1e-6)), u.clip == 1u);
     scalars[2] = select(norm, bitcast<f32>(0x7fc00000u), !apply);
     scalars[3] = f32(counters[0]);
+    scalars[4] = ratio;
     for (var g = 0u; g < u.groups; g++) {
         if (apply) { counters[2u + g] += 1u; }
         let t = f32(counters[2u + g]);
@@ -75,7 +95,7 @@ fn main() {
         let gr = groups[g];
         let b1 = momentum(gr, k);
         let o = 8u + 8u * g;
-        let lr = gr.lr * lr_factor(gr, k);
+        let lr = gr.lr * lr_factor(gr, k) * ratio;
         // Schedule-Free weights (applied steps only): c = weight / Σ weight, weight = (k+1)^r · lr_max^power.
         var c = 0.0;
         if (gr.sf == 1u) {
@@ -95,6 +115,6 @@ fn main() {
         scalars[o + 4u] = t;
         scalars[o + 5u] = k;
         scalars[o + 6u] = c;
-        scalars[o + 7u] = 0.0;
+        scalars[o + 7u] = gr.beta2;
     }
 }

@@ -25,6 +25,12 @@ struct U {
 @group(0) @binding(6) var<storage, read_write> s1: array<{{T}}>;
 @group(0) @binding(7) var<storage, read_write> s2: array<{{T}}>;
 //#endif
+//#if STATES_4
+@group(0) @binding(5) var<storage, read_write> s0: array<{{T}}>;
+@group(0) @binding(6) var<storage, read_write> s1: array<{{T}}>;
+@group(0) @binding(7) var<storage, read_write> s2: array<{{T}}>;
+@group(0) @binding(8) var<storage, read_write> s3: array<{{T}}>;
+//#endif
 
 @compute @workgroup_size({{WG}}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -113,6 +119,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         p = mix(p, z, c);
         p += lr * (b1 * (1.0 - c) - 1.0) * d;
         s0[si] = z - lr * d;
+//#endif
+//#if OPT_ONA
+        // h0 beta_h, h1 kappa, h2 weight decay, h3 eps; flags 1 = Adam normalization. Provisional (§8.7).
+        p *= 1.0 - lr * u.h2;
+        let d = select(g - s0[si], g - g, t == 1.0);
+        s0[si] = g;
+        let h = u.h0 * s1[si] + (1.0 - u.h0) * d;
+        s1[si] = h;
+        let m = b1 * s2[si] + (1.0 - b1) * (g + u.h1 * h);
+        s2[si] = m;
+//#if STATES_4
+        let b2 = scalars[o + 7u];
+        let v = b2 * s3[si] + (1.0 - b2) * g * g;
+        s3[si] = v;
+        p -= lr * (m / bc1) / (sqrt(v / bc2) + u.h3);
+//#else
+        p -= lr * m;
+//#endif
 //#endif
         param[pi] = p;
     }

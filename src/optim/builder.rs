@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
 use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, Optimizer, ParamSlot};
-use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule};
+use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule, StepSizeRule};
 
 /// Which parameters a routing rule takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,7 @@ pub struct OptimizerBuilder {
     clip: Option<f32>,
     policy: NonFinitePolicy,
     timing: bool,
+    step_size: Option<(StepSizeRule, Tensor)>,
 }
 
 /// Elements per chunk of a bucket (one workgroup each).
@@ -142,7 +143,7 @@ pub(crate) struct GroupUniform {
 impl OptimizerBuilder {
     /// An empty builder.
     pub fn new(gpu: &Gpu) -> OptimizerBuilder {
-        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false }
+        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None }
     }
 
     /// Add a parameter and its gradient (tensors or views of caller-owned buffers; same shape).
@@ -203,6 +204,13 @@ impl OptimizerBuilder {
         self
     }
 
+    /// A step-size rule shared by all groups, fed each step by the loss in `loss[0]` (a device tensor the
+    /// training engine writes; no readback). A non-finite loss skips the step like a non-finite gradient.
+    pub fn step_size(&mut self, rule: StepSizeRule, loss: &Tensor) -> &mut Self {
+        self.step_size = Some((rule, loss.clone()));
+        self
+    }
+
     /// Time the stages (grad statistics, prologue, updates) with timestamp queries where supported.
     pub fn with_timing(&mut self, on: bool) -> &mut Self {
         self.timing = on;
@@ -213,6 +221,12 @@ impl OptimizerBuilder {
     pub fn build(&self) -> Result<Optimizer> {
         if self.params.is_empty() {
             return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "params", detail: "no parameters".into() });
+        }
+        if let Some((rule, loss)) = &self.step_size {
+            rule.validate()?;
+            if loss.numel() == 0 || !loss.gpu().same_device(&self.gpu) {
+                return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "loss", detail: "the loss must be a non-empty tensor on this device".into() });
+            }
         }
         if let Some(c) = self.clip {
             if !(c > 0.0 && c.is_finite()) {
@@ -277,8 +291,10 @@ impl OptimizerBuilder {
         let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
         let group_buf = Tensor::zeros(gpu, &[groups.len() * 16])?;
         group_buf.write(bytemuck::cast_slice(&group_data))?;
-        let gstate = Tensor::zeros(gpu, &[groups.len() * 4])?;
-        gstate.write(&groups.iter().flat_map(|_| [-1.0, 0.0, 0.0, 0.0]).collect::<Vec<f32>>())?;
+        let gstate = Tensor::zeros(gpu, &[groups.len() * 4 + 4])?;
+        let mut init: Vec<f32> = groups.iter().flat_map(|_| [-1.0, 0.0, 0.0, 0.0]).collect();
+        init.extend([0.0, 0.0, 1.0, 0.0]);
+        gstate.write(&init)?;
 
         let mut buckets = Vec::new();
         let mut slots = Vec::new();
@@ -348,7 +364,7 @@ impl OptimizerBuilder {
             }
         }
         plan.stage("prologue");
-        let prologue = gpu.kernel("optim/prologue.wgsl", "main", &[])?;
+        let prologue = gpu.kernel("optim/prologue.wgsl", "main", &[("POLYAK", (self.step_size.is_some() as u32).to_string())])?;
         #[repr(C)]
         #[derive(Clone, Copy, Pod, Zeroable)]
         struct P {
@@ -356,9 +372,30 @@ impl OptimizerBuilder {
             partials: u32,
             max_norm: f32,
             clip: u32,
+            loss_off: u32,
+            beta: f32,
+            rmin: f32,
+            rmax: f32,
         }
-        let pu = P { groups: groups.len() as u32, partials: total_chunks as u32, max_norm: self.clip.unwrap_or(0.0), clip: self.clip.is_some() as u32 };
-        plan.dispatch(&prologue, &pu, &[&group_buf, &partials, &counters, &scalars, &gstate], [1, 1, 1])?;
+        let (beta, rmin, rmax) = match self.step_size {
+            Some((StepSizeRule::PolyakClamp { beta, min, max }, _)) => (beta, min, max),
+            None => (0.0, 1.0, 1.0),
+        };
+        let pu = P {
+            groups: groups.len() as u32,
+            partials: total_chunks as u32,
+            max_norm: self.clip.unwrap_or(0.0),
+            clip: self.clip.is_some() as u32,
+            loss_off: self.step_size.as_ref().map_or(0, |(_, l)| l.offset() as u32),
+            beta,
+            rmin,
+            rmax,
+        };
+        let mut tensors = vec![&group_buf, &partials, &counters, &scalars, &gstate];
+        if let Some((_, loss)) = &self.step_size {
+            tensors.push(loss);
+        }
+        plan.dispatch(&prologue, &pu, &tensors, [1, 1, 1])?;
         plan.stage("update");
         for b in &buckets {
             let spec = groups[b.group].optimizer.kernel();
@@ -370,6 +407,7 @@ impl OptimizerBuilder {
                     ("STATES_1", flag(n == 1)),
                     ("STATES_2", flag(n == 2)),
                     ("STATES_3", flag(n == 3)),
+                    ("STATES_4", flag(n == 4)),
                     ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
                 ];
                 defines.extend(types(t.vec4));
@@ -392,7 +430,8 @@ impl OptimizerBuilder {
         }
         let plan = plan.build()?;
         let modes = self.schedule_free_plans(&groups, &buckets, wg)?;
-        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip))
+        let rule = self.step_size.as_ref().map(|(r, _)| *r);
+        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, rule))
     }
 
     /// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into

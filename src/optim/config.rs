@@ -145,6 +145,74 @@ impl Default for ScheduleFreeAdamWConfig {
     }
 }
 
+/// Momentum with Online-Newton Adjustment (docs/optimizers.md §8.7). **Provisional**: no paper text or code was
+/// found; this is the spec's reconstruction: `d = g − g_prev` (0 at the first step), `h ← β_h h + (1−β_h) d`,
+/// `m ← β m + (1−β)(g + κ h)`, then `p ← p − lr·m` or, with `adam`, `p ← p − lr·(m/bc1)/(sqrt(v/bc2) + eps)`;
+/// decoupled weight decay before the step. Defaults κ = β_h = 0.92, β = 0.98 as the spec recommends.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnaConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β.
+    pub beta: f32,
+    /// EMA decay β_h of the gradient differences.
+    pub beta_h: f32,
+    /// Injection weight κ of the curvature proxy.
+    pub kappa: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Normalize by an Adam second moment.
+    pub adam: bool,
+    /// β2 of the second moment (with `adam`).
+    pub beta2: f32,
+    /// ε (with `adam`).
+    pub eps: f32,
+}
+
+impl Default for OnaConfig {
+    fn default() -> Self {
+        OnaConfig { lr: 1e-3, beta: 0.98, beta_h: 0.92, kappa: 0.92, weight_decay: 0.0, adam: false, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+/// A step-size rule shared by every group: each group's scheduled learning rate is multiplied by it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepSizeRule {
+    /// FusionOpt's Polyak rule (seed 003, decisions §10): `γ = lr · clamp(loss_ema / gnorm_ema, min, max)` with
+    /// EMAs of the loss and of the global gradient norm. The EMA decay is not given by the source; ours is `beta`
+    /// (default 0.9). Both EMAs use it, so their bias corrections cancel in the ratio.
+    PolyakClamp {
+        /// EMA decay.
+        beta: f32,
+        /// Lower clamp of the ratio.
+        min: f32,
+        /// Upper clamp of the ratio.
+        max: f32,
+    },
+}
+
+impl Default for StepSizeRule {
+    fn default() -> Self {
+        StepSizeRule::PolyakClamp { beta: 0.9, min: 0.1, max: 10.0 }
+    }
+}
+
+impl StepSizeRule {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let StepSizeRule::PolyakClamp { beta, min, max } = *self;
+        if !(0.0..1.0).contains(&beta) || !(min > 0.0 && min <= max && max.is_finite()) {
+            return Err(Error::InvalidArgument {
+                op: "step size rule",
+                name: "polyak_clamp",
+                detail: format!("need beta in [0, 1) and 0 < min ≤ max < ∞ (got {beta}, {min}, {max})"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -164,6 +232,8 @@ pub enum OptimizerConfig {
     /// [`ScheduleFreeAdamWConfig`].
     #[serde(rename = "adamw_schedulefree")]
     ScheduleFreeAdamW(ScheduleFreeAdamWConfig),
+    /// [`OnaConfig`] (provisional).
+    Ona(OnaConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -180,7 +250,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -191,6 +261,7 @@ impl OptimizerConfig {
             OptimizerConfig::Signum(_) => "signum",
             OptimizerConfig::ScheduleFreeSgd(_) => "sgd_schedulefree",
             OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
+            OptimizerConfig::Ona(_) => "ona",
         }
     }
 
@@ -203,6 +274,7 @@ impl OptimizerConfig {
             OptimizerConfig::Signum(c) => c.lr,
             OptimizerConfig::ScheduleFreeSgd(c) => c.lr,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
+            OptimizerConfig::Ona(c) => c.lr,
         }
     }
 
@@ -221,6 +293,7 @@ impl OptimizerConfig {
             "signum" => OptimizerConfig::Signum(serde_json::from_str(json).map_err(bad)?),
             "sgd_schedulefree" => OptimizerConfig::ScheduleFreeSgd(serde_json::from_str(json).map_err(bad)?),
             "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
+            "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -291,6 +364,14 @@ impl OptimizerConfig {
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
             }
+            OptimizerConfig::Ona(c) => {
+                beta("beta", c.beta)?;
+                beta("beta_h", c.beta_h)?;
+                nonneg("kappa", c.kappa)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+            }
         }
         Ok(())
     }
@@ -350,6 +431,15 @@ impl OptimizerConfig {
                 beta1: c.beta1,
                 beta2: c.beta2,
                 schedule_free: Some((c.r, c.weight_lr_power)),
+            },
+            OptimizerConfig::Ona(c) => KernelSpec {
+                define: "OPT_ONA",
+                states: if c.adam { &["grad_prev", "diff_avg", "exp_avg", "exp_avg_sq"] } else { &["grad_prev", "diff_avg", "exp_avg"] },
+                flags: c.adam as u32,
+                h: [c.beta_h, c.kappa, c.weight_decay, c.eps],
+                beta1: c.beta,
+                beta2: c.beta2,
+                schedule_free: None,
             },
         }
     }

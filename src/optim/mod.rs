@@ -10,7 +10,10 @@ mod replay;
 mod schedule;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
-pub use config::{AdamWConfig, LionConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig};
+pub use config::{
+    AdamWConfig, LionConfig, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
+    StepSizeRule,
+};
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;
 pub use replay::replay;

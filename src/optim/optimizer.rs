@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, Tensor};
-use crate::optim::{Group, NonFinitePolicy};
+use crate::optim::{Group, NonFinitePolicy, StepSizeRule};
 
 /// A bucket's chunks of (param offset, grad offset, state offset, length), in vec4 units when `vec4`.
 pub(crate) struct ChunkTable {
@@ -55,6 +55,8 @@ pub struct StepReport {
     pub grad_norm: f32,
     /// Learning rate each group used in the last step.
     pub lr: Vec<f32>,
+    /// The shared step-size multiplier of the last step (1 without a step-size rule).
+    pub step_size_ratio: f32,
 }
 
 /// A built optimizer: parameter groups routed to optimizers, state on the device, and the step plan.
@@ -71,6 +73,7 @@ pub struct Optimizer {
     eval_mode: AtomicBool,
     policy: NonFinitePolicy,
     clip: Option<f32>,
+    step_size: Option<StepSizeRule>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -94,8 +97,9 @@ impl Optimizer {
         modes: Option<ModePlans>,
         policy: NonFinitePolicy,
         clip: Option<f32>,
+        step_size: Option<StepSizeRule>,
     ) -> Optimizer {
-        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, gstate, modes, eval_mode: AtomicBool::new(false), policy, clip }
+        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, gstate, modes, eval_mode: AtomicBool::new(false), policy, clip, step_size }
     }
 
     fn check_train(&self, op: &'static str) -> Result<()> {
@@ -225,6 +229,7 @@ impl Optimizer {
             applied: c[2..].iter().map(|&v| v as u64).collect(),
             grad_norm: s[2],
             lr: (0..self.groups.len()).map(|g| s[8 + 8 * g]).collect(),
+            step_size_ratio: s[4],
         };
         if self.policy == NonFinitePolicy::Fail && report.skipped > 0 {
             return Err(Error::NonFiniteGradient { skipped: report.skipped });
@@ -271,6 +276,7 @@ impl Optimizer {
             ("clip_grad_norm".to_string(), serde_json::to_string(&self.clip).map_err(|e| Error::Checkpoint(e.to_string()))?),
             ("nonfinite".to_string(), serde_json::to_string(&self.policy).map_err(|e| Error::Checkpoint(e.to_string()))?),
             ("mode".to_string(), if self.is_eval() { "eval" } else { "train" }.to_string()),
+            ("step_size".to_string(), serde_json::to_string(&self.step_size).map_err(|e| Error::Checkpoint(e.to_string()))?),
         ]);
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
     }
@@ -303,6 +309,10 @@ impl Optimizer {
             }
         }
         let mut writes: Vec<(Tensor, Vec<f32>)> = Vec::new();
+        let ours_rule = serde_json::to_string(&self.step_size).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        if field("step_size")? != ours_rule {
+            return Err(Error::Checkpoint(format!("saved step-size rule {} differs from this optimizer's {ours_rule}", field("step_size")?)));
+        }
         let mut expected = vec!["counters".to_string(), "group_state".to_string()];
         let eval = match meta.get("mode").map(String::as_str) {
             Some("eval") => true,

@@ -81,7 +81,7 @@ fn read_params(run: &Run) -> Vec<Vec<f32>> {
 /// Run `steps` on the GPU and the reference; compare every parameter (relative Frobenius error over all).
 fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_at: Option<u32>) {
     let run = build(groups, clip).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0 }).collect();
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
     let init = read_params(&run);
     let mut ref_params: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
@@ -142,6 +142,8 @@ fn every_config() -> Vec<OptimizerConfig> {
         OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, r: 1.0, weight_lr_power: 1.0, ..Default::default() }),
         OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, weight_decay: 0.05, ..Default::default() }),
         OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, inner_momentum: 0.5, r: 0.5, ..Default::default() }),
+        OptimizerConfig::Ona(OnaConfig { lr: 0.01, weight_decay: 0.05, ..Default::default() }),
+        OptimizerConfig::Ona(OnaConfig { lr: 2e-3, adam: true, beta: 0.9, ..Default::default() }),
     ]
 }
 
@@ -318,7 +320,7 @@ fn rel(a: &[f32], b: &[f64]) -> f64 {
 #[test]
 fn schedule_free_eval_point_and_modes() {
     let run = build(&sf_groups(), None).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0 }).collect();
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
     let init = read_params(&run);
     let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
     for step in 1..=20 {
@@ -361,4 +363,49 @@ fn schedule_free_eval_point_and_modes() {
         }
     }
     assert_eq!(read_params(&run), read_params(&resumed));
+}
+
+#[test]
+fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
+    let gpu = gpu();
+    let groups = [
+        (matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig { lr: 1e-3, ..Default::default() }))),
+        (Matcher::All, Group::new(OptimizerConfig::Sgd(SgdConfig { lr: 0.01, momentum: 0.9, ..Default::default() }))),
+    ];
+    let rule = StepSizeRule::PolyakClamp { beta: 0.8, min: 0.1, max: 10.0 };
+    let loss = Tensor::zeros(&gpu, &[1]).unwrap();
+    let store = ParamStore::new(&gpu, SPECS).unwrap();
+    for (i, (name, shape)) in SPECS.iter().enumerate() {
+        store.param(name).unwrap().write(&noise(100 + i as u64, shape.iter().product())).unwrap();
+    }
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().step_size(rule, &loss);
+    for (m, g) in &groups {
+        b.rule(m.clone(), g.clone());
+    }
+    let opt = b.build().unwrap();
+    let run = Run { store, opt };
+    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(read_params(&run)).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(&p))).collect();
+    let mut pr = RefPolyak { beta: 0.8, min: 0.1, max: 10.0, loss_ema: 0.0, norm_ema: 0.0 };
+    for step in 1..=25u32 {
+        // Losses that push the ratio through both clamps and a NaN loss at step 9.
+        let l = if step == 9 { f32::NAN } else if step < 6 { 1e-4 } else { 40.0 + (step as f32).sin() };
+        loss.write(&[l]).unwrap();
+        let g = grads_at(step, None);
+        write_grads(&run, &g);
+        run.opt.step().unwrap();
+        let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+        engine_step_with(&mut ref_groups, &mut refs, &g64, None, Some((&mut pr, l as f64)));
+        let rep = pollster::block_on(run.opt.report()).unwrap();
+        let want = (pr.loss_ema / pr.norm_ema).clamp(0.1, 10.0);
+        assert!((rep.step_size_ratio as f64 - want).abs() <= 1e-5 * want, "step {step}: ratio {} vs {want}", rep.step_size_ratio);
+    }
+    let rep = pollster::block_on(run.opt.report()).unwrap();
+    assert_eq!(rep.skipped, 1, "the NaN loss skipped its step");
+    let got: Vec<f64> = read_params(&run).into_iter().flatten().map(|v| v as f64).collect();
+    let want: Vec<f64> = refs.iter().flat_map(|(_, x)| x.p.clone()).collect();
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt() / want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(err < 1e-5, "polyak run: {err}");
+    assert!(run.opt.load(&pollster::block_on(build(&groups, None).unwrap().opt.save()).unwrap()).is_err(), "a checkpoint without the rule is refused");
 }

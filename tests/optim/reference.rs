@@ -31,6 +31,8 @@ pub struct RefGroup {
     /// Schedule-Free: lr_max (starts at −1) and the running weight sum.
     pub lr_max: f64,
     pub weight_sum: f64,
+    /// The shared step-size multiplier of the current step.
+    pub ratio: f64,
 }
 
 impl RefGroup {
@@ -45,9 +47,10 @@ impl RefGroup {
             OptimizerConfig::Signum(c) => c.beta1,
             OptimizerConfig::ScheduleFreeSgd(c) => c.momentum,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1,
+            OptimizerConfig::Ona(c) => c.beta,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
-        ((cfg.lr() * self.group.schedule.factor(k)) as f64, b1 as f64)
+        ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
     }
 
     /// Schedule-Free averaging coefficient c for the step being applied (after `advance`).
@@ -149,6 +152,23 @@ impl RefGroup {
                     x.p[i] = b1 * x.s[1][i] + (1.0 - b1) * x.s[0][i];
                 }
             }
+            OptimizerConfig::Ona(c) => {
+                let (bh, kappa, b2) = (f(c.beta_h), f(c.kappa), f(c.beta2));
+                let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+                for i in 0..x.p.len() {
+                    x.p[i] *= 1.0 - lr * f(c.weight_decay);
+                    let d = if t == 1 { 0.0 } else { g[i] - x.s[0][i] };
+                    x.s[0][i] = g[i];
+                    x.s[1][i] = bh * x.s[1][i] + (1.0 - bh) * d;
+                    x.s[2][i] = b1 * x.s[2][i] + (1.0 - b1) * (g[i] + kappa * x.s[1][i]);
+                    if c.adam {
+                        x.e[i] = b2 * x.e[i] + (1.0 - b2) * g[i] * g[i];
+                        x.p[i] -= lr * (x.s[2][i] / bc1) / ((x.e[i] / bc2).sqrt() + f(c.eps));
+                    } else {
+                        x.p[i] -= lr * x.s[2][i];
+                    }
+                }
+            }
             OptimizerConfig::Signum(c) => {
                 let la = f(c.lookahead);
                 for i in 0..x.p.len() {
@@ -161,12 +181,44 @@ impl RefGroup {
     }
 }
 
+/// The Polyak-clamp rule's state: (beta, min, max) and the loss and gradient-norm EMAs.
+#[derive(Clone, Debug)]
+pub struct RefPolyak {
+    pub beta: f64,
+    pub min: f64,
+    pub max: f64,
+    pub loss_ema: f64,
+    pub norm_ema: f64,
+}
+
 /// One engine step over all params: clip by the global norm, skip on non-finite, advance each group's counter.
 pub fn engine_step(groups: &mut [RefGroup], params: &mut [(usize, RefParam)], grads: &[Vec<f64>], clip: Option<f32>) -> bool {
-    if grads.iter().flatten().any(|g| !g.is_finite()) {
+    engine_step_with(groups, params, grads, clip, None)
+}
+
+/// [`engine_step`] with the Polyak rule fed by `loss`.
+pub fn engine_step_with(
+    groups: &mut [RefGroup],
+    params: &mut [(usize, RefParam)],
+    grads: &[Vec<f64>],
+    clip: Option<f32>,
+    polyak: Option<(&mut RefPolyak, f64)>,
+) -> bool {
+    if grads.iter().flatten().any(|g| !g.is_finite()) || polyak.as_ref().is_some_and(|(_, l)| !l.is_finite()) {
         return false;
     }
     let norm = grads.iter().flatten().map(|g| g * g).sum::<f64>().sqrt();
+    let ratio = match polyak {
+        Some((p, loss)) => {
+            p.loss_ema = p.beta * p.loss_ema + (1.0 - p.beta) * loss;
+            p.norm_ema = p.beta * p.norm_ema + (1.0 - p.beta) * norm;
+            (if p.norm_ema > 0.0 { p.loss_ema / p.norm_ema } else { p.max }).clamp(p.min, p.max)
+        }
+        None => 1.0,
+    };
+    for g in groups.iter_mut() {
+        g.ratio = ratio;
+    }
     let coef = clip.map_or(1.0, |c| (c as f64 / (norm + 1e-6)).min(1.0));
     for g in groups.iter_mut() {
         g.advance();
