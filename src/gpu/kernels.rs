@@ -32,6 +32,7 @@ shader_table!(
     "optim/prologue.wgsl",
     "optim/update.wgsl",
     "optim/sf_mode.wgsl",
+    "optim/adafactor.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, Optimizer, ParamSlot};
+use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, Optimizer, ParamSlot, StateView};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule, StepSizeRule};
 
 /// Which parameters a routing rule takes.
@@ -306,6 +306,11 @@ impl OptimizerBuilder {
             let mut state_off = 0usize;
             let mut vec_rows: Vec<u32> = Vec::new();
             let mut scalar_rows: Vec<u32> = Vec::new();
+            let adafactor = match groups[group].optimizer {
+                OptimizerConfig::Adafactor(c) => Some(c),
+                _ => None,
+            };
+            let (mut af_rows, mut af_state, mut af_mom): (Vec<u32>, usize, usize) = (Vec::new(), 0, 0);
             for &i in idx {
                 let p = &self.params[i];
                 let n = p.param.numel();
@@ -324,7 +329,16 @@ impl OptimizerBuilder {
                     let len = CHUNK.min(n - c);
                     scalar_rows.extend([(po + c) as u32, (go + c) as u32, (state_off + c) as u32, len as u32]);
                 }
-                slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off }));
+                let states = match adafactor {
+                    Some(c) => adafactor_layout(p, c.beta1.is_some(), &mut af_rows, &mut af_state, &mut af_mom)?,
+                    None => spec
+                        .states
+                        .iter()
+                        .enumerate()
+                        .map(|(k, name)| StateView { name: name.to_string(), buffer: k, offset: state_off, shape: p.param.shape().to_vec() })
+                        .collect(),
+                };
+                slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off, states }));
                 state_off += n.div_ceil(4) * 4;
             }
             let mut tables = Vec::new();
@@ -337,9 +351,19 @@ impl OptimizerBuilder {
                 tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: total_chunks, table: t });
                 total_chunks += rows.len() / 4;
             }
-            let states: Vec<(String, Tensor)> =
-                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
-            buckets.push(Bucket { group, tables, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
+            let (states, tensor_table) = match adafactor {
+                Some(c) => {
+                    let mut st = vec![("second_moment".to_string(), Tensor::zeros(gpu, &[af_state.max(1)])?)];
+                    if c.beta1.is_some() {
+                        st.push(("exp_avg".to_string(), Tensor::zeros(gpu, &[af_mom.max(1)])?));
+                    }
+                    let t = Tensor::zeros(gpu, &[af_rows.len()])?;
+                    t.write(bytemuck::cast_slice(&af_rows))?;
+                    (st, Some((t, af_rows.len() / 8)))
+                }
+                None => (spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?, None),
+            };
+            buckets.push(Bucket { group, tables, tensor_table, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
         }
         // Reports, checkpoints and evaluation points list parameters in the order they were added.
         slots.sort_by_key(|(i, _)| *i);
@@ -399,6 +423,26 @@ impl OptimizerBuilder {
         plan.stage("update");
         for b in &buckets {
             let spec = groups[b.group].optimizer.kernel();
+            if let (OptimizerConfig::Adafactor(c), Some((table, count))) = (groups[b.group].optimizer, &b.tensor_table) {
+                let kernel = gpu.kernel("optim/adafactor.wgsl", "main", &[("MOMENTUM", (c.beta1.is_some() as u32).to_string())])?;
+                #[repr(C)]
+                #[derive(Clone, Copy, Pod, Zeroable)]
+                struct A {
+                    tensors: u32,
+                    group: u32,
+                    flags: u32,
+                    _p: u32,
+                    h: [f32; 4],
+                    beta1: f32,
+                    wd: f32,
+                    _q: [f32; 2],
+                }
+                let u = A { tensors: *count as u32, group: b.group as u32, flags: spec.flags, _p: 0, h: spec.h, beta1: spec.beta1, wd: c.weight_decay, _q: [0.0; 2] };
+                let mut tensors: Vec<&Tensor> = vec![table, &scalars, &b.grad, &b.param];
+                tensors.extend(b.states.iter().map(|(_, s)| s));
+                plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
+                continue;
+            }
             let n = spec.states.len();
             let flag = |v: bool| (if v { "1" } else { "0" }).to_string();
             for t in &b.tables {
@@ -482,6 +526,40 @@ impl OptimizerBuilder {
         let to_eval = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
         Ok(Some(ModePlans { to_eval, to_train, eval_point, outs }))
     }
+}
+
+/// Adafactor's per-tensor state layout (factored over the last two dims when ndim ≥ 2: rows, then columns, then
+/// one mean-of-rows scratch value per leading index; else a full second moment) and its tensor-table row.
+fn adafactor_layout(p: &ParamEntry, momentum: bool, rows_out: &mut Vec<u32>, state: &mut usize, mom: &mut usize) -> Result<Vec<StateView>> {
+    let shape = p.param.shape();
+    let n = p.param.numel();
+    let factored = shape.len() >= 2;
+    let (lead, batch, rows, cols) = if factored {
+        let lead = &shape[..shape.len() - 2];
+        (lead.to_vec(), lead.iter().product::<usize>(), shape[shape.len() - 2], shape[shape.len() - 1])
+    } else {
+        (Vec::new(), 1, 1, n)
+    };
+    let mut views = Vec::new();
+    let s_off = *state;
+    if factored {
+        views.push(StateView { name: "exp_avg_sq_row".into(), buffer: 0, offset: s_off, shape: [lead.clone(), vec![rows]].concat() });
+        views.push(StateView { name: "exp_avg_sq_col".into(), buffer: 0, offset: s_off + batch * rows, shape: [lead, vec![cols]].concat() });
+        *state += batch * (rows + cols + 1);
+    } else {
+        views.push(StateView { name: "exp_avg_sq".into(), buffer: 0, offset: s_off, shape: shape.to_vec() });
+        *state += n;
+    }
+    if momentum {
+        views.push(StateView { name: "exp_avg".into(), buffer: 1, offset: *mom, shape: shape.to_vec() });
+    }
+    let fields = [p.param.offset(), p.grad.offset(), batch, rows, cols, s_off, *mom, factored as usize];
+    if fields.iter().any(|&v| u32::try_from(v).is_err()) || u32::try_from(*state).is_err() {
+        return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+    }
+    rows_out.extend(fields.iter().map(|&v| v as u32));
+    *mom += n;
+    Ok(views)
 }
 
 fn grid(chunks: usize) -> (u32, u32) {

@@ -213,6 +213,51 @@ impl StepSizeRule {
     }
 }
 
+/// Adafactor with HF transformers semantics (§7.2): relative step size, parameter-scale step, update clipping,
+/// factored second moment over the last two dimensions of tensors with ≥ 2 dimensions. With `relative_step`,
+/// the group's learning-rate schedule multiplies ρ (a constant schedule reproduces HF exactly).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdafactorConfig {
+    /// External learning rate; must be absent with `relative_step` (as HF requires).
+    pub lr: Option<f32>,
+    /// ε1 added to g².
+    pub eps1: f32,
+    /// ε2: lower bound of the parameter scale.
+    pub eps2: f32,
+    /// Update-clipping threshold on RMS(u).
+    pub clip_threshold: f32,
+    /// β2t = 1 − t^decay_rate.
+    pub decay_rate: f32,
+    /// First-moment decay (momentum on the scaled update); `None` disables it.
+    pub beta1: Option<f32>,
+    /// Weight decay scaled by the step size α.
+    pub weight_decay: f32,
+    /// Scale the step by max(ε2, RMS(p)).
+    pub scale_parameter: bool,
+    /// ρ = min(1e-2, 1/√t) instead of `lr`.
+    pub relative_step: bool,
+    /// ρ = min(1e-6·t, 1/√t) (needs `relative_step`).
+    pub warmup_init: bool,
+}
+
+impl Default for AdafactorConfig {
+    fn default() -> Self {
+        AdafactorConfig {
+            lr: None,
+            eps1: 1e-30,
+            eps2: 1e-3,
+            clip_threshold: 1.0,
+            decay_rate: -0.8,
+            beta1: None,
+            weight_decay: 0.0,
+            scale_parameter: true,
+            relative_step: true,
+            warmup_init: false,
+        }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -234,6 +279,8 @@ pub enum OptimizerConfig {
     ScheduleFreeAdamW(ScheduleFreeAdamWConfig),
     /// [`OnaConfig`] (provisional).
     Ona(OnaConfig),
+    /// [`AdafactorConfig`].
+    Adafactor(AdafactorConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -250,7 +297,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -262,6 +309,7 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreeSgd(_) => "sgd_schedulefree",
             OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
             OptimizerConfig::Ona(_) => "ona",
+            OptimizerConfig::Adafactor(_) => "adafactor",
         }
     }
 
@@ -275,6 +323,7 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreeSgd(c) => c.lr,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
             OptimizerConfig::Ona(c) => c.lr,
+            OptimizerConfig::Adafactor(c) => c.lr.unwrap_or(1.0),
         }
     }
 
@@ -294,6 +343,7 @@ impl OptimizerConfig {
             "sgd_schedulefree" => OptimizerConfig::ScheduleFreeSgd(serde_json::from_str(json).map_err(bad)?),
             "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
             "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
+            "adafactor" => OptimizerConfig::Adafactor(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -363,6 +413,25 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::Adafactor(c) => {
+                let rule = |detail: &str| Err(Error::InvalidArgument { op: "optimizer config", name: "lr", detail: format!("adafactor: {detail}") });
+                match (c.lr, c.relative_step) {
+                    (Some(_), true) => return rule("a manual lr cannot be combined with relative_step"),
+                    (None, false) => return rule("without relative_step an lr is required"),
+                    _ => {}
+                }
+                if c.warmup_init && !c.relative_step {
+                    return Err(Error::InvalidArgument { op: "optimizer config", name: "warmup_init", detail: "adafactor: warmup_init needs relative_step".into() });
+                }
+                check("eps1", c.eps1 >= 0.0, c.eps1, "≥ 0")?;
+                check("eps2", c.eps2 >= 0.0, c.eps2, "≥ 0")?;
+                check("clip_threshold", c.clip_threshold > 0.0, c.clip_threshold, "> 0")?;
+                check("decay_rate", c.decay_rate < 0.0, c.decay_rate, "< 0")?;
+                if let Some(b) = c.beta1 {
+                    beta("beta1", b)?;
+                }
+                nonneg("weight_decay", c.weight_decay)?;
             }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
@@ -439,6 +508,16 @@ impl OptimizerConfig {
                 h: [c.beta_h, c.kappa, c.weight_decay, c.eps],
                 beta1: c.beta,
                 beta2: c.beta2,
+                schedule_free: None,
+            },
+            // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
+            OptimizerConfig::Adafactor(c) => KernelSpec {
+                define: "OPT_ADAFACTOR",
+                states: &[],
+                flags: c.relative_step as u32 | (c.scale_parameter as u32) << 1 | (c.warmup_init as u32) << 2 | (c.beta1.is_some() as u32) << 3,
+                h: [c.eps1, c.eps2, c.clip_threshold, c.decay_rate],
+                beta1: c.beta1.unwrap_or(0.0),
+                beta2: 0.0,
                 schedule_free: None,
             },
         }

@@ -20,9 +20,19 @@ pub(crate) struct ChunkTable {
 pub(crate) struct Bucket {
     pub group: usize,
     pub tables: Vec<ChunkTable>,
+    /// Per-tensor table (and its row count) for optimizers that work tensor by tensor (Adafactor).
+    pub tensor_table: Option<(Tensor, usize)>,
     pub grad: Tensor,
     pub param: Tensor,
     pub states: Vec<(String, Tensor)>,
+}
+
+/// Where one state tensor of a parameter lives: a bucket state buffer, an element offset and a shape.
+pub(crate) struct StateView {
+    pub name: String,
+    pub buffer: usize,
+    pub offset: usize,
+    pub shape: Vec<usize>,
 }
 
 pub(crate) struct ParamSlot {
@@ -30,7 +40,9 @@ pub(crate) struct ParamSlot {
     pub param: Tensor,
     pub group: usize,
     pub bucket: usize,
+    /// Offset of the parameter's range in the bucket's elementwise state layout (evaluation points).
     pub state_offset: usize,
+    pub states: Vec<StateView>,
 }
 
 /// The Schedule-Free mode switches and evaluation point (see [`Optimizer::eval`]).
@@ -204,18 +216,19 @@ impl Optimizer {
     /// The names of the state tensors a parameter has (e.g. `exp_avg`, `exp_avg_sq`).
     pub fn state_names(&self, name: &str) -> Result<Vec<String>> {
         let s = self.slot(name)?;
-        Ok(self.buckets[s.bucket].states.iter().map(|(n, _)| n.clone()).collect())
+        Ok(s.states.iter().map(|v| v.name.clone()).collect())
     }
 
     /// A view of one state tensor of a parameter, shaped like the parameter.
     pub fn state(&self, name: &str, state: &str) -> Result<Tensor> {
         let s = self.slot(name)?;
-        let (_, t) = self.buckets[s.bucket].states.iter().find(|(n, _)| n == state).ok_or_else(|| Error::InvalidArgument {
+        let v = s.states.iter().find(|v| v.name == state).ok_or_else(|| Error::InvalidArgument {
             op: "Optimizer::state",
             name: "state",
             detail: format!("`{name}` has no state `{state}`"),
         })?;
-        Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())
+        let buffer = self.buckets[s.bucket].states[v.buffer].1.buffer().clone();
+        Tensor::from_buffer(&self.gpu, buffer, v.offset, &v.shape)
     }
 
     /// Counters and last-step scalars, read back asynchronously. With [`NonFinitePolicy::Fail`] a skipped step
@@ -257,9 +270,9 @@ impl Optimizer {
         for s in &self.slots {
             let shape = s.param.shape().to_vec();
             blobs.push((format!("param/{}", s.name), safetensors::Dtype::F32, shape.clone(), f32_bytes(s.param.read().await?)));
-            for (state, _) in &self.buckets[s.bucket].states {
-                let v = self.state(&s.name, state)?.read().await?;
-                blobs.push((format!("state/{}/{state}", s.name), safetensors::Dtype::F32, shape.clone(), f32_bytes(v)));
+            for view in &s.states {
+                let v = self.state(&s.name, &view.name)?.read().await?;
+                blobs.push((format!("state/{}/{}", s.name, view.name), safetensors::Dtype::F32, view.shape.clone(), f32_bytes(v)));
             }
         }
         let counters: Vec<u8> = self.counters.read().await?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
@@ -326,8 +339,8 @@ impl Optimizer {
         writes.push((self.gstate.clone(), bytemuck::pod_collect_to_vec(gs.data())));
         for s in &self.slots {
             let mut want = vec![(format!("param/{}", s.name), s.param.clone())];
-            for (state, _) in &self.buckets[s.bucket].states {
-                want.push((format!("state/{}/{state}", s.name), self.state(&s.name, state)?));
+            for view in &s.states {
+                want.push((format!("state/{}/{}", s.name, view.name), self.state(&s.name, &view.name)?));
             }
             for (key, t) in want {
                 let v = st.tensor(&key).map_err(|_| Error::Checkpoint(format!("missing tensor `{key}`")))?;

@@ -10,12 +10,19 @@ pub struct RefParam {
     pub s: [Vec<f64>; 3],
     /// Schedule-Free inner momentum.
     pub e: Vec<f64>,
+    /// The parameter's shape (Adafactor factors over the last two dimensions).
+    pub shape: Vec<usize>,
 }
 
 impl RefParam {
     pub fn new(p: &[f32]) -> RefParam {
         let z = vec![0.0; p.len()];
-        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z.clone()], e: z }
+        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z.clone()], e: z, shape: vec![p.len()] }
+    }
+
+    pub fn shaped(mut self, shape: &[usize]) -> RefParam {
+        self.shape = shape.to_vec();
+        self
     }
 }
 
@@ -48,6 +55,7 @@ impl RefGroup {
             OptimizerConfig::ScheduleFreeSgd(c) => c.momentum,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1,
             OptimizerConfig::Ona(c) => c.beta,
+            OptimizerConfig::Adafactor(c) => c.beta1.unwrap_or(0.0),
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -150,6 +158,59 @@ impl RefGroup {
                     x.s[0][i] -= lr * gn;
                     x.s[1][i] = (1.0 - cc) * x.s[1][i] + cc * x.s[0][i];
                     x.p[i] = b1 * x.s[1][i] + (1.0 - b1) * x.s[0][i];
+                }
+            }
+            OptimizerConfig::Adafactor(c) => {
+                let n = x.p.len();
+                let rms_p = (x.p.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+                let rho = if c.relative_step {
+                    let cap = if c.warmup_init { 1e-6 * t as f64 } else { 1e-2 };
+                    cap.min(1.0 / (t as f64).sqrt()) * lr
+                } else {
+                    lr
+                };
+                let alpha = if c.scale_parameter { (c.eps2 as f64).max(rms_p) } else { 1.0 } * rho;
+                let b2t = 1.0 - (t as f64).powf(c.decay_rate as f64);
+                let eps1 = c.eps1 as f64;
+                let sh = &x.shape;
+                let mut u: Vec<f64> = vec![0.0; n];
+                if sh.len() >= 2 {
+                    let (rows, cols) = (sh[sh.len() - 2], sh[sh.len() - 1]);
+                    let batch = n / (rows * cols);
+                    x.s[0].resize(batch * rows, 0.0);
+                    x.s[1].resize(batch * cols, 0.0);
+                    for b in 0..batch {
+                        let at = |r: usize, cc: usize| b * rows * cols + r * cols + cc;
+                        for r in 0..rows {
+                            let mean = (0..cols).map(|cc| g[at(r, cc)].powi(2) + eps1).sum::<f64>() / cols as f64;
+                            x.s[0][b * rows + r] = b2t * x.s[0][b * rows + r] + (1.0 - b2t) * mean;
+                        }
+                        for cc in 0..cols {
+                            let mean = (0..rows).map(|r| g[at(r, cc)].powi(2) + eps1).sum::<f64>() / rows as f64;
+                            x.s[1][b * cols + cc] = b2t * x.s[1][b * cols + cc] + (1.0 - b2t) * mean;
+                        }
+                        let rmean = x.s[0][b * rows..(b + 1) * rows].iter().sum::<f64>() / rows as f64;
+                        for r in 0..rows {
+                            for cc in 0..cols {
+                                u[at(r, cc)] = g[at(r, cc)] / (x.s[0][b * rows + r] / rmean).sqrt() / x.s[1][b * cols + cc].sqrt();
+                            }
+                        }
+                    }
+                } else {
+                    for i in 0..n {
+                        x.s[0][i] = b2t * x.s[0][i] + (1.0 - b2t) * (g[i] * g[i] + eps1);
+                        u[i] = g[i] / x.s[0][i].sqrt();
+                    }
+                }
+                let rms_u = (u.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+                let scale = alpha / (rms_u / c.clip_threshold as f64).max(1.0);
+                for i in 0..n {
+                    let mut upd = scale * u[i];
+                    if c.beta1.is_some() {
+                        x.s[2][i] = b1 * x.s[2][i] + (1.0 - b1) * upd;
+                        upd = x.s[2][i];
+                    }
+                    x.p[i] -= c.weight_decay as f64 * alpha * x.p[i] + upd;
                 }
             }
             OptimizerConfig::Ona(c) => {
