@@ -56,7 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let e = table[wg.x];
     let n = e.batch * e.rows * e.cols;
     let clip = scalars[1];
-    let o = 8u + 8u * u.group;
+    let o = 8u + 16u * u.group;
     let lr = scalars[o];
     let t = scalars[o + 4u];
     let b1 = scalars[o + 1u];   // β1, after any momentum schedule

@@ -38,7 +38,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (c >= u.chunks || scalars[0] == 0.0) { return; }
     let ch = table[c];
     let clip = scalars[1];
-    let o = 8u + 8u * u.group;
+    let o = 8u + 16u * u.group;
     let lr = scalars[o];
     let b1 = scalars[o + 1u];
     let bc1 = scalars[o + 2u];
@@ -119,6 +119,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         p = mix(p, z, c);
         p += lr * (b1 * (1.0 - c) - 1.0) * d;
         s0[si] = z - lr * d;
+//#endif
+//#if OPT_SF_PLUS
+        // h0 beta2, h1 eps, h2 weight decay (AdamC: × lr²). ScheduleFree+ (§8.5): states z, x, m, v; p holds y.
+        let c = scalars[o + 6u];
+        let bsf = scalars[o + 8u];
+        var z = s0[si];
+        var x = s1[si];
+        if (t == 1.0) { z = p; x = p; }
+        z -= lr * lr * u.h2 * p;
+        let m = b1 * s2[si] + (1.0 - b1) * g;
+        let v = u.h0 * s3[si] + (1.0 - u.h0) * g * g;
+        s2[si] = m;
+        s3[si] = v;
+        z -= lr * (m / bc1) / (sqrt(v / bc2) + u.h1);
+        x = mix(x, z, c);
+        s0[si] = z;
+        s1[si] = x;
+        p = bsf * x + (1.0 - bsf) * z;
 //#endif
 //#if OPT_ONA
         // h0 beta_h, h1 kappa, h2 weight decay, h3 eps; flags 1 = Adam normalization. Provisional (§8.7).

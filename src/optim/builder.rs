@@ -113,7 +113,8 @@ pub struct OptimizerBuilder {
     clip: Option<f32>,
     policy: NonFinitePolicy,
     timing: bool,
-    step_size: Option<(StepSizeRule, Tensor)>,
+    step_size: Option<StepSizeRule>,
+    loss: Option<Tensor>,
 }
 
 /// Elements per chunk of a bucket (one workgroup each).
@@ -138,12 +139,21 @@ pub(crate) struct GroupUniform {
     sf: u32,
     r: f32,
     wlp: f32,
+    sfp: u32,
+    sf_b1: f32,
+    sf_max: f32,
+    anneal: f32,
+    polyak_beta: f32,
+    c_warmup: f32,
+    eps: f32,
+    _q: f32,
+    _pad: [f32; 8],
 }
 
 impl OptimizerBuilder {
     /// An empty builder.
     pub fn new(gpu: &Gpu) -> OptimizerBuilder {
-        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None }
+        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None, loss: None }
     }
 
     /// Add a parameter and its gradient (tensors or views of caller-owned buffers; same shape).
@@ -207,7 +217,14 @@ impl OptimizerBuilder {
     /// A step-size rule shared by all groups, fed each step by the loss in `loss[0]` (a device tensor the
     /// training engine writes; no readback). A non-finite loss skips the step like a non-finite gradient.
     pub fn step_size(&mut self, rule: StepSizeRule, loss: &Tensor) -> &mut Self {
-        self.step_size = Some((rule, loss.clone()));
+        self.step_size = Some(rule);
+        self.loss(loss)
+    }
+
+    /// The loss of the current step in `loss[0]` (a device tensor; no readback), for optimizers that take it
+    /// (ScheduleFree+) and step-size rules. A non-finite loss skips the step like a non-finite gradient.
+    pub fn loss(&mut self, loss: &Tensor) -> &mut Self {
+        self.loss = Some(loss.clone());
         self
     }
 
@@ -222,8 +239,10 @@ impl OptimizerBuilder {
         if self.params.is_empty() {
             return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "params", detail: "no parameters".into() });
         }
-        if let Some((rule, loss)) = &self.step_size {
+        if let Some(rule) = &self.step_size {
             rule.validate()?;
+        }
+        if let Some(loss) = &self.loss {
             if loss.numel() == 0 || !loss.gpu().same_device(&self.gpu) {
                 return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "loss", detail: "the loss must be a non-empty tensor on this device".into() });
             }
@@ -269,6 +288,15 @@ impl OptimizerBuilder {
                 }
             }
         }
+        if self.loss.is_none() {
+            if let Some(g) = groups.iter().find(|g| g.optimizer.takes_loss()) {
+                return Err(Error::InvalidArgument {
+                    op: "OptimizerBuilder::build",
+                    name: "loss",
+                    detail: format!("{} takes the loss: give it with OptimizerBuilder::loss", g.optimizer.name()),
+                });
+            }
+        }
         let group_of: Vec<usize> = rule_of.iter().map(|r| used.iter().position(|u| u == r).unwrap_or(0)).collect();
 
         // Buckets: same group, same parameter buffer, same gradient buffer.
@@ -287,13 +315,21 @@ impl OptimizerBuilder {
         let gpu = &self.gpu;
         let mut plan = PlanBuilder::new(gpu).with_timing(self.timing);
         let counters = Tensor::zeros(gpu, &[2 + groups.len()])?;
-        let scalars = Tensor::zeros(gpu, &[8 + 8 * groups.len()])?;
+        let scalars = Tensor::zeros(gpu, &[8 + 16 * groups.len()])?;
         let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
-        let group_buf = Tensor::zeros(gpu, &[groups.len() * 16])?;
+        let group_buf = Tensor::zeros(gpu, &[groups.len() * 32])?;
         group_buf.write(bytemuck::cast_slice(&group_data))?;
-        let gstate = Tensor::zeros(gpu, &[groups.len() * 4 + 4])?;
-        let mut init: Vec<f32> = groups.iter().flat_map(|_| [-1.0, 0.0, 0.0, 0.0]).collect();
-        init.extend([0.0, 0.0, 1.0, 0.0]);
+        let gstate = Tensor::zeros(gpu, &[groups.len() * 4 + 8])?;
+        // Per group [lr_max, weight_sum, 0, 0] (lr_max starts at −1, or at eps for ScheduleFree+); then the Polyak
+        // rule's [loss EMA, norm EMA, ratio, 0] and ScheduleFree+'s [e, 0, 0, 0].
+        let mut init: Vec<f32> = groups
+            .iter()
+            .flat_map(|g| match g.optimizer {
+                OptimizerConfig::ScheduleFreePlus(c) => [c.eps, 0.0, 0.0, 0.0],
+                _ => [-1.0, 0.0, 0.0, 0.0],
+            })
+            .collect();
+        init.extend([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         gstate.write(&init)?;
 
         let mut buckets = Vec::new();
@@ -368,27 +404,41 @@ impl OptimizerBuilder {
         // Reports, checkpoints and evaluation points list parameters in the order they were added.
         slots.sort_by_key(|(i, _)| *i);
         let slots: Vec<ParamSlot> = slots.into_iter().map(|(_, s)| s).collect();
-        let partials = Tensor::zeros(gpu, &[2 * total_chunks])?;
+        let partials = Tensor::zeros(gpu, &[4 * total_chunks])?;
         let wg = std::env::var("WGOPTIM_OPTIM_WG").ok().and_then(|v| v.parse::<u32>().ok()).filter(|w| w.is_power_of_two() && *w <= 256).unwrap_or(64);
         let types = |vec4: bool| -> [(&'static str, String); 4] {
             if vec4 {
-                [("T", "vec4<f32>".into()), ("U", "vec4<u32>".into()), ("SQ", "dot(g, g)".into()), ("WG", wg.to_string())]
+                [("T", "vec4<f32>".into()), ("U", "vec4<u32>".into()), ("WG", wg.to_string()), ("TOTAL", "dot(v, vec4<f32>(1.0))".into())]
             } else {
-                [("T", "f32".into()), ("U", "u32".into()), ("SQ", "g * g".into()), ("WG", wg.to_string())]
+                [("T", "f32".into()), ("U", "u32".into()), ("WG", wg.to_string()), ("TOTAL", "v".into())]
             }
         };
 
         plan.stage("grad_stats");
         for b in &buckets {
             for t in &b.tables {
-                let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &types(t.vec4))?;
+                // ScheduleFree+ buckets also sum g·(z − x) for the Polyak step's correction.
+                let inner = matches!(groups[b.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
+                let mut defines = types(t.vec4).to_vec();
+                defines.push(("INNER", (inner as u32).to_string()));
+                let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &defines)?;
                 let (gx, gy) = grid(t.chunks);
                 let u: [u32; 4] = [t.chunks as u32, t.chunk_base as u32, gx, 0];
-                plan.dispatch(&stats, &u, &[&t.table, &b.grad, &partials], [gx, gy, 1])?;
+                let mut tensors = vec![&t.table, &b.grad, &partials];
+                if inner {
+                    tensors.extend([&b.states[0].1, &b.states[1].1]);
+                }
+                plan.dispatch(&stats, &u, &tensors, [gx, gy, 1])?;
             }
         }
         plan.stage("prologue");
-        let prologue = gpu.kernel("optim/prologue.wgsl", "main", &[("POLYAK", (self.step_size.is_some() as u32).to_string())])?;
+        let sfp_group = groups.iter().position(|g| matches!(g.optimizer, OptimizerConfig::ScheduleFreePlus(_)));
+        let flag = |b: bool| (b as u32).to_string();
+        let prologue = gpu.kernel(
+            "optim/prologue.wgsl",
+            "main",
+            &[("POLYAK", flag(self.step_size.is_some())), ("SFPLUS", flag(sfp_group.is_some())), ("LOSS", flag(self.loss.is_some()))],
+        )?;
         #[repr(C)]
         #[derive(Clone, Copy, Pod, Zeroable)]
         struct P {
@@ -400,9 +450,11 @@ impl OptimizerBuilder {
             beta: f32,
             rmin: f32,
             rmax: f32,
+            sfp_group: u32,
+            _p: [u32; 3],
         }
         let (beta, rmin, rmax) = match self.step_size {
-            Some((StepSizeRule::PolyakClamp { beta, min, max }, _)) => (beta, min, max),
+            Some(StepSizeRule::PolyakClamp { beta, min, max }) => (beta, min, max),
             None => (0.0, 1.0, 1.0),
         };
         let pu = P {
@@ -410,13 +462,15 @@ impl OptimizerBuilder {
             partials: total_chunks as u32,
             max_norm: self.clip.unwrap_or(0.0),
             clip: self.clip.is_some() as u32,
-            loss_off: self.step_size.as_ref().map_or(0, |(_, l)| l.offset() as u32),
+            loss_off: self.loss.as_ref().map_or(0, |l| l.offset() as u32),
             beta,
             rmin,
             rmax,
+            sfp_group: sfp_group.unwrap_or(0) as u32,
+            _p: [0; 3],
         };
         let mut tensors = vec![&group_buf, &partials, &counters, &scalars, &gstate];
-        if let Some((_, loss)) = &self.step_size {
+        if let Some(loss) = &self.loss {
             tensors.push(loss);
         }
         plan.dispatch(&prologue, &pu, &tensors, [1, 1, 1])?;
@@ -474,8 +528,7 @@ impl OptimizerBuilder {
         }
         let plan = plan.build()?;
         let modes = self.schedule_free_plans(&groups, &buckets, wg)?;
-        let rule = self.step_size.as_ref().map(|(r, _)| *r);
-        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, rule))
+        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, self.step_size))
     }
 
     /// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into
@@ -571,6 +624,7 @@ fn encode_group(g: &Group) -> GroupUniform {
     let spec = g.optimizer.kernel();
     let (kind, warmup, total, decay, min_ratio) = g.schedule.encode();
     let m = g.momentum;
+    let plus = plus_fields(&g.optimizer);
     GroupUniform {
         lr: g.optimizer.lr(),
         beta1: spec.beta1,
@@ -586,8 +640,30 @@ fn encode_group(g: &Group) -> GroupUniform {
         m_cooldown: m.map_or(0.0, |m| m.cooldown as f32),
         m_total: m.map_or(0.0, |m| m.total as f32),
         sf: spec.schedule_free.is_some() as u32,
-        r: spec.schedule_free.map_or(0.0, |s| s.0),
-        wlp: spec.schedule_free.map_or(0.0, |s| s.1),
+        r: spec.schedule_free.map_or(plus.r, |s| s.0),
+        wlp: spec.schedule_free.map_or(plus.wlp, |s| s.1),
+        ..plus
+    }
+}
+
+/// The ScheduleFree+ part of a group's device record (zeros for other optimizers; `r`/`wlp` shared with
+/// Schedule-Free).
+fn plus_fields(o: &OptimizerConfig) -> GroupUniform {
+    let zero = GroupUniform::zeroed();
+    match *o {
+        OptimizerConfig::ScheduleFreePlus(c) => GroupUniform {
+            sfp: 1,
+            r: c.r,
+            wlp: c.weight_lr_power,
+            sf_b1: c.sf_beta1,
+            sf_max: c.sf_beta1_max,
+            anneal: c.sf_beta1_anneal_steps as f32,
+            polyak_beta: c.polyak_beta,
+            c_warmup: c.c_warmup as f32,
+            eps: c.eps,
+            ..zero
+        },
+        _ => zero,
     }
 }
 

@@ -258,6 +258,59 @@ impl Default for AdafactorConfig {
     }
 }
 
+/// ScheduleFree+ (AdamC + Schedule-Free + Polyak step; official `AdamCScheduleFreePlusPaper`, §8.5). The step
+/// takes the loss at the current y (give it with [`crate::optim::OptimizerBuilder::loss`]); the step size is
+/// `lr · max(0, f + β_sf·Σ⟨g, z − x⟩) / ê` with ê the EMA of `‖g‖₁·sqrt(π/2)`. Weight decay is scaled by lr²
+/// (AdamC). The parameters hold y; x and z are states. All ScheduleFree+ groups share the Polyak scalar, computed
+/// with the first such group's β_sf and polyak_beta.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleFreePlusConfig {
+    /// Learning-rate multiplier of the Polyak step.
+    pub lr: f32,
+    /// Adam β1.
+    pub beta1: f32,
+    /// Adam β2.
+    pub beta2: f32,
+    /// Schedule-Free interpolation β_sf.
+    pub sf_beta1: f32,
+    /// ε (also the initial lr_max and the floor of lr).
+    pub eps: f32,
+    /// AdamC weight decay (scaled by lr², applied to z at y).
+    pub weight_decay: f32,
+    /// Exponent r of the step-count weighting.
+    pub r: f32,
+    /// EMA decay of the L1 gradient norm.
+    pub polyak_beta: f32,
+    /// Steps with c = 1 (no averaging).
+    pub c_warmup: u32,
+    /// Steps over which β_sf anneals to `sf_beta1_max` (0: no annealing).
+    pub sf_beta1_anneal_steps: u32,
+    /// Final β_sf of the annealing.
+    pub sf_beta1_max: f32,
+    /// Power of lr_max in the averaging weights.
+    pub weight_lr_power: f32,
+}
+
+impl Default for ScheduleFreePlusConfig {
+    fn default() -> Self {
+        ScheduleFreePlusConfig {
+            lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.95,
+            sf_beta1: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            r: 0.0,
+            polyak_beta: 0.0,
+            c_warmup: 0,
+            sf_beta1_anneal_steps: 0,
+            sf_beta1_max: 0.965,
+            weight_lr_power: 2.0,
+        }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -281,6 +334,9 @@ pub enum OptimizerConfig {
     Ona(OnaConfig),
     /// [`AdafactorConfig`].
     Adafactor(AdafactorConfig),
+    /// [`ScheduleFreePlusConfig`].
+    #[serde(rename = "schedulefree_plus")]
+    ScheduleFreePlus(ScheduleFreePlusConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -297,7 +353,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -310,6 +366,7 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
             OptimizerConfig::Ona(_) => "ona",
             OptimizerConfig::Adafactor(_) => "adafactor",
+            OptimizerConfig::ScheduleFreePlus(_) => "schedulefree_plus",
         }
     }
 
@@ -324,7 +381,13 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
             OptimizerConfig::Ona(c) => c.lr,
             OptimizerConfig::Adafactor(c) => c.lr.unwrap_or(1.0),
+            OptimizerConfig::ScheduleFreePlus(c) => c.lr,
         }
+    }
+
+    /// Whether the step needs the loss value (given to the builder as a device tensor).
+    pub fn takes_loss(&self) -> bool {
+        matches!(self, OptimizerConfig::ScheduleFreePlus(_))
     }
 
     /// Whether the parameters hold Schedule-Free's y during training (then `train()` / `eval()` switch to x).
@@ -344,6 +407,7 @@ impl OptimizerConfig {
             "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
             "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
             "adafactor" => OptimizerConfig::Adafactor(serde_json::from_str(json).map_err(bad)?),
+            "schedulefree_plus" => OptimizerConfig::ScheduleFreePlus(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -413,6 +477,17 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::ScheduleFreePlus(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("sf_beta1", c.sf_beta1 > 0.0 && c.sf_beta1 < 1.0, c.sf_beta1, "in (0, 1)")?;
+                check("sf_beta1_max", c.sf_beta1_max > 0.0 && c.sf_beta1_max < 1.0, c.sf_beta1_max, "in (0, 1)")?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                beta("polyak_beta", c.polyak_beta)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
             }
             OptimizerConfig::Adafactor(c) => {
                 let rule = |detail: &str| Err(Error::InvalidArgument { op: "optimizer config", name: "lr", detail: format!("adafactor: {detail}") });
@@ -507,6 +582,15 @@ impl OptimizerConfig {
                 flags: c.adam as u32,
                 h: [c.beta_h, c.kappa, c.weight_decay, c.eps],
                 beta1: c.beta,
+                beta2: c.beta2,
+                schedule_free: None,
+            },
+            OptimizerConfig::ScheduleFreePlus(c) => KernelSpec {
+                define: "OPT_SF_PLUS",
+                states: &["z", "x", "exp_avg", "exp_avg_sq"],
+                flags: 0,
+                h: [c.beta2, c.eps, c.weight_decay, 0.0],
+                beta1: c.beta1,
                 beta2: c.beta2,
                 schedule_free: None,
             },

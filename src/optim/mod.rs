@@ -11,7 +11,7 @@ mod schedule;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdafactorConfig, AdamWConfig, LionConfig, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
+    AdafactorConfig, AdamWConfig, LionConfig, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
     StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, Tensor};
-use crate::optim::{Group, NonFinitePolicy, StepSizeRule};
+use crate::optim::{Group, NonFinitePolicy, OptimizerConfig, StepSizeRule};
 
 /// A bucket's chunks of (param offset, grad offset, state offset, length), in vec4 units when `vec4`.
 pub(crate) struct ChunkTable {
@@ -139,27 +139,43 @@ impl Optimizer {
         self.eval_mode.load(Ordering::Relaxed)
     }
 
+    fn check_modes(&self, op: &'static str) -> Result<()> {
+        if let Some(g) = self.groups.iter().find(|g| matches!(g.optimizer, OptimizerConfig::ScheduleFreePlus(_))) {
+            return Err(Error::InvalidArgument {
+                op,
+                name: "mode",
+                detail: format!("{} keeps x as a state: read it with eval_params() (mode switching is not offered)", g.optimizer.name()),
+            });
+        }
+        Ok(())
+    }
+
     /// Switch Schedule-Free parameters to the evaluation point x (`p ← lerp(p, z, 1 − 1/β)`); a no-op for other
-    /// optimizers and when already in eval mode. One submit.
-    pub fn eval(&self) {
+    /// optimizers and when already in eval mode. One submit. Refused for ScheduleFree+ (see [`Optimizer::eval_params`]).
+    pub fn eval(&self) -> Result<()> {
+        self.check_modes("Optimizer::eval")?;
         if !self.eval_mode.swap(true, Ordering::Relaxed) {
             if let Some(m) = &self.modes {
                 m.to_eval.run();
             }
         }
+        Ok(())
     }
 
     /// Switch back to training (`p ← lerp(p, z, 1 − β)`, x → y); a no-op when already training.
-    pub fn train(&self) {
+    pub fn train(&self) -> Result<()> {
+        self.check_modes("Optimizer::train")?;
         if self.eval_mode.swap(false, Ordering::Relaxed) {
             if let Some(m) = &self.modes {
                 m.to_train.run();
             }
         }
+        Ok(())
     }
 
     /// The evaluation point of every parameter without switching modes: Schedule-Free x for Schedule-Free
-    /// groups (computed from y and z in training mode), the parameter itself otherwise. Async readback.
+    /// groups (computed from y and z in training mode), the `x` state for ScheduleFree+, the parameter itself
+    /// otherwise. Async readback.
     pub async fn eval_params(&self) -> Result<Vec<(String, Vec<f32>)>> {
         let sf_outs = match (&self.modes, self.is_eval()) {
             (Some(m), false) => {
@@ -171,8 +187,10 @@ impl Optimizer {
         let mut out = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             let point = sf_outs.and_then(|o| o.iter().find(|(b, _)| *b == s.bucket));
+            let plus = matches!(self.groups[s.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
             let v = match point {
                 Some((_, t)) => Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())?.read().await?,
+                None if plus => self.state(&s.name, "x")?.read().await?,
                 None => s.param.read().await?,
             };
             out.push((s.name.clone(), v));
@@ -241,7 +259,7 @@ impl Optimizer {
             skipped: c[0] as u64,
             applied: c[2..].iter().map(|&v| v as u64).collect(),
             grad_norm: s[2],
-            lr: (0..self.groups.len()).map(|g| s[8 + 8 * g]).collect(),
+            lr: (0..self.groups.len()).map(|g| s[8 + 16 * g]).collect(),
             step_size_ratio: s[4],
         };
         if self.policy == NonFinitePolicy::Fail && report.skipped > 0 {

@@ -49,18 +49,26 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     }
     let mut b = OptimizerBuilder::new(gpu);
     b.params_from(&store)?.rule(Matcher::All, Group::new(config));
+    // Optimizers that take the loss read `loss/<t>` each step.
+    let loss = crate::gpu::Tensor::zeros(gpu, &[1])?;
+    if config.takes_loss() {
+        b.loss(&loss);
+    }
     let opt = b.build()?;
     let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for t in 0..steps {
         for s in &specs {
             store.grad(&s.name)?.write(&load(&format!("grad/{t:04}/{}", s.name), &s.shape)?)?;
         }
+        if config.takes_loss() {
+            loss.write(&load(&format!("loss/{t:04}"), &[1])?)?;
+        }
         opt.step()?;
         for s in &specs {
             let v = store.param(&s.name)?.read().await?;
             out.push((format!("param/{t:04}/{}", s.name), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
         }
-        if config.is_schedule_free() {
+        if config.is_schedule_free() || config.takes_loss() {
             for ((name, v), s) in opt.eval_params().await?.into_iter().zip(&specs) {
                 out.push((format!("param_eval/{t:04}/{name}"), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
             }

@@ -5,6 +5,7 @@
 mod embed;
 mod reference;
 mod replay;
+mod sfplus;
 
 use reference::*;
 use std::sync::OnceLock;
@@ -347,14 +348,14 @@ fn schedule_free_eval_point_and_modes() {
     }
     assert_eq!(read_params(&run), y, "eval_params must not touch the parameters");
     // eval(): parameters become x; stepping is refused; train() brings y back (up to rounding).
-    run.opt.eval();
+    run.opt.eval().unwrap();
     assert!(run.opt.is_eval());
     for (p, (_, r)) in read_params(&run).iter().zip(&refs) {
         assert!(rel(p, &r.s[1]) < 1e-5);
     }
     assert!(run.opt.step().is_err(), "step in eval mode must be refused");
     let bytes = pollster::block_on(run.opt.save()).unwrap();
-    run.opt.train();
+    run.opt.train().unwrap();
     for (p, (_, r)) in read_params(&run).iter().zip(&refs) {
         assert!(rel(p, &r.p) < 1e-5);
     }
@@ -362,7 +363,7 @@ fn schedule_free_eval_point_and_modes() {
     let resumed = build(&sf_groups(), None).unwrap();
     resumed.opt.load(&bytes).unwrap();
     assert!(resumed.opt.is_eval());
-    resumed.opt.train();
+    resumed.opt.train().unwrap();
     for step in 21..=25 {
         for r in [&run, &resumed] {
             write_grads(r, &grads_at(step, None));

@@ -56,6 +56,7 @@ impl RefGroup {
             OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1,
             OptimizerConfig::Ona(c) => c.beta,
             OptimizerConfig::Adafactor(c) => c.beta1.unwrap_or(0.0),
+            OptimizerConfig::ScheduleFreePlus(c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -160,6 +161,7 @@ impl RefGroup {
                     x.p[i] = b1 * x.s[1][i] + (1.0 - b1) * x.s[0][i];
                 }
             }
+            OptimizerConfig::ScheduleFreePlus(_) => unreachable!("ScheduleFree+ has its own reference (sfplus.rs)"),
             OptimizerConfig::Adafactor(c) => {
                 let n = x.p.len();
                 let rms_p = (x.p.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
