@@ -98,11 +98,11 @@ impl PlanBuilder {
                 return Err(Error::DeviceMismatch { op: "PlanBuilder::dispatch" });
             }
             let bytes = t.buffer.size();
-            if bytes > limits.max_storage_buffer_binding_size as u64 {
+            if bytes > limits.max_storage_buffer_binding_size {
                 return Err(Error::BindingTooLarge {
                     op: "PlanBuilder::dispatch",
                     bytes,
-                    limit: limits.max_storage_buffer_binding_size as u64,
+                    limit: limits.max_storage_buffer_binding_size,
                 });
             }
         }

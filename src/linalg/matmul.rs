@@ -196,7 +196,7 @@ impl<'a> Matmul<'a> {
             return Err(Error::InvalidArgument { op: "matmul", name: "out", detail: "out must not alias A or B".into() });
         }
         let inplace = self.c.is_some_and(|c| same_as_out(c) && c.offset == self.out.offset);
-        if self.c.is_some_and(|c| same_as_out(c)) && !inplace {
+        if self.c.is_some_and(same_as_out) && !inplace {
             return Err(Error::InvalidArgument { op: "matmul", name: "c", detail: "C may alias out only exactly".into() });
         }
         let sym = false;

@@ -94,7 +94,7 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
         _ => {
             // Ping-pong so that the last step writes `out`.
             let other = plan.scratch(&shape)?;
-            let (mut cur, mut next) = if rows.len() % 2 == 0 { (out.clone(), other) } else { (other, out.clone()) };
+            let (mut cur, mut next) = if rows.len().is_multiple_of(2) { (out.clone(), other) } else { (other, out.clone()) };
             normalize(plan, &cur)?;
             let a_mat = plan.scratch(&[b, k, k])?;
             let b_mat = plan.scratch(&[b, k, k])?;

@@ -58,7 +58,7 @@ pub fn reduce(plan: &mut PlanBuilder, x: &Tensor, op: ReduceOp, segments: usize,
     if n == 0 || segments == 0 {
         return Err(Error::ZeroSize { op: "reduce", shape: x.shape().to_vec() });
     }
-    if n % segments != 0 || out.numel() < segments {
+    if !n.is_multiple_of(segments) || out.numel() < segments {
         return Err(Error::Shape {
             op: "reduce",
             detail: format!("{n} elements into {segments} segments, output of {} values", out.numel()),

@@ -202,7 +202,7 @@ impl Default for StepSizeRule {
 impl StepSizeRule {
     pub(crate) fn validate(&self) -> Result<()> {
         let StepSizeRule::PolyakClamp { beta, min, max } = *self;
-        if !(0.0..1.0).contains(&beta) || !(min > 0.0 && min <= max && max.is_finite()) {
+        if !((0.0..1.0).contains(&beta) && min > 0.0 && min <= max && max.is_finite()) {
             return Err(Error::InvalidArgument {
                 op: "step size rule",
                 name: "polyak_clamp",

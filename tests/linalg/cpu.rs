@@ -189,14 +189,6 @@ pub fn cpu_eigh(a: &Mat) -> (Vec<f64>, Mat) {
     (vals, vs)
 }
 
-/// `U diag(s) Vᵀ` with random orthonormal U (m×k), V (n×k), k = min(m, n).
-pub fn with_singular_values(rng: &mut Rng, m: usize, n: usize, s: &[f64]) -> Mat {
-    let k = m.min(n);
-    let u = rng.orthonormal(m, k);
-    let v = rng.orthonormal(n, k);
-    u.scale_cols(s).mul(&v.t())
-}
-
 /// Relative error ‖got − want‖_F / max(‖want‖_F, tiny).
 pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");

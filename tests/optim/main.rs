@@ -1,6 +1,7 @@
 //! The optimizer conformance matrix: every elementwise optimizer against its f64 reference for 30 steps
 //! (schedules, momentum warmup, clipping, a skipped NaN step), save/load round trip, bit-exact resume,
 //! one submit per step, and bad input.
+#![allow(clippy::needless_range_loop)] // the references index like the equations they transcribe
 
 mod embed;
 mod reference;
