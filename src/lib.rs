@@ -13,3 +13,8 @@ pub mod optim;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, Plan, PlanBuilder, Tensor};
+
+/// The README's examples, compiled as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
