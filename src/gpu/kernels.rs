@@ -33,6 +33,7 @@ shader_table!(
     "optim/update.wgsl",
     "optim/sf_mode.wgsl",
     "optim/adafactor.wgsl",
+    "optim/muon.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

@@ -1,7 +1,10 @@
 //! Newton–Schulz coefficient sets and pre-normalizations, exactly as docs/optimizers.md §1.2–§1.3 list them.
 
+use serde::{Deserialize, Serialize};
+
 /// Which odd-quintic coefficients each Newton–Schulz step uses (docs/optimizers.md §1.3).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NsCoefficients {
     /// `(3.4445, −4.7750, 2.0315)` every step (KellerJordan/Muon). Maps σ ∈ [1e-3, 1] into ≈ [0.47, 1.20] in 5 steps.
     #[default]
@@ -79,7 +82,8 @@ impl NsCoefficients {
 }
 
 /// How the input is scaled before iterating (docs/optimizers.md §1.2): `X / max(‖X‖_F·mult + add, floor)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NsNormalization {
     /// `X / (‖X‖_F + 1e-7)` — KellerJordan/Muon, NorMuon, AdaMuon, Moonlight, Dao-AILab.
     #[default]

@@ -28,7 +28,8 @@ use crate::gpu::Gpu;
 
 /// Arithmetic precision of matrix products (docs/optimizers.md, decisions §1 and §0.4): storage and
 /// accumulation stay f32; inputs and outputs of each product are rounded to the chosen format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// Plain f32.
     #[default]

@@ -6,7 +6,8 @@ use crate::gpu::{PlanBuilder, Tensor};
 use crate::linalg::{gram, reduce, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision, ReduceOp, Trans};
 
 /// The iteration that computes the polar factor.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PolarAlgorithm {
     /// `A = XXᵀ; B = bA + cA²; X = aX + BX` per step (Gram on the small side).
     NewtonSchulz,
@@ -19,7 +20,8 @@ pub enum PolarAlgorithm {
 }
 
 /// Everything that selects a polar computation; defaults are KellerJordan/Muon's (decisions §2).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolarConfig {
     /// Coefficient set.
     pub coefficients: NsCoefficients,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, Optimizer, ParamSlot, StateView};
+use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, MuonParts, Optimizer, ParamSlot, StateView};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule, StepSizeRule};
 
 /// Which parameters a routing rule takes.
@@ -338,6 +338,25 @@ impl OptimizerBuilder {
         for (b, idx) in members.iter().enumerate() {
             let group = keys[b].0;
             let spec = groups[group].optimizer.kernel();
+            let muon = match &groups[group].optimizer {
+                OptimizerConfig::Muon(c) => Some(c.clone()),
+                _ => None,
+            };
+            // Muon: same-shape matrices next to each other so each shape is one batched polar call.
+            let mut idx = idx.clone();
+            if muon.is_some() {
+                if let Some(&i) = idx.iter().find(|&&i| self.params[i].param.shape().len() != 2) {
+                    let p = &self.params[i];
+                    return Err(Error::InvalidArgument {
+                        op: "OptimizerBuilder::build",
+                        name: "rules",
+                        detail: format!("muon takes 2-D matrices; route `{}` {:?} to another optimizer", p.name, p.param.shape()),
+                    });
+                }
+                idx.sort_by_key(|&i| self.params[i].param.shape().to_vec());
+            }
+            let mut stacks: Vec<(usize, usize, usize, usize)> = Vec::new();
+            let (mut vec_scale, mut scalar_scale): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
             // State ranges start at multiples of 4 so aligned tensors can take the vec4 path.
             let mut state_off = 0usize;
             let mut vec_rows: Vec<u32> = Vec::new();
@@ -347,9 +366,21 @@ impl OptimizerBuilder {
                 _ => None,
             };
             let (mut af_rows, mut af_state, mut af_mom): (Vec<u32>, usize, usize) = (Vec::new(), 0, 0);
-            for &i in idx {
+            for &i in &idx {
                 let p = &self.params[i];
                 let n = p.param.numel();
+                if let Some(c) = &muon {
+                    let (m, k) = (p.param.shape()[0], p.param.shape()[1]);
+                    let s = c.adjust_lr.scale(m, k);
+                    let body = if p.param.offset() % 4 == 0 && p.grad.offset() % 4 == 0 { n / 4 * 4 } else { 0 };
+                    vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
+                    scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
+                    // Stack with the previous matrix when the shape matches and the layout is contiguous.
+                    match stacks.last_mut() {
+                        Some(last) if (last.2, last.3) == (m, k) && n % 4 == 0 && last.0 + last.1 * n == state_off => last.1 += 1,
+                        _ => stacks.push((state_off, 1, m, k)),
+                    }
+                }
                 let fits = |v: usize| u32::try_from(v).is_ok();
                 if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(state_off + n) {
                     return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
@@ -378,15 +409,20 @@ impl OptimizerBuilder {
                 state_off += n.div_ceil(4) * 4;
             }
             let mut tables = Vec::new();
-            for (vec4, rows) in [(true, vec_rows), (false, scalar_rows)] {
+            for (vec4, rows, scales) in [(true, vec_rows, vec_scale), (false, scalar_rows, scalar_scale)] {
                 if rows.is_empty() {
                     continue;
                 }
                 let t = Tensor::zeros(gpu, &[rows.len()])?;
                 t.write(bytemuck::cast_slice(&rows))?;
-                tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: total_chunks, table: t });
+                let scale = if muon.is_some() { Some(Tensor::from_slice(gpu, &[scales.len()], &scales)?) } else { None };
+                tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: total_chunks, table: t, scale });
                 total_chunks += rows.len() / 4;
             }
+            let muon_parts = match muon {
+                Some(_) => Some(MuonParts { ns_in: Tensor::zeros(gpu, &[state_off])?, ns_out: Tensor::zeros(gpu, &[state_off])?, stacks }),
+                None => None,
+            };
             let (states, tensor_table) = match adafactor {
                 Some(c) => {
                     let mut st = vec![("second_moment".to_string(), Tensor::zeros(gpu, &[af_state.max(1)])?)];
@@ -399,7 +435,7 @@ impl OptimizerBuilder {
                 }
                 None => (spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?, None),
             };
-            buckets.push(Bucket { group, tables, tensor_table, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
+            buckets.push(Bucket { group, tables, tensor_table, muon: muon_parts, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
         }
         // Reports, checkpoints and evaluation points list parameters in the order they were added.
         slots.sort_by_key(|(i, _)| *i);
@@ -477,7 +513,7 @@ impl OptimizerBuilder {
         plan.stage("update");
         for b in &buckets {
             let spec = groups[b.group].optimizer.kernel();
-            if let (OptimizerConfig::Adafactor(c), Some((table, count))) = (groups[b.group].optimizer, &b.tensor_table) {
+            if let (OptimizerConfig::Adafactor(c), Some((table, count))) = (&groups[b.group].optimizer, &b.tensor_table) {
                 let kernel = gpu.kernel("optim/adafactor.wgsl", "main", &[("MOMENTUM", (c.beta1.is_some() as u32).to_string())])?;
                 #[repr(C)]
                 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -495,6 +531,10 @@ impl OptimizerBuilder {
                 let mut tensors: Vec<&Tensor> = vec![table, &scalars, &b.grad, &b.param];
                 tensors.extend(b.states.iter().map(|(_, s)| s));
                 plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
+                continue;
+            }
+            if let (OptimizerConfig::Muon(c), Some(parts)) = (&groups[b.group].optimizer, &b.muon) {
+                record_muon(&mut plan, c, b, parts, &scalars, wg)?;
                 continue;
             }
             let n = spec.states.len();
@@ -579,6 +619,60 @@ impl OptimizerBuilder {
         let to_eval = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
         Ok(Some(ModePlans { to_eval, to_train, eval_point, outs }))
     }
+}
+
+/// Muon's update for one bucket: momentum (or a copy of the gradient for outside placement), one batched polar
+/// call per same-shape stack, then the scaled apply.
+fn record_muon(plan: &mut PlanBuilder, c: &crate::optim::MuonConfig, b: &Bucket, parts: &MuonParts, scalars: &Tensor, wg: u32) -> Result<()> {
+    let gpu = plan.gpu().clone();
+    let outside = c.momentum_placement == crate::optim::MomentumPlacement::Outside;
+    let spec = OptimizerConfig::Muon(c.clone()).kernel();
+    let mom = &b.states[0].1;
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct M {
+        chunks: u32,
+        group: u32,
+        groups_x: u32,
+        flags: u32,
+        wd: f32,
+        _p: [f32; 3],
+    }
+    let kernel = |t: &ChunkTable, phase: &str| {
+        let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
+        let on = |p: &str| ((phase == p) as u32).to_string();
+        gpu.kernel(
+            "optim/muon.wgsl",
+            "main",
+            &[("T", ty.into()), ("WG", wg.to_string()), ("MOMENTUM", on("momentum")), ("COPY", on("copy")), ("APPLY", on("apply")), ("OUTSIDE", (outside as u32).to_string())],
+        )
+    };
+    let uniforms = |t: &ChunkTable| {
+        let (gx, _) = grid(t.chunks);
+        M { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, wd: c.weight_decay, _p: [0.0; 3] }
+    };
+    for t in &b.tables {
+        let (gx, gy) = grid(t.chunks);
+        if outside {
+            plan.dispatch(&kernel(t, "copy")?, &uniforms(t), &[&t.table, scalars, &b.grad, &parts.ns_in], [gx, gy, 1])?;
+        } else {
+            plan.dispatch(&kernel(t, "momentum")?, &uniforms(t), &[&t.table, scalars, &b.grad, mom, &parts.ns_in], [gx, gy, 1])?;
+        }
+    }
+    for &(offset, count, m, n) in &parts.stacks {
+        let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
+        crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
+    }
+    for t in &b.tables {
+        let (gx, gy) = grid(t.chunks);
+        let scale = t.scale.as_ref().ok_or_else(|| Error::Device("muon chunk table without scales".into()))?;
+        let mut tensors = vec![&t.table, scalars, scale, &b.param, &parts.ns_out];
+        if outside {
+            tensors.push(mom);
+        }
+        plan.dispatch(&kernel(t, "apply")?, &uniforms(t), &tensors, [gx, gy, 1])?;
+    }
+    Ok(())
 }
 
 /// Adafactor's per-tensor state layout (factored over the last two dims when ndim ≥ 2: rows, then columns, then

@@ -311,8 +311,100 @@ impl Default for ScheduleFreePlusConfig {
     }
 }
 
+/// How Muon's momentum accumulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MomentumKind {
+    /// `M ← βM + (1−β)g` (KellerJordan/Muon, torch.optim.Muon).
+    #[default]
+    Ema,
+    /// `M ← βM + g` (Moonlight, Dao-AILab).
+    Sum,
+}
+
+/// Where Muon's momentum sits relative to the polar factor (seed "The M in Muon").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MomentumPlacement {
+    /// Accumulate the gradient, then orthogonalize (every reference's default).
+    #[default]
+    Inside,
+    /// Orthogonalize each gradient, then accumulate the polar factors.
+    Outside,
+}
+
+/// Muon's learning-rate multiplier by shape (docs/optimizers.md §2.7), for an m×n matrix (m = fan_out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustLr {
+    /// `sqrt(max(1, m/n))` (KellerJordan/Muon, modded-nanogpt, optax).
+    #[default]
+    Keller,
+    /// `sqrt(max(1, A/B))` with A, B the first two dims (torch.optim.Muon "original"; equal to Keller for 2-D).
+    TorchOriginal,
+    /// `0.2·sqrt(max(m, n))` (Moonlight, torch "match_rms_adamw", Dao "rms_norm").
+    Moonlight,
+    /// `sqrt(m/n)` (Dao "spectral_norm").
+    SpectralNorm,
+    /// 1.
+    None,
+}
+
+impl AdjustLr {
+    /// The multiplier for an `m × n` parameter.
+    pub fn scale(&self, m: usize, n: usize) -> f32 {
+        let (m, n) = (m as f32, n as f32);
+        match self {
+            AdjustLr::Keller | AdjustLr::TorchOriginal => (m / n).max(1.0).sqrt(),
+            AdjustLr::Moonlight => 0.2 * m.max(n).sqrt(),
+            AdjustLr::SpectralNorm => (m / n).sqrt(),
+            AdjustLr::None => 1.0,
+        }
+    }
+}
+
+/// Muon (KellerJordan/Muon §2.1 by default: EMA momentum, Nesterov, Keller coefficients, `X/(‖X‖_F+1e-7)`, the
+/// small-side rule, `sqrt(max(1, m/n))`, WD-pre with the unadjusted lr), with every option of decisions §2.
+/// Takes 2-D parameters; route others (embeddings, gains, heads) to another group. NS runs in f32 by default
+/// (`polar.precision` for bf16 emulation); same-shape matrices of a bucket are orthogonalized as one batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MuonConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β.
+    pub momentum: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Decoupled weight decay (WD-pre, unadjusted lr).
+    pub weight_decay: f32,
+    /// EMA or sum momentum.
+    pub momentum_kind: MomentumKind,
+    /// Momentum before (inside) or after (outside) the polar factor.
+    pub momentum_placement: MomentumPlacement,
+    /// Learning-rate scaling by shape.
+    pub adjust_lr: AdjustLr,
+    /// The polar factor: coefficients, steps, normalization, precision, algorithm.
+    pub polar: crate::linalg::PolarConfig,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            weight_decay: 0.0,
+            momentum_kind: MomentumKind::Ema,
+            momentum_placement: MomentumPlacement::Inside,
+            adjust_lr: AdjustLr::Keller,
+            polar: crate::linalg::PolarConfig::default(),
+        }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum OptimizerConfig {
     /// [`SgdConfig`].
@@ -337,6 +429,8 @@ pub enum OptimizerConfig {
     /// [`ScheduleFreePlusConfig`].
     #[serde(rename = "schedulefree_plus")]
     ScheduleFreePlus(ScheduleFreePlusConfig),
+    /// [`MuonConfig`] (2-D parameters).
+    Muon(MuonConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -353,7 +447,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -367,6 +461,7 @@ impl OptimizerConfig {
             OptimizerConfig::Ona(_) => "ona",
             OptimizerConfig::Adafactor(_) => "adafactor",
             OptimizerConfig::ScheduleFreePlus(_) => "schedulefree_plus",
+            OptimizerConfig::Muon(_) => "muon",
         }
     }
 
@@ -382,6 +477,7 @@ impl OptimizerConfig {
             OptimizerConfig::Ona(c) => c.lr,
             OptimizerConfig::Adafactor(c) => c.lr.unwrap_or(1.0),
             OptimizerConfig::ScheduleFreePlus(c) => c.lr,
+            OptimizerConfig::Muon(c) => c.lr,
         }
     }
 
@@ -408,6 +504,7 @@ impl OptimizerConfig {
             "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
             "adafactor" => OptimizerConfig::Adafactor(serde_json::from_str(json).map_err(bad)?),
             "schedulefree_plus" => OptimizerConfig::ScheduleFreePlus(serde_json::from_str(json).map_err(bad)?),
+            "muon" => OptimizerConfig::Muon(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -477,6 +574,13 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::Muon(ref c) => {
+                beta("momentum", c.momentum)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                if c.polar.steps == 0 || c.polar.steps > 100 {
+                    return Err(Error::InvalidArgument { op: "optimizer config", name: "polar.steps", detail: format!("muon: {} steps, need 1..=100", c.polar.steps) });
+                }
             }
             OptimizerConfig::ScheduleFreePlus(c) => {
                 beta("beta1", c.beta1)?;
@@ -592,6 +696,16 @@ impl OptimizerConfig {
                 h: [c.beta2, c.eps, c.weight_decay, 0.0],
                 beta1: c.beta1,
                 beta2: c.beta2,
+                schedule_free: None,
+            },
+            // Muon has its own kernels around the polar factor (src/optim/builder.rs).
+            OptimizerConfig::Muon(ref c) => KernelSpec {
+                define: "OPT_MUON",
+                states: &["momentum_buffer"],
+                flags: c.nesterov as u32 | ((c.momentum_kind == MomentumKind::Sum) as u32) << 1,
+                h: [c.weight_decay, 0.0, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
                 schedule_free: None,
             },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.

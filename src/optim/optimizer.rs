@@ -15,6 +15,16 @@ pub(crate) struct ChunkTable {
     pub chunks: usize,
     pub chunk_base: usize,
     pub table: Tensor,
+    /// Per-chunk learning-rate multipliers (Muon's shape convention).
+    pub scale: Option<Tensor>,
+}
+
+/// Muon's scratch: the Newton–Schulz input and output in the bucket's state layout, and its same-shape stacks
+/// `(state offset, count, rows, cols)`, each orthogonalized by one batched polar call.
+pub(crate) struct MuonParts {
+    pub ns_in: Tensor,
+    pub ns_out: Tensor,
+    pub stacks: Vec<(usize, usize, usize, usize)>,
 }
 
 pub(crate) struct Bucket {
@@ -22,6 +32,7 @@ pub(crate) struct Bucket {
     pub tables: Vec<ChunkTable>,
     /// Per-tensor table (and its row count) for optimizers that work tensor by tensor (Adafactor).
     pub tensor_table: Option<(Tensor, usize)>,
+    pub muon: Option<MuonParts>,
     pub grad: Tensor,
     pub param: Tensor,
     pub states: Vec<(String, Tensor)>,

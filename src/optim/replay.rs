@@ -48,7 +48,7 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
         return Err(bad("no `grad/<t>/<name>` tensors".into()));
     }
     let mut b = OptimizerBuilder::new(gpu);
-    b.params_from(&store)?.rule(Matcher::All, Group::new(config));
+    b.params_from(&store)?.rule(Matcher::All, Group::new(config.clone()));
     // Optimizers that take the loss read `loss/<t>` each step.
     let loss = crate::gpu::Tensor::zeros(gpu, &[1])?;
     if config.takes_loss() {

@@ -10,6 +10,7 @@ mod sfplus;
 
 use reference::*;
 use std::sync::OnceLock;
+use wgoptim::linalg::{NsCoefficients, NsNormalization, PolarAlgorithm, PolarConfig};
 use wgoptim::optim::*;
 use wgoptim::{Error, Gpu, Tensor};
 
@@ -32,7 +33,16 @@ fn noise(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Shapes: a hidden matrix, a vector crossing a chunk boundary (4096), a scalar, a 3-D tensor.
-const SPECS: &[(&str, &[usize])] = &[("h.weight", &[7, 13]), ("emb", &[5000]), ("scale", &[1]), ("conv", &[3, 1, 2]), ("h2.weight", &[9, 4])];
+/// Two same-shape 4-aligned matrices form one batched polar stack for Muon.
+const SPECS: &[(&str, &[usize])] = &[
+    ("h.weight", &[7, 13]),
+    ("emb", &[5000]),
+    ("scale", &[1]),
+    ("conv", &[3, 1, 2]),
+    ("h2.weight", &[9, 4]),
+    ("q.weight", &[4, 6]),
+    ("k.weight", &[4, 6]),
+];
 
 struct Run {
     store: ParamStore,
@@ -151,6 +161,31 @@ fn every_config() -> Vec<OptimizerConfig> {
         OptimizerConfig::Adafactor(AdafactorConfig::default()),
         OptimizerConfig::Adafactor(AdafactorConfig { lr: Some(0.01), relative_step: false, scale_parameter: false, beta1: Some(0.9), weight_decay: 0.01, ..Default::default() }),
         OptimizerConfig::Adafactor(AdafactorConfig { warmup_init: true, clip_threshold: 0.5, beta1: Some(0.8), ..Default::default() }),
+        OptimizerConfig::Muon(MuonConfig::default()),
+        OptimizerConfig::Muon(MuonConfig {
+            nesterov: false,
+            momentum_kind: MomentumKind::Sum,
+            adjust_lr: AdjustLr::Moonlight,
+            weight_decay: 0.1,
+            lr: 0.01,
+            polar: PolarConfig { coefficients: NsCoefficients::PolarExpressModded, normalization: NsNormalization::Modded, ..Default::default() },
+            ..Default::default()
+        }),
+        OptimizerConfig::Muon(MuonConfig {
+            momentum_placement: MomentumPlacement::Outside,
+            adjust_lr: AdjustLr::TorchOriginal,
+            polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
+            ..Default::default()
+        }),
+        OptimizerConfig::Muon(MuonConfig {
+            adjust_lr: AdjustLr::SpectralNorm,
+            polar: PolarConfig {
+                coefficients: NsCoefficients::PolarExpressDao,
+                algorithm: PolarAlgorithm::GramNewtonSchulz { restarts: vec![2] },
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
     ]
 }
 
@@ -159,7 +194,7 @@ fn every_optimizer_matches_its_reference() {
     for cfg in every_config() {
         // Matrices get the optimizer under test with a warmup-cosine schedule; the rest AdamW, constant lr.
         let groups = [
-            (matrices(), Group::new(cfg).schedule(cosine())),
+            (matrices(), Group::new(cfg.clone()).schedule(cosine())),
             (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig { lr: 2e-3, ..Default::default() }))),
         ];
         conformance(&groups, None, 30, None);
@@ -169,11 +204,17 @@ fn every_optimizer_matches_its_reference() {
         let no_momentum = matches!(cfg, OptimizerConfig::Sgd(SgdConfig { momentum, .. }) if momentum == 0.0)
             || matches!(cfg, OptimizerConfig::Adafactor(AdafactorConfig { beta1: None, .. }))
             || cfg.is_schedule_free();
-        let group = Group::new(cfg).schedule(wsd);
+        let group = Group::new(cfg.clone()).schedule(wsd);
         if no_momentum {
             assert!(build(&[(Matcher::All, group.clone().momentum(momentum))], None).is_err(), "momentum schedule without momentum");
         }
-        let one = [(Matcher::All, if no_momentum { group } else { group.momentum(momentum) })];
+        let group = if no_momentum { group } else { group.momentum(momentum) };
+        // Muon takes matrices only: the rest goes to AdamW.
+        let one = if matches!(cfg, OptimizerConfig::Muon(_)) {
+            vec![(matrices(), group), (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))]
+        } else {
+            vec![(Matcher::All, group)]
+        };
         conformance(&one, Some(2.0), 30, Some(10));
     }
 }
@@ -272,7 +313,7 @@ fn bad_configs_and_params_are_rejected() {
         OptimizerConfig::Signum(SignumConfig { lookahead: 2.0, ..Default::default() }),
     ];
     for cfg in bad_cfgs {
-        let e = build(&[(Matcher::All, Group::new(cfg))], None).err().expect("must be rejected");
+        let e = build(&[(Matcher::All, Group::new(cfg.clone()))], None).err().expect("must be rejected");
         assert!(matches!(e, Error::InvalidArgument { .. }), "{cfg:?}: {e}");
     }
     let e = build(&[(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())).schedule(Schedule::WarmupCosine { warmup: 9, total: 3, min_ratio: 0.0 }))], None);

@@ -46,7 +46,7 @@ impl RefGroup {
     /// (lr, β1) for the step about to be applied (t already incremented).
     fn scalars(&self) -> (f64, f64) {
         let k = self.t - 1;
-        let cfg = self.group.optimizer;
+        let cfg = &self.group.optimizer;
         let beta1 = match cfg {
             OptimizerConfig::Sgd(c) => c.momentum,
             OptimizerConfig::AdamW(c) => c.beta1,
@@ -57,6 +57,7 @@ impl RefGroup {
             OptimizerConfig::Ona(c) => c.beta,
             OptimizerConfig::Adafactor(c) => c.beta1.unwrap_or(0.0),
             OptimizerConfig::ScheduleFreePlus(c) => c.beta1,
+            OptimizerConfig::Muon(ref c) => c.momentum,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -64,7 +65,7 @@ impl RefGroup {
 
     /// Schedule-Free averaging coefficient c for the step being applied (after `advance`).
     fn sf_c(&self) -> f64 {
-        let (r, wlp) = match self.group.optimizer {
+        let (r, wlp) = match &self.group.optimizer {
             OptimizerConfig::ScheduleFreeSgd(c) => (c.r, c.weight_lr_power),
             OptimizerConfig::ScheduleFreeAdamW(c) => (c.r, c.weight_lr_power),
             _ => return 0.0,
@@ -89,7 +90,32 @@ impl RefGroup {
         let (lr, b1) = self.scalars();
         let t = self.t as i32;
         let f = |v: f32| v as f64;
-        match self.group.optimizer {
+        match &self.group.optimizer {
+            OptimizerConfig::Muon(c) => {
+                let (m, n) = (x.shape[0], x.shape[1]);
+                let sum = c.momentum_kind == MomentumKind::Sum;
+                let accumulate = |mom: &mut Vec<f64>, v: &[f64]| -> Vec<f64> {
+                    for i in 0..v.len() {
+                        mom[i] = if sum { b1 * mom[i] + v[i] } else { b1 * mom[i] + (1.0 - b1) * v[i] };
+                    }
+                    if c.nesterov {
+                        (0..v.len()).map(|i| if sum { v[i] + b1 * mom[i] } else { (1.0 - b1) * v[i] + b1 * mom[i] }).collect()
+                    } else {
+                        mom.clone()
+                    }
+                };
+                let upd = if c.momentum_placement == MomentumPlacement::Inside {
+                    let u = accumulate(&mut x.s[0], g);
+                    newton_schulz(&u, m, n, &c.polar)
+                } else {
+                    let o = newton_schulz(g, m, n, &c.polar);
+                    accumulate(&mut x.s[0], &o)
+                };
+                let scale = c.adjust_lr.scale(m, n) as f64;
+                for i in 0..x.p.len() {
+                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * scale * upd[i];
+                }
+            }
             OptimizerConfig::Sgd(c) => {
                 let sign = if c.maximize { -1.0 } else { 1.0 };
                 for i in 0..x.p.len() {
@@ -291,4 +317,38 @@ pub fn engine_step_with(
         groups[*group].step(x, &gs);
     }
     true
+}
+
+/// The polar factor in f64: §1.2 normalization, the configured rows (at the f32 values the device uses), iterating
+/// on the small side.
+pub fn newton_schulz(u: &[f64], m: usize, n: usize, cfg: &wgoptim::linalg::PolarConfig) -> Vec<f64> {
+    let tall = m > n;
+    let (r, c) = if tall { (n, m) } else { (m, n) };
+    // X is r×c (wide), transposed when the matrix is tall.
+    let mut x: Vec<f64> = if tall { (0..r * c).map(|k| u[(k % c) * n + k / c]).collect() } else { u.to_vec() };
+    let (mult, add, floor) = cfg.normalization.params();
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let denom = (norm * mult as f64 + add as f64).max(floor as f64);
+    x.iter_mut().for_each(|v| *v /= denom);
+    let mul = |a: &[f64], b: &[f64], p: usize, q: usize, s: usize| -> Vec<f64> {
+        let mut o = vec![0.0; p * s];
+        for i in 0..p {
+            for k in 0..q {
+                for j in 0..s {
+                    o[i * s + j] += a[i * q + k] * b[k * s + j];
+                }
+            }
+        }
+        o
+    };
+    for [a, b, cc] in cfg.coefficients.rows(cfg.steps) {
+        let (a, b, cc) = (a as f32 as f64, b as f32 as f64, cc as f32 as f64);
+        let xt: Vec<f64> = (0..r * c).map(|k| x[(k % r) * c + k / r]).collect();
+        let g = mul(&x, &xt, r, c, r);
+        let g2 = mul(&g, &g, r, r, r);
+        let bm: Vec<f64> = g.iter().zip(&g2).map(|(p, q)| b * p + cc * q).collect();
+        let bx = mul(&bm, &x, r, r, c);
+        x = x.iter().zip(&bx).map(|(p, q)| a * p + q).collect();
+    }
+    if tall { (0..m * n).map(|k| x[(k % n) * c + k / n]).collect() } else { x }
 }

@@ -9,7 +9,7 @@ type Expected = (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>);
 
 fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: usize, extra: bool) -> (Vec<u8>, Expected) {
     let cfg = OptimizerConfig::from_json(optimizer, config).unwrap();
-    let group = RefGroup { group: Group::new(cfg), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 };
+    let group = RefGroup { group: Group::new(cfg.clone()), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 };
     let mut groups = vec![group];
     let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut state: Vec<(usize, RefParam)> = Vec::new();

@@ -1,0 +1,62 @@
+// Muon's elementwise halves around the batched polar factor (docs/optimizers.md §2): the momentum kernel writes
+// the Newton–Schulz input, the apply kernel scales the polar factor and updates the parameters. One workgroup
+// per chunk of the bucket's chunk table; `scale` holds each chunk's learning-rate multiplier (shape convention).
+// MOMENTUM (inside placement): M ← βM + (1−β)g (EMA) or βM + g (sum); U = Nesterov ? (1−β)g + βM / g + βM : M.
+// COPY (outside placement): the (clipped) gradient itself is orthogonalized.
+// APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon").
+struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, _a: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> table: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> scalars: array<f32>;
+//#if MOMENTUM
+@group(0) @binding(3) var<storage, read> grad: array<{{T}}>;
+@group(0) @binding(4) var<storage, read_write> mom: array<{{T}}>;
+@group(0) @binding(5) var<storage, read_write> ns: array<{{T}}>;
+//#endif
+//#if COPY
+@group(0) @binding(3) var<storage, read> grad: array<{{T}}>;
+@group(0) @binding(4) var<storage, read_write> ns: array<{{T}}>;
+//#endif
+//#if APPLY
+@group(0) @binding(3) var<storage, read> scale: array<f32>;
+@group(0) @binding(4) var<storage, read_write> param: array<{{T}}>;
+@group(0) @binding(5) var<storage, read> polar: array<{{T}}>;
+//#if OUTSIDE
+@group(0) @binding(6) var<storage, read_write> mom: array<{{T}}>;
+//#endif
+//#endif
+
+
+@compute @workgroup_size({{WG}}, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let c = wg.y * u.groups_x + wg.x;
+    if (c >= u.chunks || scalars[0] == 0.0) { return; }
+    let ch = table[c];
+    let o = 8u + 16u * u.group;
+    let lr = scalars[o];
+    let b = scalars[o + 1u];
+    let nesterov = (u.flags & 1u) != 0u;
+    let sum = (u.flags & 2u) != 0u;
+    for (var i = li; i < ch.w; i += {{WG}}u) {
+        let si = ch.z + i;
+//#if MOMENTUM
+        let g = scalars[1] * grad[ch.y + i];
+        let m = select(b * mom[si] + (1.0 - b) * g, b * mom[si] + g, sum);
+        mom[si] = m;
+        ns[si] = select(m, select((1.0 - b) * g + b * m, g + b * m, sum), nesterov);
+//#endif
+//#if COPY
+        ns[si] = scalars[1] * grad[ch.y + i];
+//#endif
+//#if APPLY
+        var upd = polar[si];
+//#if OUTSIDE
+        let m = select(b * mom[si] + (1.0 - b) * upd, b * mom[si] + upd, sum);
+        mom[si] = m;
+        upd = select(m, select((1.0 - b) * upd + b * m, upd + b * m, sum), nesterov);
+//#endif
+        let p = param[ch.x + i];
+        param[ch.x + i] = p * (1.0 - lr * u.wd) - lr * scale[c] * upd;
+//#endif
+    }
+}
