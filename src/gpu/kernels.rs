@@ -34,6 +34,7 @@ shader_table!(
     "optim/sf_mode.wgsl",
     "optim/adafactor.wgsl",
     "optim/muon.wgsl",
+    "optim/normuon.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

@@ -338,10 +338,9 @@ impl OptimizerBuilder {
         for (b, idx) in members.iter().enumerate() {
             let group = keys[b].0;
             let spec = groups[group].optimizer.kernel();
-            let muon = match &groups[group].optimizer {
-                OptimizerConfig::Muon(c) => Some(c.clone()),
-                _ => None,
-            };
+            let muon = groups[group].optimizer.muon_pipeline();
+            let normuon = matches!(groups[group].optimizer, OptimizerConfig::NorMuon(_));
+            let mut row_off = 0usize;
             // Muon: same-shape matrices next to each other so each shape is one batched polar call.
             let mut idx = idx.clone();
             if muon.is_some() {
@@ -355,7 +354,7 @@ impl OptimizerBuilder {
                 }
                 idx.sort_by_key(|&i| self.params[i].param.shape().to_vec());
             }
-            let mut stacks: Vec<(usize, usize, usize, usize)> = Vec::new();
+            let mut stacks: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
             let (mut vec_scale, mut scalar_scale): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
             // State ranges start at multiples of 4 so aligned tensors can take the vec4 path.
             let mut state_off = 0usize;
@@ -378,7 +377,7 @@ impl OptimizerBuilder {
                     // Stack with the previous matrix when the shape matches and the layout is contiguous.
                     match stacks.last_mut() {
                         Some(last) if (last.2, last.3) == (m, k) && n % 4 == 0 && last.0 + last.1 * n == state_off => last.1 += 1,
-                        _ => stacks.push((state_off, 1, m, k)),
+                        _ => stacks.push((state_off, 1, m, k, row_off)),
                     }
                 }
                 let fits = |v: usize| u32::try_from(v).is_ok();
@@ -396,7 +395,7 @@ impl OptimizerBuilder {
                     let len = CHUNK.min(n - c);
                     scalar_rows.extend([(po + c) as u32, (go + c) as u32, (state_off + c) as u32, len as u32]);
                 }
-                let states = match adafactor {
+                let mut states = match adafactor {
                     Some(c) => adafactor_layout(p, c.beta1.is_some(), &mut af_rows, &mut af_state, &mut af_mom)?,
                     None => spec
                         .states
@@ -405,6 +404,12 @@ impl OptimizerBuilder {
                         .map(|(k, name)| StateView { name: name.to_string(), buffer: k, offset: state_off, shape: p.param.shape().to_vec() })
                         .collect(),
                 };
+                if normuon {
+                    // One second-moment value per row (output neuron), shaped like the official p[..., 0:1].
+                    let m = p.param.shape()[0];
+                    states.push(StateView { name: "second_momentum_buffer".into(), buffer: 1, offset: row_off, shape: vec![m, 1] });
+                    row_off += m;
+                }
                 slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off, states }));
                 state_off += n.div_ceil(4) * 4;
             }
@@ -433,7 +438,14 @@ impl OptimizerBuilder {
                     t.write(bytemuck::cast_slice(&af_rows))?;
                     (st, Some((t, af_rows.len() / 8)))
                 }
-                None => (spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?, None),
+                None => {
+                    let mut st: Vec<(String, Tensor)> =
+                        spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
+                    if normuon {
+                        st.push(("second_momentum_buffer".to_string(), Tensor::zeros(gpu, &[row_off.max(1)])?));
+                    }
+                    (st, None)
+                }
             };
             buckets.push(Bucket { group, tables, tensor_table, muon: muon_parts, grad: self.params[idx[0]].grad.clone(), param: self.params[idx[0]].param.clone(), states });
         }
@@ -533,8 +545,12 @@ impl OptimizerBuilder {
                 plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
                 continue;
             }
-            if let (OptimizerConfig::Muon(c), Some(parts)) = (&groups[b.group].optimizer, &b.muon) {
-                record_muon(&mut plan, c, b, parts, &scalars, wg)?;
+            if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.muon) {
+                let normuon = match &groups[b.group].optimizer {
+                    OptimizerConfig::NorMuon(n) => Some(n),
+                    _ => None,
+                };
+                record_muon(&mut plan, &c, normuon, b, parts, &scalars, wg)?;
                 continue;
             }
             let n = spec.states.len();
@@ -623,7 +639,15 @@ impl OptimizerBuilder {
 
 /// Muon's update for one bucket: momentum (or a copy of the gradient for outside placement), one batched polar
 /// call per same-shape stack, then the scaled apply.
-fn record_muon(plan: &mut PlanBuilder, c: &crate::optim::MuonConfig, b: &Bucket, parts: &MuonParts, scalars: &Tensor, wg: u32) -> Result<()> {
+fn record_muon(
+    plan: &mut PlanBuilder,
+    c: &crate::optim::MuonConfig,
+    normuon: Option<&crate::optim::NorMuonConfig>,
+    b: &Bucket,
+    parts: &MuonParts,
+    scalars: &Tensor,
+    wg: u32,
+) -> Result<()> {
     let gpu = plan.gpu().clone();
     let outside = c.momentum_placement == crate::optim::MomentumPlacement::Outside;
     let spec = OptimizerConfig::Muon(c.clone()).kernel();
@@ -659,9 +683,27 @@ fn record_muon(plan: &mut PlanBuilder, c: &crate::optim::MuonConfig, b: &Bucket,
             plan.dispatch(&kernel(t, "momentum")?, &uniforms(t), &[&t.table, scalars, &b.grad, mom, &parts.ns_in], [gx, gy, 1])?;
         }
     }
-    for &(offset, count, m, n) in &parts.stacks {
+    for &(offset, count, m, n, v_off) in &parts.stacks {
         let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
         crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
+        if let Some(nm) = normuon {
+            let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[])?;
+            let paper = (nm.scaling == crate::optim::NorMuonScaling::PaperRms02) as u32;
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct N {
+                rows: u32,
+                cols: u32,
+                o_off: u32,
+                v_off: u32,
+                beta2: f32,
+                paper: u32,
+                group: u32,
+                _p: u32,
+            }
+            let u = N { rows: m as u32, cols: n as u32, o_off: offset as u32, v_off: v_off as u32, beta2: nm.beta2, paper, group: b.group as u32, _p: 0 };
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+        }
     }
     for t in &b.tables {
         let (gx, gy) = grid(t.chunks);

@@ -403,6 +403,70 @@ impl Default for MuonConfig {
     }
 }
 
+/// NorMuon's final scaling (decisions §4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NorMuonScaling {
+    /// The official code: restore the pre-normalization ‖O‖_F, then Keller's `sqrt(max(1, m/n))`.
+    #[default]
+    Official,
+    /// The paper: `η̂ = 0.2·η·sqrt(m n)/‖Ô‖_F` (update RMS 0.2), no shape multiplier.
+    PaperRms02,
+}
+
+/// NorMuon (zichongli5/NorMuon official code, §3.1): Muon (EMA momentum, Nesterov) whose polar factor is
+/// normalized per row (output neuron) by an EMA of the row's mean square, `1/(sqrt(V2) + 1e-10)`, in f32.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NorMuonConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β.
+    pub momentum: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// EMA decay of the per-row second moment.
+    pub beta2: f32,
+    /// Final scaling: official code or paper.
+    pub scaling: NorMuonScaling,
+    /// The polar factor.
+    pub polar: crate::linalg::PolarConfig,
+}
+
+impl Default for NorMuonConfig {
+    fn default() -> Self {
+        NorMuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            weight_decay: 0.0,
+            beta2: 0.95,
+            scaling: NorMuonScaling::Official,
+            polar: crate::linalg::PolarConfig::default(),
+        }
+    }
+}
+
+impl NorMuonConfig {
+    /// The Muon pipeline NorMuon runs, before its row normalization.
+    pub(crate) fn muon(&self) -> MuonConfig {
+        MuonConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            adjust_lr: match self.scaling {
+                NorMuonScaling::Official => AdjustLr::Keller,
+                NorMuonScaling::PaperRms02 => AdjustLr::None,
+            },
+            polar: self.polar.clone(),
+            ..MuonConfig::default()
+        }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -431,6 +495,9 @@ pub enum OptimizerConfig {
     ScheduleFreePlus(ScheduleFreePlusConfig),
     /// [`MuonConfig`] (2-D parameters).
     Muon(MuonConfig),
+    /// [`NorMuonConfig`] (2-D parameters).
+    #[serde(rename = "normuon")]
+    NorMuon(NorMuonConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -447,7 +514,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -462,6 +529,7 @@ impl OptimizerConfig {
             OptimizerConfig::Adafactor(_) => "adafactor",
             OptimizerConfig::ScheduleFreePlus(_) => "schedulefree_plus",
             OptimizerConfig::Muon(_) => "muon",
+            OptimizerConfig::NorMuon(_) => "normuon",
         }
     }
 
@@ -478,6 +546,16 @@ impl OptimizerConfig {
             OptimizerConfig::Adafactor(c) => c.lr.unwrap_or(1.0),
             OptimizerConfig::ScheduleFreePlus(c) => c.lr,
             OptimizerConfig::Muon(c) => c.lr,
+            OptimizerConfig::NorMuon(c) => c.lr,
+        }
+    }
+
+    /// The Muon pipeline of the Muon family (Muon itself, NorMuon before its row normalization).
+    pub(crate) fn muon_pipeline(&self) -> Option<MuonConfig> {
+        match self {
+            OptimizerConfig::Muon(c) => Some(c.clone()),
+            OptimizerConfig::NorMuon(c) => Some(c.muon()),
+            _ => None,
         }
     }
 
@@ -505,6 +583,7 @@ impl OptimizerConfig {
             "adafactor" => OptimizerConfig::Adafactor(serde_json::from_str(json).map_err(bad)?),
             "schedulefree_plus" => OptimizerConfig::ScheduleFreePlus(serde_json::from_str(json).map_err(bad)?),
             "muon" => OptimizerConfig::Muon(serde_json::from_str(json).map_err(bad)?),
+            "normuon" => OptimizerConfig::NorMuon(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -574,6 +653,10 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::NorMuon(ref c) => {
+                beta("beta2", c.beta2)?;
+                OptimizerConfig::Muon(c.muon()).validate()?;
             }
             OptimizerConfig::Muon(ref c) => {
                 beta("momentum", c.momentum)?;
@@ -708,6 +791,7 @@ impl OptimizerConfig {
                 beta2: 0.0,
                 schedule_free: None,
             },
+            OptimizerConfig::NorMuon(ref c) => KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {
                 define: "OPT_ADAFACTOR",

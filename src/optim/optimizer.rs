@@ -20,11 +20,11 @@ pub(crate) struct ChunkTable {
 }
 
 /// Muon's scratch: the Newton–Schulz input and output in the bucket's state layout, and its same-shape stacks
-/// `(state offset, count, rows, cols)`, each orthogonalized by one batched polar call.
+/// `(state offset, count, rows, cols, row-state offset)`, each orthogonalized by one batched polar call.
 pub(crate) struct MuonParts {
     pub ns_in: Tensor,
     pub ns_out: Tensor,
-    pub stacks: Vec<(usize, usize, usize, usize)>,
+    pub stacks: Vec<(usize, usize, usize, usize, usize)>,
 }
 
 pub(crate) struct Bucket {

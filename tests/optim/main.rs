@@ -177,6 +177,14 @@ fn every_config() -> Vec<OptimizerConfig> {
             polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
             ..Default::default()
         }),
+        OptimizerConfig::NorMuon(NorMuonConfig::default()),
+        OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, weight_decay: 0.1, lr: 0.01, ..Default::default() }),
+        OptimizerConfig::NorMuon(NorMuonConfig {
+            nesterov: false,
+            beta2: 0.9,
+            polar: PolarConfig { coefficients: NsCoefficients::PolarExpressModded, normalization: NsNormalization::Modded, ..Default::default() },
+            ..Default::default()
+        }),
         OptimizerConfig::Muon(MuonConfig {
             adjust_lr: AdjustLr::SpectralNorm,
             polar: PolarConfig {
@@ -210,7 +218,7 @@ fn every_optimizer_matches_its_reference() {
         }
         let group = if no_momentum { group } else { group.momentum(momentum) };
         // Muon takes matrices only: the rest goes to AdamW.
-        let one = if matches!(cfg, OptimizerConfig::Muon(_)) {
+        let one = if matches!(cfg, OptimizerConfig::Muon(_) | OptimizerConfig::NorMuon(_)) {
             vec![(matrices(), group), (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))]
         } else {
             vec![(Matcher::All, group)]

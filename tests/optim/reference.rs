@@ -58,6 +58,7 @@ impl RefGroup {
             OptimizerConfig::Adafactor(c) => c.beta1.unwrap_or(0.0),
             OptimizerConfig::ScheduleFreePlus(c) => c.beta1,
             OptimizerConfig::Muon(ref c) => c.momentum,
+            OptimizerConfig::NorMuon(ref c) => c.momentum,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -91,6 +92,32 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
+            OptimizerConfig::NorMuon(c) => {
+                let (m, n) = (x.shape[0], x.shape[1]);
+                for i in 0..x.p.len() {
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
+                }
+                let u: Vec<f64> = if c.nesterov { (0..g.len()).map(|i| (1.0 - b1) * g[i] + b1 * x.s[0][i]).collect() } else { x.s[0].clone() };
+                let mut o = newton_schulz(&u, m, n, &c.polar);
+                let vnorm = o.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let b2 = c.beta2 as f64;
+                x.s[1].resize(m, 0.0);
+                for r in 0..m {
+                    let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
+                    x.s[1][r] = b2 * x.s[1][r] + (1.0 - b2) * vmean;
+                    for j in 0..n {
+                        o[r * n + j] /= x.s[1][r].sqrt() + 1e-10;
+                    }
+                }
+                let after = o.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let (factor, scale) = match c.scaling {
+                    NorMuonScaling::Official => (vnorm / (after + 1e-10), AdjustLr::Keller.scale(m, n) as f64),
+                    NorMuonScaling::PaperRms02 => (0.2 * ((m * n) as f64).sqrt() / after, 1.0),
+                };
+                for i in 0..x.p.len() {
+                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * scale * factor * o[i];
+                }
+            }
             OptimizerConfig::Muon(c) => {
                 let (m, n) = (x.shape[0], x.shape[1]);
                 let sum = c.momentum_kind == MomentumKind::Sum;
