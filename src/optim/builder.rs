@@ -344,15 +344,18 @@ impl OptimizerBuilder {
             // Muon: same-shape matrices next to each other so each shape is one batched polar call.
             let mut idx = idx.clone();
             if muon.is_some() {
-                if let Some(&i) = idx.iter().find(|&&i| self.params[i].param.shape().len() != 2) {
+                // NorMuon's official 4-D statistics differ (§3.1 quirks): it takes 2-D matrices only for now.
+                let takes = |shape: &[usize]| if normuon { shape.len() == 2 } else { crate::optim::config::muon_matrices(shape).is_some() };
+                if let Some(&i) = idx.iter().find(|&&i| !takes(self.params[i].param.shape())) {
                     let p = &self.params[i];
+                    let what = if normuon { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
                     return Err(Error::InvalidArgument {
                         op: "OptimizerBuilder::build",
                         name: "rules",
-                        detail: format!("muon takes 2-D matrices; route `{}` {:?} to another optimizer", p.name, p.param.shape()),
+                        detail: format!("{} takes {what}; route `{}` {:?} to another optimizer", groups[group].optimizer.name(), p.name, p.param.shape()),
                     });
                 }
-                idx.sort_by_key(|&i| self.params[i].param.shape().to_vec());
+                idx.sort_by_key(|&i| crate::optim::config::muon_matrices(self.params[i].param.shape()).map(|(_, m, n)| (m, n)));
             }
             let mut stacks: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
             let (mut vec_scale, mut scalar_scale): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
@@ -369,15 +372,16 @@ impl OptimizerBuilder {
                 let p = &self.params[i];
                 let n = p.param.numel();
                 if let Some(c) = &muon {
-                    let (m, k) = (p.param.shape()[0], p.param.shape()[1]);
-                    let s = c.adjust_lr.scale(m, k);
+                    let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
+                    let s = c.adjust_lr.scale_for(p.param.shape());
                     let body = if p.param.offset() % 4 == 0 && p.grad.offset() % 4 == 0 { n / 4 * 4 } else { 0 };
                     vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
                     scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
                     // Stack with the previous matrix when the shape matches and the layout is contiguous.
+                    let per = m * k;
                     match stacks.last_mut() {
-                        Some(last) if (last.2, last.3) == (m, k) && n % 4 == 0 && last.0 + last.1 * n == state_off => last.1 += 1,
-                        _ => stacks.push((state_off, 1, m, k, row_off)),
+                        Some(last) if (last.2, last.3) == (m, k) && per % 4 == 0 && last.0 + last.1 * per == state_off => last.1 += count,
+                        _ => stacks.push((state_off, count, m, k, row_off)),
                     }
                 }
                 let fits = |v: usize| u32::try_from(v).is_ok();

@@ -351,6 +351,19 @@ pub enum AdjustLr {
 }
 
 impl AdjustLr {
+    /// The multiplier for a parameter of `shape` (2-D, 3-D batches or 4-D convolutions). Reproduces the
+    /// references literally: Keller uses the last two dims of the ORIGINAL tensor (kh/kw for a convolution,
+    /// §2.1 gotcha), torch_original and Moonlight the first two, spectral_norm the orthogonalized matrix.
+    pub fn scale_for(&self, shape: &[usize]) -> f32 {
+        let d = shape.len();
+        let (rows, cols) = matrix_of(shape);
+        match self {
+            AdjustLr::Keller => AdjustLr::Keller.scale(shape[d - 2], shape[d - 1]),
+            AdjustLr::TorchOriginal | AdjustLr::Moonlight => self.scale(shape[0], shape[1]),
+            AdjustLr::SpectralNorm | AdjustLr::None => self.scale(rows, cols),
+        }
+    }
+
     /// The multiplier for an `m × n` parameter.
     pub fn scale(&self, m: usize, n: usize) -> f32 {
         let (m, n) = (m as f32, n as f32);
@@ -363,9 +376,25 @@ impl AdjustLr {
     }
 }
 
+/// The matrices Muon orthogonalizes for a parameter: `(count, rows, cols)` of its stack. 2-D: itself;
+/// 3-D `[b, m, n]`: b matrices; 4-D convolution `(out, in, kh, kw)`: one `out × in·kh·kw` matrix.
+pub(crate) fn muon_matrices(shape: &[usize]) -> Option<(usize, usize, usize)> {
+    match *shape {
+        [m, n] => Some((1, m, n)),
+        [b, m, n] => Some((b, m, n)),
+        [o, i, h, w] => Some((1, o, i * h * w)),
+        _ => None,
+    }
+}
+
+fn matrix_of(shape: &[usize]) -> (usize, usize) {
+    muon_matrices(shape).map_or((1, shape.iter().product()), |(_, m, n)| (m, n))
+}
+
 /// Muon (KellerJordan/Muon §2.1 by default: EMA momentum, Nesterov, Keller coefficients, `X/(‖X‖_F+1e-7)`, the
 /// small-side rule, `sqrt(max(1, m/n))`, WD-pre with the unadjusted lr), with every option of decisions §2.
-/// Takes 2-D parameters; route others (embeddings, gains, heads) to another group. NS runs in f32 by default
+/// Takes 2-D parameters, 3-D stacks of matrices and 4-D convolutions (reshaped to `out × in·kh·kw`); route others
+/// (embeddings, gains, heads) to another group. NS runs in f32 by default
 /// (`polar.precision` for bf16 emulation); same-shape matrices of a bucket are orthogonalized as one batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -803,5 +832,25 @@ impl OptimizerConfig {
                 schedule_free: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn muon_shape_scales_follow_the_references() {
+        // Keller: last two dims of the original tensor (a 3×3 convolution gets 1, not sqrt(out/(in·9))).
+        assert_eq!(AdjustLr::Keller.scale_for(&[64, 16, 3, 3]), 1.0);
+        assert_eq!(AdjustLr::Keller.scale_for(&[384, 128]), 3f32.sqrt());
+        assert_eq!(AdjustLr::Keller.scale_for(&[128, 384]), 1.0);
+        assert_eq!(AdjustLr::TorchOriginal.scale_for(&[64, 16, 3, 3]), 2.0);
+        assert_eq!(AdjustLr::Moonlight.scale_for(&[100, 25]), 2.0);
+        assert_eq!(AdjustLr::SpectralNorm.scale_for(&[16, 4, 2, 2]), 1.0);
+        assert_eq!(AdjustLr::None.scale_for(&[7, 3]), 1.0);
+        assert_eq!(muon_matrices(&[2, 3, 5]), Some((2, 3, 5)));
+        assert_eq!(muon_matrices(&[4, 2, 3, 3]), Some((1, 4, 18)));
+        assert_eq!(muon_matrices(&[5]), None);
     }
 }

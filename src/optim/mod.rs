@@ -3,7 +3,7 @@
 //! once into one plan: one submit and no readback per step. Equations: docs/optimizers.md §0, §7.
 
 mod builder;
-mod config;
+pub(crate) mod config;
 mod optimizer;
 mod params;
 mod replay;

@@ -467,3 +467,42 @@ fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
     assert!(err < 1e-5, "polyak run: {err}");
     assert!(run.opt.load(&pollster::block_on(build(&groups, None).unwrap().opt.save()).unwrap()).is_err(), "a checkpoint without the rule is refused");
 }
+
+#[test]
+fn muon_takes_convolutions_and_batched_matrices() {
+    let gpu = gpu();
+    let specs: &[(&str, &[usize])] = &[("conv.weight", &[4, 2, 3, 3]), ("stack", &[2, 3, 5]), ("w", &[5, 6]), ("bias", &[5])];
+    for placement in [MomentumPlacement::Inside, MomentumPlacement::Outside] {
+        let store = ParamStore::new(&gpu, specs).unwrap();
+        for (i, (name, shape)) in specs.iter().enumerate() {
+            store.param(name).unwrap().write(&noise(7 + i as u64, shape.iter().product())).unwrap();
+        }
+        let muon = MuonConfig { momentum_placement: placement, adjust_lr: AdjustLr::TorchOriginal, ..Default::default() };
+        let mut b = OptimizerBuilder::new(&gpu);
+        b.params_from(&store).unwrap();
+        b.rule(Matcher::Rank(1), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
+        b.rule(Matcher::All, Group::new(OptimizerConfig::Muon(muon)));
+        let opt = b.build().unwrap();
+        let mut groups: Vec<RefGroup> = opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+        let init: Vec<Vec<f32>> = specs.iter().map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).collect();
+        let mut refs: Vec<(usize, RefParam)> = specs.iter().zip(&init).map(|((n, s), p)| (opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
+        for step in 1..=20u64 {
+            let g: Vec<Vec<f32>> = specs.iter().enumerate().map(|(i, (_, s))| noise(100 * step + i as u64, s.iter().product())).collect();
+            for ((name, _), gv) in specs.iter().zip(&g) {
+                store.grad(name).unwrap().write(gv).unwrap();
+            }
+            opt.step().unwrap();
+            let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+            engine_step(&mut groups, &mut refs, &g64, None);
+        }
+        for ((name, _), (_, r)) in specs.iter().zip(&refs) {
+            let got = store.param(name).unwrap().read_blocking().unwrap();
+            assert!(rel(&got, &r.p) < 1e-5, "{placement:?} {name}: {}", rel(&got, &r.p));
+        }
+    }
+    // A 5-D tensor is no matrix: a routing error that names it.
+    let store = ParamStore::new(&gpu, &[("odd", &[2, 2, 2, 2, 2])]).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::Muon(MuonConfig::default())));
+    assert!(b.build().err().unwrap().to_string().contains("odd"));
+}

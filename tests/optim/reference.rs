@@ -119,7 +119,12 @@ impl RefGroup {
                 }
             }
             OptimizerConfig::Muon(c) => {
-                let (m, n) = (x.shape[0], x.shape[1]);
+                // 3-D: a batch of matrices; 4-D: one out × in·kh·kw matrix.
+                let (count, m, n) = match x.shape[..] {
+                    [b, m, n] => (b, m, n),
+                    [o, i, h, w] => (1, o, i * h * w),
+                    _ => (1, x.shape[0], x.shape[1]),
+                };
                 let sum = c.momentum_kind == MomentumKind::Sum;
                 let accumulate = |mom: &mut Vec<f64>, v: &[f64]| -> Vec<f64> {
                     for i in 0..v.len() {
@@ -131,14 +136,15 @@ impl RefGroup {
                         mom.clone()
                     }
                 };
+                let ns = |v: &[f64]| -> Vec<f64> { (0..count).flat_map(|k| newton_schulz(&v[k * m * n..(k + 1) * m * n], m, n, &c.polar)).collect() };
                 let upd = if c.momentum_placement == MomentumPlacement::Inside {
                     let u = accumulate(&mut x.s[0], g);
-                    newton_schulz(&u, m, n, &c.polar)
+                    ns(&u)
                 } else {
-                    let o = newton_schulz(g, m, n, &c.polar);
+                    let o = ns(g);
                     accumulate(&mut x.s[0], &o)
                 };
-                let scale = c.adjust_lr.scale(m, n) as f64;
+                let scale = c.adjust_lr.scale_for(&x.shape) as f64;
                 for i in 0..x.p.len() {
                     x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * scale * upd[i];
                 }
