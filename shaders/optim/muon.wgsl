@@ -43,7 +43,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let g = scalars[1] * grad[ch.y + i];
         let m = select(b * mom[si] + (1.0 - b) * g, b * mom[si] + g, sum);
         mom[si] = m;
-        ns[si] = select(m, select((1.0 - b) * g + b * m, g + b * m, sum), nesterov);
+        let nsu = select(m, select((1.0 - b) * g + b * m, g + b * m, sum), nesterov);
+//#if SIGN
+        ns[si] = sign(nsu);   // AdaMuon orthogonalizes the sign matrix
+//#else
+        ns[si] = nsu;
+//#endif
 //#endif
 //#if COPY
         ns[si] = scalars[1] * grad[ch.y + i];

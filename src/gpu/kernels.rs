@@ -35,6 +35,7 @@ shader_table!(
     "optim/adafactor.wgsl",
     "optim/muon.wgsl",
     "optim/normuon.wgsl",
+    "optim/adamuon.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

@@ -358,6 +358,7 @@ impl OptimizerBuilder {
                 idx.sort_by_key(|&i| crate::optim::config::muon_matrices(self.params[i].param.shape()).map(|(_, m, n)| (m, n)));
             }
             let mut stacks: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+            let mut stack_shapes: Vec<Vec<usize>> = Vec::new();
             let (mut vec_scale, mut scalar_scale): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
             // State ranges start at multiples of 4 so aligned tensors can take the vec4 path.
             let mut state_off = 0usize;
@@ -379,9 +380,13 @@ impl OptimizerBuilder {
                     scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
                     // Stack with the previous matrix when the shape matches and the layout is contiguous.
                     let per = m * k;
+                    let same_shape = stack_shapes.last().is_some_and(|s| s.as_slice() == p.param.shape());
                     match stacks.last_mut() {
-                        Some(last) if (last.2, last.3) == (m, k) && per % 4 == 0 && last.0 + last.1 * per == state_off => last.1 += count,
-                        _ => stacks.push((state_off, count, m, k, row_off)),
+                        Some(last) if same_shape && per % 4 == 0 && last.0 + last.1 * per == state_off => last.1 += count,
+                        _ => {
+                            stacks.push((state_off, count, m, k, row_off));
+                            stack_shapes.push(p.param.shape().to_vec());
+                        }
                     }
                 }
                 let fits = |v: usize| u32::try_from(v).is_ok();
@@ -429,7 +434,7 @@ impl OptimizerBuilder {
                 total_chunks += rows.len() / 4;
             }
             let muon_parts = match muon {
-                Some(_) => Some(MuonParts { ns_in: Tensor::zeros(gpu, &[state_off])?, ns_out: Tensor::zeros(gpu, &[state_off])?, stacks }),
+                Some(_) => Some(MuonParts { ns_in: Tensor::zeros(gpu, &[state_off])?, ns_out: Tensor::zeros(gpu, &[state_off])?, stacks, stack_shapes }),
                 None => None,
             };
             let (states, tensor_table) = match adafactor {
@@ -550,11 +555,7 @@ impl OptimizerBuilder {
                 continue;
             }
             if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.muon) {
-                let normuon = match &groups[b.group].optimizer {
-                    OptimizerConfig::NorMuon(n) => Some(n),
-                    _ => None,
-                };
-                record_muon(&mut plan, &c, normuon, b, parts, &scalars, wg)?;
+                record_muon(&mut plan, &c, &groups[b.group].optimizer, b, parts, &scalars, wg)?;
                 continue;
             }
             let n = spec.states.len();
@@ -646,13 +647,21 @@ impl OptimizerBuilder {
 fn record_muon(
     plan: &mut PlanBuilder,
     c: &crate::optim::MuonConfig,
-    normuon: Option<&crate::optim::NorMuonConfig>,
+    family: &OptimizerConfig,
     b: &Bucket,
     parts: &MuonParts,
     scalars: &Tensor,
     wg: u32,
 ) -> Result<()> {
     let gpu = plan.gpu().clone();
+    let normuon = match family {
+        OptimizerConfig::NorMuon(n) => Some(n),
+        _ => None,
+    };
+    let adamuon = match family {
+        OptimizerConfig::AdaMuon(a) => Some(a),
+        _ => None,
+    };
     let outside = c.momentum_placement == crate::optim::MomentumPlacement::Outside;
     let spec = OptimizerConfig::Muon(c.clone()).kernel();
     let mom = &b.states[0].1;
@@ -672,7 +681,15 @@ fn record_muon(
         gpu.kernel(
             "optim/muon.wgsl",
             "main",
-            &[("T", ty.into()), ("WG", wg.to_string()), ("MOMENTUM", on("momentum")), ("COPY", on("copy")), ("APPLY", on("apply")), ("OUTSIDE", (outside as u32).to_string())],
+            &[
+                ("T", ty.into()),
+                ("WG", wg.to_string()),
+                ("MOMENTUM", on("momentum")),
+                ("COPY", on("copy")),
+                ("APPLY", on("apply")),
+                ("OUTSIDE", (outside as u32).to_string()),
+                ("SIGN", (adamuon.is_some() as u32).to_string()),
+            ],
         )
     };
     let uniforms = |t: &ChunkTable| {
@@ -687,7 +704,7 @@ fn record_muon(
             plan.dispatch(&kernel(t, "momentum")?, &uniforms(t), &[&t.table, scalars, &b.grad, mom, &parts.ns_in], [gx, gy, 1])?;
         }
     }
-    for &(offset, count, m, n, v_off) in &parts.stacks {
+    for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
         let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
         crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
         if let Some(nm) = normuon {
@@ -706,6 +723,24 @@ fn record_muon(
                 _p: u32,
             }
             let u = N { rows: m as u32, cols: n as u32, o_off: offset as u32, v_off: v_off as u32, beta2: nm.beta2, paper, group: b.group as u32, _p: 0 };
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+        }
+        if let Some(am) = adamuon {
+            let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct A {
+                size: u32,
+                o_off: u32,
+                group: u32,
+                _p: u32,
+                eps: f32,
+                minmax: f32,
+                _q: [f32; 2],
+            }
+            // 0.2·sqrt(min·max) over the parameter's own dims (all four for a convolution, as the reference does).
+            let minmax = (shape.iter().min().copied().unwrap_or(1) * shape.iter().max().copied().unwrap_or(1)) as f32;
+            let u = A { size: (m * n) as u32, o_off: offset as u32, group: b.group as u32, _p: 0, eps: am.eps, minmax, _q: [0.0; 2] };
             plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
         }
     }

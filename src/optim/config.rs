@@ -496,6 +496,32 @@ impl NorMuonConfig {
     }
 }
 
+/// AdaMuon, official GPT-2 code (Chongjie-Si/AdaMuon, §3.2): Muon (EMA momentum, Nesterov) on sign(U), then an
+/// elementwise second moment of the polar factor with the momentum's β, `Ô = O/(sqrt(V)+eps)` rescaled to RMS 0.2
+/// (`0.2·sqrt(min·max of the parameter's dims)/‖Ô‖_F`). The `simplified` variant of §3.3 is not implemented yet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaMuonConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum μ (also the second moment's decay).
+    pub momentum: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// ε of the normalization and the rescale.
+    pub eps: f32,
+    /// The polar factor.
+    pub polar: crate::linalg::PolarConfig,
+}
+
+impl Default for AdaMuonConfig {
+    fn default() -> Self {
+        AdaMuonConfig { lr: 0.02, momentum: 0.95, nesterov: true, weight_decay: 0.01, eps: 1e-8, polar: crate::linalg::PolarConfig::default() }
+    }
+}
+
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
@@ -527,6 +553,9 @@ pub enum OptimizerConfig {
     /// [`NorMuonConfig`] (2-D parameters).
     #[serde(rename = "normuon")]
     NorMuon(NorMuonConfig),
+    /// [`AdaMuonConfig`].
+    #[serde(rename = "adamuon")]
+    AdaMuon(AdaMuonConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -543,7 +572,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon", "adamuon"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -559,6 +588,7 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreePlus(_) => "schedulefree_plus",
             OptimizerConfig::Muon(_) => "muon",
             OptimizerConfig::NorMuon(_) => "normuon",
+            OptimizerConfig::AdaMuon(_) => "adamuon",
         }
     }
 
@@ -576,6 +606,7 @@ impl OptimizerConfig {
             OptimizerConfig::ScheduleFreePlus(c) => c.lr,
             OptimizerConfig::Muon(c) => c.lr,
             OptimizerConfig::NorMuon(c) => c.lr,
+            OptimizerConfig::AdaMuon(c) => c.lr,
         }
     }
 
@@ -584,6 +615,15 @@ impl OptimizerConfig {
         match self {
             OptimizerConfig::Muon(c) => Some(c.clone()),
             OptimizerConfig::NorMuon(c) => Some(c.muon()),
+            OptimizerConfig::AdaMuon(c) => Some(MuonConfig {
+                lr: c.lr,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+                weight_decay: c.weight_decay,
+                adjust_lr: AdjustLr::None,
+                polar: c.polar.clone(),
+                ..MuonConfig::default()
+            }),
             _ => None,
         }
     }
@@ -613,6 +653,7 @@ impl OptimizerConfig {
             "schedulefree_plus" => OptimizerConfig::ScheduleFreePlus(serde_json::from_str(json).map_err(bad)?),
             "muon" => OptimizerConfig::Muon(serde_json::from_str(json).map_err(bad)?),
             "normuon" => OptimizerConfig::NorMuon(serde_json::from_str(json).map_err(bad)?),
+            "adamuon" => OptimizerConfig::AdaMuon(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -682,6 +723,12 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::AdaMuon(ref c) => {
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                if let Some(m) = self.muon_pipeline() {
+                    OptimizerConfig::Muon(m).validate()?;
+                }
             }
             OptimizerConfig::NorMuon(ref c) => {
                 beta("beta2", c.beta2)?;
@@ -821,6 +868,10 @@ impl OptimizerConfig {
                 schedule_free: None,
             },
             OptimizerConfig::NorMuon(ref c) => KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() },
+            OptimizerConfig::AdaMuon(_) => KernelSpec {
+                states: &["momentum_buffer", "exp_avg_sq"],
+                ..OptimizerConfig::Muon(self.muon_pipeline().unwrap_or_default()).kernel()
+            },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {
                 define: "OPT_ADAFACTOR",

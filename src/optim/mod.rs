@@ -11,7 +11,7 @@ mod schedule;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
+    AdaMuonConfig, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
     StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};

@@ -25,6 +25,8 @@ pub(crate) struct MuonParts {
     pub ns_in: Tensor,
     pub ns_out: Tensor,
     pub stacks: Vec<(usize, usize, usize, usize, usize)>,
+    /// The parameters' original shape for each stack.
+    pub stack_shapes: Vec<Vec<usize>>,
 }
 
 pub(crate) struct Bucket {

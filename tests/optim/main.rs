@@ -177,6 +177,8 @@ fn every_config() -> Vec<OptimizerConfig> {
             polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
             ..Default::default()
         }),
+        OptimizerConfig::AdaMuon(AdaMuonConfig::default()),
+        OptimizerConfig::AdaMuon(AdaMuonConfig { nesterov: false, weight_decay: 0.0, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig::default()),
         OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, weight_decay: 0.1, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig {
@@ -218,7 +220,7 @@ fn every_optimizer_matches_its_reference() {
         }
         let group = if no_momentum { group } else { group.momentum(momentum) };
         // Muon takes matrices only: the rest goes to AdamW.
-        let one = if matches!(cfg, OptimizerConfig::Muon(_) | OptimizerConfig::NorMuon(_)) {
+        let one = if matches!(cfg, OptimizerConfig::Muon(_) | OptimizerConfig::NorMuon(_) | OptimizerConfig::AdaMuon(_)) {
             vec![(matrices(), group), (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))]
         } else {
             vec![(Matcher::All, group)]

@@ -59,6 +59,7 @@ impl RefGroup {
             OptimizerConfig::ScheduleFreePlus(c) => c.beta1,
             OptimizerConfig::Muon(ref c) => c.momentum,
             OptimizerConfig::NorMuon(ref c) => c.momentum,
+            OptimizerConfig::AdaMuon(ref c) => c.momentum,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -92,6 +93,28 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
+            OptimizerConfig::AdaMuon(c) => {
+                let (m, n) = (x.shape[0], x.shape[1..].iter().product::<usize>());
+                for i in 0..x.p.len() {
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
+                }
+                let sign: Vec<f64> = (0..g.len())
+                    .map(|i| if c.nesterov { (1.0 - b1) * g[i] + b1 * x.s[0][i] } else { x.s[0][i] })
+                    .map(|v| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 })
+                    .collect();
+                let o = newton_schulz(&sign, m, n, &c.polar);
+                let eps = c.eps as f64;
+                let mut oh = vec![0.0; o.len()];
+                for i in 0..o.len() {
+                    x.s[1][i] = b1 * x.s[1][i] + (1.0 - b1) * o[i] * o[i];
+                    oh[i] = o[i] / (x.s[1][i].sqrt() + eps);
+                }
+                let minmax = (x.shape.iter().min().unwrap() * x.shape.iter().max().unwrap()) as f64;
+                let factor = 0.2 * minmax.sqrt() / (oh.iter().map(|v| v * v).sum::<f64>().sqrt() + eps);
+                for i in 0..x.p.len() {
+                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * factor * oh[i];
+                }
+            }
             OptimizerConfig::NorMuon(c) => {
                 let (m, n) = (x.shape[0], x.shape[1]);
                 for i in 0..x.p.len() {
