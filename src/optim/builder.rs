@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::optim::optimizer::{Bucket, ChunkTable, ModePlans, MuonParts, Optimizer, ParamSlot, StateView};
+use crate::optim::optimizer::{Bucket, ChunkTable, Diagnostics, ModePlans, MuonParts, Optimizer, ParamSlot, StateView};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule, StepSizeRule};
 
 /// Which parameters a routing rule takes.
@@ -115,6 +115,7 @@ pub struct OptimizerBuilder {
     timing: bool,
     step_size: Option<StepSizeRule>,
     loss: Option<Tensor>,
+    diagnose: Vec<String>,
 }
 
 /// Elements per chunk of a bucket (one workgroup each).
@@ -153,7 +154,7 @@ pub(crate) struct GroupUniform {
 impl OptimizerBuilder {
     /// An empty builder.
     pub fn new(gpu: &Gpu) -> OptimizerBuilder {
-        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None, loss: None }
+        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None, loss: None, diagnose: Vec::new() }
     }
 
     /// Add a parameter and its gradient (tensors or views of caller-owned buffers; same shape).
@@ -225,6 +226,13 @@ impl OptimizerBuilder {
     /// (ScheduleFree+) and step-size rules. A non-finite loss skips the step like a non-finite gradient.
     pub fn loss(&mut self, loss: &Tensor) -> &mut Self {
         self.loss = Some(loss.clone());
+        self
+    }
+
+    /// Keep each step's update of these matrices for [`Optimizer::update_condition_numbers`] (the FISMO paper's
+    /// κ analysis); costs one copy of each per step.
+    pub fn diagnose(&mut self, names: &[&str]) -> &mut Self {
+        self.diagnose.extend(names.iter().map(|n| n.to_string()));
         self
     }
 
@@ -531,6 +539,7 @@ impl OptimizerBuilder {
             tensors.push(loss);
         }
         plan.dispatch(&prologue, &pu, &tensors, [1, 1, 1])?;
+        let diagnostics = self.diagnostics(&mut plan)?;
         plan.stage("update");
         for b in &buckets {
             let spec = groups[b.group].optimizer.kernel();
@@ -589,7 +598,46 @@ impl OptimizerBuilder {
         }
         let plan = plan.build()?;
         let modes = self.schedule_free_plans(&groups, &buckets, wg)?;
-        Ok(Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, self.step_size))
+        let mut opt = Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, self.step_size);
+        opt.set_diagnostics(diagnostics);
+        Ok(opt)
+    }
+
+    /// Copies of the diagnosed matrices before the update stage, and the plan that turns them into the Gram
+    /// eigenvalues of each update (Δ = before − after, Gram on the small side, Jacobi).
+    fn diagnostics(&self, plan: &mut PlanBuilder) -> Result<Option<Diagnostics>> {
+        if self.diagnose.is_empty() {
+            return Ok(None);
+        }
+        let gpu = &self.gpu;
+        let mut after = PlanBuilder::new(gpu);
+        let mut entries = Vec::new();
+        for name in &self.diagnose {
+            let p = self.params.iter().find(|p| &p.name == name).ok_or_else(|| Error::InvalidArgument {
+                op: "OptimizerBuilder::diagnose",
+                name: "names",
+                detail: format!("no parameter `{name}`"),
+            })?;
+            let &[m, n] = p.param.shape() else {
+                return Err(Error::InvalidArgument {
+                    op: "OptimizerBuilder::diagnose",
+                    name: "names",
+                    detail: format!("`{name}` {:?} is not a matrix", p.param.shape()),
+                });
+            };
+            let before = Tensor::zeros(gpu, &[m, n])?;
+            crate::linalg::copy(plan, &p.param, &before)?;
+            let k = m.min(n);
+            let delta = after.scratch(&[m, n])?;
+            crate::linalg::Axpby { x: Some(&before), y: Some(&p.param), b: -1.0, ..crate::linalg::Axpby::new(&delta) }.record(&mut after)?;
+            let gram = after.scratch(&[1, k, k])?;
+            let side = if m > n { crate::linalg::GramSide::Cols } else { crate::linalg::GramSide::Rows };
+            crate::linalg::gram(&mut after, &delta, side, &gram, 1.0, None, 0.0, Default::default())?;
+            let (vals, vecs) = (Tensor::zeros(gpu, &[1, k])?, after.scratch(&[1, k, k])?);
+            crate::linalg::eigh(&mut after, &gram, &vals, &vecs, None, &crate::linalg::EighConfig::default())?;
+            entries.push((name.clone(), vals));
+        }
+        Ok(Some(Diagnostics { plan: after.build()?, entries }))
     }
 
     /// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into

@@ -67,6 +67,12 @@ pub(crate) struct ModePlans {
     pub outs: Vec<(usize, Tensor)>,
 }
 
+/// The update diagnostics: a plan computing each chosen matrix's update Gram eigenvalues, and where they land.
+pub(crate) struct Diagnostics {
+    pub plan: Plan,
+    pub entries: Vec<(String, Tensor)>,
+}
+
 /// What the device says about the steps so far (read asynchronously, never inside a step).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
@@ -99,6 +105,7 @@ pub struct Optimizer {
     policy: NonFinitePolicy,
     clip: Option<f32>,
     step_size: Option<StepSizeRule>,
+    diagnostics: Option<Diagnostics>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -124,7 +131,51 @@ impl Optimizer {
         clip: Option<f32>,
         step_size: Option<StepSizeRule>,
     ) -> Optimizer {
-        Optimizer { gpu, plan, groups, buckets, slots, counters, scalars, gstate, modes, eval_mode: AtomicBool::new(false), policy, clip, step_size }
+        Optimizer {
+            gpu,
+            plan,
+            groups,
+            buckets,
+            slots,
+            counters,
+            scalars,
+            gstate,
+            modes,
+            eval_mode: AtomicBool::new(false),
+            policy,
+            clip,
+            step_size,
+            diagnostics: None,
+        }
+    }
+
+    pub(crate) fn set_diagnostics(&mut self, d: Option<Diagnostics>) {
+        self.diagnostics = d;
+    }
+
+    /// The spectral condition number κ = σ_max/σ_min of the last step's update of each matrix named in
+    /// [`crate::optim::OptimizerBuilder::diagnose`] (∞ when the update is rank-deficient, NaN before any applied
+    /// step). Read asynchronously; call after a step and before the next.
+    pub async fn update_condition_numbers(&self) -> Result<Vec<(String, f32)>> {
+        let d = self.diagnostics.as_ref().ok_or_else(|| Error::InvalidArgument {
+            op: "Optimizer::update_condition_numbers",
+            name: "diagnose",
+            detail: "no matrices were chosen with OptimizerBuilder::diagnose".into(),
+        })?;
+        // Before the first step the snapshot holds nothing: there is no update to describe.
+        let attempted = self.counters.read().await?.get(1).map_or(0, |v| v.to_bits());
+        if attempted == 0 {
+            return Ok(d.entries.iter().map(|(n, _)| (n.clone(), f32::NAN)).collect());
+        }
+        d.plan.run();
+        let mut out = Vec::with_capacity(d.entries.len());
+        for (name, vals) in &d.entries {
+            let v = vals.read().await?;
+            let (lo, hi) = (v.first().copied().unwrap_or(0.0), v.last().copied().unwrap_or(0.0));
+            let kappa = if hi <= 0.0 { f32::NAN } else if lo <= 0.0 { f32::INFINITY } else { (hi / lo).sqrt() };
+            out.push((name.clone(), kappa));
+        }
+        Ok(out)
     }
 
     fn check_train(&self, op: &'static str) -> Result<()> {

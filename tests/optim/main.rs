@@ -3,6 +3,9 @@
 //! one submit per step, and bad input.
 #![allow(clippy::needless_range_loop)] // the references index like the equations they transcribe
 
+#[allow(dead_code)]
+#[path = "../linalg/cpu.rs"]
+mod cpu;
 mod embed;
 mod reference;
 mod replay;
@@ -507,4 +510,40 @@ fn muon_takes_convolutions_and_batched_matrices() {
     let mut b = OptimizerBuilder::new(&gpu);
     b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::Muon(MuonConfig::default())));
     assert!(b.build().err().unwrap().to_string().contains("odd"));
+}
+
+#[test]
+fn update_condition_numbers_match_the_cpu() {
+    let gpu = gpu();
+    let (m, n) = (16, 24);
+    for (cfg, bound) in [
+        (OptimizerConfig::Muon(MuonConfig::default()), Some(3.0)),
+        (OptimizerConfig::AdamW(AdamWConfig::default()), None),
+    ] {
+        let store = ParamStore::new(&gpu, &[("w", &[m, n])]).unwrap();
+        store.param("w").unwrap().write(&noise(3, m * n)).unwrap();
+        let mut b = OptimizerBuilder::new(&gpu);
+        b.params_from(&store).unwrap().rule(Matcher::All, Group::new(cfg.clone())).diagnose(&["w"]);
+        let opt = b.build().unwrap();
+        assert!(pollster::block_on(opt.update_condition_numbers()).unwrap()[0].1.is_nan(), "no update yet");
+        for step in 1..=6u64 {
+            store.grad("w").unwrap().write(&noise(50 + step, m * n)).unwrap();
+            let before = store.param("w").unwrap().read_blocking().unwrap();
+            opt.step().unwrap();
+            let after = store.param("w").unwrap().read_blocking().unwrap();
+            let kappa = pollster::block_on(opt.update_condition_numbers()).unwrap()[0].1 as f64;
+            // The same κ in f64 from the update the parameters show.
+            let delta = cpu::Mat { r: m, c: n, d: before.iter().zip(&after).map(|(a, b)| *a as f64 - *b as f64).collect() };
+            let (vals, _) = cpu::cpu_eigh(&delta.mul(&delta.t()));
+            let want = (vals[m - 1] / vals[0]).sqrt();
+            assert!((kappa - want).abs() <= 1e-3 * want, "{}: κ {kappa} vs {want}", cfg.name());
+            if let Some(b) = bound {
+                assert!(kappa < b, "a Keller-polar update keeps κ small: {kappa}");
+            }
+        }
+    }
+    let store = ParamStore::new(&gpu, &[("v", &[8])]).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default()))).diagnose(&["v"]);
+    assert!(b.build().is_err(), "a vector has no condition number");
 }
