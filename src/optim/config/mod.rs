@@ -1,0 +1,380 @@
+//! Configurations of the elementwise optimizers, with the defaults of their reference implementations
+//! (docs/optimizers.md §7) and validation that names the offending field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+mod elementwise;
+mod muon;
+mod schedule_free;
+mod step_size;
+
+pub use elementwise::*;
+pub use muon::*;
+pub use schedule_free::*;
+pub use step_size::StepSizeRule;
+
+/// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum OptimizerConfig {
+    /// [`SgdConfig`].
+    Sgd(SgdConfig),
+    /// [`AdamWConfig`].
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+    /// [`LionConfig`].
+    Lion(LionConfig),
+    /// [`SignumConfig`].
+    Signum(SignumConfig),
+    /// [`ScheduleFreeSgdConfig`].
+    #[serde(rename = "sgd_schedulefree")]
+    ScheduleFreeSgd(ScheduleFreeSgdConfig),
+    /// [`ScheduleFreeAdamWConfig`].
+    #[serde(rename = "adamw_schedulefree")]
+    ScheduleFreeAdamW(ScheduleFreeAdamWConfig),
+    /// [`OnaConfig`] (provisional).
+    Ona(OnaConfig),
+    /// [`AdafactorConfig`].
+    Adafactor(AdafactorConfig),
+    /// [`ScheduleFreePlusConfig`].
+    #[serde(rename = "schedulefree_plus")]
+    ScheduleFreePlus(ScheduleFreePlusConfig),
+    /// [`MuonConfig`] (2-D parameters).
+    Muon(MuonConfig),
+    /// [`NorMuonConfig`] (2-D parameters).
+    #[serde(rename = "normuon")]
+    NorMuon(NorMuonConfig),
+    /// [`AdaMuonConfig`].
+    #[serde(rename = "adamuon")]
+    AdaMuon(AdaMuonConfig),
+}
+
+/// How an optimizer maps onto the fused update kernel.
+pub(crate) struct KernelSpec {
+    pub define: &'static str,
+    pub states: &'static [&'static str],
+    pub flags: u32,
+    pub h: [f32; 4],
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Schedule-Free averaging `(r, weight_lr_power)`.
+    pub schedule_free: Option<(f32, f32)>,
+}
+
+impl OptimizerConfig {
+    /// Every optimizer name [`OptimizerConfig::from_json`] knows.
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon", "adamuon"];
+
+    /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Sgd(_) => "sgd",
+            OptimizerConfig::AdamW(_) => "adamw",
+            OptimizerConfig::Lion(_) => "lion",
+            OptimizerConfig::Signum(_) => "signum",
+            OptimizerConfig::ScheduleFreeSgd(_) => "sgd_schedulefree",
+            OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
+            OptimizerConfig::Ona(_) => "ona",
+            OptimizerConfig::Adafactor(_) => "adafactor",
+            OptimizerConfig::ScheduleFreePlus(_) => "schedulefree_plus",
+            OptimizerConfig::Muon(_) => "muon",
+            OptimizerConfig::NorMuon(_) => "normuon",
+            OptimizerConfig::AdaMuon(_) => "adamuon",
+        }
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f32 {
+        match self {
+            OptimizerConfig::Sgd(c) => c.lr,
+            OptimizerConfig::AdamW(c) => c.lr,
+            OptimizerConfig::Lion(c) => c.lr,
+            OptimizerConfig::Signum(c) => c.lr,
+            OptimizerConfig::ScheduleFreeSgd(c) => c.lr,
+            OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
+            OptimizerConfig::Ona(c) => c.lr,
+            OptimizerConfig::Adafactor(c) => c.lr.unwrap_or(1.0),
+            OptimizerConfig::ScheduleFreePlus(c) => c.lr,
+            OptimizerConfig::Muon(c) => c.lr,
+            OptimizerConfig::NorMuon(c) => c.lr,
+            OptimizerConfig::AdaMuon(c) => c.lr,
+        }
+    }
+
+    /// The Muon pipeline of the Muon family (Muon itself, NorMuon before its row normalization).
+    pub(crate) fn muon_pipeline(&self) -> Option<MuonConfig> {
+        match self {
+            OptimizerConfig::Muon(c) => Some(c.clone()),
+            OptimizerConfig::NorMuon(c) => Some(c.muon()),
+            OptimizerConfig::AdaMuon(c) => Some(MuonConfig {
+                lr: c.lr,
+                momentum: c.momentum,
+                nesterov: c.nesterov,
+                weight_decay: c.weight_decay,
+                adjust_lr: AdjustLr::None,
+                polar: c.polar.clone(),
+                ..MuonConfig::default()
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the step needs the loss value (given to the builder as a device tensor).
+    pub fn takes_loss(&self) -> bool {
+        matches!(self, OptimizerConfig::ScheduleFreePlus(_))
+    }
+
+    /// Whether the parameters hold Schedule-Free's y during training (then `train()` / `eval()` switch to x).
+    pub fn is_schedule_free(&self) -> bool {
+        matches!(self, OptimizerConfig::ScheduleFreeSgd(_) | OptimizerConfig::ScheduleFreeAdamW(_))
+    }
+
+    /// Parse `{"lr": …}`-style JSON for the optimizer called `name` (unknown fields are an error).
+    pub fn from_json(name: &str, json: &str) -> Result<OptimizerConfig> {
+        let bad = |e: serde_json::Error| Error::InvalidArgument { op: "optimizer config", name: "config", detail: format!("{name}: {e}") };
+        let cfg = match name {
+            "sgd" => OptimizerConfig::Sgd(serde_json::from_str(json).map_err(bad)?),
+            "adamw" => OptimizerConfig::AdamW(serde_json::from_str(json).map_err(bad)?),
+            "lion" => OptimizerConfig::Lion(serde_json::from_str(json).map_err(bad)?),
+            "signum" => OptimizerConfig::Signum(serde_json::from_str(json).map_err(bad)?),
+            "sgd_schedulefree" => OptimizerConfig::ScheduleFreeSgd(serde_json::from_str(json).map_err(bad)?),
+            "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
+            "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
+            "adafactor" => OptimizerConfig::Adafactor(serde_json::from_str(json).map_err(bad)?),
+            "schedulefree_plus" => OptimizerConfig::ScheduleFreePlus(serde_json::from_str(json).map_err(bad)?),
+            "muon" => OptimizerConfig::Muon(serde_json::from_str(json).map_err(bad)?),
+            "normuon" => OptimizerConfig::NorMuon(serde_json::from_str(json).map_err(bad)?),
+            "adamuon" => OptimizerConfig::AdaMuon(serde_json::from_str(json).map_err(bad)?),
+            other => {
+                return Err(Error::InvalidArgument {
+                    op: "optimizer config",
+                    name: "optimizer",
+                    detail: format!("unknown optimizer `{other}` (known: {})", Self::NAMES.join(", ")),
+                })
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every hyper-parameter's range; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let name = self.name();
+        let check = |field: &'static str, ok: bool, v: f32, want: &str| {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument { op: "optimizer config", name: field, detail: format!("{name}: {field} = {v}, must be {want}") })
+            }
+        };
+        let beta = |field, v: f32| check(field, (0.0..1.0).contains(&v), v, "in [0, 1)");
+        let nonneg = |field, v: f32| check(field, v >= 0.0, v, "≥ 0");
+        nonneg("lr", self.lr())?;
+        match *self {
+            OptimizerConfig::Sgd(c) => {
+                nonneg("momentum", c.momentum)?;
+                beta("momentum", c.momentum)?;
+                check("dampening", (0.0..=1.0).contains(&c.dampening), c.dampening, "in [0, 1]")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "nesterov",
+                        detail: "sgd: nesterov needs momentum > 0 and dampening = 0".into(),
+                    });
+                }
+            }
+            OptimizerConfig::AdamW(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Lion(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Signum(c) => {
+                beta("beta1", c.beta1)?;
+                check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::ScheduleFreeSgd(c) => {
+                check("momentum", c.momentum > 0.0 && c.momentum < 1.0, c.momentum, "in (0, 1)")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
+            }
+            OptimizerConfig::ScheduleFreeAdamW(c) => {
+                check("beta1", c.beta1 > 0.0 && c.beta1 < 1.0, c.beta1, "in (0, 1)")?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
+                beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::AdaMuon(ref c) => {
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                if let Some(m) = self.muon_pipeline() {
+                    OptimizerConfig::Muon(m).validate()?;
+                }
+            }
+            OptimizerConfig::NorMuon(ref c) => {
+                beta("beta2", c.beta2)?;
+                OptimizerConfig::Muon(c.muon()).validate()?;
+            }
+            OptimizerConfig::Muon(ref c) => {
+                beta("momentum", c.momentum)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                if c.polar.steps == 0 || c.polar.steps > 100 {
+                    return Err(Error::InvalidArgument { op: "optimizer config", name: "polar.steps", detail: format!("muon: {} steps, need 1..=100", c.polar.steps) });
+                }
+            }
+            OptimizerConfig::ScheduleFreePlus(c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("sf_beta1", c.sf_beta1 > 0.0 && c.sf_beta1 < 1.0, c.sf_beta1, "in (0, 1)")?;
+                check("sf_beta1_max", c.sf_beta1_max > 0.0 && c.sf_beta1_max < 1.0, c.sf_beta1_max, "in (0, 1)")?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                nonneg("r", c.r)?;
+                beta("polyak_beta", c.polyak_beta)?;
+                nonneg("weight_lr_power", c.weight_lr_power)?;
+            }
+            OptimizerConfig::Adafactor(c) => {
+                let rule = |detail: &str| Err(Error::InvalidArgument { op: "optimizer config", name: "lr", detail: format!("adafactor: {detail}") });
+                match (c.lr, c.relative_step) {
+                    (Some(_), true) => return rule("a manual lr cannot be combined with relative_step"),
+                    (None, false) => return rule("without relative_step an lr is required"),
+                    _ => {}
+                }
+                if c.warmup_init && !c.relative_step {
+                    return Err(Error::InvalidArgument { op: "optimizer config", name: "warmup_init", detail: "adafactor: warmup_init needs relative_step".into() });
+                }
+                check("eps1", c.eps1 >= 0.0, c.eps1, "≥ 0")?;
+                check("eps2", c.eps2 >= 0.0, c.eps2, "≥ 0")?;
+                check("clip_threshold", c.clip_threshold > 0.0, c.clip_threshold, "> 0")?;
+                check("decay_rate", c.decay_rate < 0.0, c.decay_rate, "< 0")?;
+                if let Some(b) = c.beta1 {
+                    beta("beta1", b)?;
+                }
+                nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Ona(c) => {
+                beta("beta", c.beta)?;
+                beta("beta_h", c.beta_h)?;
+                nonneg("kappa", c.kappa)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn kernel(&self) -> KernelSpec {
+        match *self {
+            OptimizerConfig::Sgd(c) => KernelSpec {
+                define: "OPT_SGD",
+                states: if c.momentum > 0.0 { &["momentum_buffer"] } else { &[] },
+                flags: c.nesterov as u32 | (c.maximize as u32) << 1,
+                h: [c.weight_decay, c.dampening, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
+                schedule_free: None,
+            },
+            OptimizerConfig::AdamW(c) => KernelSpec {
+                define: "OPT_ADAMW",
+                states: if c.amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] },
+                flags: c.amsgrad as u32 | (c.maximize as u32) << 1,
+                h: [c.beta2, c.eps, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                schedule_free: None,
+            },
+            OptimizerConfig::Lion(c) => KernelSpec {
+                define: "OPT_LION",
+                states: &["exp_avg"],
+                flags: 0,
+                h: [c.beta2, 0.0, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                schedule_free: None,
+            },
+            OptimizerConfig::Signum(c) => KernelSpec {
+                define: "OPT_SIGNUM",
+                states: &["momentum"],
+                flags: 0,
+                h: [c.lookahead, 0.0, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: 0.0,
+                schedule_free: None,
+            },
+            OptimizerConfig::ScheduleFreeSgd(c) => KernelSpec {
+                define: "OPT_SF_SGD",
+                states: &["z"],
+                flags: 0,
+                h: [c.weight_decay, 0.0, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
+                schedule_free: Some((c.r, c.weight_lr_power)),
+            },
+            OptimizerConfig::ScheduleFreeAdamW(c) => KernelSpec {
+                define: "OPT_SF_ADAMW",
+                states: if c.inner_momentum > 0.0 { &["z", "exp_avg_sq", "inner_momentum"] } else { &["z", "exp_avg_sq"] },
+                flags: 0,
+                h: [c.beta2, c.eps, c.weight_decay, c.inner_momentum],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                schedule_free: Some((c.r, c.weight_lr_power)),
+            },
+            OptimizerConfig::Ona(c) => KernelSpec {
+                define: "OPT_ONA",
+                states: if c.adam { &["grad_prev", "diff_avg", "exp_avg", "exp_avg_sq"] } else { &["grad_prev", "diff_avg", "exp_avg"] },
+                flags: c.adam as u32,
+                h: [c.beta_h, c.kappa, c.weight_decay, c.eps],
+                beta1: c.beta,
+                beta2: c.beta2,
+                schedule_free: None,
+            },
+            OptimizerConfig::ScheduleFreePlus(c) => KernelSpec {
+                define: "OPT_SF_PLUS",
+                states: &["z", "x", "exp_avg", "exp_avg_sq"],
+                flags: 0,
+                h: [c.beta2, c.eps, c.weight_decay, 0.0],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                schedule_free: None,
+            },
+            // Muon has its own kernels around the polar factor (src/optim/builder.rs).
+            OptimizerConfig::Muon(ref c) => KernelSpec {
+                define: "OPT_MUON",
+                states: &["momentum_buffer"],
+                flags: c.nesterov as u32 | ((c.momentum_kind == MomentumKind::Sum) as u32) << 1,
+                h: [c.weight_decay, 0.0, 0.0, 0.0],
+                beta1: c.momentum,
+                beta2: 0.0,
+                schedule_free: None,
+            },
+            OptimizerConfig::NorMuon(ref c) => KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() },
+            OptimizerConfig::AdaMuon(_) => KernelSpec {
+                states: &["momentum_buffer", "exp_avg_sq"],
+                ..OptimizerConfig::Muon(self.muon_pipeline().unwrap_or_default()).kernel()
+            },
+            // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
+            OptimizerConfig::Adafactor(c) => KernelSpec {
+                define: "OPT_ADAFACTOR",
+                states: &[],
+                flags: c.relative_step as u32 | (c.scale_parameter as u32) << 1 | (c.warmup_init as u32) << 2 | (c.beta1.is_some() as u32) << 3,
+                h: [c.eps1, c.eps2, c.clip_threshold, c.decay_rate],
+                beta1: c.beta1.unwrap_or(0.0),
+                beta2: 0.0,
+                schedule_free: None,
+            },
+        }
+    }
+}
