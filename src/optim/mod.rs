@@ -8,6 +8,7 @@ mod optimizer;
 mod params;
 mod replay;
 mod schedule;
+mod stages;
 
 pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{

@@ -1,0 +1,462 @@
+//! Recording a step's stages into the plan: the device records of groups, the Muon family's pipeline around the
+//! polar factor, Schedule-Free mode plans, update diagnostics, and Adafactor's per-tensor layout.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, PlanBuilder, Tensor};
+use crate::optim::builder::ParamEntry;
+use crate::optim::optimizer::{Bucket, ChunkTable, Diagnostics, ModePlans, MuonParts, ParamSlot, StateView};
+use crate::optim::{Group, OptimizerConfig};
+
+/// Elements per chunk of a bucket (one workgroup each).
+pub(crate) const CHUNK: usize = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct GroupUniform {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    kind: u32,
+    warmup: f32,
+    total: f32,
+    decay: f32,
+    min_ratio: f32,
+    m_kind: u32,
+    m_start: f32,
+    m_warmup: f32,
+    m_cooldown: f32,
+    m_total: f32,
+    sf: u32,
+    r: f32,
+    wlp: f32,
+    sfp: u32,
+    sf_b1: f32,
+    sf_max: f32,
+    anneal: f32,
+    polyak_beta: f32,
+    c_warmup: f32,
+    eps: f32,
+    _q: f32,
+    _pad: [f32; 8],
+}
+
+/// Muon's update for one bucket: momentum (or a copy of the gradient for outside placement), one batched polar
+/// call per same-shape stack, then the scaled apply.
+pub(crate) fn record_muon(
+    plan: &mut PlanBuilder,
+    c: &crate::optim::MuonConfig,
+    family: &OptimizerConfig,
+    b: &Bucket,
+    parts: &MuonParts,
+    scalars: &Tensor,
+    wg: u32,
+) -> Result<()> {
+    let gpu = plan.gpu().clone();
+    let normuon = match family {
+        OptimizerConfig::NorMuon(n) => Some(n),
+        _ => None,
+    };
+    let adamuon = match family {
+        OptimizerConfig::AdaMuon(a) => Some(a),
+        _ => None,
+    };
+    let outside = c.momentum_placement == crate::optim::MomentumPlacement::Outside;
+    let spec = OptimizerConfig::Muon(c.clone()).kernel();
+    let mom = &b.states[0].1;
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct M {
+        chunks: u32,
+        group: u32,
+        groups_x: u32,
+        flags: u32,
+        wd: f32,
+        _p: [f32; 3],
+    }
+    let kernel = |t: &ChunkTable, phase: &str| {
+        let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
+        let on = |p: &str| ((phase == p) as u32).to_string();
+        gpu.kernel(
+            "optim/muon.wgsl",
+            "main",
+            &[
+                ("T", ty.into()),
+                ("WG", wg.to_string()),
+                ("MOMENTUM", on("momentum")),
+                ("COPY", on("copy")),
+                ("APPLY", on("apply")),
+                ("OUTSIDE", (outside as u32).to_string()),
+                ("SIGN", (adamuon.is_some() as u32).to_string()),
+            ],
+        )
+    };
+    let uniforms = |t: &ChunkTable| {
+        let (gx, _) = grid(t.chunks);
+        M { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, wd: c.weight_decay, _p: [0.0; 3] }
+    };
+    for t in &b.tables {
+        let (gx, gy) = grid(t.chunks);
+        if outside {
+            plan.dispatch(&kernel(t, "copy")?, &uniforms(t), &[&t.table, scalars, &b.grad, &parts.ns_in], [gx, gy, 1])?;
+        } else {
+            plan.dispatch(&kernel(t, "momentum")?, &uniforms(t), &[&t.table, scalars, &b.grad, mom, &parts.ns_in], [gx, gy, 1])?;
+        }
+    }
+    for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
+        let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
+        crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
+        if let Some(nm) = normuon {
+            let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[])?;
+            let paper = (nm.scaling == crate::optim::NorMuonScaling::PaperRms02) as u32;
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct N {
+                rows: u32,
+                cols: u32,
+                o_off: u32,
+                v_off: u32,
+                beta2: f32,
+                paper: u32,
+                group: u32,
+                _p: u32,
+            }
+            let u = N { rows: m as u32, cols: n as u32, o_off: offset as u32, v_off: v_off as u32, beta2: nm.beta2, paper, group: b.group as u32, _p: 0 };
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+        }
+        if let Some(am) = adamuon {
+            let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct A {
+                size: u32,
+                o_off: u32,
+                group: u32,
+                _p: u32,
+                eps: f32,
+                minmax: f32,
+                _q: [f32; 2],
+            }
+            // 0.2·sqrt(min·max) over the parameter's own dims (all four for a convolution, as the reference does).
+            let minmax = (shape.iter().min().copied().unwrap_or(1) * shape.iter().max().copied().unwrap_or(1)) as f32;
+            let u = A { size: (m * n) as u32, o_off: offset as u32, group: b.group as u32, _p: 0, eps: am.eps, minmax, _q: [0.0; 2] };
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+        }
+    }
+    for t in &b.tables {
+        let (gx, gy) = grid(t.chunks);
+        let scale = t.scale.as_ref().ok_or_else(|| Error::Device("muon chunk table without scales".into()))?;
+        let mut tensors = vec![&t.table, scalars, scale, &b.param, &parts.ns_out];
+        if outside {
+            tensors.push(mom);
+        }
+        plan.dispatch(&kernel(t, "apply")?, &uniforms(t), &tensors, [gx, gy, 1])?;
+    }
+    Ok(())
+}
+
+/// Adafactor's per-tensor state layout (factored over the last two dims when ndim ≥ 2: rows, then columns, then
+/// one mean-of-rows scratch value per leading index; else a full second moment) and its tensor-table row.
+pub(crate) fn adafactor_layout(p: &ParamEntry, momentum: bool, rows_out: &mut Vec<u32>, state: &mut usize, mom: &mut usize) -> Result<Vec<StateView>> {
+    let shape = p.param.shape();
+    let n = p.param.numel();
+    let factored = shape.len() >= 2;
+    let (lead, batch, rows, cols) = if factored {
+        let lead = &shape[..shape.len() - 2];
+        (lead.to_vec(), lead.iter().product::<usize>(), shape[shape.len() - 2], shape[shape.len() - 1])
+    } else {
+        (Vec::new(), 1, 1, n)
+    };
+    let mut views = Vec::new();
+    let s_off = *state;
+    if factored {
+        views.push(StateView { name: "exp_avg_sq_row".into(), buffer: 0, offset: s_off, shape: [lead.clone(), vec![rows]].concat() });
+        views.push(StateView { name: "exp_avg_sq_col".into(), buffer: 0, offset: s_off + batch * rows, shape: [lead, vec![cols]].concat() });
+        *state += batch * (rows + cols + 1);
+    } else {
+        views.push(StateView { name: "exp_avg_sq".into(), buffer: 0, offset: s_off, shape: shape.to_vec() });
+        *state += n;
+    }
+    if momentum {
+        views.push(StateView { name: "exp_avg".into(), buffer: 1, offset: *mom, shape: shape.to_vec() });
+    }
+    let fields = [p.param.offset(), p.grad.offset(), batch, rows, cols, s_off, *mom, factored as usize];
+    if fields.iter().any(|&v| u32::try_from(v).is_err()) || u32::try_from(*state).is_err() {
+        return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+    }
+    rows_out.extend(fields.iter().map(|&v| v as u32));
+    *mom += n;
+    Ok(views)
+}
+
+pub(crate) fn grid(chunks: usize) -> (u32, u32) {
+    let gx = (chunks as u32).clamp(1, 65535);
+    (gx, (chunks as u32).div_ceil(gx).max(1))
+}
+
+pub(crate) fn encode_group(g: &Group) -> GroupUniform {
+    let spec = g.optimizer.kernel();
+    let (kind, warmup, total, decay, min_ratio) = g.schedule.encode();
+    let m = g.momentum;
+    let plus = plus_fields(&g.optimizer);
+    GroupUniform {
+        lr: g.optimizer.lr(),
+        beta1: spec.beta1,
+        beta2: spec.beta2,
+        kind,
+        warmup,
+        total,
+        decay,
+        min_ratio,
+        m_kind: m.is_some() as u32,
+        m_start: m.map_or(0.0, |m| m.start),
+        m_warmup: m.map_or(0.0, |m| m.warmup as f32),
+        m_cooldown: m.map_or(0.0, |m| m.cooldown as f32),
+        m_total: m.map_or(0.0, |m| m.total as f32),
+        sf: spec.schedule_free.is_some() as u32,
+        r: spec.schedule_free.map_or(plus.r, |s| s.0),
+        wlp: spec.schedule_free.map_or(plus.wlp, |s| s.1),
+        ..plus
+    }
+}
+
+/// The ScheduleFree+ part of a group's device record (zeros for other optimizers; `r`/`wlp` shared with
+/// Schedule-Free).
+fn plus_fields(o: &OptimizerConfig) -> GroupUniform {
+    let zero = GroupUniform::zeroed();
+    match *o {
+        OptimizerConfig::ScheduleFreePlus(c) => GroupUniform {
+            sfp: 1,
+            r: c.r,
+            wlp: c.weight_lr_power,
+            sf_b1: c.sf_beta1,
+            sf_max: c.sf_beta1_max,
+            anneal: c.sf_beta1_anneal_steps as f32,
+            polyak_beta: c.polyak_beta,
+            c_warmup: c.c_warmup as f32,
+            eps: c.eps,
+            ..zero
+        },
+        _ => zero,
+    }
+}
+
+/// Copies of the diagnosed matrices before the update stage, and the plan that turns them into the Gram
+/// eigenvalues of each update (Δ = before − after, Gram on the small side, Jacobi).
+pub(crate) fn diagnostics(gpu: &Gpu, params: &[ParamEntry], names: &[String], plan: &mut PlanBuilder) -> Result<Option<Diagnostics>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut after = PlanBuilder::new(gpu);
+    let mut entries = Vec::new();
+    for name in names {
+        let p = params.iter().find(|p| &p.name == name).ok_or_else(|| Error::InvalidArgument {
+            op: "OptimizerBuilder::diagnose",
+            name: "names",
+            detail: format!("no parameter `{name}`"),
+        })?;
+        let &[m, n] = p.param.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "OptimizerBuilder::diagnose",
+                name: "names",
+                detail: format!("`{name}` {:?} is not a matrix", p.param.shape()),
+            });
+        };
+        let before = Tensor::zeros(gpu, &[m, n])?;
+        crate::linalg::copy(plan, &p.param, &before)?;
+        let k = m.min(n);
+        let delta = after.scratch(&[m, n])?;
+        crate::linalg::Axpby { x: Some(&before), y: Some(&p.param), b: -1.0, ..crate::linalg::Axpby::new(&delta) }.record(&mut after)?;
+        let gram = after.scratch(&[1, k, k])?;
+        let side = if m > n { crate::linalg::GramSide::Cols } else { crate::linalg::GramSide::Rows };
+        crate::linalg::gram(&mut after, &delta, side, &gram, 1.0, None, 0.0, Default::default())?;
+        let (vals, vecs) = (Tensor::zeros(gpu, &[1, k])?, after.scratch(&[1, k, k])?);
+        crate::linalg::eigh(&mut after, &gram, &vals, &vecs, None, &crate::linalg::EighConfig::default())?;
+        entries.push((name.clone(), vals));
+    }
+    Ok(Some(Diagnostics { plan: after.build()?, entries }))
+}
+
+/// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into
+/// per-bucket buffers; `None` when no group is Schedule-Free.
+pub(crate) fn schedule_free_plans(gpu: &Gpu, groups: &[Group], buckets: &[Bucket], wg: u32) -> Result<Option<ModePlans>> {
+    let sf: Vec<&Bucket> = buckets.iter().filter(|b| groups[b.group].optimizer.is_schedule_free()).collect();
+    if sf.is_empty() {
+        return Ok(None);
+    }
+    let mut outs = Vec::new();
+    let mut plans = Vec::new();
+    for (which, to_out) in [(0, false), (1, false), (2, true)] {
+        let mut plan = PlanBuilder::new(gpu);
+        for b in &sf {
+            let beta = groups[b.group].optimizer.kernel().beta1;
+            let w = if which == 1 { 1.0 - beta } else { 1.0 - 1.0 / beta };
+            let z = &b.states[0].1;
+            let out = if to_out { Some(Tensor::zeros(gpu, z.shape())?) } else { None };
+            for t in &b.tables {
+                let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
+                let defines = [("T", ty.to_string()), ("WG", wg.to_string()), ("TO_OUT", (to_out as u32).to_string())];
+                let kernel = gpu.kernel("optim/sf_mode.wgsl", "main", &defines)?;
+                let (gx, gy) = grid(t.chunks);
+                #[repr(C)]
+                #[derive(Clone, Copy, Pod, Zeroable)]
+                struct M {
+                    chunks: u32,
+                    groups_x: u32,
+                    w: f32,
+                    _p: u32,
+                }
+                let u = M { chunks: t.chunks as u32, groups_x: gx, w, _p: 0 };
+                let mut tensors = vec![&t.table, z, &b.param];
+                if let Some(o) = &out {
+                    tensors.push(o);
+                }
+                plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
+            }
+            if let Some(o) = out {
+                outs.push((buckets.iter().position(|x| std::ptr::eq(x, *b)).unwrap_or(0), o));
+            }
+        }
+        plans.push(plan.build()?);
+    }
+    let eval_point = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+    let to_train = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+    let to_eval = plans.pop().ok_or_else(|| Error::Device("missing plan".into()))?;
+    Ok(Some(ModePlans { to_eval, to_train, eval_point, outs }))
+}
+
+/// Lay out one bucket: its parameters' chunk tables (vec4 bodies, scalar tails), state buffers and views, and
+/// what its optimizer needs besides (Muon stacks and per-chunk scales, Adafactor's tensor table). Pushes each
+/// parameter's slot (with its index in the builder) and advances the running chunk count.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layout_bucket(
+    gpu: &Gpu,
+    params: &[ParamEntry],
+    groups: &[Group],
+    (b, group): (usize, usize),
+    idx: &[usize],
+    total_chunks: &mut usize,
+    slots: &mut Vec<(usize, ParamSlot)>,
+) -> Result<Bucket> {
+    let spec = groups[group].optimizer.kernel();
+    let muon = groups[group].optimizer.muon_pipeline();
+    let normuon = matches!(groups[group].optimizer, OptimizerConfig::NorMuon(_));
+    let mut row_off = 0usize;
+    // Muon: same-shape matrices next to each other so each shape is one batched polar call.
+    let mut idx = idx.to_vec();
+    if muon.is_some() {
+        // NorMuon's official 4-D statistics differ (§3.1 quirks): it takes 2-D matrices only for now.
+        let takes = |shape: &[usize]| if normuon { shape.len() == 2 } else { crate::optim::config::muon_matrices(shape).is_some() };
+        if let Some(&i) = idx.iter().find(|&&i| !takes(params[i].param.shape())) {
+            let p = &params[i];
+            let what = if normuon { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
+            return Err(Error::InvalidArgument {
+                op: "OptimizerBuilder::build",
+                name: "rules",
+                detail: format!("{} takes {what}; route `{}` {:?} to another optimizer", groups[group].optimizer.name(), p.name, p.param.shape()),
+            });
+        }
+        idx.sort_by_key(|&i| crate::optim::config::muon_matrices(params[i].param.shape()).map(|(_, m, n)| (m, n)));
+    }
+    let mut stacks: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+    let mut stack_shapes: Vec<Vec<usize>> = Vec::new();
+    let (mut vec_scale, mut scalar_scale): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+    // State ranges start at multiples of 4 so aligned tensors can take the vec4 path.
+    let mut state_off = 0usize;
+    let mut vec_rows: Vec<u32> = Vec::new();
+    let mut scalar_rows: Vec<u32> = Vec::new();
+    let adafactor = match groups[group].optimizer {
+        OptimizerConfig::Adafactor(c) => Some(c),
+        _ => None,
+    };
+    let (mut af_rows, mut af_state, mut af_mom): (Vec<u32>, usize, usize) = (Vec::new(), 0, 0);
+    for &i in &idx {
+        let p = &params[i];
+        let n = p.param.numel();
+        if let Some(c) = &muon {
+            let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
+            let s = c.adjust_lr.scale_for(p.param.shape());
+            let body = if p.param.offset() % 4 == 0 && p.grad.offset() % 4 == 0 { n / 4 * 4 } else { 0 };
+            vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
+            scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
+            // Stack with the previous matrix when the shape matches and the layout is contiguous.
+            let per = m * k;
+            let same_shape = stack_shapes.last().is_some_and(|s| s.as_slice() == p.param.shape());
+            match stacks.last_mut() {
+                Some(last) if same_shape && per % 4 == 0 && last.0 + last.1 * per == state_off => last.1 += count,
+                _ => {
+                    stacks.push((state_off, count, m, k, row_off));
+                    stack_shapes.push(p.param.shape().to_vec());
+                }
+            }
+        }
+        let fits = |v: usize| u32::try_from(v).is_ok();
+        if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(state_off + n) {
+            return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+        }
+        let (po, go) = (p.param.offset(), p.grad.offset());
+        let aligned = po % 4 == 0 && go % 4 == 0;
+        let body = if aligned { n / 4 * 4 } else { 0 };
+        for c in (0..body).step_by(CHUNK) {
+            let len = CHUNK.min(body - c);
+            vec_rows.extend([((po + c) / 4) as u32, ((go + c) / 4) as u32, ((state_off + c) / 4) as u32, (len / 4) as u32]);
+        }
+        for c in (body..n).step_by(CHUNK) {
+            let len = CHUNK.min(n - c);
+            scalar_rows.extend([(po + c) as u32, (go + c) as u32, (state_off + c) as u32, len as u32]);
+        }
+        let mut states = match adafactor {
+            Some(c) => adafactor_layout(p, c.beta1.is_some(), &mut af_rows, &mut af_state, &mut af_mom)?,
+            None => spec
+                .states
+                .iter()
+                .enumerate()
+                .map(|(k, name)| StateView { name: name.to_string(), buffer: k, offset: state_off, shape: p.param.shape().to_vec() })
+                .collect(),
+        };
+        if normuon {
+            // One second-moment value per row (output neuron), shaped like the official p[..., 0:1].
+            let m = p.param.shape()[0];
+            states.push(StateView { name: "second_momentum_buffer".into(), buffer: 1, offset: row_off, shape: vec![m, 1] });
+            row_off += m;
+        }
+        slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off, states }));
+        state_off += n.div_ceil(4) * 4;
+    }
+    let mut tables = Vec::new();
+    for (vec4, rows, scales) in [(true, vec_rows, vec_scale), (false, scalar_rows, scalar_scale)] {
+        if rows.is_empty() {
+            continue;
+        }
+        let t = Tensor::zeros(gpu, &[rows.len()])?;
+        t.write(bytemuck::cast_slice(&rows))?;
+        let scale = if muon.is_some() { Some(Tensor::from_slice(gpu, &[scales.len()], &scales)?) } else { None };
+        tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: *total_chunks, table: t, scale });
+        *total_chunks += rows.len() / 4;
+    }
+    let muon_parts = match muon {
+        Some(_) => Some(MuonParts { ns_in: Tensor::zeros(gpu, &[state_off])?, ns_out: Tensor::zeros(gpu, &[state_off])?, stacks, stack_shapes }),
+        None => None,
+    };
+    let (states, tensor_table) = match adafactor {
+        Some(c) => {
+            let mut st = vec![("second_moment".to_string(), Tensor::zeros(gpu, &[af_state.max(1)])?)];
+            if c.beta1.is_some() {
+                st.push(("exp_avg".to_string(), Tensor::zeros(gpu, &[af_mom.max(1)])?));
+            }
+            let t = Tensor::zeros(gpu, &[af_rows.len()])?;
+            t.write(bytemuck::cast_slice(&af_rows))?;
+            (st, Some((t, af_rows.len() / 8)))
+        }
+        None => {
+            let mut st: Vec<(String, Tensor)> =
+                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
+            if normuon {
+                st.push(("second_momentum_buffer".to_string(), Tensor::zeros(gpu, &[row_off.max(1)])?));
+            }
+            (st, None)
+        }
+    };
+    Ok(Bucket { group, tables, tensor_table, muon: muon_parts, grad: params[idx[0]].grad.clone(), param: params[idx[0]].param.clone(), states })
+}
