@@ -100,6 +100,9 @@ pub enum NonFinitePolicy {
     Fail,
 }
 
+/// A bucket's identity: group index, parameter buffer, gradient buffer.
+type BucketKey = (usize, wgpu::Buffer, wgpu::Buffer);
+
 pub(crate) struct ParamEntry {
     pub name: String,
     pub param: Tensor,
@@ -284,8 +287,8 @@ impl OptimizerBuilder {
     }
 
     /// Buckets: parameters of the same group in the same parameter and gradient buffers.
-    fn buckets(&self, group_of: &[usize]) -> (Vec<(usize, wgpu::Buffer, wgpu::Buffer)>, Vec<Vec<usize>>) {
-        let mut keys: Vec<(usize, wgpu::Buffer, wgpu::Buffer)> = Vec::new();
+    fn buckets(&self, group_of: &[usize]) -> (Vec<BucketKey>, Vec<Vec<usize>>) {
+        let mut keys: Vec<BucketKey> = Vec::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
             let key = (group_of[i], p.param.buffer().clone(), p.grad.buffer().clone());

@@ -377,7 +377,7 @@ pub(crate) fn layout_bucket(
         if let Some(c) = &muon {
             let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
             let s = c.adjust_lr.scale_for(p.param.shape());
-            let body = if p.param.offset() % 4 == 0 && p.grad.offset() % 4 == 0 { n / 4 * 4 } else { 0 };
+            let body = if p.param.offset().is_multiple_of(4) && p.grad.offset().is_multiple_of(4) { n / 4 * 4 } else { 0 };
             vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
             scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
             // Stack with the previous matrix when the shape matches and the layout is contiguous.
