@@ -1,7 +1,8 @@
 // AdaMuon's second-moment normalization of the polar factor (official code, docs/optimizers.md §3.2), one
 // workgroup per matrix: V ← μV + (1−μ)O², Ô = O/(sqrt(V) + eps), Ô ← Ô·0.2·sqrt(min·max of the parameter's
-// dims)/(‖Ô‖_F + eps). Rewrites the polar output in place. Skipped with the step on a non-finite gradient.
-struct U { size: u32, o_off: u32, group: u32, _p: u32, eps: f32, minmax: f32, _a: f32, _b: f32 }
+// dims)/(‖Ô‖_F + eps); or the simplified form of §3.3. Rewrites the polar output in place. Skipped with the step
+// on a non-finite gradient.
+struct U { size: u32, o_off: u32, group: u32, simplified: u32, eps: f32, minmax: f32, beta2: f32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
 @group(0) @binding(2) var<storage, read_write> o: array<f32>;
@@ -14,6 +15,19 @@ var<workgroup> red: array<f32, WG>;
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     if (scalars[0] == 0.0) { return; }
     let mu = scalars[8u + 16u * u.group + 1u];
+    if (u.simplified == 1u) {
+        // O·scale (Keller), V ← β2 V + (1−β2) O², u = O / (sqrt(V / (1 − β2^t)) + eps); no rescale (§3.3).
+        let t = scalars[8u + 16u * u.group + 4u];
+        let bc2 = 1.0 - pow(u.beta2, t);
+        for (var i = li; i < u.size; i += WG) {
+            let idx = u.o_off + wg.x * u.size + i;
+            let x = o[idx] * u.scale;
+            let vv = u.beta2 * v[idx] + (1.0 - u.beta2) * x * x;
+            v[idx] = vv;
+            o[idx] = x / (sqrt(vv / bc2) + u.eps);
+        }
+        return;
+    }
     let base = u.o_off + wg.x * u.size;
     var ss = 0.0;
     for (var i = li; i < u.size; i += WG) {

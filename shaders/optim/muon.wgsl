@@ -47,7 +47,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#if SIGN
         ns[si] = sign(nsu);   // AdaMuon orthogonalizes the sign matrix
 //#else
+//#if BIASCORR
+        ns[si] = nsu / scalars[o + 2u];   // simplified AdaMuon: M / (1 − β^t)
+//#else
         ns[si] = nsu;
+//#endif
 //#endif
 //#endif
 //#if COPY

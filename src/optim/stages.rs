@@ -88,7 +88,8 @@ pub(crate) fn record_muon(
                 ("COPY", on("copy")),
                 ("APPLY", on("apply")),
                 ("OUTSIDE", (outside as u32).to_string()),
-                ("SIGN", (adamuon.is_some() as u32).to_string()),
+                ("SIGN", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Official).to_string()),
+                ("BIASCORR", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Simplified).to_string()),
             ],
         )
     };
@@ -133,14 +134,25 @@ pub(crate) fn record_muon(
                 size: u32,
                 o_off: u32,
                 group: u32,
-                _p: u32,
+                simplified: u32,
                 eps: f32,
                 minmax: f32,
-                _q: [f32; 2],
+                beta2: f32,
+                scale: f32,
             }
             // 0.2·sqrt(min·max) over the parameter's own dims (all four for a convolution, as the reference does).
             let minmax = (shape.iter().min().copied().unwrap_or(1) * shape.iter().max().copied().unwrap_or(1)) as f32;
-            let u = A { size: (m * n) as u32, o_off: offset as u32, group: b.group as u32, _p: 0, eps: am.eps, minmax, _q: [0.0; 2] };
+            let simplified = am.variant == crate::optim::AdaMuonVariant::Simplified;
+            let u = A {
+                size: (m * n) as u32,
+                o_off: offset as u32,
+                group: b.group as u32,
+                simplified: simplified as u32,
+                eps: am.eps,
+                minmax,
+                beta2: am.beta2,
+                scale: crate::optim::AdjustLr::Keller.scale_for(shape),
+            };
             plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
         }
     }

@@ -182,6 +182,13 @@ fn every_config() -> Vec<OptimizerConfig> {
         }),
         OptimizerConfig::AdaMuon(AdaMuonConfig::default()),
         OptimizerConfig::AdaMuon(AdaMuonConfig { nesterov: false, weight_decay: 0.0, lr: 0.01, ..Default::default() }),
+        OptimizerConfig::AdaMuon(AdaMuonConfig {
+            variant: AdaMuonVariant::Simplified,
+            momentum: 0.9,
+            lr: 3e-3,
+            polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
+            ..Default::default()
+        }),
         OptimizerConfig::NorMuon(NorMuonConfig::default()),
         OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, weight_decay: 0.1, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig {

@@ -93,6 +93,23 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
+            OptimizerConfig::AdaMuon(c) if c.variant == AdaMuonVariant::Simplified => {
+                let (m, n) = (x.shape[0], x.shape[1..].iter().product::<usize>());
+                let bc1 = 1.0 - b1.powi(t);
+                for i in 0..x.p.len() {
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
+                }
+                let u: Vec<f64> = x.s[0].iter().map(|v| v / bc1).collect();
+                let scale = AdjustLr::Keller.scale_for(&x.shape) as f64;
+                let o: Vec<f64> = newton_schulz(&u, m, n, &c.polar).iter().map(|v| v * scale).collect();
+                let b2 = c.beta2 as f64;
+                let bc2 = 1.0 - b2.powi(t);
+                for i in 0..x.p.len() {
+                    x.s[1][i] = b2 * x.s[1][i] + (1.0 - b2) * o[i] * o[i];
+                    let step = o[i] / ((x.s[1][i] / bc2).sqrt() + c.eps as f64);
+                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * step;
+                }
+            }
             OptimizerConfig::AdaMuon(c) => {
                 let (m, n) = (x.shape[0], x.shape[1..].iter().product::<usize>());
                 for i in 0..x.p.len() {

@@ -111,7 +111,8 @@ impl OptimizerConfig {
             OptimizerConfig::AdaMuon(c) => Some(MuonConfig {
                 lr: c.lr,
                 momentum: c.momentum,
-                nesterov: c.nesterov,
+                // The simplified form bias-corrects instead (no Nesterov).
+                nesterov: c.nesterov && c.variant == AdaMuonVariant::Official,
                 weight_decay: c.weight_decay,
                 adjust_lr: AdjustLr::None,
                 polar: c.polar.clone(),
@@ -219,6 +220,7 @@ impl OptimizerConfig {
             }
             OptimizerConfig::AdaMuon(ref c) => {
                 check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                beta("beta2", c.beta2)?;
                 if let Some(m) = self.muon_pipeline() {
                     OptimizerConfig::Muon(m).validate()?;
                 }

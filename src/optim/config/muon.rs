@@ -187,9 +187,22 @@ impl NorMuonConfig {
     }
 }
 
+/// Which AdaMuon (decisions §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaMuonVariant {
+    /// Official GPT-2 code (§3.2).
+    #[default]
+    Official,
+    /// kvfrans/matrix-whitening's simplified form (§3.3): no sign, bias-corrected momentum, Keller scale on the
+    /// polar factor, `V ← β2 V + (1−β2) O²` bias-corrected, `u = O/(sqrt(V̂)+eps)`, no RMS rescale. That repo's
+    /// defaults also use You coefficients with optax normalization and β = 0.9: set `polar` and `momentum`.
+    Simplified,
+}
+
 /// AdaMuon, official GPT-2 code (Chongjie-Si/AdaMuon, §3.2): Muon (EMA momentum, Nesterov) on sign(U), then an
 /// elementwise second moment of the polar factor with the momentum's β, `Ô = O/(sqrt(V)+eps)` rescaled to RMS 0.2
-/// (`0.2·sqrt(min·max of the parameter's dims)/‖Ô‖_F`). The `simplified` variant of §3.3 is not implemented yet.
+/// (`0.2·sqrt(min·max of the parameter's dims)/‖Ô‖_F`); or the `simplified` variant (§3.3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdaMuonConfig {
@@ -203,13 +216,26 @@ pub struct AdaMuonConfig {
     pub weight_decay: f32,
     /// ε of the normalization and the rescale.
     pub eps: f32,
+    /// Official or simplified.
+    pub variant: AdaMuonVariant,
+    /// β2 of the simplified variant's second moment (the official code uses the momentum's β).
+    pub beta2: f32,
     /// The polar factor.
     pub polar: crate::linalg::PolarConfig,
 }
 
 impl Default for AdaMuonConfig {
     fn default() -> Self {
-        AdaMuonConfig { lr: 0.02, momentum: 0.95, nesterov: true, weight_decay: 0.01, eps: 1e-8, polar: crate::linalg::PolarConfig::default() }
+        AdaMuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            nesterov: true,
+            weight_decay: 0.01,
+            eps: 1e-8,
+            variant: AdaMuonVariant::Official,
+            beta2: 0.95,
+            polar: crate::linalg::PolarConfig::default(),
+        }
     }
 }
 
