@@ -4,7 +4,8 @@
 // MOMENTUM (inside placement): M ← βM + (1−β)g (EMA) or βM + g (sum); U = Nesterov ? (1−β)g + βM / g + βM : M.
 // COPY (outside placement): the (clipped) gradient itself is orthogonalized.
 // APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon").
-struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, _a: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum
+// APPLY_SF: SF-NorMuon's Schedule-Free update of z and x (the parameters hold y).
+struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> table: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> scalars: array<f32>;
@@ -25,7 +26,12 @@ struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, _a: f32,
 @group(0) @binding(6) var<storage, read_write> mom: array<{{T}}>;
 //#endif
 //#endif
-
+//#if APPLY_SF
+@group(0) @binding(3) var<storage, read_write> param: array<{{T}}>;
+@group(0) @binding(4) var<storage, read> polar: array<{{T}}>;
+@group(0) @binding(5) var<storage, read_write> zs: array<{{T}}>;
+@group(0) @binding(6) var<storage, read_write> xs: array<{{T}}>;
+//#endif
 
 @compute @workgroup_size({{WG}}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -56,6 +62,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#endif
 //#if COPY
         ns[si] = scalars[1] * grad[ch.y + i];
+//#endif
+//#if APPLY_SF
+        // SF-NorMuon (§8.6): z ← z − η λ z − η Ô; x ← (1−c) x + c z; y = (1−β1) z + β1 x. First step: z = x = p.
+        var z = zs[si];
+        var x = xs[si];
+        if (scalars[o + 4u] == 1.0) { z = param[ch.x + i]; x = z; }
+        z = z - lr * u.wd * z - lr * polar[si];
+        x = mix(x, z, scalars[o + 6u]);
+        zs[si] = z;
+        xs[si] = x;
+        param[ch.x + i] = mix(z, x, u.sf_beta);
 //#endif
 //#if APPLY
         var upd = polar[si];

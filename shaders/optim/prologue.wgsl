@@ -143,10 +143,11 @@ fn main() {
             }
             if (apply) { gstate[g] = st; }
         }
-        if (gr.sf == 1u) {
+        if (gr.sf >= 1u) {
             var st = gstate[g];
             if (apply) {
-                st.x = max(lr, st.x);
+                // sf 1: lr_max (facebookresearch); sf 2: the current lr (SF-NorMuon).
+                st.x = select(max(lr, st.x), lr, gr.sf == 2u);
                 st.y += pow(k + 1.0, gr.r) * pow(st.x, gr.wlp);
                 gstate[g] = st;
             }

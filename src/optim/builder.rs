@@ -88,6 +88,34 @@ impl Group {
     }
 }
 
+/// The FusionOpt composite's parts (see [`OptimizerBuilder::fusion_opt`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusionOptConfig {
+    /// The spectral group's optimizer.
+    pub spectral: crate::optim::SfNorMuonConfig,
+    /// The scalar group's optimizer.
+    pub scalar: crate::optim::ScheduleFreeAdamWConfig,
+    /// The step-size rule both groups share.
+    pub step_size: StepSizeRule,
+    /// Learning-rate schedule of both groups (e.g. `Schedule::Warmup`).
+    pub schedule: Schedule,
+    /// Name globs of 2-D parameters that stay in the scalar group (embeddings, output heads).
+    pub exclude: Vec<String>,
+}
+
+impl Default for FusionOptConfig {
+    fn default() -> Self {
+        FusionOptConfig {
+            spectral: Default::default(),
+            scalar: Default::default(),
+            step_size: StepSizeRule::default(),
+            schedule: Schedule::Constant,
+            exclude: vec!["*emb*".into(), "*head*".into()],
+        }
+    }
+}
+
 /// What a step does when a gradient holds NaN or Inf: it is always skipped on the device (parameters and state
 /// untouched) and counted; `Fail` additionally makes [`Optimizer::report`] return an error.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +226,15 @@ impl OptimizerBuilder {
     pub fn loss(&mut self, loss: &Tensor) -> &mut Self {
         self.loss = Some(loss.clone());
         self
+    }
+
+    /// The FusionOpt composite (seed 003, decisions §10–11): hidden 2-D matrices (names matching none of
+    /// `cfg.exclude`) → SF-NorMuon, everything else → Schedule-Free AdamW, both scaled by one shared
+    /// `polyak_clamp` step size fed by `loss`. Adds two routing rules after any already given.
+    pub fn fusion_opt(&mut self, cfg: &FusionOptConfig, loss: &Tensor) -> &mut Self {
+        self.rule(Matcher::MatricesExcept(cfg.exclude.clone()), Group::new(OptimizerConfig::SfNorMuon(cfg.spectral.clone())).schedule(cfg.schedule));
+        self.rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreeAdamW(cfg.scalar)).schedule(cfg.schedule));
+        self.step_size(cfg.step_size, loss)
     }
 
     /// Keep each step's update of these matrices for [`Optimizer::update_condition_numbers`] (the FISMO paper's

@@ -10,9 +10,9 @@ mod replay;
 mod schedule;
 mod stages;
 
-pub use builder::{Group, Matcher, NonFinitePolicy, OptimizerBuilder};
+pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SgdConfig, SignumConfig,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, SignumConfig,
     StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, Tensor};
-use crate::optim::{Group, NonFinitePolicy, OptimizerConfig, StepSizeRule};
+use crate::optim::{Group, NonFinitePolicy, StepSizeRule};
 
 /// A bucket's chunks of (param offset, grad offset, state offset, length), in vec4 units when `vec4`.
 pub(crate) struct ChunkTable {
@@ -204,7 +204,7 @@ impl Optimizer {
     }
 
     fn check_modes(&self, op: &'static str) -> Result<()> {
-        if let Some(g) = self.groups.iter().find(|g| matches!(g.optimizer, OptimizerConfig::ScheduleFreePlus(_))) {
+        if let Some(g) = self.groups.iter().find(|g| g.optimizer.keeps_x()) {
             return Err(Error::InvalidArgument {
                 op,
                 name: "mode",
@@ -238,8 +238,8 @@ impl Optimizer {
     }
 
     /// The evaluation point of every parameter without switching modes: Schedule-Free x for Schedule-Free
-    /// groups (computed from y and z in training mode), the `x` state for ScheduleFree+, the parameter itself
-    /// otherwise. Async readback.
+    /// groups (computed from y and z in training mode), the `x` state for ScheduleFree+ and SF-NorMuon, the
+    /// parameter itself otherwise. Async readback.
     pub async fn eval_params(&self) -> Result<Vec<(String, Vec<f32>)>> {
         let sf_outs = match (&self.modes, self.is_eval()) {
             (Some(m), false) => {
@@ -251,7 +251,7 @@ impl Optimizer {
         let mut out = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             let point = sf_outs.and_then(|o| o.iter().find(|(b, _)| *b == s.bucket));
-            let plus = matches!(self.groups[s.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
+            let plus = self.groups[s.group].optimizer.keeps_x();
             let v = match point {
                 Some((_, t)) => Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())?.read().await?,
                 None if plus => self.state(&s.name, "x")?.read().await?,

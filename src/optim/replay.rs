@@ -68,7 +68,7 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
             let v = store.param(&s.name)?.read().await?;
             out.push((format!("param/{t:04}/{}", s.name), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
         }
-        if config.is_schedule_free() || config.takes_loss() {
+        if config.is_schedule_free() || config.keeps_x() {
             for ((name, v), s) in opt.eval_params().await?.into_iter().zip(&specs) {
                 out.push((format!("param_eval/{t:04}/{name}"), s.shape.clone(), bytemuck::cast_slice(&v).to_vec()));
             }

@@ -54,9 +54,13 @@ pub(crate) fn record_muon(
     wg: u32,
 ) -> Result<()> {
     let gpu = plan.gpu().clone();
-    let normuon = match family {
-        OptimizerConfig::NorMuon(n) => Some(n),
+    let normuon = family.normuon();
+    let sf = match family {
+        OptimizerConfig::SfNorMuon(s) => Some(s),
         _ => None,
+    };
+    let state = |name: &str| {
+        b.states.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| Error::Device(format!("muon bucket without `{name}`")))
     };
     let adamuon = match family {
         OptimizerConfig::AdaMuon(a) => Some(a),
@@ -87,6 +91,7 @@ pub(crate) fn record_muon(
                 ("MOMENTUM", on("momentum")),
                 ("COPY", on("copy")),
                 ("APPLY", on("apply")),
+                ("APPLY_SF", on("apply_sf")),
                 ("OUTSIDE", (outside as u32).to_string()),
                 ("SIGN", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Official).to_string()),
                 ("BIASCORR", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Simplified).to_string()),
@@ -108,7 +113,7 @@ pub(crate) fn record_muon(
     for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
         let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
         crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
-        if let Some(nm) = normuon {
+        if let Some(nm) = &normuon {
             let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[])?;
             let paper = (nm.scaling == crate::optim::NorMuonScaling::PaperRms02) as u32;
             #[repr(C)]
@@ -124,7 +129,7 @@ pub(crate) fn record_muon(
                 _p: u32,
             }
             let u = N { rows: m as u32, cols: n as u32, o_off: offset as u32, v_off: v_off as u32, beta2: nm.beta2, paper, group: b.group as u32, _p: 0 };
-            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, state("second_momentum_buffer")?], [count as u32, 1, 1])?;
         }
         if let Some(am) = adamuon {
             let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
@@ -155,6 +160,15 @@ pub(crate) fn record_muon(
             };
             plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
         }
+    }
+    if let Some(sfc) = sf {
+        // Schedule-Free apply on z and x; the parameters get y = (1−β1) z + β1 x.
+        for t in &b.tables {
+            let (gx, gy) = grid(t.chunks);
+            let u = M { wd: sfc.weight_decay, _p: [sfc.beta1, 0.0, 0.0], ..uniforms(t) };
+            plan.dispatch(&kernel(t, "apply_sf")?, &u, &[&t.table, scalars, &b.param, &parts.ns_out, state("z")?, state("x")?], [gx, gy, 1])?;
+        }
+        return Ok(());
     }
     for t in &b.tables {
         let (gx, gy) = grid(t.chunks);
@@ -226,7 +240,8 @@ pub(crate) fn encode_group(g: &Group) -> GroupUniform {
         m_warmup: m.map_or(0.0, |m| m.warmup as f32),
         m_cooldown: m.map_or(0.0, |m| m.cooldown as f32),
         m_total: m.map_or(0.0, |m| m.total as f32),
-        sf: spec.schedule_free.is_some() as u32,
+        // 1: Schedule-Free weights from lr_max (facebookresearch); 2: from the current lr (SF-NorMuon, §8.6).
+        sf: if matches!(g.optimizer, OptimizerConfig::SfNorMuon(_)) { 2 } else { spec.schedule_free.is_some() as u32 },
         r: spec.schedule_free.map_or(plus.r, |s| s.0),
         wlp: spec.schedule_free.map_or(plus.wlp, |s| s.1),
         ..plus
@@ -353,7 +368,7 @@ pub(crate) fn layout_bucket(
 ) -> Result<Bucket> {
     let spec = groups[group].optimizer.kernel();
     let muon = groups[group].optimizer.muon_pipeline();
-    let normuon = matches!(groups[group].optimizer, OptimizerConfig::NorMuon(_));
+    let normuon = groups[group].optimizer.normuon().is_some();
     let mut row_off = 0usize;
     // Muon: same-shape matrices next to each other so each shape is one batched polar call.
     let mut idx = idx.to_vec();
@@ -430,7 +445,7 @@ pub(crate) fn layout_bucket(
         if normuon {
             // One second-moment value per row (output neuron), shaped like the official p[..., 0:1].
             let m = p.param.shape()[0];
-            states.push(StateView { name: "second_momentum_buffer".into(), buffer: 1, offset: row_off, shape: vec![m, 1] });
+            states.push(StateView { name: "second_momentum_buffer".into(), buffer: spec.states.len(), offset: row_off, shape: vec![m, 1] });
             row_off += m;
         }
         slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off, states }));

@@ -189,6 +189,8 @@ fn every_config() -> Vec<OptimizerConfig> {
             polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
             ..Default::default()
         }),
+        OptimizerConfig::SfNorMuon(SfNorMuonConfig::default()),
+        OptimizerConfig::SfNorMuon(SfNorMuonConfig { weight_decay: 0.1, beta1: 0.8, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig::default()),
         OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, weight_decay: 0.1, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig {
@@ -230,7 +232,7 @@ fn every_optimizer_matches_its_reference() {
         }
         let group = if no_momentum { group } else { group.momentum(momentum) };
         // Muon takes matrices only: the rest goes to AdamW.
-        let one = if matches!(cfg, OptimizerConfig::Muon(_) | OptimizerConfig::NorMuon(_) | OptimizerConfig::AdaMuon(_)) {
+        let one = if cfg.name().contains("muon") {
             vec![(matrices(), group), (Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))]
         } else {
             vec![(Matcher::All, group)]
@@ -553,4 +555,47 @@ fn update_condition_numbers_match_the_cpu() {
     let mut b = OptimizerBuilder::new(&gpu);
     b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default()))).diagnose(&["v"]);
     assert!(b.build().is_err(), "a vector has no condition number");
+}
+
+#[test]
+fn fusion_opt_composite_shares_one_polyak_step() {
+    let gpu = gpu();
+    let store = ParamStore::new(&gpu, SPECS).unwrap();
+    for (i, (name, shape)) in SPECS.iter().enumerate() {
+        store.param(name).unwrap().write(&noise(100 + i as u64, shape.iter().product())).unwrap();
+    }
+    let loss = Tensor::zeros(&gpu, &[1]).unwrap();
+    let cfg = FusionOptConfig { schedule: Schedule::Warmup { warmup: 4 }, ..Default::default() };
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().fusion_opt(&cfg, &loss);
+    let opt = b.build().unwrap();
+    assert_eq!(opt.groups().len(), 2);
+    assert_eq!(opt.groups()[opt.group_of("h.weight").unwrap()].optimizer.name(), "sf_normuon");
+    assert_eq!(opt.groups()[opt.group_of("emb").unwrap()].optimizer.name(), "adamw_schedulefree");
+    let run = Run { store, opt };
+    let mut groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+    let init = read_params(&run);
+    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
+    let StepSizeRule::PolyakClamp { beta, min, max } = cfg.step_size;
+    let mut pr = RefPolyak { beta: beta as f64, min: min as f64, max: max as f64, loss_ema: 0.0, norm_ema: 0.0 };
+    for step in 1..=20u32 {
+        let l = 2.0 / (1.0 + 0.05 * step as f32);
+        loss.write(&[l]).unwrap();
+        let g = grads_at(step, None);
+        write_grads(&run, &g);
+        run.opt.step().unwrap();
+        let g64: Vec<Vec<f64>> = g.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+        engine_step_with(&mut groups, &mut refs, &g64, None, Some((&mut pr, l as f64)));
+    }
+    let got = read_params(&run);
+    for (((name, _), p), (_, r)) in SPECS.iter().zip(&got).zip(&refs) {
+        assert!(rel(p, &r.p) < 1e-5, "{name}: y error {}", rel(p, &r.p));
+    }
+    // Evaluation points: SF-NorMuon's x state and Schedule-Free AdamW's computed x.
+    let points = pollster::block_on(run.opt.eval_params()).unwrap();
+    for ((name, x), (g, r)) in points.iter().zip(&refs) {
+        let want = if run.opt.groups()[*g].optimizer.name() == "sf_normuon" { &r.e } else { &r.s[1] };
+        assert!(rel(x, want) < 1e-5, "{name}: x error {}", rel(x, want));
+    }
+    assert!(run.opt.eval().is_err(), "SF-NorMuon keeps x as a state: no mode switching");
 }

@@ -60,6 +60,7 @@ impl RefGroup {
             OptimizerConfig::Muon(ref c) => c.momentum,
             OptimizerConfig::NorMuon(ref c) => c.momentum,
             OptimizerConfig::AdaMuon(ref c) => c.momentum,
+            OptimizerConfig::SfNorMuon(ref c) => c.momentum,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -67,6 +68,10 @@ impl RefGroup {
 
     /// Schedule-Free averaging coefficient c for the step being applied (after `advance`).
     fn sf_c(&self) -> f64 {
+        if let OptimizerConfig::SfNorMuon(_) = self.group.optimizer {
+            let lr = self.scalars().0;
+            return lr * lr / self.weight_sum;
+        }
         let (r, wlp) = match &self.group.optimizer {
             OptimizerConfig::ScheduleFreeSgd(c) => (c.r, c.weight_lr_power),
             OptimizerConfig::ScheduleFreeAdamW(c) => (c.r, c.weight_lr_power),
@@ -79,6 +84,10 @@ impl RefGroup {
     /// Advance the step counter and the Schedule-Free sums.
     pub fn advance(&mut self) {
         self.t += 1;
+        if let OptimizerConfig::SfNorMuon(_) = self.group.optimizer {
+            let lr = self.scalars().0;
+            self.weight_sum += lr * lr;
+        }
         if let OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { r, weight_lr_power: wlp, .. })
         | OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { r, weight_lr_power: wlp, .. }) = self.group.optimizer
         {
@@ -93,6 +102,35 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
+            OptimizerConfig::SfNorMuon(c) => {
+                // s = [m, v (rows), z], e = x; p holds y.
+                let (m, n) = (x.shape[0], x.shape[1]);
+                if t == 1 {
+                    x.s[2] = x.p.clone();
+                    x.e = x.p.clone();
+                }
+                for i in 0..x.p.len() {
+                    x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
+                }
+                let mut o = newton_schulz(&x.s[0], m, n, &c.polar);
+                let b2 = c.beta2 as f64;
+                x.s[1].resize(m, 0.0);
+                for r in 0..m {
+                    let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
+                    x.s[1][r] = b2 * x.s[1][r] + (1.0 - b2) * vmean;
+                    for j in 0..n {
+                        o[r * n + j] /= x.s[1][r].sqrt() + 1e-10;
+                    }
+                }
+                let factor = 0.2 * ((m * n) as f64).sqrt() / o.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let cc = self.sf_c();
+                let beta = c.beta1 as f64;
+                for i in 0..x.p.len() {
+                    x.s[2][i] = x.s[2][i] - lr * c.weight_decay as f64 * x.s[2][i] - lr * factor * o[i];
+                    x.e[i] = (1.0 - cc) * x.e[i] + cc * x.s[2][i];
+                    x.p[i] = (1.0 - beta) * x.s[2][i] + beta * x.e[i];
+                }
+            }
             OptimizerConfig::AdaMuon(c) if c.variant == AdaMuonVariant::Simplified => {
                 let (m, n) = (x.shape[0], x.shape[1..].iter().product::<usize>());
                 let bc1 = 1.0 - b1.powi(t);

@@ -49,6 +49,9 @@ pub enum OptimizerConfig {
     /// [`AdaMuonConfig`].
     #[serde(rename = "adamuon")]
     AdaMuon(AdaMuonConfig),
+    /// [`SfNorMuonConfig`] (2-D parameters).
+    #[serde(rename = "sf_normuon")]
+    SfNorMuon(SfNorMuonConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -65,7 +68,7 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon", "adamuon"];
+    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon", "adamuon", "sf_normuon"];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -82,6 +85,7 @@ impl OptimizerConfig {
             OptimizerConfig::Muon(_) => "muon",
             OptimizerConfig::NorMuon(_) => "normuon",
             OptimizerConfig::AdaMuon(_) => "adamuon",
+            OptimizerConfig::SfNorMuon(_) => "sf_normuon",
         }
     }
 
@@ -100,6 +104,22 @@ impl OptimizerConfig {
             OptimizerConfig::Muon(c) => c.lr,
             OptimizerConfig::NorMuon(c) => c.lr,
             OptimizerConfig::AdaMuon(c) => c.lr,
+            OptimizerConfig::SfNorMuon(c) => c.lr,
+        }
+    }
+
+    /// Whether the evaluation point x is kept as a state (ScheduleFree+, SF-NorMuon): `eval_params` reads it and
+    /// mode switching is not offered.
+    pub fn keeps_x(&self) -> bool {
+        matches!(self, OptimizerConfig::ScheduleFreePlus(_) | OptimizerConfig::SfNorMuon(_))
+    }
+
+    /// The NorMuon settings of the NorMuon family.
+    pub(crate) fn normuon(&self) -> Option<NorMuonConfig> {
+        match self {
+            OptimizerConfig::NorMuon(c) => Some(c.clone()),
+            OptimizerConfig::SfNorMuon(c) => Some(c.normuon()),
+            _ => None,
         }
     }
 
@@ -108,6 +128,7 @@ impl OptimizerConfig {
         match self {
             OptimizerConfig::Muon(c) => Some(c.clone()),
             OptimizerConfig::NorMuon(c) => Some(c.muon()),
+            OptimizerConfig::SfNorMuon(c) => Some(c.normuon().muon()),
             OptimizerConfig::AdaMuon(c) => Some(MuonConfig {
                 lr: c.lr,
                 momentum: c.momentum,
@@ -148,6 +169,7 @@ impl OptimizerConfig {
             "muon" => OptimizerConfig::Muon(serde_json::from_str(json).map_err(bad)?),
             "normuon" => OptimizerConfig::NorMuon(serde_json::from_str(json).map_err(bad)?),
             "adamuon" => OptimizerConfig::AdaMuon(serde_json::from_str(json).map_err(bad)?),
+            "sf_normuon" => OptimizerConfig::SfNorMuon(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -217,6 +239,11 @@ impl OptimizerConfig {
                 nonneg("r", c.r)?;
                 nonneg("weight_lr_power", c.weight_lr_power)?;
                 beta("inner_momentum", c.inner_momentum)?;
+            }
+            OptimizerConfig::SfNorMuon(ref c) => {
+                check("beta1", c.beta1 > 0.0 && c.beta1 < 1.0, c.beta1, "in (0, 1)")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                OptimizerConfig::NorMuon(c.normuon()).validate()?;
             }
             OptimizerConfig::AdaMuon(ref c) => {
                 check("eps", c.eps > 0.0, c.eps, "> 0")?;
@@ -363,6 +390,12 @@ impl OptimizerConfig {
                 schedule_free: None,
             },
             OptimizerConfig::NorMuon(ref c) => KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() },
+            OptimizerConfig::SfNorMuon(ref c) => KernelSpec {
+                states: &["momentum_buffer", "z", "x"],
+                // Schedule-Free weights (r = 0, power 2) from the current lr: see `encode_group`.
+                schedule_free: Some((0.0, 2.0)),
+                ..OptimizerConfig::Muon(c.normuon().muon()).kernel()
+            },
             OptimizerConfig::AdaMuon(_) => KernelSpec {
                 states: &["momentum_buffer", "exp_avg_sq"],
                 ..OptimizerConfig::Muon(self.muon_pipeline().unwrap_or_default()).kernel()

@@ -258,3 +258,48 @@ mod tests {
         assert_eq!(muon_matrices(&[5]), None);
     }
 }
+
+/// SF-NorMuon (arXiv 2605.23061, docs/optimizers.md §8.6; no code release): Schedule-Free around NorMuon with the
+/// paper's RMS-0.2 scaling and weight decay on the fast iterate z: `m ← μm + (1−μ)g`, `P = polar(m)`, per-row
+/// `v ← β2 v + (1−β2) mean(P²)`, `P̂ = P/(sqrt(v)+1e-10)`, `z ← z − η_t λ z − 0.2 η_t sqrt(m n) P̂/‖P̂‖_F`,
+/// `c = η_t²/Σ η_t²`, `x ← (1−c)x + c z`, parameters hold `y = (1−β1) z + β1 x`. η_t follows the group's schedule
+/// (use `Schedule::Warmup` for the paper's linear warmup); the WD coefficient uses η_t too (the paper's η/η_t
+/// ambiguity, decided here). Defaults are ours (the paper gives none): lr 0.02, μ 0.95, β1 0.9, β2 0.95.
+/// The evaluation point x is a state: read it with `Optimizer::eval_params`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfNorMuonConfig {
+    /// Learning rate η.
+    pub lr: f32,
+    /// Momentum μ.
+    pub momentum: f32,
+    /// Schedule-Free interpolation β1 (y = (1−β1) z + β1 x).
+    pub beta1: f32,
+    /// Per-row second-moment decay β2.
+    pub beta2: f32,
+    /// Weight decay λ on z.
+    pub weight_decay: f32,
+    /// The polar factor.
+    pub polar: crate::linalg::PolarConfig,
+}
+
+impl Default for SfNorMuonConfig {
+    fn default() -> Self {
+        SfNorMuonConfig { lr: 0.02, momentum: 0.95, beta1: 0.9, beta2: 0.95, weight_decay: 0.0, polar: crate::linalg::PolarConfig::default() }
+    }
+}
+
+impl SfNorMuonConfig {
+    /// The NorMuon (paper scaling) part.
+    pub(crate) fn normuon(&self) -> NorMuonConfig {
+        NorMuonConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            nesterov: false,
+            weight_decay: 0.0,
+            beta2: self.beta2,
+            scaling: NorMuonScaling::PaperRms02,
+            polar: self.polar.clone(),
+        }
+    }
+}
