@@ -23,7 +23,7 @@ fn gpu() -> Gpu {
 }
 
 /// Deterministic values in [-1, 1).
-fn noise(seed: u64, n: usize) -> Vec<f32> {
+pub fn noise(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)
         .map(|_| {

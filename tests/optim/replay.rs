@@ -103,3 +103,59 @@ fn bad_traces_are_clear_errors() {
     let e = pollster::block_on(replay(&gpu, &mk("adam", "{}"))).unwrap_err();
     assert!(e.to_string().contains("adam"), "{e}");
 }
+
+#[test]
+fn replay_runs_the_fusion_opt_composite() {
+    let gpu = crate::gpu();
+    let specs: [(&str, &[usize]); 2] = [("w.weight", &[6, 8]), ("b", &[8])];
+    let steps = 12;
+    let init: Vec<Vec<f32>> = specs.iter().enumerate().map(|(i, (_, s))| crate::noise(i as u64 + 1, s.iter().product())).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..steps).map(|t| specs.iter().enumerate().map(|(i, (_, s))| crate::noise(100 * t as u64 + i as u64, s.iter().product())).collect()).collect();
+    let losses: Vec<f32> = (0..steps).map(|t| 3.0 - 0.1 * t as f32).collect();
+    let cfg = FusionOptConfig::default();
+    // The trace.
+    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for ((name, shape), v) in specs.iter().zip(&init) {
+        blobs.push((format!("init/{name}"), shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
+    }
+    for t in 0..steps {
+        for ((name, shape), v) in specs.iter().zip(&grads[t]) {
+            blobs.push((format!("grad/{t:04}/{name}"), shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
+        }
+        blobs.push((format!("loss/{t:04}"), vec![1], bytemuck::cast_slice(&[losses[t]]).to_vec()));
+    }
+    let meta = HashMap::from([
+        ("optimizer".to_string(), "fusion_opt".to_string()),
+        ("config".to_string(), serde_json::to_string(&cfg).unwrap()),
+        ("params".to_string(), r#"[{"name":"w.weight","shape":[6,8]},{"name":"b","shape":[8]}]"#.to_string()),
+    ]);
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        blobs.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let result = pollster::block_on(replay(&gpu, &safetensors::serialize(views, Some(meta)).unwrap())).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&result).unwrap();
+    // The same run through the builder directly.
+    let store = ParamStore::new(&gpu, &specs).unwrap();
+    for ((name, _), v) in specs.iter().zip(&init) {
+        store.param(name).unwrap().write(v).unwrap();
+    }
+    let loss = wgoptim::Tensor::zeros(&gpu, &[1]).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap().fusion_opt(&cfg, &loss);
+    let opt = b.build().unwrap();
+    for t in 0..steps {
+        for ((name, _), v) in specs.iter().zip(&grads[t]) {
+            store.grad(name).unwrap().write(v).unwrap();
+        }
+        loss.write(&[losses[t]]).unwrap();
+        opt.step().unwrap();
+        for (name, _) in &specs {
+            let direct = store.param(name).unwrap().read_blocking().unwrap();
+            let replayed: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{name}")).unwrap().data());
+            assert_eq!(direct, replayed, "step {t} {name}");
+        }
+        for (name, x) in pollster::block_on(opt.eval_params()).unwrap() {
+            let replayed: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{name}")).unwrap().data());
+            assert_eq!(x, replayed, "eval step {t} {name}");
+        }
+    }
+}
