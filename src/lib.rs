@@ -6,6 +6,8 @@
 //!
 //! Layers (data flows one way): [`gpu`] ← [`linalg`] ← [`optim`]. See `docs/architecture.md` in the project's shared docs.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod gpu;
 pub mod linalg;
