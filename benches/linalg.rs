@@ -11,7 +11,8 @@ fn gpu() -> Gpu {
 
 fn filled(gpu: &Gpu, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    Tensor::from_slice(gpu, shape, &(0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>()).unwrap()
+    Tensor::from_slice(gpu, shape, &(0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>())
+        .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -25,10 +26,12 @@ fn bench(c: &mut Criterion) {
         Matmul::new(&a, &b, &o).record(&mut pb).unwrap();
         let plan = pb.build().unwrap();
         g.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
-        g.bench_function(format!("n={n}"), |bch| bch.iter(|| {
-            plan.run();
-            gpu.wait().unwrap();
-        }));
+        g.bench_function(format!("n={n}"), |bch| {
+            bch.iter(|| {
+                plan.run();
+                gpu.wait().unwrap();
+            })
+        });
     }
     g.finish();
 
@@ -40,10 +43,12 @@ fn bench(c: &mut Criterion) {
         let mut pb = PlanBuilder::new(&gpu);
         polar(&mut pb, &x, &out, &PolarConfig::default()).unwrap();
         let plan = pb.build().unwrap();
-        g.bench_function(format!("{m}x{n}x{batch}"), |bch| bch.iter(|| {
-            plan.run();
-            gpu.wait().unwrap();
-        }));
+        g.bench_function(format!("{m}x{n}x{batch}"), |bch| {
+            bch.iter(|| {
+                plan.run();
+                gpu.wait().unwrap();
+            })
+        });
     }
     g.finish();
 
@@ -54,13 +59,16 @@ fn bench(c: &mut Criterion) {
     let sym = Tensor::zeros(&gpu, &[n, n]).unwrap();
     let (vals, vecs) = (Tensor::zeros(&gpu, &[n]).unwrap(), Tensor::zeros(&gpu, &[n, n]).unwrap());
     let mut pb = PlanBuilder::new(&gpu);
-    wgoptim::linalg::gram(&mut pb, &x, wgoptim::linalg::GramSide::Rows, &sym, 1.0, None, 0.0, Default::default()).unwrap();
+    wgoptim::linalg::gram(&mut pb, &x, wgoptim::linalg::GramSide::Rows, &sym, 1.0, None, 0.0, Default::default())
+        .unwrap();
     eigh(&mut pb, &sym, &vals, &vecs, None, &EighConfig::default()).unwrap();
     let plan = pb.build().unwrap();
-    g.bench_function(format!("jacobi n={n}"), |bch| bch.iter(|| {
-        plan.run();
-        gpu.wait().unwrap();
-    }));
+    g.bench_function(format!("jacobi n={n}"), |bch| {
+        bch.iter(|| {
+            plan.run();
+            gpu.wait().unwrap();
+        })
+    });
     g.finish();
 }
 

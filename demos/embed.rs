@@ -52,14 +52,22 @@ pub fn run(iters: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let b: Vec<f32> = (0..M).map(|i| (0..N).map(|j| a[i * N + j] * x_true[j]).sum()).collect();
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
     let buffer = |label: &str, data: &[f32]| {
-        let buf = device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (data.len() * 4) as u64, usage, mapped_at_creation: false });
+        let buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (data.len() * 4) as u64,
+            usage,
+            mapped_at_creation: false,
+        });
         queue.write_buffer(&buf, 0, bytemuck::cast_slice(data));
         buf
     };
     let (a_buf, b_buf) = (buffer("A", &a), buffer("b", &b));
     let (x_buf, r_buf, g_buf) = (buffer("x", &[0.0; N]), buffer("r", &[0.0; M]), buffer("g", &[0.0; N]));
 
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("host grads"), source: wgpu::ShaderSource::Wgsl(GRAD_WGSL.into()) });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("host grads"),
+        source: wgpu::ShaderSource::Wgsl(GRAD_WGSL.into()),
+    });
     let pipeline = |entry: &str| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
@@ -72,9 +80,16 @@ pub fn run(iters: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     };
     let (residual, gradient) = (pipeline("residual"), pipeline("gradient"));
     let bind = |p: &wgpu::ComputePipeline, bufs: &[&wgpu::Buffer]| {
-        let entries: Vec<wgpu::BindGroupEntry> =
-            bufs.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &p.get_bind_group_layout(0), entries: &entries })
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &p.get_bind_group_layout(0),
+            entries: &entries,
+        })
     };
     let residual_bg = bind(&residual, &[&a_buf, &b_buf, &x_buf, &r_buf]);
     let gradient_bg = bind(&gradient, &[&a_buf, &r_buf, &g_buf]);
@@ -84,10 +99,18 @@ pub fn run(iters: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let x = Tensor::from_buffer(&gpu, x_buf.clone(), 0, &[N])?;
     let g = Tensor::from_buffer(&gpu, g_buf.clone(), 0, &[N])?;
     let mut builder = OptimizerBuilder::new(&gpu);
-    builder.param("x", &x, &g)?.rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig { lr: 0.05, weight_decay: 0.0, ..Default::default() })));
+    builder.param("x", &x, &g)?.rule(
+        Matcher::All,
+        Group::new(OptimizerConfig::AdamW(AdamWConfig { lr: 0.05, weight_decay: 0.0, ..Default::default() })),
+    );
     let optimizer = builder.build()?;
 
-    let loss = |x: &[f32]| -> f64 { (0..M).map(|i| ((0..N).map(|j| a[i * N + j] as f64 * x[j] as f64).sum::<f64>() - b[i] as f64).powi(2)).sum::<f64>() / (2 * M) as f64 };
+    let loss = |x: &[f32]| -> f64 {
+        (0..M)
+            .map(|i| ((0..N).map(|j| a[i * N + j] as f64 * x[j] as f64).sum::<f64>() - b[i] as f64).powi(2))
+            .sum::<f64>()
+            / (2 * M) as f64
+    };
     let initial = loss(&[0.0; N]);
     for _ in 0..iters {
         let mut encoder = device.create_command_encoder(&Default::default());
@@ -110,7 +133,9 @@ pub fn run(iters: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
 #[allow(dead_code)]
 fn main() {
     match run(500) {
-        Ok((first, last)) => println!("least squares {M}×{N}: loss {first:.6} → {last:.3e} with wgoptim's AdamW inside the host's own encoder"),
+        Ok((first, last)) => println!(
+            "least squares {M}×{N}: loss {first:.6} → {last:.3e} with wgoptim's AdamW inside the host's own encoder"
+        ),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);

@@ -6,9 +6,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     /// No GPU adapter matched the request (no driver, or a filter excluded every adapter).
-    #[error("no GPU adapter found{detail}. On Linux without a GPU install lavapipe (Mesa's Vulkan CPU driver): \
+    #[error(
+        "no GPU adapter found{detail}. On Linux without a GPU install lavapipe (Mesa's Vulkan CPU driver): \
              `apt-get install mesa-vulkan-drivers` (Debian 12: from bookworm-backports), or run `cargo xtask test`, \
-             which installs it; in a browser enable WebGPU")]
+             which installs it; in a browser enable WebGPU"
+    )]
     NoAdapter {
         /// What was asked for, e.g. ` matching WGPU_ADAPTER_NAME="foo"`.
         detail: String,

@@ -156,7 +156,11 @@ mod cli {
     fn bench_step(name: &str, shapes: &str, json: bool) -> Result<()> {
         use wgoptim::optim::{Group, Matcher, OptimizerBuilder, OptimizerConfig, ParamStore};
         if shapes != "gpt-small" {
-            return Err(Error::InvalidArgument { op: "bench step", name: "shapes", detail: format!("unknown set `{shapes}` (known: gpt-small)") });
+            return Err(Error::InvalidArgument {
+                op: "bench step",
+                name: "shapes",
+                detail: format!("unknown set `{shapes}` (known: gpt-small)"),
+            });
         }
         let cfg = OptimizerConfig::from_json(name, "{}")?;
         let gpu = Gpu::new_blocking()?;
@@ -197,7 +201,11 @@ mod cli {
             );
         } else {
             println!("{name} step over {shapes} ({} tensors, {numel} values) on {}", specs.len(), gpu.describe());
-            println!("  {:.3} ms per step, {} dispatches, {submits_per_step} submit(s) per step, 0 readbacks", secs * 1e3, opt.plan().dispatch_count());
+            println!(
+                "  {:.3} ms per step, {} dispatches, {submits_per_step} submit(s) per step, 0 readbacks",
+                secs * 1e3,
+                opt.plan().dispatch_count()
+            );
             if !cfg_name_is_matrix(name) {
                 println!("  {gbs:.2} GB/s moved vs {copy:.2} GB/s buffer copy ({:.0} %)", 100.0 * gbs / copy);
             }
@@ -221,7 +229,11 @@ mod cli {
             let i = a.get_info();
             let f = a.features();
             let l = a.limits();
-            let mark = if used.as_ref().is_some_and(|u| u.name == i.name && u.backend == i.backend) { "  <- used" } else { "" };
+            let mark = if used.as_ref().is_some_and(|u| u.name == i.name && u.backend == i.backend) {
+                "  <- used"
+            } else {
+                ""
+            };
             println!("{} ({:?}, {:?}){mark}", i.name, i.backend, i.device_type);
             println!("  driver: {} {}", i.driver, i.driver_info);
             let feats: Vec<&str> = [
@@ -295,11 +307,19 @@ mod cli {
         let mut rows = Vec::new();
         for &n in sizes {
             if n == 0 {
-                return Err(Error::InvalidArgument { op: "bench matmul", name: "sizes", detail: "sizes must be ≥ 1".into() });
+                return Err(Error::InvalidArgument {
+                    op: "bench matmul",
+                    name: "sizes",
+                    detail: "sizes must be ≥ 1".into(),
+                });
             }
             let (gflops, first) = matmul_gflops(&gpu, n)?;
             if !json {
-                println!("matmul f32 n={n:>5}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms)   on {}", first * 1e3, gpu.describe());
+                println!(
+                    "matmul f32 n={n:>5}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms)   on {}",
+                    first * 1e3,
+                    gpu.describe()
+                );
             }
             rows.push(json!({"n": n, "gflops": gflops, "first_call_s": first}));
         }
@@ -310,14 +330,22 @@ mod cli {
     }
 
     fn bench_polar(shape: &str, batch: usize, json: bool) -> Result<()> {
-        let bad = || Error::InvalidArgument { op: "bench polar", name: "shape", detail: format!("`{shape}` is not ROWSxCOLS") };
+        let bad = || Error::InvalidArgument {
+            op: "bench polar",
+            name: "shape",
+            detail: format!("`{shape}` is not ROWSxCOLS"),
+        };
         let (m, n) = shape.split_once(['x', 'X']).ok_or_else(bad)?;
         let (m, n): (usize, usize) = (m.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
         if m == 0 || n == 0 || batch == 0 {
             return Err(bad());
         }
         let gpu = Gpu::new_blocking()?;
-        let g = Tensor::from_slice(&gpu, &[batch, m, n], &(0..batch * m * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>())?;
+        let g = Tensor::from_slice(
+            &gpu,
+            &[batch, m, n],
+            &(0..batch * m * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>(),
+        )?;
         let out = Tensor::zeros(&gpu, &[batch, m, n])?;
         let cfg = PolarConfig::default();
         let t = Instant::now();
@@ -342,8 +370,16 @@ mod cli {
             );
         } else {
             println!("polar {m}x{n} x{batch}, {} Newton–Schulz steps on {}", cfg.steps, gpu.describe());
-            println!("  {:.2} ms per call, {gflops:.2} GFLOPS ({:.0} % of matmul's {mm:.2} GFLOPS at n=1024)", secs * 1e3, 100.0 * gflops / mm);
-            println!("  {} dispatches, {submits_per_call} submit(s) per call; plan built in {:.0} ms", plan.dispatch_count(), build * 1e3);
+            println!(
+                "  {:.2} ms per call, {gflops:.2} GFLOPS ({:.0} % of matmul's {mm:.2} GFLOPS at n=1024)",
+                secs * 1e3,
+                100.0 * gflops / mm
+            );
+            println!(
+                "  {} dispatches, {submits_per_call} submit(s) per call; plan built in {:.0} ms",
+                plan.dispatch_count(),
+                build * 1e3
+            );
         }
         Ok(())
     }

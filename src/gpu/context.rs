@@ -239,12 +239,9 @@ async fn pick_adapter(instance: &wgpu::Instance, options: &GpuOptions) -> Result
         let wanted = name.to_lowercase();
         let adapters = instance.enumerate_adapters(desc_backends(options)).await;
         let seen: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        return adapters
-            .into_iter()
-            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-            .ok_or_else(|| Error::NoAdapter {
-                detail: format!(" matching WGPU_ADAPTER_NAME=\"{name}\" (adapters seen: {seen:?})"),
-            });
+        return adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&wanted)).ok_or_else(|| {
+            Error::NoAdapter { detail: format!(" matching WGPU_ADAPTER_NAME=\"{name}\" (adapters seen: {seen:?})") }
+        });
     }
     instance
         .request_adapter(&wgpu::RequestAdapterOptions {

@@ -247,7 +247,8 @@ impl Plan {
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         self.gpu.counters().add_dispatches(self.dispatches.len() as u64);
         let Some(t) = &self.timing else {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgoptim"), timestamp_writes: None });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgoptim"), timestamp_writes: None });
             self.record_range(&mut pass, 0..self.dispatches.len());
             return;
         };

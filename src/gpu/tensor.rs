@@ -13,9 +13,8 @@ pub struct Tensor {
     pub(crate) gpu: Gpu,
 }
 
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 impl Tensor {
     /// A zero-filled tensor.
@@ -49,7 +48,10 @@ impl Tensor {
         if need > buffer.size() {
             return Err(Error::Shape {
                 op: "Tensor::from_buffer",
-                detail: format!("view of {n} elements at offset {offset} needs {need} bytes, buffer has {}", buffer.size()),
+                detail: format!(
+                    "view of {n} elements at offset {offset} needs {need} bytes, buffer has {}",
+                    buffer.size()
+                ),
             });
         }
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
@@ -88,7 +90,13 @@ impl Tensor {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::Shape {
                 op: "Tensor::reshape",
-                detail: format!("{:?} has {} elements, {:?} has {}", self.shape, self.numel(), shape, shape.iter().product::<usize>()),
+                detail: format!(
+                    "{:?} has {} elements, {:?} has {}",
+                    self.shape,
+                    self.numel(),
+                    shape,
+                    shape.iter().product::<usize>()
+                ),
             });
         }
         Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
@@ -101,7 +109,10 @@ impl Tensor {
             2 => (1, s[0], s[1]),
             3 => (s[0], s[1], s[2]),
             _ => {
-                return Err(Error::Shape { op, detail: format!("expected a matrix [m, n] or a stack [b, m, n], got {s:?}") })
+                return Err(Error::Shape {
+                    op,
+                    detail: format!("expected a matrix [m, n] or a stack [b, m, n], got {s:?}"),
+                })
             }
         };
         if dims.0 * dims.1 * dims.2 == 0 {

@@ -61,9 +61,11 @@ impl NsCoefficients {
         let table: Vec<[f64; 3]> = match self {
             NsCoefficients::Keller => vec![KELLER],
             NsCoefficients::You => YOU.to_vec(),
-            NsCoefficients::PolarExpressPaper => {
-                PE_PAPER.iter().enumerate().map(|(i, &r)| if i + 1 < PE_PAPER.len() { safety(r, 1.01) } else { r }).collect()
-            }
+            NsCoefficients::PolarExpressPaper => PE_PAPER
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| if i + 1 < PE_PAPER.len() { safety(r, 1.01) } else { r })
+                .collect(),
             NsCoefficients::PolarExpressModded => PE_MODDED.to_vec(),
             NsCoefficients::PolarExpressDao => PE_PAPER[..5].iter().map(|&r| safety(r, 1.05)).collect(),
             NsCoefficients::Classical => vec![CLASSICAL],

@@ -51,10 +51,21 @@ fn square(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
 /// Eigenvalues (ascending, `vals: [b, n]`) and eigenvectors (columns of `vecs: [b, n, n]`) of symmetric `a`.
 /// With `warm = Some(V₀)` (an orthogonal basis from a previous call) Jacobi runs on `V₀ᵀ A V₀` and returns
 /// `V₀·V_jac`, which typically needs 1–3 sweeps when `A` drifted little.
-pub fn eigh(plan: &mut PlanBuilder, a: &Tensor, vals: &Tensor, vecs: &Tensor, warm: Option<&Tensor>, cfg: &EighConfig) -> Result<()> {
+pub fn eigh(
+    plan: &mut PlanBuilder,
+    a: &Tensor,
+    vals: &Tensor,
+    vecs: &Tensor,
+    warm: Option<&Tensor>,
+    cfg: &EighConfig,
+) -> Result<()> {
     let (b, n) = square(a, "eigh")?;
     if n > MAX_EIGH_DIM {
-        return Err(Error::InvalidArgument { op: "eigh", name: "a", detail: format!("n = {n} exceeds {MAX_EIGH_DIM}") });
+        return Err(Error::InvalidArgument {
+            op: "eigh",
+            name: "a",
+            detail: format!("n = {n} exceeds {MAX_EIGH_DIM}"),
+        });
     }
     if vals.numel() != b * n || vecs.shape().iter().product::<usize>() != b * n * n {
         return Err(Error::Shape {
@@ -84,15 +95,35 @@ pub fn eigh(plan: &mut PlanBuilder, a: &Tensor, vals: &Tensor, vecs: &Tensor, wa
     }
     let m = n + n % 2;
     let kernel = plan.gpu().kernel("linalg/jacobi.wgsl", "main", &[("PAIRS", (m / 2).max(1).to_string())])?;
-    let u = Uniforms { n: n as u32, m: m as u32, max_sweeps: cfg.max_sweeps, _p: 0, tol: cfg.tol, skip: cfg.skip, _q: 0, _r: 0 };
+    let u = Uniforms {
+        n: n as u32,
+        m: m as u32,
+        max_sweeps: cfg.max_sweeps,
+        _p: 0,
+        tol: cfg.tol,
+        skip: cfg.skip,
+        _q: 0,
+        _r: 0,
+    };
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
 /// `out = V·diag(f(λ))·Vᵀ` with `f(λ) = (max(λ, floor) + eps)^power`, from [`eigh`]'s outputs.
-pub fn eig_apply(plan: &mut PlanBuilder, vals: &Tensor, vecs: &Tensor, out: &Tensor, power: f32, eps: f32, floor: f32) -> Result<()> {
+pub fn eig_apply(
+    plan: &mut PlanBuilder,
+    vals: &Tensor,
+    vecs: &Tensor,
+    out: &Tensor,
+    power: f32,
+    eps: f32,
+    floor: f32,
+) -> Result<()> {
     let (b, n) = square(vecs, "eig_apply")?;
     if vals.numel() != b * n || out.numel() != b * n * n {
-        return Err(Error::Shape { op: "eig_apply", detail: format!("vals {:?}, out {:?}", vals.shape(), out.shape()) });
+        return Err(Error::Shape {
+            op: "eig_apply",
+            detail: format!("vals {:?}, out {:?}", vals.shape(), out.shape()),
+        });
     }
     let w = plan.scratch(&[b, n, n])?;
     let kernel = plan.gpu().kernel("linalg/eig_apply.wgsl", "main", &[])?;

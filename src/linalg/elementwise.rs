@@ -91,7 +91,10 @@ impl<'a> Axpby<'a> {
         }
         if let Some(s) = &self.scale {
             if s.src.numel() < batch {
-                return Err(Error::Shape { op: "axpby", detail: format!("{} batch scalars for {batch} matrices", s.src.numel()) });
+                return Err(Error::Shape {
+                    op: "axpby",
+                    detail: format!("{} batch scalars for {batch} matrices", s.src.numel()),
+                });
             }
         }
         let aliases = |t: Option<&Tensor>| t.is_some_and(|t| t.buffer == self.out.buffer);

@@ -13,10 +13,17 @@ pub const MAX_QR_COLS: usize = 4096;
 pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
     let (b, m, n) = a.matrices("qr")?;
     if m < n || n > MAX_QR_COLS {
-        return Err(Error::InvalidArgument { op: "qr", name: "a", detail: format!("need rows ≥ cols and cols ≤ {MAX_QR_COLS}, got {m}×{n}") });
+        return Err(Error::InvalidArgument {
+            op: "qr",
+            name: "a",
+            detail: format!("need rows ≥ cols and cols ≤ {MAX_QR_COLS}, got {m}×{n}"),
+        });
     }
     if q.numel() != b * m * n || r.numel() != b * n * n {
-        return Err(Error::Shape { op: "qr", detail: format!("q {:?}, r {:?} for {:?}", q.shape(), r.shape(), a.shape()) });
+        return Err(Error::Shape {
+            op: "qr",
+            detail: format!("q {:?}, r {:?} for {:?}", q.shape(), r.shape(), a.shape()),
+        });
     }
     let work = plan.scratch(&[b, m, n])?;
     copy(plan, a, &work)?;
@@ -30,10 +37,17 @@ pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<
 pub fn cholesky(plan: &mut PlanBuilder, a: &Tensor, l: &Tensor, info: &Tensor, jitter: f32) -> Result<()> {
     let (b, m, n) = a.matrices("cholesky")?;
     if m != n || l.shape() != a.shape() || info.numel() < b {
-        return Err(Error::Shape { op: "cholesky", detail: format!("a {:?}, l {:?}, info {:?}", a.shape(), l.shape(), info.shape()) });
+        return Err(Error::Shape {
+            op: "cholesky",
+            detail: format!("a {:?}, l {:?}, info {:?}", a.shape(), l.shape(), info.shape()),
+        });
     }
     if !jitter.is_finite() || jitter < 0.0 {
-        return Err(Error::InvalidArgument { op: "cholesky", name: "jitter", detail: format!("{jitter} must be finite and ≥ 0") });
+        return Err(Error::InvalidArgument {
+            op: "cholesky",
+            name: "jitter",
+            detail: format!("{jitter} must be finite and ≥ 0"),
+        });
     }
     if a.buffer() != l.buffer() || a.offset() != l.offset() {
         copy(plan, a, l)?;
@@ -60,12 +74,23 @@ pub enum Side {
 }
 
 /// Triangular solve with many right-hand sides: `op(T)·X = B` or `X·op(T) = B`, T lower (`lower`) or upper.
-pub fn trsm(plan: &mut PlanBuilder, t: &Tensor, lower: bool, trans: Trans, side: Side, b: &Tensor, x: &Tensor) -> Result<()> {
+pub fn trsm(
+    plan: &mut PlanBuilder,
+    t: &Tensor,
+    lower: bool,
+    trans: Trans,
+    side: Side,
+    b: &Tensor,
+    x: &Tensor,
+) -> Result<()> {
     let (bt, n, n2) = t.matrices("trsm T")?;
     let (bb, br, bc) = b.matrices("trsm B")?;
     let sys = if side == Side::Left { br } else { bc };
     if n != n2 || sys != n || bt != bb || x.shape() != b.shape() {
-        return Err(Error::Shape { op: "trsm", detail: format!("T {:?}, B {:?}, X {:?} ({side:?})", t.shape(), b.shape(), x.shape()) });
+        return Err(Error::Shape {
+            op: "trsm",
+            detail: format!("T {:?}, B {:?}, X {:?} ({side:?})", t.shape(), b.shape(), x.shape()),
+        });
     }
     if x.buffer() == b.buffer() || x.buffer() == t.buffer() {
         return Err(Error::InvalidArgument { op: "trsm", name: "x", detail: "x must not alias T or B".into() });
@@ -75,6 +100,7 @@ pub fn trsm(plan: &mut PlanBuilder, t: &Tensor, lower: bool, trans: Trans, side:
     let m_lower = lower != trans_m;
     let (count, v_stride, e_stride) = if side == Side::Left { (bc, 1, bc) } else { (br, bc, 1) };
     let kernel = plan.gpu().kernel("linalg/trsm.wgsl", "main", &[])?;
-    let u: [u32; 8] = [n as u32, count as u32, m_lower as u32, trans_m as u32, v_stride as u32, e_stride as u32, (br * bc) as u32, 0];
+    let u: [u32; 8] =
+        [n as u32, count as u32, m_lower as u32, trans_m as u32, v_stride as u32, e_stride as u32, (br * bc) as u32, 0];
     plan.dispatch(&kernel, &u, &[t, b, x], [(count as u32).div_ceil(64), bb as u32, 1])
 }

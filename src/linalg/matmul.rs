@@ -44,7 +44,8 @@ impl MatmulTile {
         }
     }
     fn from_env() -> Option<MatmulTile> {
-        let v: Vec<u32> = std::env::var("WGOPTIM_MATMUL_TILE").ok()?.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        let v: Vec<u32> =
+            std::env::var("WGOPTIM_MATMUL_TILE").ok()?.split(',').filter_map(|x| x.trim().parse().ok()).collect();
         match v[..] {
             [tm, tn, wg_x, wg_y] if tm * tn > 0 && tm * tn <= 128 && wg_x * wg_y > 0 && wg_x * wg_y <= 256 => {
                 Some(MatmulTile { tm, tn, wg_x, wg_y })
@@ -178,7 +179,10 @@ impl<'a> Matmul<'a> {
                 op: "matmul",
                 detail: format!(
                     "op(A) is {m_a}×{k_a}, op(B) is {k_b}×{n_b}, out is {m}×{n} (A {:?} {:?}, B {:?} {:?})",
-                    self.a.shape(), self.ta, self.b.shape(), self.tb
+                    self.a.shape(),
+                    self.ta,
+                    self.b.shape(),
+                    self.tb
                 ),
             });
         }
@@ -193,11 +197,19 @@ impl<'a> Matmul<'a> {
         }
         let same_as_out = |t: &Tensor| t.buffer == self.out.buffer;
         if same_as_out(self.a) || same_as_out(self.b) {
-            return Err(Error::InvalidArgument { op: "matmul", name: "out", detail: "out must not alias A or B".into() });
+            return Err(Error::InvalidArgument {
+                op: "matmul",
+                name: "out",
+                detail: "out must not alias A or B".into(),
+            });
         }
         let inplace = self.c.is_some_and(|c| same_as_out(c) && c.offset == self.out.offset);
         if self.c.is_some_and(same_as_out) && !inplace {
-            return Err(Error::InvalidArgument { op: "matmul", name: "c", detail: "C may alias out only exactly".into() });
+            return Err(Error::InvalidArgument {
+                op: "matmul",
+                name: "c",
+                detail: "C may alias out only exactly".into(),
+            });
         }
         let sym = false;
         record_matmul(plan, self, (bo, m, n, k_a), (ba, bb), inplace, sym)
@@ -317,7 +329,11 @@ pub fn gram(
             return Err(Error::Shape { op: "gram", detail: format!("C {:?} is not {s}×{s}", cc.shape()) });
         }
         if cc.buffer == out.buffer && !inplace {
-            return Err(Error::InvalidArgument { op: "gram", name: "c", detail: "C may alias out only exactly".into() });
+            return Err(Error::InvalidArgument {
+                op: "gram",
+                name: "c",
+                detail: "C may alias out only exactly".into(),
+            });
         }
     }
     record_matmul(plan, &mm, (bo, s, s, k), (bx, bx), inplace, true)

@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::{gram, reduce, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision, ReduceOp, Trans};
+use crate::linalg::{
+    gram, reduce, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision, ReduceOp, Trans,
+};
 
 /// The iteration that computes the polar factor.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -60,7 +62,11 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
     }
     if let NsCoefficients::Custom(rows) = &cfg.coefficients {
         if rows.is_empty() || rows.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument { op: "polar", name: "coefficients", detail: "need finite rows".into() });
+            return Err(Error::InvalidArgument {
+                op: "polar",
+                name: "coefficients",
+                detail: "need finite rows".into(),
+            });
         }
     }
     cfg.precision.check(plan.gpu(), "polar")?;
@@ -96,7 +102,8 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
         _ => {
             // Ping-pong so that the last step writes `out`.
             let other = plan.scratch(&shape)?;
-            let (mut cur, mut next) = if rows.len().is_multiple_of(2) { (out.clone(), other) } else { (other, out.clone()) };
+            let (mut cur, mut next) =
+                if rows.len().is_multiple_of(2) { (out.clone(), other) } else { (other, out.clone()) };
             normalize(plan, &cur)?;
             let a_mat = plan.scratch(&[b, k, k])?;
             let b_mat = plan.scratch(&[b, k, k])?;
@@ -125,8 +132,14 @@ fn gram_newton_schulz(
 ) -> Result<()> {
     let b = x0.matrices("polar")?.0;
     let small = [b, k, k];
-    let (mut r, mut r2, z, mut q, mut q2, rz) =
-        (plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?, plan.scratch(&small)?);
+    let (mut r, mut r2, z, mut q, mut q2, rz) = (
+        plan.scratch(&small)?,
+        plan.scratch(&small)?,
+        plan.scratch(&small)?,
+        plan.scratch(&small)?,
+        plan.scratch(&small)?,
+        plan.scratch(&small)?,
+    );
     let x1 = plan.scratch(x0.shape())?;
     // X ← Q·X (wide) or X·Q (tall; Q is symmetric).
     let fold = |plan: &mut PlanBuilder, q: &Tensor, x: &Tensor, dst: &Tensor| {

@@ -71,7 +71,10 @@ pub fn reduce(plan: &mut PlanBuilder, x: &Tensor, op: ReduceOp, segments: usize,
 pub fn trace(plan: &mut PlanBuilder, x: &Tensor, out: &Tensor) -> Result<()> {
     let (b, m, n) = x.matrices("trace")?;
     if out.numel() < b {
-        return Err(Error::Shape { op: "trace", detail: format!("output has {} values for {b} matrices", out.numel()) });
+        return Err(Error::Shape {
+            op: "trace",
+            detail: format!("output has {} values for {b} matrices", out.numel()),
+        });
     }
     strided(plan, x, ReduceOp::Sum, b, m.min(n), n + 1, m * n, out)
 }
@@ -110,11 +113,21 @@ fn strided(
     };
     if chunks == 1 {
         let k = kernel(true, false)?;
-        return plan.dispatch(&k, &u(count, stride, seg_stride, x.offset(), 1, out.offset()), &[x, out], [1, segments as u32, 1]);
+        return plan.dispatch(
+            &k,
+            &u(count, stride, seg_stride, x.offset(), 1, out.offset()),
+            &[x, out],
+            [1, segments as u32, 1],
+        );
     }
     let partials = plan.scratch(&[segments * chunks])?;
     let k1 = kernel(false, false)?;
-    plan.dispatch(&k1, &u(count, stride, seg_stride, x.offset(), chunks, 0), &[x, &partials], [chunks as u32, segments as u32, 1])?;
+    plan.dispatch(
+        &k1,
+        &u(count, stride, seg_stride, x.offset(), chunks, 0),
+        &[x, &partials],
+        [chunks as u32, segments as u32, 1],
+    )?;
     let k2 = kernel(true, true)?;
     let mut u2 = u(chunks, 1, chunks, 0, 1, out.offset());
     u2.chunk_len = chunks as u32;
@@ -126,7 +139,10 @@ pub fn mean_sq(plan: &mut PlanBuilder, x: &Tensor, per_row: bool, out: &Tensor) 
     let (b, m, n) = x.matrices("mean_sq")?;
     let len = if per_row { m } else { n };
     if out.numel() != b * len {
-        return Err(Error::Shape { op: "mean_sq", detail: format!("output has {} values, expected {}", out.numel(), b * len) });
+        return Err(Error::Shape {
+            op: "mean_sq",
+            detail: format!("output has {} values, expected {}", out.numel(), b * len),
+        });
     }
     let f = if per_row { "1" } else { "0" };
     let k = plan.gpu().kernel("linalg/row_col.wgsl", "main", &[("PER_ROW", f.into())])?;

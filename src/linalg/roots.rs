@@ -9,7 +9,10 @@ use crate::linalg::{copy, eig_apply, eigh, reduce, Axpby, BatchScalar, EighConfi
 fn check(a: &Tensor, out: &Tensor, eps: f32, op: &'static str) -> Result<(usize, usize)> {
     let (b, m, n) = a.matrices(op)?;
     if m != n || out.shape() != a.shape() {
-        return Err(Error::Shape { op, detail: format!("a {:?}, out {:?}: need equal square stacks", a.shape(), out.shape()) });
+        return Err(Error::Shape {
+            op,
+            detail: format!("a {:?}, out {:?}: need equal square stacks", a.shape(), out.shape()),
+        });
     }
     if !eps.is_finite() || eps < 0.0 {
         return Err(Error::InvalidArgument { op, name: "eps", detail: format!("{eps} must be finite and ≥ 0") });
@@ -19,7 +22,14 @@ fn check(a: &Tensor, out: &Tensor, eps: f32, op: &'static str) -> Result<(usize,
 
 /// `out = (A + εI)^{-1/p}` by the coupled Newton iteration of distributed_shampoo (§11.2), `iters` steps
 /// (~15–30 for κ up to 1e6).
-pub fn inverse_root_newton(plan: &mut PlanBuilder, a: &Tensor, out: &Tensor, p: u32, eps: f32, iters: u32) -> Result<()> {
+pub fn inverse_root_newton(
+    plan: &mut PlanBuilder,
+    a: &Tensor,
+    out: &Tensor,
+    p: u32,
+    eps: f32,
+    iters: u32,
+) -> Result<()> {
     let (b, n) = check(a, out, eps, "inverse_root_newton")?;
     if p == 0 {
         return Err(Error::InvalidArgument { op: "inverse_root_newton", name: "p", detail: "p must be ≥ 1".into() });
@@ -74,7 +84,14 @@ fn matrix_power(plan: &mut PlanBuilder, base: &Tensor, p: u32, (s1, s2): (&Tenso
 
 /// `out = (A + εI)^{-1/p}` through the eigendecomposition: eigenvalues are clamped at 0 before adding ε, so a
 /// rank-deficient factor gives ε^{-1/p} on its null space instead of NaN (the distributed_shampoo guard).
-pub fn inverse_root_eigh(plan: &mut PlanBuilder, a: &Tensor, out: &Tensor, p: u32, eps: f32, cfg: &EighConfig) -> Result<()> {
+pub fn inverse_root_eigh(
+    plan: &mut PlanBuilder,
+    a: &Tensor,
+    out: &Tensor,
+    p: u32,
+    eps: f32,
+    cfg: &EighConfig,
+) -> Result<()> {
     let (b, n) = check(a, out, eps, "inverse_root_eigh")?;
     if p == 0 {
         return Err(Error::InvalidArgument { op: "inverse_root_eigh", name: "p", detail: "p must be ≥ 1".into() });
@@ -111,8 +128,13 @@ pub fn sqrt_newton_schulz(
     let c = plan.scratch(&[b])?;
     reduce(plan, &ar, ReduceOp::Norm, b, &c)?;
     let cs = |pow: f32| BatchScalar::of(&c).affine(1.0, 0.0, 1e-30).pow(pow);
-    let (mut y, mut y2, mut z, mut z2, t) =
-        (plan.scratch(&shape)?, plan.scratch(&shape)?, plan.scratch(&shape)?, plan.scratch(&shape)?, plan.scratch(&shape)?);
+    let (mut y, mut y2, mut z, mut z2, t) = (
+        plan.scratch(&shape)?,
+        plan.scratch(&shape)?,
+        plan.scratch(&shape)?,
+        plan.scratch(&shape)?,
+        plan.scratch(&shape)?,
+    );
     Axpby { x: Some(&ar), scale: Some(cs(-1.0)), ..Axpby::new(&y) }.record(plan)?;
     Axpby { diag: 1.0, ..Axpby::new(&z) }.record(plan)?;
     for _ in 0..iters {

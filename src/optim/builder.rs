@@ -1,12 +1,14 @@
 //! The optimizer builder: parameters, routing rules with per-group hyper-parameters, and the one-plan step.
 
-use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
 use crate::optim::optimizer::{Optimizer, ParamSlot};
-use crate::optim::stages::{diagnostics, encode_group, grid, layout_bucket, record_muon, schedule_free_plans, GroupUniform};
+use crate::optim::stages::{
+    diagnostics, layout_bucket, record_grad_stats, record_prologue, record_updates, schedule_free_plans, DeviceState,
+    StepOptions,
+};
 use crate::optim::{MomentumSchedule, OptimizerConfig, ParamStore, Schedule, StepSizeRule};
 
 /// Which parameters a routing rule takes.
@@ -153,7 +155,17 @@ pub struct OptimizerBuilder {
 impl OptimizerBuilder {
     /// An empty builder.
     pub fn new(gpu: &Gpu) -> OptimizerBuilder {
-        OptimizerBuilder { gpu: gpu.clone(), params: Vec::new(), rules: Vec::new(), clip: None, policy: NonFinitePolicy::Skip, timing: false, step_size: None, loss: None, diagnose: Vec::new() }
+        OptimizerBuilder {
+            gpu: gpu.clone(),
+            params: Vec::new(),
+            rules: Vec::new(),
+            clip: None,
+            policy: NonFinitePolicy::Skip,
+            timing: false,
+            step_size: None,
+            loss: None,
+            diagnose: Vec::new(),
+        }
     }
 
     /// Add a parameter and its gradient (tensors or views of caller-owned buffers; same shape).
@@ -232,7 +244,10 @@ impl OptimizerBuilder {
     /// `cfg.exclude`) → SF-NorMuon, everything else → Schedule-Free AdamW, both scaled by one shared
     /// `polyak_clamp` step size fed by `loss`. Adds two routing rules after any already given.
     pub fn fusion_opt(&mut self, cfg: &FusionOptConfig, loss: &Tensor) -> &mut Self {
-        self.rule(Matcher::MatricesExcept(cfg.exclude.clone()), Group::new(OptimizerConfig::SfNorMuon(cfg.spectral.clone())).schedule(cfg.schedule));
+        self.rule(
+            Matcher::MatricesExcept(cfg.exclude.clone()),
+            Group::new(OptimizerConfig::SfNorMuon(cfg.spectral.clone())).schedule(cfg.schedule),
+        );
         self.rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreeAdamW(cfg.scalar)).schedule(cfg.schedule));
         self.step_size(cfg.step_size, loss)
     }
@@ -253,19 +268,31 @@ impl OptimizerBuilder {
     /// Options that do not depend on routing.
     fn check_options(&self) -> Result<()> {
         if self.params.is_empty() {
-            return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "params", detail: "no parameters".into() });
+            return Err(Error::InvalidArgument {
+                op: "OptimizerBuilder::build",
+                name: "params",
+                detail: "no parameters".into(),
+            });
         }
         if let Some(rule) = &self.step_size {
             rule.validate()?;
         }
         if let Some(loss) = &self.loss {
             if loss.numel() == 0 || !loss.gpu().same_device(&self.gpu) {
-                return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "loss", detail: "the loss must be a non-empty tensor on this device".into() });
+                return Err(Error::InvalidArgument {
+                    op: "OptimizerBuilder::build",
+                    name: "loss",
+                    detail: "the loss must be a non-empty tensor on this device".into(),
+                });
             }
         }
         if let Some(c) = self.clip {
             if !(c > 0.0 && c.is_finite()) {
-                return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "clip_grad_norm", detail: format!("{c} must be > 0") });
+                return Err(Error::InvalidArgument {
+                    op: "OptimizerBuilder::build",
+                    name: "clip_grad_norm",
+                    detail: format!("{c} must be > 0"),
+                });
             }
         }
         Ok(())
@@ -277,10 +304,12 @@ impl OptimizerBuilder {
         // Route each parameter to the first matching rule; only rules that take something become groups.
         let mut rule_of = Vec::with_capacity(self.params.len());
         for p in &self.params {
-            let r = self.rules.iter().position(|(m, _)| m.matches(&p.name, p.param.shape())).ok_or_else(|| Error::InvalidArgument {
-                op: "OptimizerBuilder::build",
-                name: "rules",
-                detail: format!("no routing rule takes parameter `{}` {:?}", p.name, p.param.shape()),
+            let r = self.rules.iter().position(|(m, _)| m.matches(&p.name, p.param.shape())).ok_or_else(|| {
+                Error::InvalidArgument {
+                    op: "OptimizerBuilder::build",
+                    name: "rules",
+                    detail: format!("no routing rule takes parameter `{}` {:?}", p.name, p.param.shape()),
+                }
             })?;
             rule_of.push(r);
         }
@@ -290,7 +319,8 @@ impl OptimizerBuilder {
         let groups: Vec<Group> = used.iter().map(|&r| self.rules[r].1.clone()).collect();
         for g in &groups {
             g.optimizer.validate()?;
-            let bad = |detail: String| Error::InvalidArgument { op: "OptimizerBuilder::build", name: "schedule", detail };
+            let bad =
+                |detail: String| Error::InvalidArgument { op: "OptimizerBuilder::build", name: "schedule", detail };
             g.schedule.validate().map_err(bad)?;
             if let Some(m) = &g.momentum {
                 m.validate().map_err(bad)?;
@@ -298,7 +328,10 @@ impl OptimizerBuilder {
                     return Err(Error::InvalidArgument {
                         op: "OptimizerBuilder::build",
                         name: "momentum",
-                        detail: format!("{}: Schedule-Free interpolation β must stay constant (no momentum schedule)", g.optimizer.name()),
+                        detail: format!(
+                            "{}: Schedule-Free interpolation β must stay constant (no momentum schedule)",
+                            g.optimizer.name()
+                        ),
                     });
                 }
                 if g.optimizer.kernel().beta1 == 0.0 {
@@ -348,163 +381,53 @@ impl OptimizerBuilder {
         let (keys, members) = self.buckets(&group_of);
         let gpu = &self.gpu;
         let mut plan = PlanBuilder::new(gpu).with_timing(self.timing);
-        let counters = Tensor::zeros(gpu, &[2 + groups.len()])?;
-        let scalars = Tensor::zeros(gpu, &[8 + 16 * groups.len()])?;
-        let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
-        let group_buf = Tensor::zeros(gpu, &[groups.len() * 32])?;
-        group_buf.write(bytemuck::cast_slice(&group_data))?;
-        let gstate = Tensor::zeros(gpu, &[groups.len() * 4 + 8])?;
-        // Per group [lr_max, weight_sum, 0, 0] (lr_max starts at −1, or at eps for ScheduleFree+); then the Polyak
-        // rule's [loss EMA, norm EMA, ratio, 0] and ScheduleFree+'s [e, 0, 0, 0].
-        let mut init: Vec<f32> = groups
-            .iter()
-            .flat_map(|g| match g.optimizer {
-                OptimizerConfig::ScheduleFreePlus(c) => [c.eps, 0.0, 0.0, 0.0],
-                _ => [-1.0, 0.0, 0.0, 0.0],
-            })
-            .collect();
-        init.extend([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        gstate.write(&init)?;
-
+        let state = DeviceState::new(gpu, &groups)?;
         let mut buckets = Vec::new();
         let mut slots = Vec::new();
         let mut total_chunks = 0usize;
         for (b, idx) in members.iter().enumerate() {
-            buckets.push(layout_bucket(gpu, &self.params, &groups, (b, keys[b].0), idx, &mut total_chunks, &mut slots)?);
+            buckets.push(layout_bucket(
+                gpu,
+                &self.params,
+                &groups,
+                (b, keys[b].0),
+                idx,
+                &mut total_chunks,
+                &mut slots,
+            )?);
         }
         // Reports, checkpoints and evaluation points list parameters in the order they were added.
         slots.sort_by_key(|(i, _)| *i);
         let slots: Vec<ParamSlot> = slots.into_iter().map(|(_, s)| s).collect();
         let partials = Tensor::zeros(gpu, &[4 * total_chunks])?;
-        let wg = std::env::var("WGOPTIM_OPTIM_WG").ok().and_then(|v| v.parse::<u32>().ok()).filter(|w| w.is_power_of_two() && *w <= 256).unwrap_or(64);
-        let types = |vec4: bool| -> [(&'static str, String); 4] {
-            if vec4 {
-                [("T", "vec4<f32>".into()), ("U", "vec4<u32>".into()), ("WG", wg.to_string()), ("TOTAL", "dot(v, vec4<f32>(1.0))".into())]
-            } else {
-                [("T", "f32".into()), ("U", "u32".into()), ("WG", wg.to_string()), ("TOTAL", "v".into())]
-            }
-        };
+        let wg = std::env::var("WGOPTIM_OPTIM_WG")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|w| w.is_power_of_two() && *w <= 256)
+            .unwrap_or(64);
 
         plan.stage("grad_stats");
-        for b in &buckets {
-            for t in &b.tables {
-                // ScheduleFree+ buckets also sum g·(z − x) for the Polyak step's correction.
-                let inner = matches!(groups[b.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
-                let mut defines = types(t.vec4).to_vec();
-                defines.push(("INNER", (inner as u32).to_string()));
-                let stats = gpu.kernel("optim/grad_stats.wgsl", "main", &defines)?;
-                let (gx, gy) = grid(t.chunks);
-                let u: [u32; 4] = [t.chunks as u32, t.chunk_base as u32, gx, 0];
-                let mut tensors = vec![&t.table, &b.grad, &partials];
-                if inner {
-                    tensors.extend([&b.states[0].1, &b.states[1].1]);
-                }
-                plan.dispatch(&stats, &u, &tensors, [gx, gy, 1])?;
-            }
-        }
+        record_grad_stats(&mut plan, &groups, &buckets, &partials, wg)?;
         plan.stage("prologue");
-        let sfp_group = groups.iter().position(|g| matches!(g.optimizer, OptimizerConfig::ScheduleFreePlus(_)));
-        let flag = |b: bool| (b as u32).to_string();
-        let prologue = gpu.kernel(
-            "optim/prologue.wgsl",
-            "main",
-            &[("POLYAK", flag(self.step_size.is_some())), ("SFPLUS", flag(sfp_group.is_some())), ("LOSS", flag(self.loss.is_some()))],
-        )?;
-        #[repr(C)]
-        #[derive(Clone, Copy, Pod, Zeroable)]
-        struct P {
-            groups: u32,
-            partials: u32,
-            max_norm: f32,
-            clip: u32,
-            loss_off: u32,
-            beta: f32,
-            rmin: f32,
-            rmax: f32,
-            sfp_group: u32,
-            _p: [u32; 3],
-        }
-        let (beta, rmin, rmax) = match self.step_size {
-            Some(StepSizeRule::PolyakClamp { beta, min, max }) => (beta, min, max),
-            None => (0.0, 1.0, 1.0),
-        };
-        let pu = P {
-            groups: groups.len() as u32,
-            partials: total_chunks as u32,
-            max_norm: self.clip.unwrap_or(0.0),
-            clip: self.clip.is_some() as u32,
-            loss_off: self.loss.as_ref().map_or(0, |l| l.offset() as u32),
-            beta,
-            rmin,
-            rmax,
-            sfp_group: sfp_group.unwrap_or(0) as u32,
-            _p: [0; 3],
-        };
-        let mut tensors = vec![&group_buf, &partials, &counters, &scalars, &gstate];
-        if let Some(loss) = &self.loss {
-            tensors.push(loss);
-        }
-        plan.dispatch(&prologue, &pu, &tensors, [1, 1, 1])?;
+        let options = StepOptions { clip: self.clip, step_size: self.step_size, loss: self.loss.as_ref() };
+        record_prologue(&mut plan, &groups, &state, &partials, total_chunks, &options)?;
         let diagnostics = diagnostics(&self.gpu, &self.params, &self.diagnose, &mut plan)?;
         plan.stage("update");
-        for b in &buckets {
-            let spec = groups[b.group].optimizer.kernel();
-            if let (OptimizerConfig::Adafactor(c), Some((table, count))) = (&groups[b.group].optimizer, &b.tensor_table) {
-                let kernel = gpu.kernel("optim/adafactor.wgsl", "main", &[("MOMENTUM", (c.beta1.is_some() as u32).to_string())])?;
-                #[repr(C)]
-                #[derive(Clone, Copy, Pod, Zeroable)]
-                struct A {
-                    tensors: u32,
-                    group: u32,
-                    flags: u32,
-                    _p: u32,
-                    h: [f32; 4],
-                    beta1: f32,
-                    wd: f32,
-                    _q: [f32; 2],
-                }
-                let u = A { tensors: *count as u32, group: b.group as u32, flags: spec.flags, _p: 0, h: spec.h, beta1: spec.beta1, wd: c.weight_decay, _q: [0.0; 2] };
-                let mut tensors: Vec<&Tensor> = vec![table, &scalars, &b.grad, &b.param];
-                tensors.extend(b.states.iter().map(|(_, s)| s));
-                plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
-                continue;
-            }
-            if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.muon) {
-                record_muon(&mut plan, &c, &groups[b.group].optimizer, b, parts, &scalars, wg)?;
-                continue;
-            }
-            let n = spec.states.len();
-            let flag = |v: bool| (if v { "1" } else { "0" }).to_string();
-            for t in &b.tables {
-                let mut defines = vec![
-                    (spec.define, "1".to_string()),
-                    ("STATES_1", flag(n == 1)),
-                    ("STATES_2", flag(n == 2)),
-                    ("STATES_3", flag(n == 3)),
-                    ("STATES_4", flag(n == 4)),
-                    ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
-                ];
-                defines.extend(types(t.vec4));
-                let kernel = gpu.kernel("optim/update.wgsl", "main", &defines)?;
-                let (gx, gy) = grid(t.chunks);
-                #[repr(C)]
-                #[derive(Clone, Copy, Pod, Zeroable)]
-                struct Upd {
-                    chunks: u32,
-                    group: u32,
-                    groups_x: u32,
-                    flags: u32,
-                    h: [f32; 4],
-                }
-                let u = Upd { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, h: spec.h };
-                let mut tensors: Vec<&Tensor> = vec![&t.table, &scalars, &b.grad, &b.param];
-                tensors.extend(b.states.iter().map(|(_, s)| s));
-                plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
-            }
-        }
+        record_updates(&mut plan, &groups, &buckets, &state.scalars, wg)?;
         let plan = plan.build()?;
         let modes = schedule_free_plans(&self.gpu, &groups, &buckets, wg)?;
-        let mut opt = Optimizer::new(gpu.clone(), plan, groups, buckets, slots, [counters, scalars, gstate], modes, self.policy, self.clip, self.step_size);
+        let mut opt = Optimizer::new(
+            gpu.clone(),
+            plan,
+            groups,
+            buckets,
+            slots,
+            [state.counters, state.scalars, state.gstate],
+            modes,
+            self.policy,
+            self.clip,
+            self.step_size,
+        );
         opt.set_diagnostics(diagnostics);
         Ok(opt)
     }

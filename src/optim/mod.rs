@@ -12,8 +12,9 @@ mod stages;
 
 pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, SignumConfig,
-    StepSizeRule,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement,
+    MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig,
+    ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, SignumConfig, StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

@@ -172,7 +172,13 @@ impl Optimizer {
         for (name, vals) in &d.entries {
             let v = vals.read().await?;
             let (lo, hi) = (v.first().copied().unwrap_or(0.0), v.last().copied().unwrap_or(0.0));
-            let kappa = if hi <= 0.0 { f32::NAN } else if lo <= 0.0 { f32::INFINITY } else { (hi / lo).sqrt() };
+            let kappa = if hi <= 0.0 {
+                f32::NAN
+            } else if lo <= 0.0 {
+                f32::INFINITY
+            } else {
+                (hi / lo).sqrt()
+            };
             out.push((name.clone(), kappa));
         }
         Ok(out)
@@ -180,7 +186,11 @@ impl Optimizer {
 
     fn check_train(&self, op: &'static str) -> Result<()> {
         if self.eval_mode.load(Ordering::Relaxed) {
-            return Err(Error::InvalidArgument { op, name: "mode", detail: "the optimizer is in eval mode: call train() first".into() });
+            return Err(Error::InvalidArgument {
+                op,
+                name: "mode",
+                detail: "the optimizer is in eval mode: call train() first".into(),
+            });
         }
         Ok(())
     }
@@ -208,7 +218,10 @@ impl Optimizer {
             return Err(Error::InvalidArgument {
                 op,
                 name: "mode",
-                detail: format!("{} keeps x as a state: read it with eval_params() (mode switching is not offered)", g.optimizer.name()),
+                detail: format!(
+                    "{} keeps x as a state: read it with eval_params() (mode switching is not offered)",
+                    g.optimizer.name()
+                ),
             });
         }
         Ok(())
@@ -253,7 +266,9 @@ impl Optimizer {
             let point = sf_outs.and_then(|o| o.iter().find(|(b, _)| *b == s.bucket));
             let plus = self.groups[s.group].optimizer.keeps_x();
             let v = match point {
-                Some((_, t)) => Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())?.read().await?,
+                Some((_, t)) => {
+                    Tensor::from_buffer(&self.gpu, t.buffer().clone(), s.state_offset, s.param.shape())?.read().await?
+                }
                 None if plus => self.state(&s.name, "x")?.read().await?,
                 None => s.param.read().await?,
             };
@@ -351,27 +366,57 @@ impl Optimizer {
         let mut blobs: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for s in &self.slots {
             let shape = s.param.shape().to_vec();
-            blobs.push((format!("param/{}", s.name), safetensors::Dtype::F32, shape.clone(), f32_bytes(s.param.read().await?)));
+            blobs.push((
+                format!("param/{}", s.name),
+                safetensors::Dtype::F32,
+                shape.clone(),
+                f32_bytes(s.param.read().await?),
+            ));
             for view in &s.states {
                 let v = self.state(&s.name, &view.name)?.read().await?;
-                blobs.push((format!("state/{}/{}", s.name, view.name), safetensors::Dtype::F32, view.shape.clone(), f32_bytes(v)));
+                blobs.push((
+                    format!("state/{}/{}", s.name, view.name),
+                    safetensors::Dtype::F32,
+                    view.shape.clone(),
+                    f32_bytes(v),
+                ));
             }
         }
         let counters: Vec<u8> = self.counters.read().await?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
         blobs.push(("counters".into(), safetensors::Dtype::U32, vec![self.counters.numel()], counters));
-        blobs.push(("group_state".into(), safetensors::Dtype::F32, vec![self.gstate.numel()], f32_bytes(self.gstate.read().await?)));
+        blobs.push((
+            "group_state".into(),
+            safetensors::Dtype::F32,
+            vec![self.gstate.numel()],
+            f32_bytes(self.gstate.read().await?),
+        ));
         let views = blobs
             .iter()
-            .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::Checkpoint(e.to_string()))?)))
+            .map(|(n, d, s, b)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                        .map_err(|e| Error::Checkpoint(e.to_string()))?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("wgoptim_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
             ("groups".to_string(), self.metadata()?),
-            ("clip_grad_norm".to_string(), serde_json::to_string(&self.clip).map_err(|e| Error::Checkpoint(e.to_string()))?),
-            ("nonfinite".to_string(), serde_json::to_string(&self.policy).map_err(|e| Error::Checkpoint(e.to_string()))?),
+            (
+                "clip_grad_norm".to_string(),
+                serde_json::to_string(&self.clip).map_err(|e| Error::Checkpoint(e.to_string()))?,
+            ),
+            (
+                "nonfinite".to_string(),
+                serde_json::to_string(&self.policy).map_err(|e| Error::Checkpoint(e.to_string()))?,
+            ),
             ("mode".to_string(), if self.is_eval() { "eval" } else { "train" }.to_string()),
-            ("step_size".to_string(), serde_json::to_string(&self.step_size).map_err(|e| Error::Checkpoint(e.to_string()))?),
+            (
+                "step_size".to_string(),
+                serde_json::to_string(&self.step_size).map_err(|e| Error::Checkpoint(e.to_string()))?,
+            ),
         ]);
         safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
     }
@@ -379,21 +424,28 @@ impl Optimizer {
     /// Restore a checkpoint from [`Optimizer::save`]. Everything is checked first (format, groups and configs,
     /// every tensor's presence, dtype and shape, no extra tensors); on any mismatch nothing is written.
     pub fn load(&self, bytes: &[u8]) -> Result<()> {
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Checkpoint(format!("unreadable or truncated file: {e}")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Checkpoint(format!("unreadable or truncated file: {e}")))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let field = |k: &str| meta.get(k).cloned().ok_or_else(|| Error::Checkpoint(format!("metadata has no `{k}`")));
         if field("format")? != FORMAT {
             return Err(Error::Checkpoint(format!("not a {FORMAT} file (format `{}`)", field("format")?)));
         }
-        let saved: Vec<GroupMeta> = serde_json::from_str(&field("groups")?).map_err(|e| Error::Checkpoint(format!("bad groups metadata: {e}")))?;
-        let ours: Vec<GroupMeta> = serde_json::from_str(&self.metadata()?).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let saved: Vec<GroupMeta> = serde_json::from_str(&field("groups")?)
+            .map_err(|e| Error::Checkpoint(format!("bad groups metadata: {e}")))?;
+        let ours: Vec<GroupMeta> =
+            serde_json::from_str(&self.metadata()?).map_err(|e| Error::Checkpoint(e.to_string()))?;
         if saved.len() != ours.len() {
             return Err(Error::Checkpoint(format!("{} groups saved, this optimizer has {}", saved.len(), ours.len())));
         }
         for (g, (a, b)) in saved.iter().zip(&ours).enumerate() {
             if a.params != b.params {
-                return Err(Error::Checkpoint(format!("group {g}: saved parameters {:?}, here {:?}", a.params, b.params)));
+                return Err(Error::Checkpoint(format!(
+                    "group {g}: saved parameters {:?}, here {:?}",
+                    a.params, b.params
+                )));
             }
             if a.group != b.group {
                 return Err(Error::Checkpoint(format!(
@@ -406,7 +458,10 @@ impl Optimizer {
         let mut writes: Vec<(Tensor, Vec<f32>)> = Vec::new();
         let ours_rule = serde_json::to_string(&self.step_size).map_err(|e| Error::Checkpoint(e.to_string()))?;
         if field("step_size")? != ours_rule {
-            return Err(Error::Checkpoint(format!("saved step-size rule {} differs from this optimizer's {ours_rule}", field("step_size")?)));
+            return Err(Error::Checkpoint(format!(
+                "saved step-size rule {} differs from this optimizer's {ours_rule}",
+                field("step_size")?
+            )));
         }
         let mut expected = vec!["counters".to_string(), "group_state".to_string()];
         let eval = match meta.get("mode").map(String::as_str) {
@@ -416,7 +471,12 @@ impl Optimizer {
         };
         let gs = st.tensor("group_state").map_err(|_| Error::Checkpoint("missing tensor `group_state`".into()))?;
         if gs.dtype() != safetensors::Dtype::F32 || gs.shape() != [self.gstate.numel()] {
-            return Err(Error::Checkpoint(format!("`group_state`: saved {:?} {:?}, expected F32 [{}]", gs.dtype(), gs.shape(), self.gstate.numel())));
+            return Err(Error::Checkpoint(format!(
+                "`group_state`: saved {:?} {:?}, expected F32 [{}]",
+                gs.dtype(),
+                gs.shape(),
+                self.gstate.numel()
+            )));
         }
         writes.push((self.gstate.clone(), bytemuck::pod_collect_to_vec(gs.data())));
         for s in &self.slots {
@@ -427,7 +487,12 @@ impl Optimizer {
             for (key, t) in want {
                 let v = st.tensor(&key).map_err(|_| Error::Checkpoint(format!("missing tensor `{key}`")))?;
                 if v.dtype() != safetensors::Dtype::F32 || v.shape() != t.shape() {
-                    return Err(Error::Checkpoint(format!("`{key}`: saved {:?} {:?}, expected F32 {:?}", v.dtype(), v.shape(), t.shape())));
+                    return Err(Error::Checkpoint(format!(
+                        "`{key}`: saved {:?} {:?}, expected F32 {:?}",
+                        v.dtype(),
+                        v.shape(),
+                        t.shape()
+                    )));
                 }
                 writes.push((t, bytemuck::pod_collect_to_vec(v.data())));
                 expected.push(key);
@@ -435,7 +500,12 @@ impl Optimizer {
         }
         let c = st.tensor("counters").map_err(|_| Error::Checkpoint("missing tensor `counters`".into()))?;
         if c.dtype() != safetensors::Dtype::U32 || c.shape() != [self.counters.numel()] {
-            return Err(Error::Checkpoint(format!("`counters`: saved {:?} {:?}, expected U32 [{}]", c.dtype(), c.shape(), self.counters.numel())));
+            return Err(Error::Checkpoint(format!(
+                "`counters`: saved {:?} {:?}, expected U32 [{}]",
+                c.dtype(),
+                c.shape(),
+                self.counters.numel()
+            )));
         }
         if let Some(extra) = st.names().into_iter().find(|n| !expected.iter().any(|e| e == n)) {
             return Err(Error::Checkpoint(format!("unexpected tensor `{extra}`")));

@@ -19,7 +19,11 @@ impl ParamStore {
         let mut total = 0usize;
         for (name, shape) in specs {
             if entries.iter().any(|(n, _, _): &(String, _, _)| n == name) {
-                return Err(Error::InvalidArgument { op: "ParamStore::new", name: "name", detail: format!("duplicate parameter `{name}`") });
+                return Err(Error::InvalidArgument {
+                    op: "ParamStore::new",
+                    name: "name",
+                    detail: format!("duplicate parameter `{name}`"),
+                });
             }
             let n: usize = shape.iter().product();
             if n == 0 {

@@ -41,7 +41,8 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     } else {
         None
     };
-    let specs: Vec<ParamSpec> = serde_json::from_str(&field("params")?).map_err(|e| bad(format!("bad `params`: {e}")))?;
+    let specs: Vec<ParamSpec> =
+        serde_json::from_str(&field("params")?).map_err(|e| bad(format!("bad `params`: {e}")))?;
     let spec_refs: Vec<(&str, &[usize])> = specs.iter().map(|s| (s.name.as_str(), s.shape.as_slice())).collect();
     let store = ParamStore::new(gpu, &spec_refs)?;
     let load = |key: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -54,7 +55,12 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     for s in &specs {
         store.param(&s.name)?.write(&load(&format!("init/{}", s.name), &s.shape)?)?;
     }
-    let steps = st.names().iter().filter_map(|n| n.strip_prefix("grad/")?.split('/').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
+    let steps = st
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix("grad/")?.split('/').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
     if steps == 0 {
         return Err(bad("no `grad/<t>/<name>` tensors".into()));
     }
@@ -99,7 +105,13 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     opt.report().await?;
     let views = out
         .iter()
-        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).map_err(|e| bad(e.to_string()))?)))
+        .map(|(n, s, d)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .map_err(|e| bad(e.to_string()))?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("optimizer".to_string(), name), ("steps".to_string(), steps.to_string())]);
     safetensors::serialize(views, Some(meta)).map_err(|e| bad(e.to_string()))

@@ -71,7 +71,13 @@ impl Schedule {
     pub(crate) fn validate(&self) -> Result<(), String> {
         match *self {
             Schedule::Constant => Ok(()),
-            Schedule::Warmup { warmup } => if warmup == 0 { Err("warmup must be ≥ 1".into()) } else { Ok(()) },
+            Schedule::Warmup { warmup } => {
+                if warmup == 0 {
+                    Err("warmup must be ≥ 1".into())
+                } else {
+                    Ok(())
+                }
+            }
             Schedule::WarmupCosine { warmup, total, min_ratio } => {
                 if total < warmup {
                     return Err(format!("total ({total}) < warmup ({warmup})"));
@@ -93,13 +99,19 @@ impl Schedule {
             Schedule::Constant => (0, 0.0, 0.0, 0.0, 1.0),
             Schedule::Warmup { warmup } => (3, warmup as f32, 0.0, 0.0, 1.0),
             Schedule::WarmupCosine { warmup, total, min_ratio } => (1, warmup as f32, total as f32, 0.0, min_ratio),
-            Schedule::WarmupStableDecay { warmup, total, decay, min_ratio } => (2, warmup as f32, total as f32, decay as f32, min_ratio),
+            Schedule::WarmupStableDecay { warmup, total, decay, min_ratio } => {
+                (2, warmup as f32, total as f32, decay as f32, min_ratio)
+            }
         }
     }
 }
 
 fn ratio(r: f32) -> Result<(), String> {
-    if (0.0..=1.0).contains(&r) { Ok(()) } else { Err(format!("min_ratio {r} outside [0, 1]")) }
+    if (0.0..=1.0).contains(&r) {
+        Ok(())
+    } else {
+        Err(format!("min_ratio {r} outside [0, 1]"))
+    }
 }
 
 /// Momentum (β1) warmup and cooldown, as modded-nanogpt does for Muon: linear from `start` to the optimizer's β1

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
 use crate::optim::builder::ParamEntry;
 use crate::optim::optimizer::{Bucket, ChunkTable, Diagnostics, ModePlans, MuonParts, ParamSlot, StateView};
-use crate::optim::{Group, OptimizerConfig};
+use crate::optim::{Group, OptimizerConfig, StepSizeRule};
 
 /// Elements per chunk of a bucket (one workgroup each).
 pub(crate) const CHUNK: usize = 4096;
@@ -60,7 +60,11 @@ pub(crate) fn record_muon(
         _ => None,
     };
     let state = |name: &str| {
-        b.states.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| Error::Device(format!("muon bucket without `{name}`")))
+        b.states
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Device(format!("muon bucket without `{name}`")))
     };
     let adamuon = match family {
         OptimizerConfig::AdaMuon(a) => Some(a),
@@ -94,20 +98,35 @@ pub(crate) fn record_muon(
                 ("APPLY_SF", on("apply_sf")),
                 ("OUTSIDE", (outside as u32).to_string()),
                 ("SIGN", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Official).to_string()),
-                ("BIASCORR", adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Simplified).to_string()),
+                (
+                    "BIASCORR",
+                    adamuon.is_some_and(|a| a.variant == crate::optim::AdaMuonVariant::Simplified).to_string(),
+                ),
             ],
         )
     };
     let uniforms = |t: &ChunkTable| {
         let (gx, _) = grid(t.chunks);
-        M { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, wd: c.weight_decay, _p: [0.0; 3] }
+        M {
+            chunks: t.chunks as u32,
+            group: b.group as u32,
+            groups_x: gx,
+            flags: spec.flags,
+            wd: c.weight_decay,
+            _p: [0.0; 3],
+        }
     };
     for t in &b.tables {
         let (gx, gy) = grid(t.chunks);
         if outside {
             plan.dispatch(&kernel(t, "copy")?, &uniforms(t), &[&t.table, scalars, &b.grad, &parts.ns_in], [gx, gy, 1])?;
         } else {
-            plan.dispatch(&kernel(t, "momentum")?, &uniforms(t), &[&t.table, scalars, &b.grad, mom, &parts.ns_in], [gx, gy, 1])?;
+            plan.dispatch(
+                &kernel(t, "momentum")?,
+                &uniforms(t),
+                &[&t.table, scalars, &b.grad, mom, &parts.ns_in],
+                [gx, gy, 1],
+            )?;
         }
     }
     for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
@@ -128,8 +147,22 @@ pub(crate) fn record_muon(
                 group: u32,
                 _p: u32,
             }
-            let u = N { rows: m as u32, cols: n as u32, o_off: offset as u32, v_off: v_off as u32, beta2: nm.beta2, paper, group: b.group as u32, _p: 0 };
-            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, state("second_momentum_buffer")?], [count as u32, 1, 1])?;
+            let u = N {
+                rows: m as u32,
+                cols: n as u32,
+                o_off: offset as u32,
+                v_off: v_off as u32,
+                beta2: nm.beta2,
+                paper,
+                group: b.group as u32,
+                _p: 0,
+            };
+            plan.dispatch(
+                &kernel,
+                &u,
+                &[scalars, &parts.ns_out, state("second_momentum_buffer")?],
+                [count as u32, 1, 1],
+            )?;
         }
         if let Some(am) = adamuon {
             let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
@@ -166,7 +199,12 @@ pub(crate) fn record_muon(
         for t in &b.tables {
             let (gx, gy) = grid(t.chunks);
             let u = M { wd: sfc.weight_decay, _p: [sfc.beta1, 0.0, 0.0], ..uniforms(t) };
-            plan.dispatch(&kernel(t, "apply_sf")?, &u, &[&t.table, scalars, &b.param, &parts.ns_out, state("z")?, state("x")?], [gx, gy, 1])?;
+            plan.dispatch(
+                &kernel(t, "apply_sf")?,
+                &u,
+                &[&t.table, scalars, &b.param, &parts.ns_out, state("z")?, state("x")?],
+                [gx, gy, 1],
+            )?;
         }
         return Ok(());
     }
@@ -184,7 +222,13 @@ pub(crate) fn record_muon(
 
 /// Adafactor's per-tensor state layout (factored over the last two dims when ndim ≥ 2: rows, then columns, then
 /// one mean-of-rows scratch value per leading index; else a full second moment) and its tensor-table row.
-pub(crate) fn adafactor_layout(p: &ParamEntry, momentum: bool, rows_out: &mut Vec<u32>, state: &mut usize, mom: &mut usize) -> Result<Vec<StateView>> {
+pub(crate) fn adafactor_layout(
+    p: &ParamEntry,
+    momentum: bool,
+    rows_out: &mut Vec<u32>,
+    state: &mut usize,
+    mom: &mut usize,
+) -> Result<Vec<StateView>> {
     let shape = p.param.shape();
     let n = p.param.numel();
     let factored = shape.len() >= 2;
@@ -197,8 +241,18 @@ pub(crate) fn adafactor_layout(p: &ParamEntry, momentum: bool, rows_out: &mut Ve
     let mut views = Vec::new();
     let s_off = *state;
     if factored {
-        views.push(StateView { name: "exp_avg_sq_row".into(), buffer: 0, offset: s_off, shape: [lead.clone(), vec![rows]].concat() });
-        views.push(StateView { name: "exp_avg_sq_col".into(), buffer: 0, offset: s_off + batch * rows, shape: [lead, vec![cols]].concat() });
+        views.push(StateView {
+            name: "exp_avg_sq_row".into(),
+            buffer: 0,
+            offset: s_off,
+            shape: [lead.clone(), vec![rows]].concat(),
+        });
+        views.push(StateView {
+            name: "exp_avg_sq_col".into(),
+            buffer: 0,
+            offset: s_off + batch * rows,
+            shape: [lead, vec![cols]].concat(),
+        });
         *state += batch * (rows + cols + 1);
     } else {
         views.push(StateView { name: "exp_avg_sq".into(), buffer: 0, offset: s_off, shape: shape.to_vec() });
@@ -209,7 +263,11 @@ pub(crate) fn adafactor_layout(p: &ParamEntry, momentum: bool, rows_out: &mut Ve
     }
     let fields = [p.param.offset(), p.grad.offset(), batch, rows, cols, s_off, *mom, factored as usize];
     if fields.iter().any(|&v| u32::try_from(v).is_err()) || u32::try_from(*state).is_err() {
-        return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+        return Err(Error::InvalidArgument {
+            op: "OptimizerBuilder::build",
+            name: "param",
+            detail: format!("`{}` lies beyond 2^32 elements", p.name),
+        });
     }
     rows_out.extend(fields.iter().map(|&v| v as u32));
     *mom += n;
@@ -271,7 +329,12 @@ fn plus_fields(o: &OptimizerConfig) -> GroupUniform {
 
 /// Copies of the diagnosed matrices before the update stage, and the plan that turns them into the Gram
 /// eigenvalues of each update (Δ = before − after, Gram on the small side, Jacobi).
-pub(crate) fn diagnostics(gpu: &Gpu, params: &[ParamEntry], names: &[String], plan: &mut PlanBuilder) -> Result<Option<Diagnostics>> {
+pub(crate) fn diagnostics(
+    gpu: &Gpu,
+    params: &[ParamEntry],
+    names: &[String],
+    plan: &mut PlanBuilder,
+) -> Result<Option<Diagnostics>> {
     if names.is_empty() {
         return Ok(None);
     }
@@ -294,7 +357,8 @@ pub(crate) fn diagnostics(gpu: &Gpu, params: &[ParamEntry], names: &[String], pl
         crate::linalg::copy(plan, &p.param, &before)?;
         let k = m.min(n);
         let delta = after.scratch(&[m, n])?;
-        crate::linalg::Axpby { x: Some(&before), y: Some(&p.param), b: -1.0, ..crate::linalg::Axpby::new(&delta) }.record(&mut after)?;
+        crate::linalg::Axpby { x: Some(&before), y: Some(&p.param), b: -1.0, ..crate::linalg::Axpby::new(&delta) }
+            .record(&mut after)?;
         let gram = after.scratch(&[1, k, k])?;
         let side = if m > n { crate::linalg::GramSide::Cols } else { crate::linalg::GramSide::Rows };
         crate::linalg::gram(&mut after, &delta, side, &gram, 1.0, None, 0.0, Default::default())?;
@@ -307,7 +371,12 @@ pub(crate) fn diagnostics(gpu: &Gpu, params: &[ParamEntry], names: &[String], pl
 
 /// Plans for Schedule-Free groups: to eval (y → x), to train (x → y), and the evaluation point into
 /// per-bucket buffers; `None` when no group is Schedule-Free.
-pub(crate) fn schedule_free_plans(gpu: &Gpu, groups: &[Group], buckets: &[Bucket], wg: u32) -> Result<Option<ModePlans>> {
+pub(crate) fn schedule_free_plans(
+    gpu: &Gpu,
+    groups: &[Group],
+    buckets: &[Bucket],
+    wg: u32,
+) -> Result<Option<ModePlans>> {
     let sf: Vec<&Bucket> = buckets.iter().filter(|b| groups[b.group].optimizer.is_schedule_free()).collect();
     if sf.is_empty() {
         return Ok(None);
@@ -374,14 +443,25 @@ pub(crate) fn layout_bucket(
     let mut idx = idx.to_vec();
     if muon.is_some() {
         // NorMuon's official 4-D statistics differ (§3.1 quirks): it takes 2-D matrices only for now.
-        let takes = |shape: &[usize]| if normuon { shape.len() == 2 } else { crate::optim::config::muon_matrices(shape).is_some() };
+        let takes = |shape: &[usize]| {
+            if normuon {
+                shape.len() == 2
+            } else {
+                crate::optim::config::muon_matrices(shape).is_some()
+            }
+        };
         if let Some(&i) = idx.iter().find(|&&i| !takes(params[i].param.shape())) {
             let p = &params[i];
             let what = if normuon { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
             return Err(Error::InvalidArgument {
                 op: "OptimizerBuilder::build",
                 name: "rules",
-                detail: format!("{} takes {what}; route `{}` {:?} to another optimizer", groups[group].optimizer.name(), p.name, p.param.shape()),
+                detail: format!(
+                    "{} takes {what}; route `{}` {:?} to another optimizer",
+                    groups[group].optimizer.name(),
+                    p.name,
+                    p.param.shape()
+                ),
             });
         }
         idx.sort_by_key(|&i| crate::optim::config::muon_matrices(params[i].param.shape()).map(|(_, m, n)| (m, n)));
@@ -404,7 +484,8 @@ pub(crate) fn layout_bucket(
         if let Some(c) = &muon {
             let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
             let s = c.adjust_lr.scale_for(p.param.shape());
-            let body = if p.param.offset().is_multiple_of(4) && p.grad.offset().is_multiple_of(4) { n / 4 * 4 } else { 0 };
+            let body =
+                if p.param.offset().is_multiple_of(4) && p.grad.offset().is_multiple_of(4) { n / 4 * 4 } else { 0 };
             vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
             scalar_scale.extend(std::iter::repeat_n(s, (n - body).div_ceil(CHUNK)));
             // Stack with the previous matrix when the shape matches and the layout is contiguous.
@@ -420,14 +501,23 @@ pub(crate) fn layout_bucket(
         }
         let fits = |v: usize| u32::try_from(v).is_ok();
         if !fits(p.param.offset() + n) || !fits(p.grad.offset() + n) || !fits(state_off + n) {
-            return Err(Error::InvalidArgument { op: "OptimizerBuilder::build", name: "param", detail: format!("`{}` lies beyond 2^32 elements", p.name) });
+            return Err(Error::InvalidArgument {
+                op: "OptimizerBuilder::build",
+                name: "param",
+                detail: format!("`{}` lies beyond 2^32 elements", p.name),
+            });
         }
         let (po, go) = (p.param.offset(), p.grad.offset());
         let aligned = po % 4 == 0 && go % 4 == 0;
         let body = if aligned { n / 4 * 4 } else { 0 };
         for c in (0..body).step_by(CHUNK) {
             let len = CHUNK.min(body - c);
-            vec_rows.extend([((po + c) / 4) as u32, ((go + c) / 4) as u32, ((state_off + c) / 4) as u32, (len / 4) as u32]);
+            vec_rows.extend([
+                ((po + c) / 4) as u32,
+                ((go + c) / 4) as u32,
+                ((state_off + c) / 4) as u32,
+                (len / 4) as u32,
+            ]);
         }
         for c in (body..n).step_by(CHUNK) {
             let len = CHUNK.min(n - c);
@@ -439,16 +529,36 @@ pub(crate) fn layout_bucket(
                 .states
                 .iter()
                 .enumerate()
-                .map(|(k, name)| StateView { name: name.to_string(), buffer: k, offset: state_off, shape: p.param.shape().to_vec() })
+                .map(|(k, name)| StateView {
+                    name: name.to_string(),
+                    buffer: k,
+                    offset: state_off,
+                    shape: p.param.shape().to_vec(),
+                })
                 .collect(),
         };
         if normuon {
             // One second-moment value per row (output neuron), shaped like the official p[..., 0:1].
             let m = p.param.shape()[0];
-            states.push(StateView { name: "second_momentum_buffer".into(), buffer: spec.states.len(), offset: row_off, shape: vec![m, 1] });
+            states.push(StateView {
+                name: "second_momentum_buffer".into(),
+                buffer: spec.states.len(),
+                offset: row_off,
+                shape: vec![m, 1],
+            });
             row_off += m;
         }
-        slots.push((i, ParamSlot { name: p.name.clone(), param: p.param.clone(), group, bucket: b, state_offset: state_off, states }));
+        slots.push((
+            i,
+            ParamSlot {
+                name: p.name.clone(),
+                param: p.param.clone(),
+                group,
+                bucket: b,
+                state_offset: state_off,
+                states,
+            },
+        ));
         state_off += n.div_ceil(4) * 4;
     }
     let mut tables = Vec::new();
@@ -463,7 +573,12 @@ pub(crate) fn layout_bucket(
         *total_chunks += rows.len() / 4;
     }
     let muon_parts = match muon {
-        Some(_) => Some(MuonParts { ns_in: Tensor::zeros(gpu, &[state_off])?, ns_out: Tensor::zeros(gpu, &[state_off])?, stacks, stack_shapes }),
+        Some(_) => Some(MuonParts {
+            ns_in: Tensor::zeros(gpu, &[state_off])?,
+            ns_out: Tensor::zeros(gpu, &[state_off])?,
+            stacks,
+            stack_shapes,
+        }),
         None => None,
     };
     let (states, tensor_table) = match adafactor {
@@ -477,13 +592,241 @@ pub(crate) fn layout_bucket(
             (st, Some((t, af_rows.len() / 8)))
         }
         None => {
-            let mut st: Vec<(String, Tensor)> =
-                spec.states.iter().map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?))).collect::<Result<_>>()?;
+            let mut st: Vec<(String, Tensor)> = spec
+                .states
+                .iter()
+                .map(|s| Ok((s.to_string(), Tensor::zeros(gpu, &[state_off])?)))
+                .collect::<Result<_>>()?;
             if normuon {
                 st.push(("second_momentum_buffer".to_string(), Tensor::zeros(gpu, &[row_off.max(1)])?));
             }
             (st, None)
         }
     };
-    Ok(Bucket { group, tables, tensor_table, muon: muon_parts, grad: params[idx[0]].grad.clone(), param: params[idx[0]].param.clone(), states })
+    Ok(Bucket {
+        group,
+        tables,
+        tensor_table,
+        muon: muon_parts,
+        grad: params[idx[0]].grad.clone(),
+        param: params[idx[0]].param.clone(),
+        states,
+    })
+}
+
+/// The step's device-side bookkeeping: counters (u32: skipped, attempted, per-group applied steps), the per-step
+/// scalars the prologue writes, the groups' records, and persistent group state (Schedule-Free sums, Polyak EMAs).
+pub(crate) struct DeviceState {
+    pub counters: Tensor,
+    pub scalars: Tensor,
+    pub group_buf: Tensor,
+    pub gstate: Tensor,
+}
+
+impl DeviceState {
+    pub(crate) fn new(gpu: &Gpu, groups: &[Group]) -> Result<DeviceState> {
+        let counters = Tensor::zeros(gpu, &[2 + groups.len()])?;
+        let scalars = Tensor::zeros(gpu, &[8 + 16 * groups.len()])?;
+        let group_data: Vec<GroupUniform> = groups.iter().map(encode_group).collect();
+        let group_buf = Tensor::zeros(gpu, &[groups.len() * 32])?;
+        group_buf.write(bytemuck::cast_slice(&group_data))?;
+        let gstate = Tensor::zeros(gpu, &[groups.len() * 4 + 8])?;
+        // Per group [lr_max, weight_sum, 0, 0] (lr_max starts at −1, or at eps for ScheduleFree+); then the Polyak
+        // rule's [loss EMA, norm EMA, ratio, 0] and ScheduleFree+'s [e, 0, 0, 0].
+        let mut init: Vec<f32> = groups
+            .iter()
+            .flat_map(|g| match g.optimizer {
+                OptimizerConfig::ScheduleFreePlus(c) => [c.eps, 0.0, 0.0, 0.0],
+                _ => [-1.0, 0.0, 0.0, 0.0],
+            })
+            .collect();
+        init.extend([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        gstate.write(&init)?;
+        Ok(DeviceState { counters, scalars, group_buf, gstate })
+    }
+}
+
+/// Step options the prologue needs.
+pub(crate) struct StepOptions<'a> {
+    pub clip: Option<f32>,
+    pub step_size: Option<StepSizeRule>,
+    pub loss: Option<&'a Tensor>,
+}
+
+/// Template keys of the chunked kernels for a vec4 or scalar table.
+fn kernel_types(vec4: bool, wg: u32) -> [(&'static str, String); 4] {
+    if vec4 {
+        [
+            ("T", "vec4<f32>".into()),
+            ("U", "vec4<u32>".into()),
+            ("WG", wg.to_string()),
+            ("TOTAL", "dot(v, vec4<f32>(1.0))".into()),
+        ]
+    } else {
+        [("T", "f32".into()), ("U", "u32".into()), ("WG", wg.to_string()), ("TOTAL", "v".into())]
+    }
+}
+
+/// Stage `grad_stats`: per-chunk Σg², non-finite flags (and ScheduleFree+'s ‖g‖₁, ⟨g, z − x⟩) into `partials`.
+pub(crate) fn record_grad_stats(
+    plan: &mut PlanBuilder,
+    groups: &[Group],
+    buckets: &[Bucket],
+    partials: &Tensor,
+    wg: u32,
+) -> Result<()> {
+    for b in buckets {
+        for t in &b.tables {
+            // ScheduleFree+ buckets also sum g·(z − x) for the Polyak step's correction.
+            let inner = matches!(groups[b.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
+            let mut defines = kernel_types(t.vec4, wg).to_vec();
+            defines.push(("INNER", (inner as u32).to_string()));
+            let stats = plan.gpu().clone().kernel("optim/grad_stats.wgsl", "main", &defines)?;
+            let (gx, gy) = grid(t.chunks);
+            let u: [u32; 4] = [t.chunks as u32, t.chunk_base as u32, gx, 0];
+            let mut tensors = vec![&t.table, &b.grad, partials];
+            if inner {
+                tensors.extend([&b.states[0].1, &b.states[1].1]);
+            }
+            plan.dispatch(&stats, &u, &tensors, [gx, gy, 1])?;
+        }
+    }
+    Ok(())
+}
+
+/// Stage `prologue`: one invocation turns the partials into the step's scalars (see prologue.wgsl).
+pub(crate) fn record_prologue(
+    plan: &mut PlanBuilder,
+    groups: &[Group],
+    state: &DeviceState,
+    partials: &Tensor,
+    total_chunks: usize,
+    options: &StepOptions<'_>,
+) -> Result<()> {
+    let sfp_group = groups.iter().position(|g| matches!(g.optimizer, OptimizerConfig::ScheduleFreePlus(_)));
+    let flag = |b: bool| (b as u32).to_string();
+    let prologue = plan.gpu().clone().kernel(
+        "optim/prologue.wgsl",
+        "main",
+        &[
+            ("POLYAK", flag(options.step_size.is_some())),
+            ("SFPLUS", flag(sfp_group.is_some())),
+            ("LOSS", flag(options.loss.is_some())),
+        ],
+    )?;
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        groups: u32,
+        partials: u32,
+        max_norm: f32,
+        clip: u32,
+        loss_off: u32,
+        beta: f32,
+        rmin: f32,
+        rmax: f32,
+        sfp_group: u32,
+        _p: [u32; 3],
+    }
+    let (beta, rmin, rmax) = match options.step_size {
+        Some(StepSizeRule::PolyakClamp { beta, min, max }) => (beta, min, max),
+        None => (0.0, 1.0, 1.0),
+    };
+    let pu = P {
+        groups: groups.len() as u32,
+        partials: total_chunks as u32,
+        max_norm: options.clip.unwrap_or(0.0),
+        clip: options.clip.is_some() as u32,
+        loss_off: options.loss.map_or(0, |l| l.offset() as u32),
+        beta,
+        rmin,
+        rmax,
+        sfp_group: sfp_group.unwrap_or(0) as u32,
+        _p: [0; 3],
+    };
+    let mut tensors = vec![&state.group_buf, partials, &state.counters, &state.scalars, &state.gstate];
+    if let Some(loss) = options.loss {
+        tensors.push(loss);
+    }
+    plan.dispatch(&prologue, &pu, &tensors, [1, 1, 1])?;
+    Ok(())
+}
+
+/// Stage `update`: each bucket's fused update (elementwise kernels, Adafactor per tensor, the Muon family).
+pub(crate) fn record_updates(
+    plan: &mut PlanBuilder,
+    groups: &[Group],
+    buckets: &[Bucket],
+    scalars: &Tensor,
+    wg: u32,
+) -> Result<()> {
+    for b in buckets {
+        let spec = groups[b.group].optimizer.kernel();
+        if let (OptimizerConfig::Adafactor(c), Some((table, count))) = (&groups[b.group].optimizer, &b.tensor_table) {
+            let kernel = plan.gpu().clone().kernel(
+                "optim/adafactor.wgsl",
+                "main",
+                &[("MOMENTUM", (c.beta1.is_some() as u32).to_string())],
+            )?;
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct A {
+                tensors: u32,
+                group: u32,
+                flags: u32,
+                _p: u32,
+                h: [f32; 4],
+                beta1: f32,
+                wd: f32,
+                _q: [f32; 2],
+            }
+            let u = A {
+                tensors: *count as u32,
+                group: b.group as u32,
+                flags: spec.flags,
+                _p: 0,
+                h: spec.h,
+                beta1: spec.beta1,
+                wd: c.weight_decay,
+                _q: [0.0; 2],
+            };
+            let mut tensors: Vec<&Tensor> = vec![table, scalars, &b.grad, &b.param];
+            tensors.extend(b.states.iter().map(|(_, s)| s));
+            plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
+            continue;
+        }
+        if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.muon) {
+            record_muon(plan, &c, &groups[b.group].optimizer, b, parts, scalars, wg)?;
+            continue;
+        }
+        let n = spec.states.len();
+        let flag = |v: bool| (if v { "1" } else { "0" }).to_string();
+        for t in &b.tables {
+            let mut defines = vec![
+                (spec.define, "1".to_string()),
+                ("STATES_1", flag(n == 1)),
+                ("STATES_2", flag(n == 2)),
+                ("STATES_3", flag(n == 3)),
+                ("STATES_4", flag(n == 4)),
+                ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
+            ];
+            defines.extend(kernel_types(t.vec4, wg));
+            let kernel = plan.gpu().clone().kernel("optim/update.wgsl", "main", &defines)?;
+            let (gx, gy) = grid(t.chunks);
+            #[repr(C)]
+            #[derive(Clone, Copy, Pod, Zeroable)]
+            struct Upd {
+                chunks: u32,
+                group: u32,
+                groups_x: u32,
+                flags: u32,
+                h: [f32; 4],
+            }
+            let u = Upd { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags: spec.flags, h: spec.h };
+            let mut tensors: Vec<&Tensor> = vec![&t.table, scalars, &b.grad, &b.param];
+            tensors.extend(b.states.iter().map(|(_, s)| s));
+            plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?;
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,11 @@ use wgoptim::linalg::*;
 use wgoptim::{Error, PlanBuilder, Tensor};
 
 fn op(m: &Mat, t: Trans) -> Mat {
-    if t == Trans::T { m.t() } else { m.clone() }
+    if t == Trans::T {
+        m.t()
+    } else {
+        m.clone()
+    }
 }
 
 #[test]
@@ -21,7 +25,9 @@ fn matmul_all_transposes_and_shapes() {
                 let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
                 let (ga, gb, gc) = (upload(&gpu, &a), upload(&gpu, &b), upload(&gpu, &c));
                 let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
-                run(&gpu, |p| Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap());
+                run(&gpu, |p| {
+                    Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap()
+                });
                 let got = out.read_blocking().unwrap();
                 for (i, g) in split(&got, batch).iter().enumerate() {
                     let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
@@ -62,7 +68,12 @@ fn gram_both_sides_exactly_symmetric() {
         let gx = upload(&gpu, &x);
         for side in [GramSide::Rows, GramSide::Cols] {
             let s = if side == GramSide::Rows { m } else { n };
-            let c: Vec<Mat> = (0..2).map(|_| { let r = rng.mat(s, s); r.add(&r.t()) }).collect();
+            let c: Vec<Mat> = (0..2)
+                .map(|_| {
+                    let r = rng.mat(s, s);
+                    r.add(&r.t())
+                })
+                .collect();
             let gc = upload(&gpu, &c);
             let out = Tensor::zeros(&gpu, &[2, s, s]).unwrap();
             run(&gpu, |p| gram(p, &gx, side, &out, 2.0, Some(&gc), 0.5, Precision::F32).unwrap());
@@ -159,7 +170,8 @@ fn reductions_match_cpu() {
         let segs = 3;
         let data: Vec<f64> = (0..len * segs).map(|_| rng.next() * 3.0).collect();
         let x = Tensor::from_slice(&gpu, &[segs, len], &data.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
-        for op in [ReduceOp::Sum, ReduceOp::SumSq, ReduceOp::Norm, ReduceOp::MaxAbs, ReduceOp::L1, ReduceOp::AllFinite] {
+        for op in [ReduceOp::Sum, ReduceOp::SumSq, ReduceOp::Norm, ReduceOp::MaxAbs, ReduceOp::L1, ReduceOp::AllFinite]
+        {
             let out = Tensor::zeros(&gpu, &[segs]).unwrap();
             run(&gpu, |p| reduce(p, &x, op, segs, &out).unwrap());
             let got = out.read_blocking().unwrap();
@@ -221,7 +233,12 @@ fn trace_mean_sq_transpose() {
             mean_sq(p, &gx, false, &cols).unwrap();
             transpose(p, &gx, &xt).unwrap();
         });
-        let (tr, rows, cols, xt) = (tr.read_blocking().unwrap(), rows.read_blocking().unwrap(), cols.read_blocking().unwrap(), xt.read_blocking().unwrap());
+        let (tr, rows, cols, xt) = (
+            tr.read_blocking().unwrap(),
+            rows.read_blocking().unwrap(),
+            cols.read_blocking().unwrap(),
+            xt.read_blocking().unwrap(),
+        );
         for b in 0..2 {
             let t: f64 = (0..m.min(n)).map(|i| x[b].at(i, i)).sum();
             assert!((tr[b] as f64 - t).abs() < 1e-5);

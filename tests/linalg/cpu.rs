@@ -144,7 +144,11 @@ pub fn cpu_eigh(a: &Mat) -> (Vec<f64>, Mat) {
     let mut a = a.clone();
     let mut v = Mat::eye(n);
     for _ in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter(|(i, j)| i != j).map(|(i, j)| a.at(i, j).powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|(i, j)| i != j)
+            .map(|(i, j)| a.at(i, j).powi(2))
+            .sum();
         if off < 1e-30 * a.norm().powi(2).max(1e-300) {
             break;
         }

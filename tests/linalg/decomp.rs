@@ -45,9 +45,18 @@ fn run_eigh(a: &[Mat], warm: Option<&Tensor>, cfg: &EighConfig) -> (Vec<f32>, Ve
 fn eigh_random_rank_deficient_and_ill_conditioned() {
     let mut rng = Rng::new(21);
     for n in [1usize, 2, 7, 13, 64, 127] {
-        let random: Vec<Mat> = (0..2).map(|_| { let m = rng.mat(n, n); m.add(&m.t()) }).collect();
-        let low_rank = { let x = rng.mat(n, (n / 3).max(1)); x.mul(&x.t()) };
-        let ill = sym_with_eigs(&mut rng, &(0..n).map(|i| 10f64.powf(-6.0 * i as f64 / n.max(2) as f64)).collect::<Vec<_>>());
+        let random: Vec<Mat> = (0..2)
+            .map(|_| {
+                let m = rng.mat(n, n);
+                m.add(&m.t())
+            })
+            .collect();
+        let low_rank = {
+            let x = rng.mat(n, (n / 3).max(1));
+            x.mul(&x.t())
+        };
+        let ill =
+            sym_with_eigs(&mut rng, &(0..n).map(|i| 10f64.powf(-6.0 * i as f64 / n.max(2) as f64)).collect::<Vec<_>>());
         for batch in [random, vec![low_rank, ill]] {
             let (vals, vecs) = run_eigh(&batch, None, &EighConfig::default());
             for (i, a) in batch.iter().enumerate() {
@@ -62,9 +71,15 @@ fn eigh_warm_start_converges_in_few_sweeps() {
     let gpu = gpu();
     let mut rng = Rng::new(22);
     let n = 48;
-    let a = { let m = rng.mat(n, n); m.add(&m.t()) };
+    let a = {
+        let m = rng.mat(n, n);
+        m.add(&m.t())
+    };
     let (_, v0) = run_eigh(&[a.clone()], None, &EighConfig::default());
-    let drift = { let m = rng.mat(n, n); m.add(&m.t()).scale(1e-3) };
+    let drift = {
+        let m = rng.mat(n, n);
+        m.add(&m.t()).scale(1e-3)
+    };
     let a2 = a.add(&drift);
     let warm = Tensor::from_slice(&gpu, &[1, n, n], &v0).unwrap();
     let cfg = EighConfig { max_sweeps: 3, ..EighConfig::default() };
@@ -254,9 +269,15 @@ fn decompositions_reject_bad_input() {
     let sq = Tensor::zeros(&gpu, &[4, 4]).unwrap();
     let v = Tensor::zeros(&gpu, &[4]).unwrap();
     assert!(matches!(eigh(&mut pb, &rect, &v, &sq, None, &EighConfig::default()), Err(Error::Shape { .. })));
-    assert!(matches!(qr(&mut pb, &Tensor::zeros(&gpu, &[3, 5]).unwrap(), &rect, &sq), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        qr(&mut pb, &Tensor::zeros(&gpu, &[3, 5]).unwrap(), &rect, &sq),
+        Err(Error::InvalidArgument { .. })
+    ));
     assert!(matches!(inverse_root_newton(&mut pb, &sq, &sq, 0, 0.0, 5), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(inverse_root_eigh(&mut pb, &sq, &sq, 2, f32::NAN, &EighConfig::default()), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        inverse_root_eigh(&mut pb, &sq, &sq, 2, f32::NAN, &EighConfig::default()),
+        Err(Error::InvalidArgument { .. })
+    ));
     assert!(matches!(cholesky(&mut pb, &sq, &sq, &v, -1.0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(sqrt_newton_schulz(&mut pb, &sq, None, None, 0.0, 5), Err(Error::InvalidArgument { .. })));
     assert!(pb.is_empty());

@@ -21,13 +21,23 @@ fn embedding_uses_the_callers_device_buffers_and_encoder() {
     let (device, queue) = (host.device().clone(), host.queue().clone());
     let embedded = Gpu::from_wgpu(device.clone(), queue.clone());
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let own = device.create_buffer(&wgpu::BufferDescriptor { label: Some("host"), size: 4 * 64, usage, mapped_at_creation: false });
+    let own = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host"),
+        size: 4 * 64,
+        usage,
+        mapped_at_creation: false,
+    });
     let data: Vec<f32> = (0..32).map(|i| i as f32).collect();
     queue.write_buffer(&own, 0, bytemuck::cast_slice(&data));
     // Two 4×4 views at element offsets 0 and 16 of the host's buffer; the result goes into a third view.
     let a = Tensor::from_buffer(&embedded, own.clone(), 0, &[4, 4]).unwrap();
     let b = Tensor::from_buffer(&embedded, own.clone(), 16, &[4, 4]).unwrap();
-    let out_buf = device.create_buffer(&wgpu::BufferDescriptor { label: Some("host out"), size: 4 * 16, usage, mapped_at_creation: false });
+    let out_buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host out"),
+        size: 4 * 16,
+        usage,
+        mapped_at_creation: false,
+    });
     let out = Tensor::from_buffer(&embedded, out_buf, 0, &[4, 4]).unwrap();
     let mut pb = PlanBuilder::new(&embedded);
     Matmul::new(&a, &b, &out).record(&mut pb).unwrap();

@@ -74,7 +74,8 @@ fn grads_at(step: u32, nan_at: Option<u32>) -> Vec<Vec<f32>> {
         .iter()
         .enumerate()
         .map(|(i, (_, shape))| {
-            let mut g: Vec<f32> = noise(1000 * step as u64 + i as u64, shape.iter().product()).iter().map(|v| v * 0.5).collect();
+            let mut g: Vec<f32> =
+                noise(1000 * step as u64 + i as u64, shape.iter().product()).iter().map(|v| v * 0.5).collect();
             if nan_at == Some(step) && i == 1 {
                 g[4095] = f32::NAN;
             }
@@ -96,7 +97,12 @@ fn read_params(run: &Run) -> Vec<Vec<f32>> {
 /// Run `steps` on the GPU and the reference; compare every parameter (relative Frobenius error over all).
 fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_at: Option<u32>) {
     let run = build(groups, clip).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+    let mut ref_groups: Vec<RefGroup> = run
+        .opt
+        .groups()
+        .iter()
+        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
+        .collect();
     let init = read_params(&run);
     let mut ref_params: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
@@ -116,7 +122,8 @@ fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_a
             // The skipped step left parameters and state bit-identical.
             assert_eq!(read_params(&run), params_before.unwrap(), "skipped step changed parameters");
             let names = run.opt.state_names("emb").unwrap();
-            let after: Vec<f32> = names.iter().flat_map(|s| run.opt.state("emb", s).unwrap().read_blocking().unwrap()).collect();
+            let after: Vec<f32> =
+                names.iter().flat_map(|s| run.opt.state("emb", s).unwrap().read_blocking().unwrap()).collect();
             assert_eq!(after, state_before.unwrap(), "skipped step changed state");
         }
     }
@@ -126,7 +133,11 @@ fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_a
     let diff = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let moved = want.iter().zip(&init).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-    assert!(moved > 1e-5 * norm, "{groups:?}: the reference barely moved ({}): the test would prove nothing", moved / norm);
+    assert!(
+        moved > 1e-5 * norm,
+        "{groups:?}: the reference barely moved ({}): the test would prove nothing",
+        moved / norm
+    );
     assert!(diff / norm <= 1e-5, "{groups:?}: relative error {} after {steps} steps", diff / norm);
     // The displacement from the initial point must match too (a strong check when steps are small).
     assert!(diff / moved <= 1e-2, "{groups:?}: displacement error {} after {steps} steps", diff / moved);
@@ -147,23 +158,67 @@ fn cosine() -> Schedule {
 fn every_config() -> Vec<OptimizerConfig> {
     vec![
         OptimizerConfig::Sgd(SgdConfig { lr: 0.05, ..Default::default() }),
-        OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 0.01, ..Default::default() }),
-        OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.9, nesterov: true, maximize: true, ..Default::default() }),
+        OptimizerConfig::Sgd(SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 0.01,
+            ..Default::default()
+        }),
+        OptimizerConfig::Sgd(SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            maximize: true,
+            ..Default::default()
+        }),
         OptimizerConfig::AdamW(AdamWConfig::default()),
         OptimizerConfig::AdamW(AdamWConfig { lr: 3e-3, amsgrad: true, weight_decay: 0.1, ..Default::default() }),
-        OptimizerConfig::AdamW(AdamWConfig { maximize: true, beta1: 0.8, beta2: 0.95, eps: 1e-6, ..Default::default() }),
+        OptimizerConfig::AdamW(AdamWConfig {
+            maximize: true,
+            beta1: 0.8,
+            beta2: 0.95,
+            eps: 1e-6,
+            ..Default::default()
+        }),
         OptimizerConfig::Lion(LionConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, lookahead: 0.5, weight_decay: 0.1, ..Default::default() }),
         OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, weight_decay: 0.01, ..Default::default() }),
-        OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, r: 1.0, weight_lr_power: 1.0, ..Default::default() }),
-        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, weight_decay: 0.05, ..Default::default() }),
-        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, inner_momentum: 0.5, r: 0.5, ..Default::default() }),
+        OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig {
+            lr: 0.05,
+            r: 1.0,
+            weight_lr_power: 1.0,
+            ..Default::default()
+        }),
+        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig {
+            lr: 3e-3,
+            weight_decay: 0.05,
+            ..Default::default()
+        }),
+        OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig {
+            lr: 3e-3,
+            inner_momentum: 0.5,
+            r: 0.5,
+            ..Default::default()
+        }),
         OptimizerConfig::Ona(OnaConfig { lr: 0.01, weight_decay: 0.05, ..Default::default() }),
         OptimizerConfig::Ona(OnaConfig { lr: 2e-3, adam: true, beta: 0.9, ..Default::default() }),
         OptimizerConfig::Adafactor(AdafactorConfig::default()),
-        OptimizerConfig::Adafactor(AdafactorConfig { lr: Some(0.01), relative_step: false, scale_parameter: false, beta1: Some(0.9), weight_decay: 0.01, ..Default::default() }),
-        OptimizerConfig::Adafactor(AdafactorConfig { warmup_init: true, clip_threshold: 0.5, beta1: Some(0.8), ..Default::default() }),
+        OptimizerConfig::Adafactor(AdafactorConfig {
+            lr: Some(0.01),
+            relative_step: false,
+            scale_parameter: false,
+            beta1: Some(0.9),
+            weight_decay: 0.01,
+            ..Default::default()
+        }),
+        OptimizerConfig::Adafactor(AdafactorConfig {
+            warmup_init: true,
+            clip_threshold: 0.5,
+            beta1: Some(0.8),
+            ..Default::default()
+        }),
         OptimizerConfig::Muon(MuonConfig::default()),
         OptimizerConfig::Muon(MuonConfig {
             nesterov: false,
@@ -171,13 +226,21 @@ fn every_config() -> Vec<OptimizerConfig> {
             adjust_lr: AdjustLr::Moonlight,
             weight_decay: 0.1,
             lr: 0.01,
-            polar: PolarConfig { coefficients: NsCoefficients::PolarExpressModded, normalization: NsNormalization::Modded, ..Default::default() },
+            polar: PolarConfig {
+                coefficients: NsCoefficients::PolarExpressModded,
+                normalization: NsNormalization::Modded,
+                ..Default::default()
+            },
             ..Default::default()
         }),
         OptimizerConfig::Muon(MuonConfig {
             momentum_placement: MomentumPlacement::Outside,
             adjust_lr: AdjustLr::TorchOriginal,
-            polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
+            polar: PolarConfig {
+                coefficients: NsCoefficients::You,
+                normalization: NsNormalization::Optax,
+                ..Default::default()
+            },
             ..Default::default()
         }),
         OptimizerConfig::AdaMuon(AdaMuonConfig::default()),
@@ -186,17 +249,30 @@ fn every_config() -> Vec<OptimizerConfig> {
             variant: AdaMuonVariant::Simplified,
             momentum: 0.9,
             lr: 3e-3,
-            polar: PolarConfig { coefficients: NsCoefficients::You, normalization: NsNormalization::Optax, ..Default::default() },
+            polar: PolarConfig {
+                coefficients: NsCoefficients::You,
+                normalization: NsNormalization::Optax,
+                ..Default::default()
+            },
             ..Default::default()
         }),
         OptimizerConfig::SfNorMuon(SfNorMuonConfig::default()),
         OptimizerConfig::SfNorMuon(SfNorMuonConfig { weight_decay: 0.1, beta1: 0.8, lr: 0.01, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig::default()),
-        OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, weight_decay: 0.1, lr: 0.01, ..Default::default() }),
+        OptimizerConfig::NorMuon(NorMuonConfig {
+            scaling: NorMuonScaling::PaperRms02,
+            weight_decay: 0.1,
+            lr: 0.01,
+            ..Default::default()
+        }),
         OptimizerConfig::NorMuon(NorMuonConfig {
             nesterov: false,
             beta2: 0.9,
-            polar: PolarConfig { coefficients: NsCoefficients::PolarExpressModded, normalization: NsNormalization::Modded, ..Default::default() },
+            polar: PolarConfig {
+                coefficients: NsCoefficients::PolarExpressModded,
+                normalization: NsNormalization::Modded,
+                ..Default::default()
+            },
             ..Default::default()
         }),
         OptimizerConfig::Muon(MuonConfig {
@@ -228,7 +304,10 @@ fn every_optimizer_matches_its_reference() {
             || cfg.is_schedule_free();
         let group = Group::new(cfg.clone()).schedule(wsd);
         if no_momentum {
-            assert!(build(&[(Matcher::All, group.clone().momentum(momentum))], None).is_err(), "momentum schedule without momentum");
+            assert!(
+                build(&[(Matcher::All, group.clone().momentum(momentum))], None).is_err(),
+                "momentum schedule without momentum"
+            );
         }
         let group = if no_momentum { group } else { group.momentum(momentum) };
         // Muon takes matrices only: the rest goes to AdamW.
@@ -244,8 +323,10 @@ fn every_optimizer_matches_its_reference() {
 #[test]
 fn one_submit_per_step_and_one_dispatch_per_bucket() {
     let gpu = Gpu::new_blocking().unwrap(); // own device: the shared one counts other tests' submits
-    // Sizes that are multiples of 4: each bucket is exactly one vec4 dispatch per stage.
-    let store = ParamStore::new(&gpu, &[("a.weight", &[8, 4]), ("b", &[16]), ("c.weight", &[12, 3]), ("d", &[4, 2, 2])]).unwrap();
+                                            // Sizes that are multiples of 4: each bucket is exactly one vec4 dispatch per stage.
+    let store =
+        ParamStore::new(&gpu, &[("a.weight", &[8, 4]), ("b", &[16]), ("c.weight", &[12, 3]), ("d", &[4, 2, 2])])
+            .unwrap();
     let mut b = OptimizerBuilder::new(&gpu);
     b.params_from(&store).unwrap();
     b.rule(matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
@@ -267,7 +348,10 @@ fn one_submit_per_step_and_one_dispatch_per_bucket() {
 
 fn adamw_groups() -> Vec<(Matcher, Group)> {
     vec![
-        (matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig { amsgrad: true, ..Default::default() })).schedule(cosine())),
+        (
+            matrices(),
+            Group::new(OptimizerConfig::AdamW(AdamWConfig { amsgrad: true, ..Default::default() })).schedule(cosine()),
+        ),
         (Matcher::All, Group::new(OptimizerConfig::Sgd(SgdConfig { lr: 0.01, momentum: 0.9, ..Default::default() }))),
     ]
 }
@@ -294,9 +378,13 @@ fn resume_from_checkpoint_is_bit_exact() {
     }
     let (a, b) = (read_params(&straight), read_params(&resumed));
     for (x, y) in a.iter().zip(&b) {
-        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "resumed run differs from the uninterrupted one");
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "resumed run differs from the uninterrupted one"
+        );
     }
-    let (ra, rb) = (pollster::block_on(straight.opt.report()).unwrap(), pollster::block_on(resumed.opt.report()).unwrap());
+    let (ra, rb) =
+        (pollster::block_on(straight.opt.report()).unwrap(), pollster::block_on(resumed.opt.report()).unwrap());
     assert_eq!(ra, rb);
     assert_eq!(ra.skipped, 1);
 }
@@ -338,7 +426,17 @@ fn bad_configs_and_params_are_rejected() {
         let e = build(&[(Matcher::All, Group::new(cfg.clone()))], None).err().expect("must be rejected");
         assert!(matches!(e, Error::InvalidArgument { .. }), "{cfg:?}: {e}");
     }
-    let e = build(&[(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())).schedule(Schedule::WarmupCosine { warmup: 9, total: 3, min_ratio: 0.0 }))], None);
+    let e = build(
+        &[(
+            Matcher::All,
+            Group::new(OptimizerConfig::AdamW(AdamWConfig::default())).schedule(Schedule::WarmupCosine {
+                warmup: 9,
+                total: 3,
+                min_ratio: 0.0,
+            }),
+        )],
+        None,
+    );
     assert!(e.is_err());
     // No rule takes the vector parameters: the error names one.
     let e = build(&[(matrices(), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))], None).err().unwrap();
@@ -380,21 +478,39 @@ fn nonfinite_policy_fail_reports_an_error() {
 
 fn sf_groups() -> Vec<(Matcher, Group)> {
     vec![
-        (matrices(), Group::new(OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { lr: 3e-3, weight_decay: 0.01, ..Default::default() })).schedule(Schedule::Warmup { warmup: 5 })),
-        (Matcher::All, Group::new(OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, ..Default::default() }))),
+        (
+            matrices(),
+            Group::new(OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig {
+                lr: 3e-3,
+                weight_decay: 0.01,
+                ..Default::default()
+            }))
+            .schedule(Schedule::Warmup { warmup: 5 }),
+        ),
+        (
+            Matcher::All,
+            Group::new(OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, ..Default::default() })),
+        ),
     ]
 }
 
 fn rel(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt() / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-30)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt()
+        / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-30)
 }
 
 #[test]
 fn schedule_free_eval_point_and_modes() {
     let run = build(&sf_groups(), None).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+    let mut ref_groups: Vec<RefGroup> = run
+        .opt
+        .groups()
+        .iter()
+        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
+        .collect();
     let init = read_params(&run);
-    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
+    let mut refs: Vec<(usize, RefParam)> =
+        SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
     for step in 1..=20 {
         let g = grads_at(step, None);
         write_grads(&run, &g);
@@ -406,7 +522,11 @@ fn schedule_free_eval_point_and_modes() {
     let y = read_params(&run);
     let points = pollster::block_on(run.opt.eval_params()).unwrap();
     let names: Vec<&str> = points.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, SPECS.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "parameters are listed in the order they were added");
+    assert_eq!(
+        names,
+        SPECS.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "parameters are listed in the order they were added"
+    );
     for ((name, x), (_, r)) in points.iter().zip(&refs) {
         assert!(rel(x, &r.s[1]) < 1e-5, "{name}: eval point {}", rel(x, &r.s[1]));
     }
@@ -457,12 +577,27 @@ fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
     }
     let opt = b.build().unwrap();
     let run = Run { store, opt };
-    let mut ref_groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
-    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(read_params(&run)).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(&p))).collect();
+    let mut ref_groups: Vec<RefGroup> = run
+        .opt
+        .groups()
+        .iter()
+        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
+        .collect();
+    let mut refs: Vec<(usize, RefParam)> = SPECS
+        .iter()
+        .zip(read_params(&run))
+        .map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(&p)))
+        .collect();
     let mut pr = RefPolyak { beta: 0.8, min: 0.1, max: 10.0, loss_ema: 0.0, norm_ema: 0.0 };
     for step in 1..=25u32 {
         // Losses that push the ratio through both clamps and a NaN loss at step 9.
-        let l = if step == 9 { f32::NAN } else if step < 6 { 1e-4 } else { 40.0 + (step as f32).sin() };
+        let l = if step == 9 {
+            f32::NAN
+        } else if step < 6 {
+            1e-4
+        } else {
+            40.0 + (step as f32).sin()
+        };
         loss.write(&[l]).unwrap();
         let g = grads_at(step, None);
         write_grads(&run, &g);
@@ -471,37 +606,53 @@ fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
         engine_step_with(&mut ref_groups, &mut refs, &g64, None, Some((&mut pr, l as f64)));
         let rep = pollster::block_on(run.opt.report()).unwrap();
         let want = (pr.loss_ema / pr.norm_ema).clamp(0.1, 10.0);
-        assert!((rep.step_size_ratio as f64 - want).abs() <= 1e-5 * want, "step {step}: ratio {} vs {want}", rep.step_size_ratio);
+        assert!(
+            (rep.step_size_ratio as f64 - want).abs() <= 1e-5 * want,
+            "step {step}: ratio {} vs {want}",
+            rep.step_size_ratio
+        );
     }
     let rep = pollster::block_on(run.opt.report()).unwrap();
     assert_eq!(rep.skipped, 1, "the NaN loss skipped its step");
     let got: Vec<f64> = read_params(&run).into_iter().flatten().map(|v| v as f64).collect();
     let want: Vec<f64> = refs.iter().flat_map(|(_, x)| x.p.clone()).collect();
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt() / want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt()
+        / want.iter().map(|v| v * v).sum::<f64>().sqrt();
     assert!(err < 1e-5, "polyak run: {err}");
-    assert!(run.opt.load(&pollster::block_on(build(&groups, None).unwrap().opt.save()).unwrap()).is_err(), "a checkpoint without the rule is refused");
+    assert!(
+        run.opt.load(&pollster::block_on(build(&groups, None).unwrap().opt.save()).unwrap()).is_err(),
+        "a checkpoint without the rule is refused"
+    );
 }
 
 #[test]
 fn muon_takes_convolutions_and_batched_matrices() {
     let gpu = gpu();
-    let specs: &[(&str, &[usize])] = &[("conv.weight", &[4, 2, 3, 3]), ("stack", &[2, 3, 5]), ("w", &[5, 6]), ("bias", &[5])];
+    let specs: &[(&str, &[usize])] =
+        &[("conv.weight", &[4, 2, 3, 3]), ("stack", &[2, 3, 5]), ("w", &[5, 6]), ("bias", &[5])];
     for placement in [MomentumPlacement::Inside, MomentumPlacement::Outside] {
         let store = ParamStore::new(&gpu, specs).unwrap();
         for (i, (name, shape)) in specs.iter().enumerate() {
             store.param(name).unwrap().write(&noise(7 + i as u64, shape.iter().product())).unwrap();
         }
-        let muon = MuonConfig { momentum_placement: placement, adjust_lr: AdjustLr::TorchOriginal, ..Default::default() };
+        let muon =
+            MuonConfig { momentum_placement: placement, adjust_lr: AdjustLr::TorchOriginal, ..Default::default() };
         let mut b = OptimizerBuilder::new(&gpu);
         b.params_from(&store).unwrap();
         b.rule(Matcher::Rank(1), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
         b.rule(Matcher::All, Group::new(OptimizerConfig::Muon(muon)));
         let opt = b.build().unwrap();
-        let mut groups: Vec<RefGroup> = opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+        let mut groups: Vec<RefGroup> = opt
+            .groups()
+            .iter()
+            .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
+            .collect();
         let init: Vec<Vec<f32>> = specs.iter().map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).collect();
-        let mut refs: Vec<(usize, RefParam)> = specs.iter().zip(&init).map(|((n, s), p)| (opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
+        let mut refs: Vec<(usize, RefParam)> =
+            specs.iter().zip(&init).map(|((n, s), p)| (opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
         for step in 1..=20u64 {
-            let g: Vec<Vec<f32>> = specs.iter().enumerate().map(|(i, (_, s))| noise(100 * step + i as u64, s.iter().product())).collect();
+            let g: Vec<Vec<f32>> =
+                specs.iter().enumerate().map(|(i, (_, s))| noise(100 * step + i as u64, s.iter().product())).collect();
             for ((name, _), gv) in specs.iter().zip(&g) {
                 store.grad(name).unwrap().write(gv).unwrap();
             }
@@ -542,7 +693,8 @@ fn update_condition_numbers_match_the_cpu() {
             let after = store.param("w").unwrap().read_blocking().unwrap();
             let kappa = pollster::block_on(opt.update_condition_numbers()).unwrap()[0].1 as f64;
             // The same κ in f64 from the update the parameters show.
-            let delta = cpu::Mat { r: m, c: n, d: before.iter().zip(&after).map(|(a, b)| *a as f64 - *b as f64).collect() };
+            let delta =
+                cpu::Mat { r: m, c: n, d: before.iter().zip(&after).map(|(a, b)| *a as f64 - *b as f64).collect() };
             let (vals, _) = cpu::cpu_eigh(&delta.mul(&delta.t()));
             let want = (vals[m - 1] / vals[0]).sqrt();
             assert!((kappa - want).abs() <= 1e-3 * want, "{}: κ {kappa} vs {want}", cfg.name());
@@ -553,7 +705,10 @@ fn update_condition_numbers_match_the_cpu() {
     }
     let store = ParamStore::new(&gpu, &[("v", &[8])]).unwrap();
     let mut b = OptimizerBuilder::new(&gpu);
-    b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default()))).diagnose(&["v"]);
+    b.params_from(&store)
+        .unwrap()
+        .rule(Matcher::All, Group::new(OptimizerConfig::AdamW(AdamWConfig::default())))
+        .diagnose(&["v"]);
     assert!(b.build().is_err(), "a vector has no condition number");
 }
 
@@ -573,9 +728,15 @@ fn fusion_opt_composite_shares_one_polyak_step() {
     assert_eq!(opt.groups()[opt.group_of("h.weight").unwrap()].optimizer.name(), "sf_normuon");
     assert_eq!(opt.groups()[opt.group_of("emb").unwrap()].optimizer.name(), "adamw_schedulefree");
     let run = Run { store, opt };
-    let mut groups: Vec<RefGroup> = run.opt.groups().iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect();
+    let mut groups: Vec<RefGroup> = run
+        .opt
+        .groups()
+        .iter()
+        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
+        .collect();
     let init = read_params(&run);
-    let mut refs: Vec<(usize, RefParam)> = SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
+    let mut refs: Vec<(usize, RefParam)> =
+        SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
     let StepSizeRule::PolyakClamp { beta, min, max } = cfg.step_size;
     let mut pr = RefPolyak { beta: beta as f64, min: min as f64, max: max as f64, loss_ema: 0.0, norm_ema: 0.0 };
     for step in 1..=20u32 {

@@ -17,7 +17,12 @@ pub struct RefParam {
 impl RefParam {
     pub fn new(p: &[f32]) -> RefParam {
         let z = vec![0.0; p.len()];
-        RefParam { p: p.iter().map(|&v| v as f64).collect(), s: [z.clone(), z.clone(), z.clone()], e: z, shape: vec![p.len()] }
+        RefParam {
+            p: p.iter().map(|&v| v as f64).collect(),
+            s: [z.clone(), z.clone(), z.clone()],
+            e: z,
+            shape: vec![p.len()],
+        }
     }
 
     pub fn shaped(mut self, shape: &[usize]) -> RefParam {
@@ -27,7 +32,13 @@ impl RefParam {
 }
 
 fn sgn(x: f64) -> f64 {
-    if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 /// A group's reference: its config and schedules, and how many steps it applied.
@@ -78,7 +89,11 @@ impl RefGroup {
             _ => return 0.0,
         };
         let weight = (self.t as f64).powf(r as f64) * self.lr_max.powf(wlp as f64);
-        if self.weight_sum > 0.0 { weight / self.weight_sum } else { 0.0 }
+        if self.weight_sum > 0.0 {
+            weight / self.weight_sum
+        } else {
+            0.0
+        }
     }
 
     /// Advance the step counter and the Schedule-Free sums.
@@ -89,7 +104,8 @@ impl RefGroup {
             self.weight_sum += lr * lr;
         }
         if let OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { r, weight_lr_power: wlp, .. })
-        | OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { r, weight_lr_power: wlp, .. }) = self.group.optimizer
+        | OptimizerConfig::ScheduleFreeAdamW(ScheduleFreeAdamWConfig { r, weight_lr_power: wlp, .. }) =
+            self.group.optimizer
         {
             let (lr, _) = self.scalars();
             self.lr_max = self.lr_max.max(lr);
@@ -155,7 +171,15 @@ impl RefGroup {
                 }
                 let sign: Vec<f64> = (0..g.len())
                     .map(|i| if c.nesterov { (1.0 - b1) * g[i] + b1 * x.s[0][i] } else { x.s[0][i] })
-                    .map(|v| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 })
+                    .map(|v| {
+                        if v > 0.0 {
+                            1.0
+                        } else if v < 0.0 {
+                            -1.0
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let o = newton_schulz(&sign, m, n, &c.polar);
                 let eps = c.eps as f64;
@@ -175,7 +199,11 @@ impl RefGroup {
                 for i in 0..x.p.len() {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
-                let u: Vec<f64> = if c.nesterov { (0..g.len()).map(|i| (1.0 - b1) * g[i] + b1 * x.s[0][i]).collect() } else { x.s[0].clone() };
+                let u: Vec<f64> = if c.nesterov {
+                    (0..g.len()).map(|i| (1.0 - b1) * g[i] + b1 * x.s[0][i]).collect()
+                } else {
+                    x.s[0].clone()
+                };
                 let mut o = newton_schulz(&u, m, n, &c.polar);
                 let vnorm = o.iter().map(|v| v * v).sum::<f64>().sqrt();
                 let b2 = c.beta2 as f64;
@@ -209,12 +237,16 @@ impl RefGroup {
                         mom[i] = if sum { b1 * mom[i] + v[i] } else { b1 * mom[i] + (1.0 - b1) * v[i] };
                     }
                     if c.nesterov {
-                        (0..v.len()).map(|i| if sum { v[i] + b1 * mom[i] } else { (1.0 - b1) * v[i] + b1 * mom[i] }).collect()
+                        (0..v.len())
+                            .map(|i| if sum { v[i] + b1 * mom[i] } else { (1.0 - b1) * v[i] + b1 * mom[i] })
+                            .collect()
                     } else {
                         mom.clone()
                     }
                 };
-                let ns = |v: &[f64]| -> Vec<f64> { (0..count).flat_map(|k| newton_schulz(&v[k * m * n..(k + 1) * m * n], m, n, &c.polar)).collect() };
+                let ns = |v: &[f64]| -> Vec<f64> {
+                    (0..count).flat_map(|k| newton_schulz(&v[k * m * n..(k + 1) * m * n], m, n, &c.polar)).collect()
+                };
                 let upd = if c.momentum_placement == MomentumPlacement::Inside {
                     let u = accumulate(&mut x.s[0], g);
                     ns(&u)
@@ -331,7 +363,8 @@ impl RefGroup {
                         let rmean = x.s[0][b * rows..(b + 1) * rows].iter().sum::<f64>() / rows as f64;
                         for r in 0..rows {
                             for cc in 0..cols {
-                                u[at(r, cc)] = g[at(r, cc)] / (x.s[0][b * rows + r] / rmean).sqrt() / x.s[1][b * cols + cc].sqrt();
+                                u[at(r, cc)] =
+                                    g[at(r, cc)] / (x.s[0][b * rows + r] / rmean).sqrt() / x.s[1][b * cols + cc].sqrt();
                             }
                         }
                     }
@@ -392,7 +425,12 @@ pub struct RefPolyak {
 }
 
 /// One engine step over all params: clip by the global norm, skip on non-finite, advance each group's counter.
-pub fn engine_step(groups: &mut [RefGroup], params: &mut [(usize, RefParam)], grads: &[Vec<f64>], clip: Option<f32>) -> bool {
+pub fn engine_step(
+    groups: &mut [RefGroup],
+    params: &mut [(usize, RefParam)],
+    grads: &[Vec<f64>],
+    clip: Option<f32>,
+) -> bool {
     engine_step_with(groups, params, grads, clip, None)
 }
 
@@ -461,5 +499,9 @@ pub fn newton_schulz(u: &[f64], m: usize, n: usize, cfg: &wgoptim::linalg::Polar
         let bx = mul(&bm, &x, r, r, c);
         x = x.iter().zip(&bx).map(|(p, q)| a * p + q).collect();
     }
-    if tall { (0..m * n).map(|k| x[(k % n) * c + k / n]).collect() } else { x }
+    if tall {
+        (0..m * n).map(|k| x[(k % n) * c + k / n]).collect()
+    } else {
+        x
+    }
 }

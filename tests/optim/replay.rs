@@ -7,7 +7,13 @@ use wgoptim::Error;
 
 type Expected = (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>);
 
-fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: usize, extra: bool) -> (Vec<u8>, Expected) {
+fn trace(
+    optimizer: &str,
+    config: &str,
+    params: &[(&str, Vec<usize>)],
+    steps: usize,
+    extra: bool,
+) -> (Vec<u8>, Expected) {
     let cfg = OptimizerConfig::from_json(optimizer, config).unwrap();
     let group = RefGroup { group: Group::new(cfg.clone()), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 };
     let mut groups = vec![group];
@@ -42,9 +48,14 @@ fn trace(optimizer: &str, config: &str, params: &[(&str, Vec<usize>)], steps: us
         ("config".to_string(), config.to_string()),
         ("params".to_string(), format!("[{}]", specs.join(","))),
     ]);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = blobs.into_iter().map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        bytes.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        blobs.into_iter().map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
     let eval = if cfg.is_schedule_free() { expected_eval } else { Vec::new() };
     (safetensors::serialize(views, Some(meta)).unwrap(), (expected, eval))
 }
@@ -67,7 +78,8 @@ fn replay_reproduces_the_reference() {
         let st = safetensors::SafeTensors::deserialize(&result).unwrap();
         for (t, step) in expected.iter().enumerate() {
             for ((pname, _), want) in params.iter().zip(step) {
-                let got: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{pname}")).unwrap().data());
+                let got: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{pname}")).unwrap().data());
                 let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
                     / want.iter().map(|w| w * w).sum::<f64>().sqrt();
                 assert!(err < 1e-5, "{name} step {t} {pname}: {err}");
@@ -76,8 +88,10 @@ fn replay_reproduces_the_reference() {
         // Optimizers with an evaluation point also write param_eval/<t>/<name>.
         for (t, step) in expected_eval.iter().enumerate() {
             for ((pname, _), want) in params.iter().zip(step) {
-                let got: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{pname}")).unwrap().data());
-                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt() / want.iter().map(|w| w * w).sum::<f64>().sqrt();
+                let got: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{pname}")).unwrap().data());
+                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
+                    / want.iter().map(|w| w * w).sum::<f64>().sqrt();
                 assert!(err < 1e-5, "{name} eval step {t} {pname}: {err}");
             }
         }
@@ -93,9 +107,19 @@ fn bad_traces_are_clear_errors() {
     assert!(matches!(pollster::block_on(replay(&gpu, &good[..good.len() - 5])), Err(Error::Trace(_))));
     // Unknown config fields and optimizer names are errors naming them.
     let mk = |opt: &str, cfg: &str| {
-        let meta = HashMap::from([("optimizer".to_string(), opt.to_string()), ("config".to_string(), cfg.to_string()), ("params".to_string(), r#"[{"name":"w","shape":[3]}]"#.to_string())]);
+        let meta = HashMap::from([
+            ("optimizer".to_string(), opt.to_string()),
+            ("config".to_string(), cfg.to_string()),
+            ("params".to_string(), r#"[{"name":"w","shape":[3]}]"#.to_string()),
+        ]);
         let d = bytemuck::cast_slice::<f32, u8>(&[0.0, 0.0, 0.0]).to_vec();
-        let views = vec![("init/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap()), ("grad/0000/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap())];
+        let views = vec![
+            ("init/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap()),
+            (
+                "grad/0000/w".to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap(),
+            ),
+        ];
         safetensors::serialize(views, Some(meta)).unwrap()
     };
     let e = pollster::block_on(replay(&gpu, &mk("adamw", r#"{"learning_rate": 0.1}"#))).unwrap_err();
@@ -109,8 +133,17 @@ fn replay_runs_the_fusion_opt_composite() {
     let gpu = crate::gpu();
     let specs: [(&str, &[usize]); 2] = [("w.weight", &[6, 8]), ("b", &[8])];
     let steps = 12;
-    let init: Vec<Vec<f32>> = specs.iter().enumerate().map(|(i, (_, s))| crate::noise(i as u64 + 1, s.iter().product())).collect();
-    let grads: Vec<Vec<Vec<f32>>> = (0..steps).map(|t| specs.iter().enumerate().map(|(i, (_, s))| crate::noise(100 * t as u64 + i as u64, s.iter().product())).collect()).collect();
+    let init: Vec<Vec<f32>> =
+        specs.iter().enumerate().map(|(i, (_, s))| crate::noise(i as u64 + 1, s.iter().product())).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..steps)
+        .map(|t| {
+            specs
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s))| crate::noise(100 * t as u64 + i as u64, s.iter().product()))
+                .collect()
+        })
+        .collect();
     let losses: Vec<f32> = (0..steps).map(|t| 3.0 - 0.1 * t as f32).collect();
     let cfg = FusionOptConfig::default();
     // The trace.
@@ -129,8 +162,12 @@ fn replay_runs_the_fusion_opt_composite() {
         ("config".to_string(), serde_json::to_string(&cfg).unwrap()),
         ("params".to_string(), r#"[{"name":"w.weight","shape":[6,8]},{"name":"b","shape":[8]}]"#.to_string()),
     ]);
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        blobs.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
     let result = pollster::block_on(replay(&gpu, &safetensors::serialize(views, Some(meta)).unwrap())).unwrap();
     let st = safetensors::SafeTensors::deserialize(&result).unwrap();
     // The same run through the builder directly.
@@ -150,11 +187,13 @@ fn replay_runs_the_fusion_opt_composite() {
         opt.step().unwrap();
         for (name, _) in &specs {
             let direct = store.param(name).unwrap().read_blocking().unwrap();
-            let replayed: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{name}")).unwrap().data());
+            let replayed: Vec<f32> =
+                bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{name}")).unwrap().data());
             assert_eq!(direct, replayed, "step {t} {name}");
         }
         for (name, x) in pollster::block_on(opt.eval_params()).unwrap() {
-            let replayed: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{name}")).unwrap().data());
+            let replayed: Vec<f32> =
+                bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{name}")).unwrap().data());
             assert_eq!(x, replayed, "eval step {t} {name}");
         }
     }

@@ -22,7 +22,18 @@ impl RefPlus {
     fn new(c: ScheduleFreePlusConfig, init: &[Vec<f32>]) -> RefPlus {
         let y: Vec<Vec<f64>> = init.iter().map(|p| p.iter().map(|&v| v as f64).collect()).collect();
         let zeros: Vec<Vec<f64>> = y.iter().map(|p| vec![0.0; p.len()]).collect();
-        RefPlus { c, k: 0, e: 0.0, lr_max: c.eps as f64, weight_sum: 0.0, z: y.clone(), x: y.clone(), y, m: zeros.clone(), v: zeros }
+        RefPlus {
+            c,
+            k: 0,
+            e: 0.0,
+            lr_max: c.eps as f64,
+            weight_sum: 0.0,
+            z: y.clone(),
+            x: y.clone(),
+            y,
+            m: zeros.clone(),
+            v: zeros,
+        }
     }
 
     fn step(&mut self, g: &[Vec<f64>], f: f64, sched: f64) -> bool {
@@ -39,7 +50,11 @@ impl RefPlus {
         }
         let l1: f64 = g.iter().flatten().map(|v| v.abs()).sum();
         // Parameters have state from the second step on; before that z − x = 0.
-        let ip: f64 = bsf * g.iter().enumerate().map(|(i, gi)| gi.iter().enumerate().map(|(j, v)| v * (self.z[i][j] - self.x[i][j])).sum::<f64>()).sum::<f64>();
+        let ip: f64 = bsf
+            * g.iter()
+                .enumerate()
+                .map(|(i, gi)| gi.iter().enumerate().map(|(j, v)| v * (self.z[i][j] - self.x[i][j])).sum::<f64>())
+                .sum::<f64>();
         let pb = fl(c.polyak_beta);
         self.e = pb * self.e + (1.0 - pb) * l1 * (std::f64::consts::PI / 2.0).sqrt();
         let ehat = self.e / (1.0 - pb.powi(self.k as i32 + 1));
@@ -83,7 +98,15 @@ fn schedulefree_plus_matches_the_official_semantics() {
     let gpu = gpu();
     let configs = [
         ScheduleFreePlusConfig::default(),
-        ScheduleFreePlusConfig { weight_decay: 20.0, polyak_beta: 0.9, c_warmup: 3, r: 1.0, sf_beta1_anneal_steps: 10, lr: 0.5, ..Default::default() },
+        ScheduleFreePlusConfig {
+            weight_decay: 20.0,
+            polyak_beta: 0.9,
+            c_warmup: 3,
+            r: 1.0,
+            sf_beta1_anneal_steps: 10,
+            lr: 0.5,
+            ..Default::default()
+        },
     ];
     for cfg in configs {
         let store = ParamStore::new(&gpu, SPECS).unwrap();
@@ -93,7 +116,10 @@ fn schedulefree_plus_matches_the_official_semantics() {
         let loss = Tensor::zeros(&gpu, &[1]).unwrap();
         let mut b = OptimizerBuilder::new(&gpu);
         let schedule = Schedule::Warmup { warmup: 4 };
-        b.params_from(&store).unwrap().loss(&loss).rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreePlus(cfg)).schedule(schedule));
+        b.params_from(&store)
+            .unwrap()
+            .loss(&loss)
+            .rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreePlus(cfg)).schedule(schedule));
         let opt = b.build().unwrap();
         let run = Run { store, opt };
         let init = read_params(&run);
@@ -123,7 +149,9 @@ fn schedulefree_plus_matches_the_official_semantics() {
     // Without a loss the optimizer cannot be built.
     let store = ParamStore::new(&gpu, &[("w", &[4])]).unwrap();
     let mut b = OptimizerBuilder::new(&gpu);
-    b.params_from(&store).unwrap().rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreePlus(Default::default())));
+    b.params_from(&store)
+        .unwrap()
+        .rule(Matcher::All, Group::new(OptimizerConfig::ScheduleFreePlus(Default::default())));
     let e = b.build().err().expect("needs a loss");
     assert!(e.to_string().contains("loss"), "{e}");
 }

@@ -46,7 +46,11 @@ fn test() -> Result<(), String> {
         return Err(format!("native tests failed ({failed} failures)"));
     }
 
-    cargo(&root, &["build", "--target", "wasm32-unknown-unknown", "-p", "wgoptim", "-p", "wgoptim-wasm", "--lib"], false)?;
+    cargo(
+        &root,
+        &["build", "--target", "wasm32-unknown-unknown", "-p", "wgoptim", "-p", "wgoptim-wasm", "--lib"],
+        false,
+    )?;
     summary.push("wasm32 build (library + wasm crate): ok".into());
     for t in ["x86_64-pc-windows-msvc", "aarch64-apple-darwin"] {
         cargo(&root, &["check", "--target", t, "-p", "wgoptim", "--lib"], false)?;
@@ -87,7 +91,12 @@ fn used_adapter(root: &Path) -> String {
         .arg("info")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.ends_with("<- used")).map(|l| l.trim_end_matches("<- used").trim().to_string()))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.ends_with("<- used"))
+                .map(|l| l.trim_end_matches("<- used").trim().to_string())
+        })
         .unwrap_or_else(|| "(unknown: `wgoptim info` found none)".into())
 }
 
@@ -107,12 +116,11 @@ fn count_tests(out: &str) -> (usize, usize) {
 }
 
 fn has_vulkan_driver() -> bool {
-    let loader = Command::new("sh")
-        .args(["-c", "ldconfig -p | grep -q 'libvulkan.so.1'"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let loader =
+        Command::new("sh").args(["-c", "ldconfig -p | grep -q 'libvulkan.so.1'"]).status().is_ok_and(|s| s.success());
     let icd = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|d| {
-        std::fs::read_dir(d).is_ok_and(|mut it| it.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))))
+        std::fs::read_dir(d)
+            .is_ok_and(|mut it| it.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))))
     });
     loader && icd
 }
@@ -127,9 +135,15 @@ fn ensure_vulkan() -> Result<(), String> {
     let bookworm = os.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm");
     let mut cmds = Vec::new();
     if bookworm {
-        cmds.push("echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list".to_string());
+        cmds.push(
+            "echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list"
+                .to_string(),
+        );
         cmds.push("apt-get update".into());
-        cmds.push("DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports mesa-vulkan-drivers libvulkan1".into());
+        cmds.push(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -t bookworm-backports mesa-vulkan-drivers libvulkan1"
+                .into(),
+        );
     } else {
         cmds.push("apt-get update".into());
         cmds.push("DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1".into());
@@ -150,7 +164,11 @@ fn ensure_vulkan() -> Result<(), String> {
             return Err(format!("`{c}` failed"));
         }
     }
-    if has_vulkan_driver() { Ok(()) } else { Err("lavapipe was installed but no Vulkan driver is visible".into()) }
+    if has_vulkan_driver() {
+        Ok(())
+    } else {
+        Err("lavapipe was installed but no Vulkan driver is visible".into())
+    }
 }
 
 fn ensure_targets() -> Result<(), String> {
@@ -162,5 +180,9 @@ fn ensure_targets() -> Result<(), String> {
     }
     println!("$ rustup target add {}", missing.join(" "));
     let ok = Command::new("rustup").arg("target").arg("add").args(&missing).status().is_ok_and(|s| s.success());
-    if ok { Ok(()) } else { Err(format!("rustup target add {} failed", missing.join(" "))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("rustup target add {} failed", missing.join(" ")))
+    }
 }

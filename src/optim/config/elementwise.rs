@@ -48,7 +48,15 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, amsgrad: false, maximize: false }
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+            maximize: false,
+        }
     }
 }
 
@@ -119,7 +127,16 @@ pub struct OnaConfig {
 
 impl Default for OnaConfig {
     fn default() -> Self {
-        OnaConfig { lr: 1e-3, beta: 0.98, beta_h: 0.92, kappa: 0.92, weight_decay: 0.0, adam: false, beta2: 0.999, eps: 1e-8 }
+        OnaConfig {
+            lr: 1e-3,
+            beta: 0.98,
+            beta_h: 0.92,
+            kappa: 0.92,
+            weight_decay: 0.0,
+            adam: false,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 

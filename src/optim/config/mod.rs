@@ -68,7 +68,21 @@ pub(crate) struct KernelSpec {
 
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
-    pub const NAMES: &'static [&'static str] = &["sgd", "adamw", "lion", "signum", "sgd_schedulefree", "adamw_schedulefree", "ona", "adafactor", "schedulefree_plus", "muon", "normuon", "adamuon", "sf_normuon"];
+    pub const NAMES: &'static [&'static str] = &[
+        "sgd",
+        "adamw",
+        "lion",
+        "signum",
+        "sgd_schedulefree",
+        "adamw_schedulefree",
+        "ona",
+        "adafactor",
+        "schedulefree_plus",
+        "muon",
+        "normuon",
+        "adamuon",
+        "sf_normuon",
+    ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
     pub fn name(&self) -> &'static str {
@@ -155,7 +169,11 @@ impl OptimizerConfig {
 
     /// Parse `{"lr": …}`-style JSON for the optimizer called `name` (unknown fields are an error).
     pub fn from_json(name: &str, json: &str) -> Result<OptimizerConfig> {
-        let bad = |e: serde_json::Error| Error::InvalidArgument { op: "optimizer config", name: "config", detail: format!("{name}: {e}") };
+        let bad = |e: serde_json::Error| Error::InvalidArgument {
+            op: "optimizer config",
+            name: "config",
+            detail: format!("{name}: {e}"),
+        };
         let cfg = match name {
             "sgd" => OptimizerConfig::Sgd(serde_json::from_str(json).map_err(bad)?),
             "adamw" => OptimizerConfig::AdamW(serde_json::from_str(json).map_err(bad)?),
@@ -189,7 +207,11 @@ impl OptimizerConfig {
             if ok && v.is_finite() {
                 Ok(())
             } else {
-                Err(Error::InvalidArgument { op: "optimizer config", name: field, detail: format!("{name}: {field} = {v}, must be {want}") })
+                Err(Error::InvalidArgument {
+                    op: "optimizer config",
+                    name: field,
+                    detail: format!("{name}: {field} = {v}, must be {want}"),
+                })
             }
         };
         let beta = |field, v: f32| check(field, (0.0..1.0).contains(&v), v, "in [0, 1)");
@@ -260,7 +282,11 @@ impl OptimizerConfig {
                 beta("momentum", c.momentum)?;
                 nonneg("weight_decay", c.weight_decay)?;
                 if c.polar.steps == 0 || c.polar.steps > 100 {
-                    return Err(Error::InvalidArgument { op: "optimizer config", name: "polar.steps", detail: format!("muon: {} steps, need 1..=100", c.polar.steps) });
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "polar.steps",
+                        detail: format!("muon: {} steps, need 1..=100", c.polar.steps),
+                    });
                 }
             }
             OptimizerConfig::ScheduleFreePlus(c) => {
@@ -275,14 +301,24 @@ impl OptimizerConfig {
                 nonneg("weight_lr_power", c.weight_lr_power)?;
             }
             OptimizerConfig::Adafactor(c) => {
-                let rule = |detail: &str| Err(Error::InvalidArgument { op: "optimizer config", name: "lr", detail: format!("adafactor: {detail}") });
+                let rule = |detail: &str| {
+                    Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "lr",
+                        detail: format!("adafactor: {detail}"),
+                    })
+                };
                 match (c.lr, c.relative_step) {
                     (Some(_), true) => return rule("a manual lr cannot be combined with relative_step"),
                     (None, false) => return rule("without relative_step an lr is required"),
                     _ => {}
                 }
                 if c.warmup_init && !c.relative_step {
-                    return Err(Error::InvalidArgument { op: "optimizer config", name: "warmup_init", detail: "adafactor: warmup_init needs relative_step".into() });
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "warmup_init",
+                        detail: "adafactor: warmup_init needs relative_step".into(),
+                    });
                 }
                 check("eps1", c.eps1 >= 0.0, c.eps1, "≥ 0")?;
                 check("eps2", c.eps2 >= 0.0, c.eps2, "≥ 0")?;
@@ -318,7 +354,11 @@ impl OptimizerConfig {
             },
             OptimizerConfig::AdamW(c) => KernelSpec {
                 define: "OPT_ADAMW",
-                states: if c.amsgrad { &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"] } else { &["exp_avg", "exp_avg_sq"] },
+                states: if c.amsgrad {
+                    &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+                } else {
+                    &["exp_avg", "exp_avg_sq"]
+                },
                 flags: c.amsgrad as u32 | (c.maximize as u32) << 1,
                 h: [c.beta2, c.eps, c.weight_decay, 0.0],
                 beta1: c.beta1,
@@ -354,7 +394,11 @@ impl OptimizerConfig {
             },
             OptimizerConfig::ScheduleFreeAdamW(c) => KernelSpec {
                 define: "OPT_SF_ADAMW",
-                states: if c.inner_momentum > 0.0 { &["z", "exp_avg_sq", "inner_momentum"] } else { &["z", "exp_avg_sq"] },
+                states: if c.inner_momentum > 0.0 {
+                    &["z", "exp_avg_sq", "inner_momentum"]
+                } else {
+                    &["z", "exp_avg_sq"]
+                },
                 flags: 0,
                 h: [c.beta2, c.eps, c.weight_decay, c.inner_momentum],
                 beta1: c.beta1,
@@ -363,7 +407,11 @@ impl OptimizerConfig {
             },
             OptimizerConfig::Ona(c) => KernelSpec {
                 define: "OPT_ONA",
-                states: if c.adam { &["grad_prev", "diff_avg", "exp_avg", "exp_avg_sq"] } else { &["grad_prev", "diff_avg", "exp_avg"] },
+                states: if c.adam {
+                    &["grad_prev", "diff_avg", "exp_avg", "exp_avg_sq"]
+                } else {
+                    &["grad_prev", "diff_avg", "exp_avg"]
+                },
                 flags: c.adam as u32,
                 h: [c.beta_h, c.kappa, c.weight_decay, c.eps],
                 beta1: c.beta,
@@ -389,7 +437,9 @@ impl OptimizerConfig {
                 beta2: 0.0,
                 schedule_free: None,
             },
-            OptimizerConfig::NorMuon(ref c) => KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() },
+            OptimizerConfig::NorMuon(ref c) => {
+                KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() }
+            }
             OptimizerConfig::SfNorMuon(ref c) => KernelSpec {
                 states: &["momentum_buffer", "z", "x"],
                 // Schedule-Free weights (r = 0, power 2) from the current lr: see `encode_group`.
@@ -404,7 +454,10 @@ impl OptimizerConfig {
             OptimizerConfig::Adafactor(c) => KernelSpec {
                 define: "OPT_ADAFACTOR",
                 states: &[],
-                flags: c.relative_step as u32 | (c.scale_parameter as u32) << 1 | (c.warmup_init as u32) << 2 | (c.beta1.is_some() as u32) << 3,
+                flags: c.relative_step as u32
+                    | (c.scale_parameter as u32) << 1
+                    | (c.warmup_init as u32) << 2
+                    | (c.beta1.is_some() as u32) << 3,
                 h: [c.eps1, c.eps2, c.clip_threshold, c.decay_rate],
                 beta1: c.beta1.unwrap_or(0.0),
                 beta2: 0.0,

@@ -285,7 +285,14 @@ pub struct SfNorMuonConfig {
 
 impl Default for SfNorMuonConfig {
     fn default() -> Self {
-        SfNorMuonConfig { lr: 0.02, momentum: 0.95, beta1: 0.9, beta2: 0.95, weight_decay: 0.0, polar: crate::linalg::PolarConfig::default() }
+        SfNorMuonConfig {
+            lr: 0.02,
+            momentum: 0.95,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 0.0,
+            polar: crate::linalg::PolarConfig::default(),
+        }
     }
 }
 

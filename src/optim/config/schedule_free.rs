@@ -48,7 +48,16 @@ pub struct ScheduleFreeAdamWConfig {
 
 impl Default for ScheduleFreeAdamWConfig {
     fn default() -> Self {
-        ScheduleFreeAdamWConfig { lr: 0.0025, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, r: 0.0, weight_lr_power: 2.0, inner_momentum: 0.0 }
+        ScheduleFreeAdamWConfig {
+            lr: 0.0025,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            r: 0.0,
+            weight_lr_power: 2.0,
+            inner_momentum: 0.0,
+        }
     }
 }
 
