@@ -129,15 +129,7 @@ impl RefGroup {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
                 let mut o = newton_schulz(&x.s[0], m, n, &c.polar);
-                let b2 = c.beta2 as f64;
-                x.s[1].resize(m, 0.0);
-                for r in 0..m {
-                    let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
-                    x.s[1][r] = b2 * x.s[1][r] + (1.0 - b2) * vmean;
-                    for j in 0..n {
-                        o[r * n + j] /= x.s[1][r].sqrt() + 1e-10;
-                    }
-                }
+                normalize_rows(&mut o, &mut x.s[1], (m, n), c.beta2 as f64);
                 let factor = 0.2 * ((m * n) as f64).sqrt() / o.iter().map(|v| v * v).sum::<f64>().sqrt();
                 let cc = self.sf_c();
                 let beta = c.beta1 as f64;
@@ -206,15 +198,7 @@ impl RefGroup {
                 };
                 let mut o = newton_schulz(&u, m, n, &c.polar);
                 let vnorm = o.iter().map(|v| v * v).sum::<f64>().sqrt();
-                let b2 = c.beta2 as f64;
-                x.s[1].resize(m, 0.0);
-                for r in 0..m {
-                    let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
-                    x.s[1][r] = b2 * x.s[1][r] + (1.0 - b2) * vmean;
-                    for j in 0..n {
-                        o[r * n + j] /= x.s[1][r].sqrt() + 1e-10;
-                    }
-                }
+                normalize_rows(&mut o, &mut x.s[1], (m, n), c.beta2 as f64);
                 let after = o.iter().map(|v| v * v).sum::<f64>().sqrt();
                 let (factor, scale) = match c.scaling {
                     NorMuonScaling::Official => (vnorm / (after + 1e-10), AdjustLr::Keller.scale(m, n) as f64),
@@ -503,5 +487,17 @@ pub fn newton_schulz(u: &[f64], m: usize, n: usize, cfg: &wgoptim::linalg::Polar
         (0..m * n).map(|k| x[(k % n) * c + k / n]).collect()
     } else {
         x
+    }
+}
+
+/// NorMuon's row statistic (§3.1): `v_r ← β2 v_r + (1−β2) mean_j O_rj²`, then `O_r ← O_r / (sqrt(v_r) + 1e-10)`.
+fn normalize_rows(o: &mut [f64], v: &mut Vec<f64>, (m, n): (usize, usize), b2: f64) {
+    v.resize(m, 0.0);
+    for r in 0..m {
+        let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
+        v[r] = b2 * v[r] + (1.0 - b2) * vmean;
+        for j in 0..n {
+            o[r * n + j] /= v[r].sqrt() + 1e-10;
+        }
     }
 }
