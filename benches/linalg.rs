@@ -9,6 +9,12 @@ fn gpu() -> Gpu {
     Gpu::new_blocking().unwrap_or_else(|e| panic!("benchmarks need an adapter: {e}"))
 }
 
+/// One timed unit: submit the plan and wait for the device.
+fn run(gpu: &Gpu, plan: &wgoptim::Plan) {
+    plan.run();
+    gpu.wait().unwrap();
+}
+
 fn filled(gpu: &Gpu, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
     Tensor::from_slice(gpu, shape, &(0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>())
@@ -26,12 +32,7 @@ fn bench(c: &mut Criterion) {
         Matmul::new(&a, &b, &o).record(&mut pb).unwrap();
         let plan = pb.build().unwrap();
         g.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
-        g.bench_function(format!("n={n}"), |bch| {
-            bch.iter(|| {
-                plan.run();
-                gpu.wait().unwrap();
-            })
-        });
+        g.bench_function(format!("n={n}"), |bch| bch.iter(|| run(&gpu, &plan)));
     }
     g.finish();
 
@@ -43,12 +44,7 @@ fn bench(c: &mut Criterion) {
         let mut pb = PlanBuilder::new(&gpu);
         polar(&mut pb, &x, &out, &PolarConfig::default()).unwrap();
         let plan = pb.build().unwrap();
-        g.bench_function(format!("{m}x{n}x{batch}"), |bch| {
-            bch.iter(|| {
-                plan.run();
-                gpu.wait().unwrap();
-            })
-        });
+        g.bench_function(format!("{m}x{n}x{batch}"), |bch| bch.iter(|| run(&gpu, &plan)));
     }
     g.finish();
 
@@ -63,12 +59,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     eigh(&mut pb, &sym, &vals, &vecs, None, &EighConfig::default()).unwrap();
     let plan = pb.build().unwrap();
-    g.bench_function(format!("jacobi n={n}"), |bch| {
-        bch.iter(|| {
-            plan.run();
-            gpu.wait().unwrap();
-        })
-    });
+    g.bench_function(format!("jacobi n={n}"), |bch| bch.iter(|| run(&gpu, &plan)));
     g.finish();
 }
 

@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, Tensor};
 use crate::optim::{Group, NonFinitePolicy, StepSizeRule};
 
+const F32: safetensors::Dtype = safetensors::Dtype::F32;
+
 /// A bucket's chunks of (param offset, grad offset, state offset, length), in vec4 units when `vec4`.
 pub(crate) struct ChunkTable {
     pub vec4: bool,
@@ -469,15 +471,7 @@ impl Optimizer {
             Some("train") => false,
             other => return Err(Error::Checkpoint(format!("bad or missing `mode` metadata: {other:?}"))),
         };
-        let gs = st.tensor("group_state").map_err(|_| Error::Checkpoint("missing tensor `group_state`".into()))?;
-        if gs.dtype() != safetensors::Dtype::F32 || gs.shape() != [self.gstate.numel()] {
-            return Err(Error::Checkpoint(format!(
-                "`group_state`: saved {:?} {:?}, expected F32 [{}]",
-                gs.dtype(),
-                gs.shape(),
-                self.gstate.numel()
-            )));
-        }
+        let gs = checked_tensor(&st, "group_state", F32, &[self.gstate.numel()], Error::Checkpoint)?;
         writes.push((self.gstate.clone(), bytemuck::pod_collect_to_vec(gs.data())));
         for s in &self.slots {
             let mut want = vec![(format!("param/{}", s.name), s.param.clone())];
@@ -485,28 +479,12 @@ impl Optimizer {
                 want.push((format!("state/{}/{}", s.name, view.name), self.state(&s.name, &view.name)?));
             }
             for (key, t) in want {
-                let v = st.tensor(&key).map_err(|_| Error::Checkpoint(format!("missing tensor `{key}`")))?;
-                if v.dtype() != safetensors::Dtype::F32 || v.shape() != t.shape() {
-                    return Err(Error::Checkpoint(format!(
-                        "`{key}`: saved {:?} {:?}, expected F32 {:?}",
-                        v.dtype(),
-                        v.shape(),
-                        t.shape()
-                    )));
-                }
+                let v = checked_tensor(&st, &key, F32, t.shape(), Error::Checkpoint)?;
                 writes.push((t, bytemuck::pod_collect_to_vec(v.data())));
                 expected.push(key);
             }
         }
-        let c = st.tensor("counters").map_err(|_| Error::Checkpoint("missing tensor `counters`".into()))?;
-        if c.dtype() != safetensors::Dtype::U32 || c.shape() != [self.counters.numel()] {
-            return Err(Error::Checkpoint(format!(
-                "`counters`: saved {:?} {:?}, expected U32 [{}]",
-                c.dtype(),
-                c.shape(),
-                self.counters.numel()
-            )));
-        }
+        let c = checked_tensor(&st, "counters", safetensors::Dtype::U32, &[self.counters.numel()], Error::Checkpoint)?;
         if let Some(extra) = st.names().into_iter().find(|n| !expected.iter().any(|e| e == n)) {
             return Err(Error::Checkpoint(format!("unexpected tensor `{extra}`")));
         }
@@ -517,6 +495,21 @@ impl Optimizer {
         self.eval_mode.store(eval, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The tensor `key` of a safetensors file if it has the expected dtype and shape; `err` wraps the message.
+pub(crate) fn checked_tensor<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    key: &str,
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+    err: impl Fn(String) -> Error,
+) -> Result<safetensors::tensor::TensorView<'a>> {
+    let v = st.tensor(key).map_err(|_| err(format!("missing tensor `{key}`")))?;
+    if v.dtype() != dtype || v.shape() != shape {
+        return Err(err(format!("`{key}`: saved {:?} {:?}, expected {dtype:?} {shape:?}", v.dtype(), v.shape())));
+    }
+    Ok(v)
 }
 
 fn f32_bytes(v: Vec<f32>) -> Vec<u8> {

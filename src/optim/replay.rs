@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::optim::optimizer::checked_tensor;
 use crate::optim::{FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, ParamStore};
 
 #[derive(Deserialize)]
@@ -46,10 +47,7 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     let spec_refs: Vec<(&str, &[usize])> = specs.iter().map(|s| (s.name.as_str(), s.shape.as_slice())).collect();
     let store = ParamStore::new(gpu, &spec_refs)?;
     let load = |key: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let v = st.tensor(key).map_err(|_| bad(format!("missing tensor `{key}`")))?;
-        if v.dtype() != safetensors::Dtype::F32 || v.shape() != shape {
-            return Err(bad(format!("`{key}` is {:?} {:?}, expected F32 {shape:?}", v.dtype(), v.shape())));
-        }
+        let v = checked_tensor(&st, key, safetensors::Dtype::F32, shape, bad)?;
         Ok(bytemuck::pod_collect_to_vec(v.data()))
     };
     for s in &specs {

@@ -60,6 +60,25 @@ fn trace(
     (safetensors::serialize(views, Some(meta)).unwrap(), (expected, eval))
 }
 
+/// Every `<prefix>/<t>/<name>` of RESULT within 1e-5 (relative) of the reference's step t.
+fn assert_steps(
+    st: &safetensors::SafeTensors,
+    prefix: &str,
+    params: &[(&str, Vec<usize>)],
+    want: &[Vec<Vec<f64>>],
+    name: &str,
+) {
+    for (t, step) in want.iter().enumerate() {
+        for ((pname, _), w) in params.iter().zip(step) {
+            let got: Vec<f32> =
+                bytemuck::pod_collect_to_vec(st.tensor(&format!("{prefix}/{t:04}/{pname}")).unwrap().data());
+            let err = got.iter().zip(w).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
+                / w.iter().map(|w| w * w).sum::<f64>().sqrt();
+            assert!(err < 1e-5, "{name} {prefix} step {t} {pname}: {err}");
+        }
+    }
+}
+
 #[test]
 fn replay_reproduces_the_reference() {
     let gpu = crate::gpu();
@@ -76,25 +95,9 @@ fn replay_reproduces_the_reference() {
         let (bytes, (expected, expected_eval)) = trace(name, cfg, &params, 25, true);
         let result = pollster::block_on(replay(&gpu, &bytes)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&result).unwrap();
-        for (t, step) in expected.iter().enumerate() {
-            for ((pname, _), want) in params.iter().zip(step) {
-                let got: Vec<f32> =
-                    bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{pname}")).unwrap().data());
-                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
-                    / want.iter().map(|w| w * w).sum::<f64>().sqrt();
-                assert!(err < 1e-5, "{name} step {t} {pname}: {err}");
-            }
-        }
+        assert_steps(&st, "param", &params, &expected, name);
         // Optimizers with an evaluation point also write param_eval/<t>/<name>.
-        for (t, step) in expected_eval.iter().enumerate() {
-            for ((pname, _), want) in params.iter().zip(step) {
-                let got: Vec<f32> =
-                    bytemuck::pod_collect_to_vec(st.tensor(&format!("param_eval/{t:04}/{pname}")).unwrap().data());
-                let err = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt()
-                    / want.iter().map(|w| w * w).sum::<f64>().sqrt();
-                assert!(err < 1e-5, "{name} eval step {t} {pname}: {err}");
-            }
-        }
+        assert_steps(&st, "param_eval", &params, &expected_eval, name);
         assert_eq!(st.names().iter().any(|n| n.starts_with("param_eval/")), !expected_eval.is_empty());
     }
 }
