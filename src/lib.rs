@@ -11,6 +11,7 @@
 pub mod error;
 pub mod gpu;
 pub mod linalg;
+pub mod nn;
 pub mod optim;
 
 pub use error::{Error, Result};

@@ -36,6 +36,11 @@ shader_table!(
     "optim/muon.wgsl",
     "optim/normuon.wgsl",
     "optim/adamuon.wgsl",
+    "nn/embedding.wgsl",
+    "nn/layernorm.wgsl",
+    "nn/pointwise.wgsl",
+    "nn/attention.wgsl",
+    "nn/cross_entropy.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

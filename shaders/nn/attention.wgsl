@@ -1,0 +1,131 @@
+// Causal multi-head self-attention on a packed qkv [B, T, 3C] (q, k, v side by side; head h uses columns
+// h·D … h·D + D − 1 of each), output [B, T, C]. One invocation per (batch, head, row); the probabilities P
+// [B, H, T, T] are kept for the backward, which is split in a per-query pass (dS, dq) and a per-key pass
+// (dk, dv) so every output element has exactly one writer (deterministic, no atomics).
+struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+const D: u32 = {{D}}u;
+
+fn linear_id(gid: vec3<u32>, nw: vec3<u32>) -> u32 { return gid.x + gid.y * nw.x * 64u; }
+fn row_base(b: u32, i: u32) -> u32 { return u.qkv_off + (b * u.t + i) * 3u * u.c; }
+
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(64)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let id = linear_id(gid, nw);
+    if (id >= u.batch * u.heads * u.t) { return; }
+    let i = id % u.t;
+    let h = (id / u.t) % u.heads;
+    let b = id / (u.t * u.heads);
+    let hd = h * D;
+    var q: array<f32, D>;
+    let qb = row_base(b, i) + hd;
+    for (var d = 0u; d < D; d++) { q[d] = qkv[qb + d]; }
+    let pb = id * u.t;
+    var m = -3.0e38;
+    for (var j = 0u; j <= i; j++) {
+        let kb = row_base(b, j) + u.c + hd;
+        var s = 0.0;
+        for (var d = 0u; d < D; d++) { s = fma(q[d], qkv[kb + d], s); }
+        s *= u.scale;
+        probs[pb + j] = s;
+        m = max(m, s);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j <= i; j++) { let e = exp(probs[pb + j] - m); probs[pb + j] = e; sum += e; }
+    let inv = 1.0 / sum;
+    var acc: array<f32, D>;
+    for (var j = 0u; j <= i; j++) {
+        let p = probs[pb + j] * inv;
+        probs[pb + j] = p;
+        let vb = row_base(b, j) + 2u * u.c + hd;
+        for (var d = 0u; d < D; d++) { acc[d] = fma(p, qkv[vb + d], acc[d]); }
+    }
+    for (var j = i + 1u; j < u.t; j++) { probs[pb + j] = 0.0; }
+    let ob = u.o_off + (b * u.t + i) * u.c + hd;
+    for (var d = 0u; d < D; d++) { y[ob + d] = acc[d]; }
+}
+
+// per query row: dP_ij = dy_i·v_j, dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij), dq_i = scale Σ_j dS_ij k_j
+@group(0) @binding(1) var<storage, read> bqkv: array<f32>;
+@group(0) @binding(2) var<storage, read> bprobs: array<f32>;
+@group(0) @binding(3) var<storage, read> bgy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ds: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dqkv: array<f32>;
+
+fn store_grad(o: u32, v: f32) {
+    if (u.acc != 0u) { dqkv[o] = dqkv[o] + v; } else { dqkv[o] = v; }
+}
+
+@compute @workgroup_size(64)
+fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let id = linear_id(gid, nw);
+    if (id >= u.batch * u.heads * u.t) { return; }
+    let i = id % u.t;
+    let h = (id / u.t) % u.heads;
+    let b = id / (u.t * u.heads);
+    let hd = h * D;
+    var g: array<f32, D>;
+    let gb = u.g_off + (b * u.t + i) * u.c + hd;
+    for (var d = 0u; d < D; d++) { g[d] = bgy[gb + d]; }
+    let pb = id * u.t;
+    var dot_pd = 0.0;
+    for (var j = 0u; j <= i; j++) {
+        let vb = row_base(b, j) + 2u * u.c + hd;
+        var s = 0.0;
+        for (var d = 0u; d < D; d++) { s = fma(g[d], bqkv[vb + d], s); }
+        ds[pb + j] = s;
+        dot_pd = fma(bprobs[pb + j], s, dot_pd);
+    }
+    var dq: array<f32, D>;
+    for (var j = 0u; j <= i; j++) {
+        let s = bprobs[pb + j] * (ds[pb + j] - dot_pd);
+        ds[pb + j] = s;
+        let kb = row_base(b, j) + u.c + hd;
+        for (var d = 0u; d < D; d++) { dq[d] = fma(s, bqkv[kb + d], dq[d]); }
+    }
+    for (var j = i + 1u; j < u.t; j++) { ds[pb + j] = 0.0; }
+    let ob = u.o_off + (b * u.t + i) * 3u * u.c + hd;
+    for (var d = 0u; d < D; d++) { store_grad(ob + d, dq[d] * u.scale); }
+}
+
+// per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P_ij dy_i
+@group(0) @binding(1) var<storage, read> kqkv: array<f32>;
+@group(0) @binding(2) var<storage, read> kprobs: array<f32>;
+@group(0) @binding(3) var<storage, read> kgy: array<f32>;
+@group(0) @binding(4) var<storage, read> kds: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kdqkv: array<f32>;
+
+@compute @workgroup_size(64)
+fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let id = linear_id(gid, nw);
+    if (id >= u.batch * u.heads * u.t) { return; }
+    let j = id % u.t;
+    let h = (id / u.t) % u.heads;
+    let b = id / (u.t * u.heads);
+    let hd = h * D;
+    let head_base = (b * u.heads + h) * u.t * u.t;
+    var dk: array<f32, D>;
+    var dv: array<f32, D>;
+    for (var i = j; i < u.t; i++) {
+        let pij = kprobs[head_base + i * u.t + j];
+        let sij = kds[head_base + i * u.t + j];
+        let qb = row_base(b, i) + hd;
+        let gb = u.g_off + (b * u.t + i) * u.c + hd;
+        for (var d = 0u; d < D; d++) {
+            dk[d] = fma(sij, kqkv[qb + d], dk[d]);
+            dv[d] = fma(pij, kgy[gb + d], dv[d]);
+        }
+    }
+    let ob = u.o_off + (b * u.t + j) * 3u * u.c + hd;
+    for (var d = 0u; d < D; d++) {
+        var k = dk[d] * u.scale;
+        var v = dv[d];
+        if (u.acc != 0u) { k += kdqkv[ob + u.c + d]; v += kdqkv[ob + 2u * u.c + d]; }
+        kdqkv[ob + u.c + d] = k;
+        kdqkv[ob + 2u * u.c + d] = v;
+    }
+}

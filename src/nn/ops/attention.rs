@@ -1,0 +1,77 @@
+//! Causal multi-head self-attention on a packed `qkv` projection.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{launch, matrix, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::nn::graph::{Graph, Var};
+
+/// Largest head dimension the attention kernels hold in registers.
+pub const MAX_HEAD_DIM: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct U {
+    batch: u32,
+    t: u32,
+    heads: u32,
+    c: u32,
+    qkv_off: u32,
+    o_off: u32,
+    g_off: u32,
+    acc: u32,
+    scale: f32,
+    _p: [u32; 3],
+}
+
+impl Graph {
+    /// `softmax(q·kᵀ/√d + causal mask)·v` per head, for `qkv [batch·block, 3C]` laid out as nanoGPT's `c_attn`
+    /// output (q, k, v blocks of C columns, head h at columns h·d … of each); output `[batch·block, C]`.
+    pub fn causal_attention(&mut self, qkv: Var, batch: usize, block: usize, heads: usize) -> Result<Var> {
+        let op = "Graph::causal_attention";
+        let (rows, c3) = matrix(op, self.shape(qkv))?;
+        let c = c3 / 3;
+        if rows != batch * block || c3 % 3 != 0 || heads == 0 || c % heads != 0 || c / heads > MAX_HEAD_DIM {
+            return Err(Error::Shape {
+                op,
+                detail: format!(
+                    "qkv {:?} for batch {batch} × block {block}, {heads} heads (3C columns, C divisible by the \
+                     heads, head dim ≤ {MAX_HEAD_DIM})",
+                    self.shape(qkv)
+                ),
+            });
+        }
+        let d = c / heads;
+        let out = self.output(&[rows, c], &[qkv])?;
+        let probs = Tensor::zeros(self.gpu(), &[batch, heads, block, block])?;
+        let (vq, vo) = (self.value(qkv).clone(), self.value(out).clone());
+        let lanes = batch * heads * block;
+        let u = U {
+            batch: batch as u32,
+            t: block as u32,
+            heads: heads as u32,
+            c: c as u32,
+            qkv_off: vq.offset() as u32,
+            o_off: vo.offset() as u32,
+            g_off: 0,
+            acc: 0,
+            scale: 1.0 / (d as f32).sqrt(),
+            _p: [0; 3],
+        };
+        u32_of(op, rows * c3)?;
+        u32_of(op, lanes * block)?;
+        let defines = [("D", d.to_string())];
+        launch(&mut self.plan, "nn/attention.wgsl", "forward", &defines, &u, &[&vq, &probs, &vo], lanes)?;
+        self.on_backward(out, move |bw| {
+            let Some(g) = bw.grad_out(out) else { return Ok(()) };
+            let Some((gq, acc)) = bw.grad_in(qkv)? else { return Ok(()) };
+            let ds = Tensor::zeros(g.gpu(), probs.shape())?;
+            let u = U { g_off: g.offset() as u32, o_off: gq.offset() as u32, acc: acc as u32, ..u };
+            let t = [&vq, &probs, &g, &ds, &gq];
+            launch(bw.plan(), "nn/attention.wgsl", "backward_query", &defines, &u, &t, lanes)?;
+            launch(bw.plan(), "nn/attention.wgsl", "backward_key", &defines, &u, &t, lanes)
+        });
+        Ok(out)
+    }
+}
