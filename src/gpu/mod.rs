@@ -4,9 +4,11 @@
 mod context;
 pub mod kernels;
 mod plan;
+mod readback;
 pub(crate) mod tensor;
 
 pub use context::{Counters, Gpu, GpuOptions};
 pub use kernels::Kernel;
 pub use plan::{Plan, PlanBuilder};
+pub use readback::Lagged;
 pub use tensor::Tensor;

@@ -3,6 +3,7 @@
 #![allow(clippy::needless_range_loop)] // the references index like the equations they transcribe
 
 mod reference;
+mod train;
 
 use std::sync::OnceLock;
 use wgoptim::linalg::Trans;

@@ -1,0 +1,78 @@
+//! [`Recipe`]: how the demos route a model's parameters to optimizers. Hidden matrices go to the named
+//! optimizer, everything else to AdamW with nanoGPT's settings (β2 = 0.99, weight decay 0.1 on matrices and
+//! none on vectors); `fusion_opt` is the composite, which routes itself. Learning rates follow nanoGPT's
+//! warmup + cosine schedule (Schedule-Free methods: warmup only, their averaging replaces the decay).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::gpu::Tensor;
+use crate::optim::{AdamWConfig, FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, Schedule};
+
+/// The composite's name on the command line.
+pub const COMPOSITE: &str = "fusion_opt";
+
+/// Parameters never given to a matrix optimizer: the (tied) token embedding and the position embedding.
+pub const EMBEDDINGS: [&str; 2] = ["wte", "wpe"];
+
+/// An optimizer choice for a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// A name from [`Recipe::names`].
+    pub optimizer: String,
+    /// Learning rate of the named optimizer (None: its default; AdamW: nanoGPT's 1e-3).
+    pub lr: Option<f32>,
+    /// Total steps (the cosine schedule ends here).
+    pub iters: u32,
+    /// Warmup steps.
+    pub warmup: u32,
+    /// Global gradient-norm clipping (nanoGPT: 1.0).
+    pub clip: Option<f32>,
+}
+
+impl Recipe {
+    /// nanoGPT's AdamW run for `iters` steps with another optimizer's name.
+    pub fn new(optimizer: &str, iters: u32) -> Recipe {
+        Recipe { optimizer: optimizer.to_string(), lr: None, iters, warmup: 100.min(iters / 10), clip: Some(1.0) }
+    }
+
+    /// Every optimizer name a recipe accepts.
+    pub fn names() -> Vec<&'static str> {
+        OptimizerConfig::NAMES.iter().copied().chain([COMPOSITE]).collect()
+    }
+
+    fn adamw(lr: f32, weight_decay: f32) -> OptimizerConfig {
+        OptimizerConfig::AdamW(AdamWConfig { lr, beta2: 0.99, weight_decay, ..Default::default() })
+    }
+
+    /// Add the routing rules (and the loss, for optimizers that take it) to `b`.
+    pub fn apply(&self, b: &mut OptimizerBuilder, loss: &Tensor) -> Result<()> {
+        let cosine = Schedule::WarmupCosine { warmup: self.warmup, total: self.iters, min_ratio: 0.1 };
+        let warmup = Schedule::Warmup { warmup: self.warmup.max(1) };
+        let exclude: Vec<String> = EMBEDDINGS.iter().map(|s| s.to_string()).collect();
+        if let Some(c) = self.clip {
+            b.clip_grad_norm(c);
+        }
+        if self.optimizer == COMPOSITE {
+            let mut cfg = FusionOptConfig { exclude, schedule: warmup, ..Default::default() };
+            if let Some(lr) = self.lr {
+                cfg.spectral.lr = lr;
+            }
+            b.fusion_opt(&cfg, loss);
+            return Ok(());
+        }
+        let adamw_lr = if self.optimizer == "adamw" { self.lr.unwrap_or(1e-3) } else { 1e-3 };
+        if self.optimizer != "adamw" {
+            let json = self.lr.map_or("{}".to_string(), |lr| format!("{{\"lr\": {lr}}}"));
+            let cfg = OptimizerConfig::from_json(&self.optimizer, &json)?;
+            let schedule = if cfg.is_schedule_free() || cfg.keeps_x() { warmup } else { cosine };
+            if cfg.takes_loss() {
+                b.loss(loss);
+            }
+            b.rule(Matcher::MatricesExcept(exclude), Group::new(cfg).schedule(schedule));
+        }
+        b.rule(Matcher::Rank(2), Group::new(Self::adamw(adamw_lr, 0.1)).schedule(cosine));
+        b.rule(Matcher::All, Group::new(Self::adamw(adamw_lr, 0.0)).schedule(cosine));
+        Ok(())
+    }
+}
