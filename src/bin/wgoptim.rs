@@ -66,6 +66,28 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Time GPT training steps: tokens/s, ms per step, forward/backward/optimizer split, dispatches, submits.
+        Train {
+            /// Model preset: tiny, small or baby.
+            #[arg(long, default_value = "small")]
+            preset: String,
+            /// Optimizer for the hidden matrices (the rest AdamW), or fusion_opt.
+            #[arg(long, default_value = "adamw")]
+            optimizer: String,
+            /// Tiny Shakespeare (default: $WGOPTIM_DATA_DIR/tinyshakespeare.txt; without either, a synthetic text
+            /// over the same 65 characters — step time does not depend on the text).
+            #[arg(long)]
+            data: Option<std::path::PathBuf>,
+            /// Timed steps.
+            #[arg(long, default_value_t = 10)]
+            steps: usize,
+            /// Also time every op kind separately (extra passes; for profiling).
+            #[arg(long)]
+            ops: bool,
+            /// Print JSON instead of text.
+            #[arg(long)]
+            json: bool,
+        },
         /// f32 matmul GFLOPS for square sizes.
         Matmul {
             /// Comma-separated sizes.
@@ -95,6 +117,9 @@ mod cli {
             Cmd::Bench { what: Bench::Matmul { sizes, json } } => bench_matmul(&sizes, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
             Cmd::Bench { what: Bench::Step { optimizer, shapes, json } } => bench_step(&optimizer, &shapes, json),
+            Cmd::Bench { what: Bench::Train { preset, optimizer, data, steps, ops, json } } => {
+                bench_train(&preset, &optimizer, data.as_deref(), steps, ops, json)
+            }
             Cmd::Replay { trace, out } => replay(&trace, &out),
         }
     }
@@ -212,6 +237,81 @@ mod cli {
             if !stages.is_empty() {
                 let parts: Vec<String> = stages.iter().map(|(n, t)| format!("{n} {:.3} ms", t * 1e3)).collect();
                 println!("  device time per stage: {}", parts.join(", "));
+            }
+        }
+        Ok(())
+    }
+
+    fn training_text(path: Option<&std::path::Path>) -> Result<(String, String)> {
+        let path = path.map(|p| p.to_path_buf()).or_else(|| {
+            std::env::var_os("WGOPTIM_DATA_DIR").map(|d| std::path::PathBuf::from(d).join("tinyshakespeare.txt"))
+        });
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::InvalidArgument {
+                op: "bench train",
+                name: "data",
+                detail: format!("cannot read {}: {e}", p.display()),
+            })?;
+            return Ok((text, p.display().to_string()));
+        }
+        let chars: Vec<char> = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".chars().collect();
+        let mut rng = wgoptim::nn::Rng::new(7);
+        let text = (0..200_000).map(|_| chars[rng.below(chars.len() as u64) as usize]).collect();
+        Ok((text, "synthetic text over Tiny Shakespeare's 65 characters".into()))
+    }
+
+    fn bench_train(preset: &str, optimizer: &str, data: Option<&std::path::Path>, steps: usize, ops: bool, json: bool) -> Result<()> {
+        use wgoptim::nn::{CharData, Preset, Recipe, RunConfig, Trainer};
+        let (text, source) = training_text(data)?;
+        let data = CharData::from_text(&text)?;
+        let gpu = Gpu::new_blocking()?;
+        let p = Preset::named(preset, data.vocab_size())?;
+        let recipe = Recipe::new(optimizer, p.iters);
+        let config = RunConfig { model: p.model.clone(), batch: p.batch, seed: 1337, recipe };
+        let flops = p.model.train_flops(p.batch * p.model.block);
+        let mut t = Trainer::new(&gpu, data.clone(), config.clone())?;
+        for _ in 0..2 {
+            pollster::block_on(t.step())?; // warm up: CPU drivers compile shaders at first dispatch
+        }
+        pollster::block_on(t.flush())?;
+        let (submits, dispatches) = (gpu.counters().submits(), gpu.counters().dispatches());
+        let start = Instant::now();
+        for _ in 0..steps.max(1) {
+            pollster::block_on(t.step())?;
+        }
+        pollster::block_on(t.flush())?;
+        let secs = start.elapsed().as_secs_f64() / steps.max(1) as f64;
+        let submits_per_step = (gpu.counters().submits() - submits) as f64 / steps.max(1) as f64;
+        let dispatches_per_step = (gpu.counters().dispatches() - dispatches) as f64 / steps.max(1) as f64;
+        let tokens_per_s = (p.batch * p.model.block) as f64 / secs;
+        let timing = if gpu.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            let mut timed = Trainer::new_timed(&gpu, data, config, ops)?;
+            pollster::block_on(timed.timed_step())?;
+            Some(pollster::block_on(timed.timed_step())?)
+        } else {
+            None
+        };
+        let (mm, _) = matmul_gflops(&gpu, 512)?;
+        let gflops = flops / secs / 1e9;
+        if json {
+            let split = timing.as_ref().map(|s| json!({"forward_ms": s.forward * 1e3, "backward_ms": s.backward * 1e3,
+                "optimizer_ms": s.optimizer * 1e3, "ops_ms": s.ops.iter().map(|(n, t)| (n.clone(), t * 1e3)).collect::<std::collections::BTreeMap<_, _>>()}));
+            println!(
+                "{}",
+                json!({"adapter": gpu.describe(), "bench": "train", "preset": preset, "optimizer": optimizer, "data": source,
+                       "ms_per_step": secs * 1e3, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
+                       "gflops": gflops, "matmul_gflops_512": mm, "fraction_of_matmul": gflops / mm,
+                       "submits_per_step": submits_per_step, "dispatches_per_step": dispatches_per_step, "split": split})
+            );
+            return Ok(());
+        }
+        println!("train step, {preset} preset, {optimizer}, on {} ({source})", gpu.describe());
+        println!("  {:.1} ms per step, {tokens_per_s:.0} tokens/s, {submits_per_step} submit(s) and {dispatches_per_step} dispatches per step", secs * 1e3);
+        println!("  {:.2} GFLOP per step → {gflops:.2} GFLOPS ({:.0} % of this device's {mm:.2} GFLOPS matmul at n=512)", flops / 1e9, 100.0 * gflops / mm);
+        if let Some(s) = timing {
+            println!("  device time: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms", s.forward * 1e3, s.backward * 1e3, s.optimizer * 1e3);
+            for (name, t) in &s.ops {
+                println!("    {name:<24} {:.2} ms", t * 1e3);
             }
         }
         Ok(())

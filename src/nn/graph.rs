@@ -38,8 +38,10 @@ pub const STEP_PARAMS: usize = 4;
 pub struct Graph {
     pub(crate) plan: PlanBuilder,
     nodes: Vec<Node>,
-    tape: Vec<BackwardFn>,
+    tape: Vec<(&'static str, BackwardFn)>,
     mode: Mode,
+    profile: bool,
+    op: &'static str,
     step: Tensor,
 }
 
@@ -49,12 +51,19 @@ impl Graph {
         let mut plan = PlanBuilder::new(gpu);
         plan.stage("forward");
         let step = plan.step_params(STEP_PARAMS)?;
-        Ok(Graph { plan, nodes: Vec::new(), tape: Vec::new(), mode, step })
+        Ok(Graph { plan, nodes: Vec::new(), tape: Vec::new(), mode, profile: false, op: "", step })
     }
 
     /// Measure device time of the forward and backward stages (where the adapter supports timestamps).
     pub fn with_timing(mut self, on: bool) -> Graph {
         self.plan = self.plan.with_timing(on);
+        self
+    }
+
+    /// Time every op separately: stages are named `forward/<op>` and `backward/<op>` (implies timing).
+    pub fn with_op_timing(mut self, on: bool) -> Graph {
+        self.plan = self.plan.with_timing(on);
+        self.profile = on;
         self
     }
 
@@ -96,8 +105,13 @@ impl Graph {
         Var(self.nodes.len() - 1)
     }
 
-    /// A new op output of `shape`; it needs a gradient when any of `inputs` does.
-    pub(crate) fn output(&mut self, shape: &[usize], inputs: &[Var]) -> Result<Var> {
+    /// A new output of op `op` (which starts recording now) of `shape`; it needs a gradient when any of
+    /// `inputs` does.
+    pub(crate) fn output(&mut self, op: &'static str, shape: &[usize], inputs: &[Var]) -> Result<Var> {
+        self.op = op;
+        if self.profile {
+            self.plan.stage(&format!("forward/{op}"));
+        }
         let value = Tensor::zeros(self.gpu(), shape)?;
         let needs = inputs.iter().any(|v| self.nodes[v.0].needs_grad);
         Ok(self.push(value, None, needs))
@@ -127,7 +141,7 @@ impl Graph {
     /// Register the backward recorder of an op whose output needs a gradient.
     pub(crate) fn on_backward(&mut self, out: Var, f: impl FnOnce(&mut Backward<'_>) -> Result<()> + 'static) {
         if self.nodes[out.0].needs_grad {
-            self.tape.push(Box::new(f));
+            self.tape.push((self.op, Box::new(f)));
         }
     }
 
@@ -182,8 +196,12 @@ impl Graph {
         node.written = true;
         self.plan.stage("backward");
         let tape = std::mem::take(&mut self.tape);
+        let profile = self.profile;
         let mut b = Backward { graph: self, root: unit.then_some(out), seed };
-        for f in tape.into_iter().rev() {
+        for (op, f) in tape.into_iter().rev() {
+            if profile {
+                b.plan().stage(&format!("backward/{op}"));
+            }
             f(&mut b)?;
         }
         Ok(())

@@ -60,6 +60,8 @@ pub struct StepTiming {
     pub backward: f64,
     /// Optimizer step.
     pub optimizer: f64,
+    /// Per op kind (`forward/matmul`, `backward/attention`, …) when built with per-op timing.
+    pub ops: Vec<(String, f64)>,
 }
 
 /// A GPT training run: model, data, optimizer, plans, and the lagged loss readback.
@@ -84,15 +86,16 @@ impl Trainer {
     /// Build the model (initialized from the seed), the train / eval / sampling plans and the optimizer.
     /// `config.model.vocab` must equal the data's vocabulary size.
     pub fn new(gpu: &Gpu, data: CharData, config: RunConfig) -> Result<Trainer> {
-        Self::build(gpu, data, config, false)
+        Self::build(gpu, data, config, None)
     }
 
-    /// As [`Trainer::new`], with timestamp queries on the stages (for [`Trainer::timed_step`]).
-    pub fn new_timed(gpu: &Gpu, data: CharData, config: RunConfig) -> Result<Trainer> {
-        Self::build(gpu, data, config, true)
+    /// As [`Trainer::new`], with timestamp queries on the stages (for [`Trainer::timed_step`]); `per_op` times
+    /// every op separately (more passes: for profiling, not for training).
+    pub fn new_timed(gpu: &Gpu, data: CharData, config: RunConfig, per_op: bool) -> Result<Trainer> {
+        Self::build(gpu, data, config, Some(per_op))
     }
 
-    fn build(gpu: &Gpu, data: CharData, config: RunConfig, timing: bool) -> Result<Trainer> {
+    fn build(gpu: &Gpu, data: CharData, config: RunConfig, timing: Option<bool>) -> Result<Trainer> {
         if config.model.vocab != data.vocab_size() {
             return Err(Error::InvalidArgument {
                 op: "Trainer::new",
@@ -109,7 +112,11 @@ impl Trainer {
         }
         let model = Gpt::new(gpu, config.model.clone(), config.seed)?;
         let tokens = Tokens::new(gpu, config.batch, model.config.block, model.config.vocab)?;
-        let mut g = Graph::new(gpu, Mode::Train)?.with_timing(timing);
+        let mut g = match timing {
+            Some(true) => Graph::new(gpu, Mode::Train)?.with_op_timing(true),
+            Some(false) => Graph::new(gpu, Mode::Train)?.with_timing(true),
+            None => Graph::new(gpu, Mode::Train)?,
+        };
         let out = model.forward(&mut g, &tokens)?;
         let loss_var = g.cross_entropy(out.logits, &tokens)?;
         g.backward(loss_var)?;
@@ -118,7 +125,7 @@ impl Trainer {
         let mut b = OptimizerBuilder::new(gpu);
         b.params_from(&model.store)?;
         config.recipe.apply(&mut b, &loss)?;
-        b.with_timing(timing);
+        b.with_timing(timing.is_some());
         let optimizer = b.build()?;
         let eval = Forward::new(gpu, &model, config.batch, true)?;
         let sampler = Forward::new(gpu, &model, 1, false)?;
@@ -317,11 +324,19 @@ impl Trainer {
         let stages = self.train.run_timed().await?;
         let opt = self.optimizer.plan().run_timed().await?;
         self.step += 1;
-        let time = |name: &str| stages.iter().filter(|(s, _)| s == name).map(|(_, t)| t).sum::<f64>();
+        let time = |name: &str| stages.iter().filter(|(s, _)| s.starts_with(name)).map(|(_, t)| t).sum::<f64>();
+        let mut ops: Vec<(String, f64)> = Vec::new();
+        for (name, t) in stages.iter().filter(|(s, _)| s.contains('/')) {
+            match ops.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 += t,
+                None => ops.push((name.clone(), *t)),
+            }
+        }
         Ok(StepTiming {
             forward: time("forward"),
             backward: time("backward"),
             optimizer: opt.iter().map(|(_, t)| t).sum(),
+            ops,
         })
     }
 

@@ -43,7 +43,7 @@ impl Graph {
             });
         }
         let d = c / heads;
-        let out = self.output(&[rows, c], &[qkv])?;
+        let out = self.output("attention", &[rows, c], &[qkv])?;
         let probs = Tensor::zeros(self.gpu(), &[batch, heads, block, block])?;
         let (vq, vo) = (self.value(qkv).clone(), self.value(out).clone());
         let lanes = batch * heads * block;

@@ -60,7 +60,7 @@ impl Graph {
         let n = if tb == Trans::N { sb[r - 1] } else { sb[r - 2] };
         let mut shape = sa[..r - 2].to_vec();
         shape.extend([m, n]);
-        let out = self.output(&shape, &[a, b])?;
+        let out = self.output("matmul", &shape, &[a, b])?;
         let (va, vb, vo) = (self.value(a).clone(), self.value(b).clone(), self.value(out).clone());
         Matmul::new(&va, &vb, &vo).trans(ta, tb).record(&mut self.plan)?;
         self.on_backward(out, move |bw| {
@@ -102,7 +102,7 @@ impl Graph {
                 detail: format!("{:?} + {:?}", self.shape(a), self.shape(b)),
             });
         }
-        let out = self.output(&self.shape(a).to_vec(), &[a, b])?;
+        let out = self.output("add", &self.shape(a).to_vec(), &[a, b])?;
         let (va, vb, vo) = (self.value(a).clone(), self.value(b).clone(), self.value(out).clone());
         Axpby { x: Some(&va), y: Some(&vb), ..Axpby::new(&vo) }.record(&mut self.plan)?;
         self.on_backward(out, move |bw| {
@@ -125,7 +125,7 @@ impl Graph {
                 detail: format!("bias {:?} for rows of {c}", self.shape(bias)),
             });
         }
-        let out = self.output(&[rows, c], &[x, bias])?;
+        let out = self.output("bias", &[rows, c], &[x, bias])?;
         let n = rows * c;
         let (vx, vb, vo) = (self.value(x).clone(), self.value(bias).clone(), self.value(out).clone());
         let u = PointU {

@@ -32,7 +32,7 @@ impl Graph {
             });
         }
         let (n, c) = (tokens.len(), st[1]);
-        let out = self.output(&[n, c], &[table, positions])?;
+        let out = self.output("embedding", &[n, c], &[table, positions])?;
         let (vt, vp, vo) = (self.value(table).clone(), self.value(positions).clone(), self.value(out).clone());
         let u = U {
             n: u32_of("Graph::embedding", n)?,

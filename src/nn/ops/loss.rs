@@ -33,7 +33,7 @@ impl Graph {
                 detail: format!("logits [{n}, {v}] for {} targets over {} classes", tokens.len(), tokens.vocab),
             });
         }
-        let out = self.output(&[1], &[logits])?;
+        let out = self.output("cross_entropy", &[1], &[logits])?;
         let grad = self.needs_grad(logits);
         let row_loss = Tensor::zeros(self.gpu(), &[n])?;
         let dlogits = if grad { Tensor::zeros(self.gpu(), &[n, v])? } else { row_loss.clone() };

@@ -39,7 +39,7 @@ impl Graph {
         }
         let mut inputs = vec![x, weight];
         inputs.extend(bias);
-        let out = self.output(&[rows, c], &inputs)?;
+        let out = self.output("layer_norm", &[rows, c], &inputs)?;
         let stats = Tensor::zeros(self.gpu(), &[rows, 2])?;
         let (vx, vw, vo) = (self.value(x).clone(), self.value(weight).clone(), self.value(out).clone());
         let vb = bias.map(|b| self.value(b).clone());
