@@ -22,7 +22,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use serde_json::json;
-    use wgoptim::linalg::{polar, Matmul, PolarConfig};
+    use wgoptim::linalg::{polar, Matmul, PolarConfig, Trans};
     use wgoptim::{Error, Gpu, GpuOptions, PlanBuilder, Result, Tensor};
 
     /// wgoptim: WebGPU optimizer kernels. Adapter choice: WGPU_BACKEND, WGPU_ADAPTER_NAME.
@@ -90,9 +90,12 @@ mod cli {
         },
         /// f32 matmul GFLOPS for square sizes.
         Matmul {
-            /// Comma-separated sizes.
+            /// Comma-separated sizes: N (square) or MxKxN.
             #[arg(long, default_value = "256,512,1024", value_delimiter = ',')]
-            sizes: Vec<usize>,
+            sizes: Vec<String>,
+            /// Transposes of A and B: NN, NT, TN or TT.
+            #[arg(long, default_value = "NN")]
+            trans: String,
             /// Print JSON instead of a table.
             #[arg(long)]
             json: bool,
@@ -114,7 +117,7 @@ mod cli {
     pub fn run(cli: Cli) -> Result<()> {
         match cli.cmd {
             Cmd::Info => info(),
-            Cmd::Bench { what: Bench::Matmul { sizes, json } } => bench_matmul(&sizes, json),
+            Cmd::Bench { what: Bench::Matmul { sizes, trans, json } } => bench_matmul(&sizes, &trans, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
             Cmd::Bench { what: Bench::Step { optimizer, shapes, json } } => bench_step(&optimizer, &shapes, json),
             Cmd::Bench { what: Bench::Train { preset, optimizer, data, steps, ops, json } } => {
@@ -260,7 +263,14 @@ mod cli {
         Ok((text, "synthetic text over Tiny Shakespeare's 65 characters".into()))
     }
 
-    fn bench_train(preset: &str, optimizer: &str, data: Option<&std::path::Path>, steps: usize, ops: bool, json: bool) -> Result<()> {
+    fn bench_train(
+        preset: &str,
+        optimizer: &str,
+        data: Option<&std::path::Path>,
+        steps: usize,
+        ops: bool,
+        json: bool,
+    ) -> Result<()> {
         use wgoptim::nn::{CharData, Preset, Recipe, RunConfig, Trainer};
         let (text, source) = training_text(data)?;
         let data = CharData::from_text(&text)?;
@@ -307,9 +317,18 @@ mod cli {
         }
         println!("train step, {preset} preset, {optimizer}, on {} ({source})", gpu.describe());
         println!("  {:.1} ms per step, {tokens_per_s:.0} tokens/s, {submits_per_step} submit(s) and {dispatches_per_step} dispatches per step", secs * 1e3);
-        println!("  {:.2} GFLOP per step → {gflops:.2} GFLOPS ({:.0} % of this device's {mm:.2} GFLOPS matmul at n=512)", flops / 1e9, 100.0 * gflops / mm);
+        println!(
+            "  {:.2} GFLOP per step → {gflops:.2} GFLOPS ({:.0} % of this device's {mm:.2} GFLOPS matmul at n=512)",
+            flops / 1e9,
+            100.0 * gflops / mm
+        );
         if let Some(s) = timing {
-            println!("  device time: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms", s.forward * 1e3, s.backward * 1e3, s.optimizer * 1e3);
+            println!(
+                "  device time: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+                s.forward * 1e3,
+                s.backward * 1e3,
+                s.optimizer * 1e3
+            );
             for (name, t) in &s.ops {
                 println!("    {name:<24} {:.2} ms", t * 1e3);
             }
@@ -382,46 +401,69 @@ mod cli {
 
     /// Measured matmul GFLOPS for an n×n×n product, and the first-call seconds (compile + run).
     pub fn matmul_gflops(gpu: &Gpu, n: usize) -> Result<(f64, f64)> {
-        let a = Tensor::from_slice(gpu, &[n, n], &(0..n * n).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>())?;
-        let b = Tensor::from_slice(gpu, &[n, n], &(0..n * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>())?;
-        let o = Tensor::zeros(gpu, &[n, n])?;
+        matmul_shape_gflops(gpu, [n, n, n], (Trans::N, Trans::N))
+    }
+
+    /// Measured GFLOPS of `op(A)·op(B)` with op(A) m×k and op(B) k×n, and the first-call seconds.
+    fn matmul_shape_gflops(gpu: &Gpu, [m, k, n]: [usize; 3], (ta, tb): (Trans, Trans)) -> Result<(f64, f64)> {
+        let a = Tensor::from_slice(
+            gpu,
+            &if ta == Trans::N { [m, k] } else { [k, m] },
+            &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>(),
+        )?;
+        let b = Tensor::from_slice(
+            gpu,
+            &if tb == Trans::N { [k, n] } else { [n, k] },
+            &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>(),
+        )?;
+        let o = Tensor::zeros(gpu, &[m, n])?;
         let t = Instant::now();
         let mut pb = PlanBuilder::new(gpu);
-        Matmul::new(&a, &b, &o).record(&mut pb)?;
+        Matmul::new(&a, &b, &o).trans(ta, tb).record(&mut pb)?;
         pb.build()?.run();
         gpu.wait()?;
         let first = t.elapsed().as_secs_f64();
+        let flops = 2.0 * (m * k * n) as f64;
         // Enough repetitions in one plan that submit overhead is negligible.
-        let reps = (2e9 / (2.0 * (n as f64).powi(3))).clamp(1.0, 64.0) as usize;
+        let reps = (2e9 / flops).clamp(1.0, 64.0) as usize;
         let mut pb = PlanBuilder::new(gpu);
         for _ in 0..reps {
-            Matmul::new(&a, &b, &o).record(&mut pb)?;
+            Matmul::new(&a, &b, &o).trans(ta, tb).record(&mut pb)?;
         }
         let plan = pb.build()?;
         let secs = time_plan(gpu, &plan, 3)? / reps as f64;
-        Ok((2.0 * (n as f64).powi(3) / secs / 1e9, first))
+        Ok((flops / secs / 1e9, first))
     }
 
-    fn bench_matmul(sizes: &[usize], json: bool) -> Result<()> {
+    fn bench_matmul(sizes: &[String], trans: &str, json: bool) -> Result<()> {
+        let bad = |detail: String| Error::InvalidArgument { op: "bench matmul", name: "sizes", detail };
+        let t = |c: char| if c == 'T' || c == 't' { Trans::T } else { Trans::N };
+        let tr: Vec<char> = trans.chars().collect();
+        if tr.len() != 2 || !tr.iter().all(|c| "NnTt".contains(*c)) {
+            return Err(Error::InvalidArgument {
+                op: "bench matmul",
+                name: "trans",
+                detail: format!("`{trans}`: NN, NT, TN or TT"),
+            });
+        }
         let gpu = Gpu::new_blocking()?;
         let mut rows = Vec::new();
-        for &n in sizes {
-            if n == 0 {
-                return Err(Error::InvalidArgument {
-                    op: "bench matmul",
-                    name: "sizes",
-                    detail: "sizes must be ≥ 1".into(),
-                });
-            }
-            let (gflops, first) = matmul_gflops(&gpu, n)?;
+        for size in sizes {
+            let dims: Vec<usize> = size.split(['x', 'X']).map(|d| d.trim().parse().unwrap_or(0)).collect();
+            let mkn = match dims[..] {
+                [n] if n > 0 => [n, n, n],
+                [m, k, n] if m * k * n > 0 => [m, k, n],
+                _ => return Err(bad(format!("`{size}` is not N or MxKxN with positive sizes"))),
+            };
+            let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])))?;
             if !json {
                 println!(
-                    "matmul f32 n={n:>5}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms)   on {}",
+                    "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms)   on {}",
                     first * 1e3,
                     gpu.describe()
                 );
             }
-            rows.push(json!({"n": n, "gflops": gflops, "first_call_s": first}));
+            rows.push(json!({"size": size, "trans": trans, "gflops": gflops, "first_call_s": first}));
         }
         if json {
             println!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));

@@ -41,6 +41,7 @@ shader_table!(
     "nn/pointwise.wgsl",
     "nn/attention.wgsl",
     "nn/cross_entropy.wgsl",
+    "nn/kfac.wgsl",
 );
 
 /// A compiled compute pipeline plus its bind-group layout.

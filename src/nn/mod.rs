@@ -8,6 +8,7 @@
 pub mod data;
 pub mod gpt;
 pub mod graph;
+pub mod kfac;
 mod ops;
 pub mod preset;
 pub mod recipe;

@@ -7,10 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::gpu::Tensor;
-use crate::optim::{AdamWConfig, FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, Schedule};
+use crate::nn::kfac::{KfacConfig, KfacVariant};
+use crate::optim::{
+    AdamWConfig, FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, Schedule, SgdConfig,
+};
 
 /// The composite's name on the command line.
 pub const COMPOSITE: &str = "fusion_opt";
+
+/// The K-FAC family (preconditioners on the model's Linear layers, see [`crate::nn::kfac`]).
+pub const KFAC: [&str; 3] = ["kfac", "ekfac", "kfac_soap"];
 
 /// Parameters never given to a matrix optimizer: the (tied) token embedding and the position embedding.
 pub const EMBEDDINGS: [&str; 2] = ["wte", "wpe"];
@@ -38,7 +44,37 @@ impl Recipe {
 
     /// Every optimizer name a recipe accepts.
     pub fn names() -> Vec<&'static str> {
-        OptimizerConfig::NAMES.iter().copied().chain([COMPOSITE]).collect()
+        OptimizerConfig::NAMES.iter().copied().chain([COMPOSITE]).chain(KFAC).collect()
+    }
+
+    /// The K-FAC preconditioner this recipe needs, if any.
+    pub fn kfac(&self) -> Option<KfacConfig> {
+        let variant = match self.optimizer.as_str() {
+            "kfac" => KfacVariant::Kfac,
+            "ekfac" => KfacVariant::Ekfac,
+            "kfac_soap" => KfacVariant::KfacSoap,
+            _ => return None,
+        };
+        Some(KfacConfig { variant, ..Default::default() })
+    }
+
+    /// Learning rate of the named optimizer's group.
+    fn base_lr(&self) -> f32 {
+        let default = match self.optimizer.as_str() {
+            "kfac" | "ekfac" => 0.01,
+            "kfac_soap" => 3e-3,
+            _ => 1e-3,
+        };
+        self.lr.unwrap_or(default)
+    }
+
+    fn cosine(&self) -> Schedule {
+        Schedule::WarmupCosine { warmup: self.warmup, total: self.iters, min_ratio: 0.1 }
+    }
+
+    /// The named group's learning rate at step `step` (K-FAC's KL clipping needs it on the host).
+    pub fn lr_at(&self, step: u64) -> f32 {
+        self.base_lr() * self.cosine().factor(step.min(u32::MAX as u64) as u32)
     }
 
     fn adamw(lr: f32, weight_decay: f32) -> OptimizerConfig {
@@ -47,10 +83,11 @@ impl Recipe {
 
     /// Add the routing rules (and the loss, for optimizers that take it) to `b`.
     pub fn apply(&self, b: &mut OptimizerBuilder, loss: &Tensor) -> Result<()> {
-        let cosine = Schedule::WarmupCosine { warmup: self.warmup, total: self.iters, min_ratio: 0.1 };
+        let cosine = self.cosine();
         let warmup = Schedule::Warmup { warmup: self.warmup.max(1) };
         let exclude: Vec<String> = EMBEDDINGS.iter().map(|s| s.to_string()).collect();
-        if let Some(c) = self.clip {
+        if let Some(c) = self.clip.filter(|_| self.kfac().is_none()) {
+            // (K-FAC clips by KL instead; KFAC-SOAP's direction is normalized.)
             b.clip_grad_norm(c);
         }
         if self.optimizer == COMPOSITE {
@@ -62,7 +99,13 @@ impl Recipe {
             return Ok(());
         }
         let adamw_lr = if self.optimizer == "adamw" { self.lr.unwrap_or(1e-3) } else { 1e-3 };
-        if self.optimizer != "adamw" {
+        if let Some(k) = self.kfac() {
+            // The preconditioned direction is applied by SGD: with momentum 0.9 for K-FAC / EKFAC (the
+            // reference's), without for KFAC-SOAP (its direction already carries Adam's momentum).
+            let momentum = if k.variant == KfacVariant::KfacSoap { 0.0 } else { 0.9 };
+            let sgd = OptimizerConfig::Sgd(SgdConfig { lr: self.base_lr(), momentum, ..Default::default() });
+            b.rule(Matcher::MatricesExcept(exclude), Group::new(sgd).schedule(cosine));
+        } else if self.optimizer != "adamw" {
             let json = self.lr.map_or("{}".to_string(), |lr| format!("{{\"lr\": {lr}}}"));
             let cfg = OptimizerConfig::from_json(&self.optimizer, &json)?;
             let schedule = if cfg.is_schedule_free() || cfg.keeps_x() { warmup } else { cosine };

@@ -11,6 +11,7 @@ use crate::gpu::{Gpu, Lagged, Plan, Tensor};
 use crate::nn::data::{CharData, Split};
 use crate::nn::gpt::{Gpt, GptConfig, LinearSite};
 use crate::nn::graph::{step_values, Graph, Mode};
+use crate::nn::kfac::{Kfac, KfacLayer};
 use crate::nn::recipe::Recipe;
 use crate::nn::rng::Rng;
 use crate::nn::Tokens;
@@ -77,6 +78,7 @@ pub struct Trainer {
     eval: Forward,
     sampler: Forward,
     linears: Vec<LinearSite>,
+    kfac: Option<Kfac>,
     rng: Rng,
     step: u64,
     lagged: Lagged,
@@ -121,6 +123,10 @@ impl Trainer {
         let loss_var = g.cross_entropy(out.logits, &tokens)?;
         g.backward(loss_var)?;
         let loss = g.value(loss_var).clone();
+        let kfac = match config.recipe.kfac() {
+            Some(cfg) => Some(Kfac::new(gpu, cfg, &kfac_layers(&g, &model, &out.linears)?)?),
+            None => None,
+        };
         let train = g.build()?;
         let mut b = OptimizerBuilder::new(gpu);
         b.params_from(&model.store)?;
@@ -141,6 +147,7 @@ impl Trainer {
             eval,
             sampler,
             linears: out.linears,
+            kfac,
             rng,
             step: 0,
             lagged: Lagged::new(gpu, 1, 3),
@@ -195,6 +202,9 @@ impl Trainer {
         self.train.set_params(&step_values(self.step, self.dropout_seed()))?;
         let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
         self.train.record(&mut encoder);
+        if let Some(k) = &self.kfac {
+            k.record(&mut encoder, self.step, self.config.recipe.lr_at(self.step))?;
+        }
         self.optimizer.record(&mut encoder)?;
         self.lagged.record(&mut encoder, &self.loss, self.step)?;
         let index = self.gpu.submit([encoder.finish()]);
@@ -322,6 +332,11 @@ impl Trainer {
         self.tokens.write(&x, &y)?;
         self.train.set_params(&step_values(self.step, self.dropout_seed()))?;
         let stages = self.train.run_timed().await?;
+        if let Some(k) = &self.kfac {
+            let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+            k.record(&mut encoder, self.step, self.config.recipe.lr_at(self.step))?;
+            self.gpu.submit([encoder.finish()]);
+        }
         let opt = self.optimizer.plan().run_timed().await?;
         self.step += 1;
         let time = |name: &str| stages.iter().filter(|(s, _)| s.starts_with(name)).map(|(_, t)| t).sum::<f64>();
@@ -346,6 +361,16 @@ impl Trainer {
         self.flush_pending_into_nothing()?;
         let bytes = self.optimizer.save().await?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let mut extra = Vec::new();
+        for (name, t) in self.kfac.iter().flat_map(|k| k.state_tensors()) {
+            extra.push((name, t.shape().to_vec(), bytemuck::cast_slice::<f32, u8>(&t.read().await?).to_vec()));
+        }
+        let mut views = st.tensors();
+        for (name, shape, data) in &extra {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map_err(|e| Error::Checkpoint(e.to_string()))?;
+            views.push((name.clone(), view));
+        }
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
         let mut meta: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
@@ -355,7 +380,7 @@ impl Trainer {
         meta.insert("step".into(), self.step.to_string());
         meta.insert("data_rng".into(), self.rng.state.to_string());
         meta.insert("vocab".into(), self.data.vocab().iter().collect());
-        safetensors::serialize(st.tensors(), Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Checkpoint(e.to_string()))
     }
 
     /// Restore a checkpoint of the same run configuration and data; on any mismatch nothing changes.
@@ -380,11 +405,55 @@ impl Trainer {
         }
         let parse = |k: &str| field(k)?.parse::<u64>().map_err(|e| Error::Checkpoint(format!("bad `{k}`: {e}")));
         let (step, rng) = (parse("step")?, parse("data_rng")?);
-        self.optimizer.load(bytes)?;
+        // The preconditioner's tensors are checked here; the rest is the optimizer's checkpoint.
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Checkpoint(format!("unreadable or truncated checkpoint: {e}")))?;
+        let mut kfac_values = Vec::new();
+        for (name, t) in self.kfac.iter().flat_map(|k| k.state_tensors()) {
+            let view = st.tensor(&name).map_err(|_| Error::Checkpoint(format!("no tensor `{name}`")))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape() {
+                return Err(Error::Checkpoint(format!(
+                    "`{name}` is {:?} {:?}, expected F32 {:?}",
+                    view.dtype(),
+                    view.shape(),
+                    t.shape()
+                )));
+            }
+            kfac_values.push((t, bytemuck::pod_collect_to_vec::<u8, f32>(view.data())));
+        }
+        let rest: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            st.tensors().into_iter().filter(|(n, _)| !n.starts_with("kfac/")).collect();
+        let optimizer_bytes =
+            safetensors::serialize(rest, Some(meta.clone())).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        self.optimizer.load(&optimizer_bytes)?;
+        for (t, v) in kfac_values {
+            t.write(&v)?;
+        }
         self.step = step;
         self.rng = Rng::new(rng);
         Ok(())
     }
+}
+
+/// The K-FAC view of the model's Linear layers (the tied head stays with the embedding's optimizer).
+fn kfac_layers(g: &Graph, model: &Gpt, sites: &[LinearSite]) -> Result<Vec<KfacLayer>> {
+    sites
+        .iter()
+        .filter(|s| !crate::nn::recipe::EMBEDDINGS.contains(&s.weight.as_str()))
+        .map(|s| {
+            let output_grad = g.grad(s.output).cloned().ok_or_else(|| Error::InvalidArgument {
+                op: "Trainer::new",
+                name: "kfac",
+                detail: format!("no gradient reaches the output of {}", s.weight),
+            })?;
+            Ok(KfacLayer {
+                name: s.weight.clone(),
+                grad: model.store.grad(&s.weight)?,
+                input: g.value(s.input).clone(),
+                output_grad,
+            })
+        })
+        .collect()
 }
 
 /// Sample an id from logits with temperature and top-k.

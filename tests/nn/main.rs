@@ -2,6 +2,10 @@
 //! pass against central finite differences of the reference, on awkward shapes; plus plan replay determinism.
 #![allow(clippy::needless_range_loop)] // the references index like the equations they transcribe
 
+#[allow(dead_code)]
+#[path = "../linalg/cpu.rs"]
+mod cpu;
+mod kfac;
 mod reference;
 mod train;
 
