@@ -54,18 +54,25 @@ fn tiny_preset_learns_shakespeare() {
 
 #[test]
 fn resume_from_checkpoint_is_bit_exact() {
-    let (mut a, _) = tiny("adamw", 8);
+    // EKFAC: the preconditioner's factors, bases and scales travel in the checkpoint too.
+    for name in ["adamw", "ekfac"] {
+        resume_is_bit_exact(name);
+    }
+}
+
+fn resume_is_bit_exact(name: &str) {
+    let (mut a, _) = tiny(name, 8);
     for _ in 0..8 {
         pollster::block_on(a.step()).unwrap();
     }
     pollster::block_on(a.flush()).unwrap();
-    let (mut b, _) = tiny("adamw", 8);
+    let (mut b, _) = tiny(name, 8);
     for _ in 0..4 {
         pollster::block_on(b.step()).unwrap();
     }
     pollster::block_on(b.flush()).unwrap();
     let ckpt = pollster::block_on(b.save()).unwrap();
-    let (mut c, _) = tiny("adamw", 8);
+    let (mut c, _) = tiny(name, 8);
     c.load(&ckpt).unwrap();
     assert_eq!(c.steps(), 4);
     for _ in 0..4 {
@@ -74,7 +81,7 @@ fn resume_from_checkpoint_is_bit_exact() {
     pollster::block_on(c.flush()).unwrap();
     let pa = a.model().store.params_flat().read_blocking().unwrap();
     let pc = c.model().store.params_flat().read_blocking().unwrap();
-    assert!(pa.iter().zip(&pc).all(|(x, y)| x.to_bits() == y.to_bits()), "resumed run differs");
+    assert!(pa.iter().zip(&pc).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: resumed run differs");
 
     let (mut other, _) = tiny("lion", 8);
     assert!(other.load(&ckpt).is_err(), "a checkpoint of another run is refused");
