@@ -8,8 +8,15 @@ struct U {
     alpha: f32, beta: f32, tiles_m: u32, _pad: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
+//#if VEC4
+// Vector loads: every operand's contiguous dimension, offset and batch stride are multiples of 4 (checked on
+// the host), so 16-byte loads stay inside their matrix; k advances 4 at a time.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+//#else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+//#endif
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
 //#if HAS_C
 @group(0) @binding(4) var<storage, read> c: array<f32>;
@@ -34,6 +41,8 @@ fn rnd(x: f32) -> f32 {
 //#endif
 }
 
+//#if VEC4
+//#else
 fn la(batch: u32, r: u32, kk: u32) -> f32 {
 //#if TRANS_A
     return rnd(a[u.a_off + batch * u.a_bs + kk * u.m + r]);
@@ -49,6 +58,7 @@ fn lb(batch: u32, kk: u32, cidx: u32) -> f32 {
     return rnd(b[u.b_off + batch * u.b_bs + kk * u.n + cidx]);
 //#endif
 }
+//#endif
 
 fn store(batch: u32, r: u32, cidx: u32, v: f32) {
     if (r >= u.m || cidx >= u.n) { return; }
@@ -78,14 +88,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     if ((tj + 1u) * {{TILE_N}}u <= ti * {{TILE_M}}u) { return; }
 //#endif
     let row0 = ti * {{TILE_M}}u + lid.y * {{TM}}u;
-    let col0 = tj * {{TILE_N}}u + lid.x;
+    let col0 = tj * {{TILE_N}}u + {{LANE_COL}};
     let mlast = u.m - 1u;
     let nlast = u.n - 1u;
 {{ROWS}}
 {{COLS}}
 {{DECL}}
+//#if VEC4
+    let abase = (u.a_off + batch * u.a_bs) / 4u;
+    let bbase = (u.b_off + batch * u.b_bs) / 4u;
+    let m4 = u.m / 4u;
+    let n4 = u.n / 4u;
+    let k4 = u.k / 4u;
+    for (var kq = 0u; kq < k4; kq++) {
+        let kk = kq * 4u;
+{{BODY}}
+    }
+//#else
     for (var kk = 0u; kk < u.k; kk++) {
 {{BODY}}
     }
+//#endif
 {{STORE}}
 }

@@ -113,11 +113,83 @@ fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
         ("TM", tm.to_string()),
         ("TILE_M", t.rows().to_string()),
         ("TILE_N", t.cols().to_string()),
+        ("LANE_COL", "lid.x".into()),
         ("ROWS", rows),
         ("COLS", cols),
         ("DECL", decl),
         ("BODY", body),
         ("STORE", store),
+    ]
+}
+
+/// The vector-load variant (needs `tm` and `tn` multiples of 4): each lane owns runs of 4 adjacent columns,
+/// operands are read as `vec4` along their contiguous dimension and k advances by 4.
+fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, String)> {
+    let (tm, tn) = (t.tm, t.tn);
+    let col = |j: u32| (j / 4) * 4 * t.wg_x + j % 4; // column of accumulator j relative to col0
+    let mut rows = String::new();
+    for i in 0..tm {
+        rows += &format!("    let r{i} = min(row0 + {i}u, mlast);\n");
+    }
+    for q in (0..tm / 4).filter(|_| ta == Trans::T) {
+        rows += &format!("    let rq{q} = min(row0 + {}u, u.m - 4u) / 4u;\n", 4 * q);
+    }
+    let mut cols = String::new();
+    for j in 0..tn {
+        cols += &format!("    let c{j} = min(col0 + {}u, nlast);\n", col(j));
+    }
+    for g in (0..tn / 4).filter(|_| tb == Trans::N) {
+        cols += &format!("    let cg{g} = min(col0 + {}u, u.n - 4u) / 4u;\n", col(4 * g));
+    }
+    let mut body = String::new();
+    let a_at = |i: u32, d: u32| match ta {
+        Trans::N => format!("va{i}[{d}]"),
+        Trans::T => format!("vat{}_{d}[{}]", i / 4, i % 4),
+    };
+    let b_at = |j: u32, d: u32| match tb {
+        Trans::N => format!("vb{}_{d}[{}]", j / 4, j % 4),
+        Trans::T => format!("vbt{j}[{d}]"),
+    };
+    match ta {
+        Trans::N => (0..tm).for_each(|i| body += &format!("        let va{i} = a4[abase + r{i} * k4 + kq];\n")),
+        Trans::T => (0..tm / 4).for_each(|q| {
+            (0..4).for_each(|d| body += &format!("        let vat{q}_{d} = a4[abase + (kk + {d}u) * m4 + rq{q}];\n"))
+        }),
+    }
+    match tb {
+        Trans::N => (0..tn / 4).for_each(|g| {
+            (0..4).for_each(|d| body += &format!("        let vb{g}_{d} = b4[bbase + (kk + {d}u) * n4 + cg{g}];\n"))
+        }),
+        Trans::T => (0..tn).for_each(|j| body += &format!("        let vbt{j} = b4[bbase + c{j} * k4 + kq];\n")),
+    }
+    let mut decl = String::new();
+    let mut store = String::new();
+    for i in 0..tm {
+        for j in 0..tn {
+            decl += &format!("    var acc{i}_{j} = 0.0;\n");
+            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", col(j));
+        }
+    }
+    for d in 0..4 {
+        for i in 0..tm {
+            for j in 0..tn {
+                body += &format!("        acc{i}_{j} = fma({}, {}, acc{i}_{j});\n", a_at(i, d), b_at(j, d));
+            }
+        }
+    }
+    vec![
+        ("WG_X", t.wg_x.to_string()),
+        ("WG_Y", t.wg_y.to_string()),
+        ("TM", tm.to_string()),
+        ("TILE_M", t.rows().to_string()),
+        ("TILE_N", t.cols().to_string()),
+        ("LANE_COL", "lid.x * 4u".into()),
+        ("ROWS", rows),
+        ("COLS", cols),
+        ("DECL", decl),
+        ("BODY", body),
+        ("STORE", store),
+        ("VEC4", "1".into()),
     ]
 }
 
@@ -224,10 +296,28 @@ fn check_batch(op: &'static str, b: usize, out: usize) -> Result<()> {
     }
 }
 
-fn kernel(gpu: &Gpu, mm: &Matmul<'_>, has_c: bool, inplace: bool, sym: bool) -> Result<Kernel> {
+/// Whether the vector-load variant is used: opted in with `WGOPTIM_MATMUL_VEC4=1` (on lavapipe it measured no
+/// faster than scalar loads, within this machine's noise; GPUs are unmeasured), f32, tile sides multiples of 4, and
+/// every operand's contiguous dimension, offset and batch stride multiples of 4.
+fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) -> bool {
+    let off = !std::env::var("WGOPTIM_MATMUL_VEC4").is_ok_and(|v| v == "1");
+    let along_a = if mm.ta == Trans::N { k } else { m };
+    let along_b = if mm.tb == Trans::N { n } else { k };
+    !off && mm.precision == Precision::F32
+        && tile.tm % 4 == 0
+        && tile.tn % 4 == 0
+        && k % 4 == 0
+        && along_a % 4 == 0
+        && along_b % 4 == 0
+        && mm.a.offset() % 4 == 0
+        && mm.b.offset() % 4 == 0
+}
+
+fn kernel(gpu: &Gpu, mm: &Matmul<'_>, has_c: bool, inplace: bool, sym: bool, vec4: bool) -> Result<Kernel> {
     let flag = |b: bool| (if b { "1" } else { "0" }).to_string();
     mm.precision.check(gpu, "matmul")?;
-    let mut defines = tile_defines(MatmulTile::for_gpu(gpu));
+    let tile = MatmulTile::for_gpu(gpu);
+    let mut defines = if vec4 { tile_defines_vec4(tile, mm.ta, mm.tb) } else { tile_defines(tile) };
     defines.extend([
         ("TRANS_A", flag(mm.ta == Trans::T)),
         ("TRANS_B", flag(mm.tb == Trans::T)),
@@ -252,7 +342,7 @@ fn record_matmul(
     let tile = MatmulTile::for_gpu(&gpu);
     let has_c = mm.c.is_some() && !inplace && mm.beta != 0.0;
     let inplace = inplace && mm.beta != 0.0;
-    let kern = kernel(&gpu, mm, has_c, inplace, sym)?;
+    let kern = kernel(&gpu, mm, has_c, inplace, sym, vec4_ok(mm, tile, (m, n, k)))?;
     let tiles_m = (m as u32).div_ceil(tile.rows());
     let tiles_n = (n as u32).div_ceil(tile.cols());
     let stride = |b: usize, r: usize, c: usize| if b == 1 { 0 } else { (r * c) as u32 };

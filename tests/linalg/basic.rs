@@ -40,6 +40,35 @@ fn matmul_all_transposes_and_shapes() {
 }
 
 #[test]
+fn matmul_vector_load_variant() {
+    // Opt in to the vec4 variant (other tests running meanwhile may pick it up too: both variants are exact).
+    std::env::set_var("WGOPTIM_MATMUL_VEC4", "1");
+    let gpu = gpu();
+    let mut rng = Rng::new(11);
+    for &(m, k, n) in &[(4usize, 4usize, 4usize), (12, 8, 20), (68, 36, 132), (64, 128, 72)] {
+        for (ta, tb) in [(Trans::N, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::N), (Trans::T, Trans::T)] {
+            let batch = 2;
+            let a: Vec<Mat> = (0..batch).map(|_| op(&rng.mat(m, k), ta)).collect();
+            let b: Vec<Mat> = (0..batch).map(|_| op(&rng.mat(k, n), tb)).collect();
+            let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
+            // B as a view 4 elements into its buffer (ParamStore-style offsets).
+            let flat_b: Vec<f32> = [0.0; 4].into_iter().chain(b.iter().flat_map(|x| x.f32s())).collect();
+            let gb_buf = Tensor::from_slice(&gpu, &[flat_b.len()], &flat_b).unwrap();
+            let gb = Tensor::from_buffer(&gpu, gb_buf.buffer().clone(), 4, &[batch, b[0].r, b[0].c]).unwrap();
+            let (ga, gc) = (upload(&gpu, &a), upload(&gpu, &c));
+            let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
+            run(&gpu, |p| Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap());
+            let got = out.read_blocking().unwrap();
+            for (i, g) in split(&got, batch).iter().enumerate() {
+                let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
+                let e = rel_err(g, &want.d);
+                assert!(e < 1e-5, "vec4 {m}x{k}x{n} {ta:?}{tb:?} batch {i}: rel err {e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_large_broadcast_and_inplace() {
     let gpu = gpu();
     let mut rng = Rng::new(2);
