@@ -229,7 +229,12 @@ fn train(
             let tr = block_on(t.evaluate(Split::Train, preset.eval_iters)).map_err(e)?;
             val = block_on(t.evaluate(Split::Val, preset.eval_iters)).map_err(e)?;
             curve.val.push((done - 1, val));
-            bar.println(format!("step {done}: train loss {tr:.4}, val loss {val:.4}"));
+            let line = format!("step {done}: train loss {tr:.4}, val loss {val:.4}");
+            if bar.is_hidden() {
+                println!("{line}"); // not a terminal (a log file): plain lines
+            } else {
+                bar.println(line);
+            }
             (clock, segment_start) = (Instant::now(), t.steps());
         }
     }
