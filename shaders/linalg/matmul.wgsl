@@ -78,8 +78,16 @@ fn store(batch: u32, r: u32, cidx: u32, v: f32) {
 //#endif
 }
 
+//#if SUBGROUP
+// Subgroup builtins need a one-dimensional workgroup: rows of WG_X lanes are recovered from the index.
+@compute @workgroup_size({{WG_N}}, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_invocation_id) sg_lane: u32) {
+    let lid = vec3<u32>(li % {{WG_X}}u, li / {{WG_X}}u, 0u);
+//#else
 @compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+//#endif
     let batch = wg.z;
     let ti = wg.y;
     let tj = wg.x;
@@ -105,9 +113,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 {{BODY}}
     }
 //#else
+//#if SUBGROUP
+    for (var kk = 0u; kk < u.k; kk += {{K_STEP}}u) {
+{{BODY}}
+    }
+//#else
     for (var kk = 0u; kk < u.k; kk++) {
 {{BODY}}
     }
+//#endif
 //#endif
 {{STORE}}
 }

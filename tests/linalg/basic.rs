@@ -41,8 +41,19 @@ fn matmul_all_transposes_and_shapes() {
 
 #[test]
 fn matmul_vector_load_variant() {
-    // Opt in to the vec4 variant (other tests running meanwhile may pick it up too: both variants are exact).
+    // Opt in to the vec4 variant (other tests running meanwhile may pick it up too: every variant is exact).
     std::env::set_var("WGOPTIM_MATMUL_VEC4", "1");
+    aligned_shapes_all_transposes();
+}
+
+#[test]
+fn matmul_scalar_variant() {
+    // Opt out of the subgroup variant that CPU adapters with 8-lane subgroups use (lavapipe in CI).
+    std::env::set_var("WGOPTIM_MATMUL_SUBGROUP", "0");
+    aligned_shapes_all_transposes();
+}
+
+fn aligned_shapes_all_transposes() {
     let gpu = gpu();
     let mut rng = Rng::new(11);
     for &(m, k, n) in &[(4usize, 4usize, 4usize), (12, 8, 20), (68, 36, 132), (64, 128, 72)] {
