@@ -342,13 +342,13 @@ fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) 
     let along_a = if mm.ta == Trans::N { k } else { m };
     let along_b = if mm.tb == Trans::N { n } else { k };
     !off && mm.precision == Precision::F32
-        && tile.tm % 4 == 0
-        && tile.tn % 4 == 0
-        && k % 4 == 0
-        && along_a % 4 == 0
-        && along_b % 4 == 0
-        && mm.a.offset() % 4 == 0
-        && mm.b.offset() % 4 == 0
+        && tile.tm.is_multiple_of(4)
+        && tile.tn.is_multiple_of(4)
+        && k.is_multiple_of(4)
+        && along_a.is_multiple_of(4)
+        && along_b.is_multiple_of(4)
+        && mm.a.offset().is_multiple_of(4)
+        && mm.b.offset().is_multiple_of(4)
 }
 
 /// Whether the subgroup-broadcast variant applies: a CPU adapter whose subgroups are exactly one workgroup row

@@ -38,7 +38,7 @@ impl GptConfig {
         if [self.vocab, self.block, self.layers, self.heads, self.width].contains(&0) {
             return bad(format!("{self:?}: every size must be positive"));
         }
-        if self.width % self.heads != 0 || self.width / self.heads > crate::nn::attention_max_head_dim {
+        if !self.width.is_multiple_of(self.heads) || self.width / self.heads > crate::nn::attention_max_head_dim {
             return bad(format!(
                 "width {} must split into {} heads of at most {} each",
                 self.width,

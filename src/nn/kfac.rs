@@ -351,14 +351,14 @@ impl Kfac {
         let bc1 = 1.0 - self.cfg.beta1.powi(t);
         let bc2 = 1.0 - self.cfg.beta2.powi(t);
         self.precondition.set_params(&[lr, bc1, bc2, 0.0])?;
-        if step % self.cfg.t_cov as u64 == 0 {
+        if step.is_multiple_of(self.cfg.t_cov as u64) {
             self.stats.record(encoder);
         }
-        if step % self.cfg.t_inv as u64 == 0 {
+        if step.is_multiple_of(self.cfg.t_inv as u64) {
             self.refresh.record(encoder);
         }
         if let Some(s) = &self.scale {
-            if step % self.cfg.t_scal as u64 == 0 {
+            if step.is_multiple_of(self.cfg.t_scal as u64) {
                 s.record(encoder);
             }
         }

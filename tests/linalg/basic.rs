@@ -144,7 +144,7 @@ fn matmul_rejects_bad_shapes() {
     assert!(matches!(Matmul::new(&a, &b3, &o3).record(&mut p), Err(Error::Shape { .. })));
     let v = Tensor::zeros(&gpu, &[7]).unwrap();
     assert!(matches!(Matmul::new(&v, &b, &o).record(&mut p), Err(Error::Shape { .. })));
-    assert!(matches!(Matmul::new(&a, &b, &a).record(&mut p), Err(_)));
+    assert!(Matmul::new(&a, &b, &a).record(&mut p).is_err());
     assert!(p.is_empty(), "failed calls must record nothing");
 }
 

@@ -47,15 +47,15 @@ impl Reference {
     fn step(&mut self, step: u64, lr: f64, x: &Mat, gs: &Mat, grad: &Mat) -> Mat {
         let (c, n) = (&self.cfg, x.r as f64);
         let beta = c.stat_decay as f64;
-        if step % c.t_cov as u64 == 0 {
+        if step.is_multiple_of(c.t_cov as u64) {
             self.a = ema(&self.a, &x.t().mul(x).scale(1.0 / n), beta);
             self.g = ema(&self.g, &gs.t().mul(gs).scale(n), beta);
         }
-        if step % c.t_inv as u64 == 0 {
+        if step.is_multiple_of(c.t_inv as u64) {
             (self.la, self.qa) = cpu_eigh(&self.a);
             (self.lg, self.qg) = cpu_eigh(&self.g);
         }
-        if c.variant == KfacVariant::Ekfac && step % c.t_scal as u64 == 0 {
+        if c.variant == KfacVariant::Ekfac && step.is_multiple_of(c.t_scal as u64) {
             let (at, gt) = (square(&x.mul(&self.qa)), square(&gs.mul(&self.qg)));
             self.s = ema(&self.s, &gt.t().mul(&at).scale(n), beta);
         }

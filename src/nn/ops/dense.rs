@@ -102,7 +102,8 @@ impl Graph {
                 detail: format!("{:?} + {:?}", self.shape(a), self.shape(b)),
             });
         }
-        let out = self.output("add", &self.shape(a).to_vec(), &[a, b])?;
+        let shape = self.shape(a).to_vec(); // (owned: `output` borrows the graph mutably)
+        let out = self.output("add", &shape, &[a, b])?;
         let (va, vb, vo) = (self.value(a).clone(), self.value(b).clone(), self.value(out).clone());
         Axpby { x: Some(&va), y: Some(&vb), ..Axpby::new(&vo) }.record(&mut self.plan)?;
         self.on_backward(out, move |bw| {

@@ -8,7 +8,8 @@ use crate::nn::graph::{Graph, Mode, Var};
 impl Graph {
     /// GELU, the exact (erf) form PyTorch's `nn.GELU()` uses.
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let out = self.output("gelu", &self.shape(x).to_vec(), &[x])?;
+        let shape = self.shape(x).to_vec(); // (owned: `output` borrows the graph mutably)
+        let out = self.output("gelu", &shape, &[x])?;
         let (vx, vo) = (self.value(x).clone(), self.value(out).clone());
         let n = u32_of("Graph::gelu", vx.numel())?;
         let u =
@@ -37,7 +38,8 @@ impl Graph {
         if p == 0.0 || self.mode() == Mode::Eval {
             return Ok(x);
         }
-        let out = self.output("dropout", &self.shape(x).to_vec(), &[x])?;
+        let shape = self.shape(x).to_vec(); // (owned: `output` borrows the graph mutably)
+        let out = self.output("dropout", &shape, &[x])?;
         let (vx, vo, step) = (self.value(x).clone(), self.value(out).clone(), self.step_block().clone());
         let n = u32_of("Graph::dropout", vx.numel())?;
         let u = PointU { n, c: 1, x_off: vx.offset() as u32, g_off: 0, o_off: vo.offset() as u32, acc: 0, p, salt };
