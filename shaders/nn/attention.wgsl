@@ -8,6 +8,9 @@ const D: u32 = {{D}}u;
 
 fn linear_id(gid: vec3<u32>, nw: vec3<u32>) -> u32 { return gid.x + gid.y * nw.x * 64u; }
 fn row_base(b: u32, i: u32) -> u32 { return u.qkv_off + (b * u.t + i) * 3u * u.c; }
+// (batch, head, row) of invocation `id`.
+fn unpack(id: u32) -> vec3<u32> { return vec3<u32>(id / (u.t * u.heads), (id / u.t) % u.heads, id % u.t); }
+fn lanes() -> u32 { return u.batch * u.heads * u.t; }
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>;
@@ -16,11 +19,11 @@ fn row_base(b: u32, i: u32) -> u32 { return u.qkv_off + (b * u.t + i) * 3u * u.c
 @compute @workgroup_size(64)
 fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let id = linear_id(gid, nw);
-    if (id >= u.batch * u.heads * u.t) { return; }
-    let i = id % u.t;
-    let h = (id / u.t) % u.heads;
-    let b = id / (u.t * u.heads);
-    let hd = h * D;
+    if (id >= lanes()) { return; }
+    let bhi = unpack(id);
+    let b = bhi.x;
+    let i = bhi.z;
+    let hd = bhi.y * D;
     var q: array<f32, D>;
     let qb = row_base(b, i) + hd;
     for (var d = 0u; d < D; d++) { q[d] = qkv[qb + d]; }
@@ -63,11 +66,11 @@ fn store_grad(o: u32, v: f32) {
 @compute @workgroup_size(64)
 fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let id = linear_id(gid, nw);
-    if (id >= u.batch * u.heads * u.t) { return; }
-    let i = id % u.t;
-    let h = (id / u.t) % u.heads;
-    let b = id / (u.t * u.heads);
-    let hd = h * D;
+    if (id >= lanes()) { return; }
+    let bhi = unpack(id);
+    let b = bhi.x;
+    let i = bhi.z;
+    let hd = bhi.y * D;
     var g: array<f32, D>;
     let gb = u.g_off + (b * u.t + i) * u.c + hd;
     for (var d = 0u; d < D; d++) { g[d] = bgy[gb + d]; }
@@ -102,12 +105,12 @@ fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
 @compute @workgroup_size(64)
 fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let id = linear_id(gid, nw);
-    if (id >= u.batch * u.heads * u.t) { return; }
-    let j = id % u.t;
-    let h = (id / u.t) % u.heads;
-    let b = id / (u.t * u.heads);
-    let hd = h * D;
-    let head_base = (b * u.heads + h) * u.t * u.t;
+    if (id >= lanes()) { return; }
+    let bhi = unpack(id);
+    let b = bhi.x;
+    let j = bhi.z;
+    let hd = bhi.y * D;
+    let head_base = (b * u.heads + bhi.y) * u.t * u.t;
     var dk: array<f32, D>;
     var dv: array<f32, D>;
     for (var i = j; i < u.t; i++) {

@@ -86,38 +86,41 @@ struct Uniforms {
     _pad: u32,
 }
 
-/// Generate the unrolled tile body for the skeleton in `shaders/linalg/matmul.wgsl`.
-fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
-    let (tm, tn) = (t.tm, t.tn);
-    let mut rows = String::new();
-    for i in 0..tm {
-        rows += &format!("    let r{i} = min(row0 + {i}u, mlast);\n");
-    }
-    let mut cols = String::new();
-    for j in 0..tn {
-        cols += &format!("    let c{j} = min(col0 + {}u, nlast);\n", j * t.wg_x);
-    }
-    let mut decl = String::new();
-    let mut body = String::new();
-    let mut store = String::new();
-    for j in 0..tn {
-        body += &format!("        let b{j} = lb(batch, kk, c{j});\n");
-    }
-    for i in 0..tm {
-        body += &format!("        let a{i} = la(batch, r{i}, kk);\n");
-        for j in 0..tn {
+/// Accumulator declarations and their stores; accumulator `j` sits at column `col0 + col(j)`.
+fn accumulators(t: MatmulTile, col: impl Fn(u32) -> u32) -> (String, String) {
+    let (mut decl, mut store) = (String::new(), String::new());
+    for i in 0..t.tm {
+        for j in 0..t.tn {
             decl += &format!("    var acc{i}_{j} = 0.0;\n");
-            body += &format!("        acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
-            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", j * t.wg_x);
+            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", col(j));
         }
     }
+    (decl, store)
+}
+
+/// Clamped row indices `r{i}` and column indices `c{j}` of the tile.
+fn indices(t: MatmulTile, col: impl Fn(u32) -> u32) -> (String, String) {
+    let rows = (0..t.tm).map(|i| format!("    let r{i} = min(row0 + {i}u, mlast);\n")).collect();
+    let cols = (0..t.tn).map(|j| format!("    let c{j} = min(col0 + {}u, nlast);\n", col(j))).collect();
+    (rows, cols)
+}
+
+/// The defines every variant shares.
+fn skeleton(
+    t: MatmulTile,
+    lane_col: &str,
+    (rows, cols): (String, String),
+    body: String,
+    col: impl Fn(u32) -> u32,
+) -> Vec<(&'static str, String)> {
+    let (decl, store) = accumulators(t, col);
     vec![
         ("WG_X", t.wg_x.to_string()),
         ("WG_Y", t.wg_y.to_string()),
-        ("TM", tm.to_string()),
+        ("TM", t.tm.to_string()),
         ("TILE_M", t.rows().to_string()),
         ("TILE_N", t.cols().to_string()),
-        ("LANE_COL", "lid.x".into()),
+        ("LANE_COL", lane_col.into()),
         ("ROWS", rows),
         ("COLS", cols),
         ("DECL", decl),
@@ -126,21 +129,31 @@ fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Generate the unrolled tile body for the skeleton in `shaders/linalg/matmul.wgsl`: columns of a lane are
+/// `wg_x` apart (coalesced across lanes on GPUs).
+fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
+    let col = |j: u32| j * t.wg_x;
+    let mut body = String::new();
+    for j in 0..t.tn {
+        body += &format!("        let b{j} = lb(batch, kk, c{j});\n");
+    }
+    for i in 0..t.tm {
+        body += &format!("        let a{i} = la(batch, r{i}, kk);\n");
+        for j in 0..t.tn {
+            body += &format!("        acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
+        }
+    }
+    skeleton(t, "lid.x", indices(t, col), body, col)
+}
+
 /// The vector-load variant (needs `tm` and `tn` multiples of 4): each lane owns runs of 4 adjacent columns,
 /// operands are read as `vec4` along their contiguous dimension and k advances by 4.
 fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, String)> {
     let (tm, tn) = (t.tm, t.tn);
     let col = |j: u32| (j / 4) * 4 * t.wg_x + j % 4; // column of accumulator j relative to col0
-    let mut rows = String::new();
-    for i in 0..tm {
-        rows += &format!("    let r{i} = min(row0 + {i}u, mlast);\n");
-    }
+    let (mut rows, mut cols) = indices(t, col);
     for q in (0..tm / 4).filter(|_| ta == Trans::T) {
         rows += &format!("    let rq{q} = min(row0 + {}u, u.m - 4u) / 4u;\n", 4 * q);
-    }
-    let mut cols = String::new();
-    for j in 0..tn {
-        cols += &format!("    let c{j} = min(col0 + {}u, nlast);\n", col(j));
     }
     for g in (0..tn / 4).filter(|_| tb == Trans::N) {
         cols += &format!("    let cg{g} = min(col0 + {}u, u.n - 4u) / 4u;\n", col(4 * g));
@@ -166,14 +179,6 @@ fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, 
         }),
         Trans::T => (0..tn).for_each(|j| body += &format!("        let vbt{j} = b4[bbase + c{j} * k4 + kq];\n")),
     }
-    let mut decl = String::new();
-    let mut store = String::new();
-    for i in 0..tm {
-        for j in 0..tn {
-            decl += &format!("    var acc{i}_{j} = 0.0;\n");
-            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", col(j));
-        }
-    }
     for d in 0..4 {
         for i in 0..tm {
             for j in 0..tn {
@@ -181,20 +186,9 @@ fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, 
             }
         }
     }
-    vec![
-        ("WG_X", t.wg_x.to_string()),
-        ("WG_Y", t.wg_y.to_string()),
-        ("TM", tm.to_string()),
-        ("TILE_M", t.rows().to_string()),
-        ("TILE_N", t.cols().to_string()),
-        ("LANE_COL", "lid.x * 4u".into()),
-        ("ROWS", rows),
-        ("COLS", cols),
-        ("DECL", decl),
-        ("BODY", body),
-        ("STORE", store),
-        ("VEC4", "1".into()),
-    ]
+    let mut defines = skeleton(t, "lid.x * 4u", (rows, cols), body, col);
+    defines.push(("VEC4", "1".into()));
+    defines
 }
 
 /// The subgroup variant for CPU adapters (subgroups of `wg_x` lanes sharing rows): each lane loads A for a

@@ -225,3 +225,17 @@ pub fn split(v: &[f32], b: usize) -> Vec<Vec<f32>> {
 
 /// Awkward shapes every matrix kernel is checked on.
 pub const SHAPES: &[(usize, usize)] = &[(1, 1), (1, 9), (9, 1), (7, 13), (13, 7), (64, 64), (127, 255)];
+
+/// Deterministic values in [-1, 1) (for the optimizer and nn tests).
+#[allow(dead_code)]
+pub fn noise(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}

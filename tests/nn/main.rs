@@ -9,28 +9,10 @@ mod kfac;
 mod reference;
 mod train;
 
-use std::sync::OnceLock;
+use cpu::{gpu, noise};
 use wgoptim::linalg::Trans;
 use wgoptim::nn::{step_values, Graph, Mode, Tokens, Var};
-use wgoptim::{Error, Gpu, Result, Tensor};
-
-fn gpu() -> Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))).clone()
-}
-
-/// Deterministic values in [-1, 1).
-fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use wgoptim::{Error, Result, Tensor};
 
 type Build = dyn Fn(&mut Graph, &[Var]) -> Result<Var>;
 type Reference = dyn Fn(&[Vec<f64>]) -> Vec<f64>;

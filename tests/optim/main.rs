@@ -11,29 +11,11 @@ mod reference;
 mod replay;
 mod sfplus;
 
+pub use cpu::{gpu, noise};
 use reference::*;
-use std::sync::OnceLock;
 use wgoptim::linalg::{NsCoefficients, NsNormalization, PolarAlgorithm, PolarConfig};
 use wgoptim::optim::*;
 use wgoptim::{Error, Gpu, Tensor};
-
-fn gpu() -> Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new_blocking().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))).clone()
-}
-
-/// Deterministic values in [-1, 1).
-pub fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
 
 /// Shapes: a hidden matrix, a vector crossing a chunk boundary (4096), a scalar, a 3-D tensor.
 /// Two same-shape 4-aligned matrices form one batched polar stack for Muon.
