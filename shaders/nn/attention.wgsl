@@ -2,6 +2,9 @@
 // h·D … h·D + D − 1 of each), output [B, T, C]. One invocation per (batch, head, row); the probabilities P
 // [B, H, T, T] are kept for the backward, which is split in a per-query pass (dS, dq) and a per-key pass
 // (dk, dv) so every output element has exactly one writer (deterministic, no atomics).
+// SUBGROUP (CPU adapters with 8-lane subgroups, D and T multiples of 8): the 8 lanes are 8 consecutive rows of
+// one head and need the same K / V / Q / dY row at each step, so each lane loads every 8th value and the
+// subgroup broadcasts them (a per-lane load costs ~10 FMAs on llvmpipe).
 struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: U;
 const D: u32 = {{D}}u;
@@ -13,39 +16,68 @@ fn unpack(id: u32) -> vec3<u32> { return vec3<u32>(id / (u.t * u.heads), (id / u
 fn lanes() -> u32 { return u.batch * u.heads * u.t; }
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
+
+// Σ_d x[d]·src[base + d]
+fn dot_qkv(x: ptr<function, array<f32, D>>, base: u32, lane: u32) -> f32 {
+    var s = 0.0;
+//#if SUBGROUP
+    for (var c = 0u; c < D; c += 8u) {
+        let v = qkv[base + c + lane];
+{{DOT_QKV}}
+    }
+//#else
+    for (var d = 0u; d < D; d++) { s = fma((*x)[d], qkv[base + d], s); }
+//#endif
+    return s;
+}
+
+// acc[d] += p·src[base + d]
+fn axpy_qkv(acc: ptr<function, array<f32, D>>, p: f32, base: u32, lane: u32) {
+//#if SUBGROUP
+    for (var c = 0u; c < D; c += 8u) {
+        let v = qkv[base + c + lane];
+{{AXPY}}
+    }
+//#else
+    for (var d = 0u; d < D; d++) { (*acc)[d] = fma(p, qkv[base + d], (*acc)[d]); }
+//#endif
+}
+
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(64)
-fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>{{LANE_ARG}}) {
     let id = linear_id(gid, nw);
     if (id >= lanes()) { return; }
     let bhi = unpack(id);
     let b = bhi.x;
     let i = bhi.z;
     let hd = bhi.y * D;
+    let last = {{LAST_ROW}}; // the subgroup's last row: loops stay uniform across its lanes
     var q: array<f32, D>;
     let qb = row_base(b, i) + hd;
     for (var d = 0u; d < D; d++) { q[d] = qkv[qb + d]; }
     let pb = id * u.t;
     var m = -3.0e38;
-    for (var j = 0u; j <= i; j++) {
-        let kb = row_base(b, j) + u.c + hd;
-        var s = 0.0;
-        for (var d = 0u; d < D; d++) { s = fma(q[d], qkv[kb + d], s); }
-        s *= u.scale;
-        probs[pb + j] = s;
-        m = max(m, s);
+    for (var j = 0u; j <= last; j++) {
+        let s = dot_qkv(&q, row_base(b, j) + u.c + hd, {{LANE}}) * u.scale;
+        if (j <= i) {
+            probs[pb + j] = s;
+            m = max(m, s);
+        }
     }
     var sum = 0.0;
     for (var j = 0u; j <= i; j++) { let e = exp(probs[pb + j] - m); probs[pb + j] = e; sum += e; }
     let inv = 1.0 / sum;
     var acc: array<f32, D>;
-    for (var j = 0u; j <= i; j++) {
-        let p = probs[pb + j] * inv;
-        probs[pb + j] = p;
-        let vb = row_base(b, j) + 2u * u.c + hd;
-        for (var d = 0u; d < D; d++) { acc[d] = fma(p, qkv[vb + d], acc[d]); }
+    for (var j = 0u; j <= last; j++) {
+        var p = 0.0;
+        if (j <= i) {
+            p = probs[pb + j] * inv;
+            probs[pb + j] = p;
+        }
+        axpy_qkv(&acc, p, row_base(b, j) + 2u * u.c + hd, {{LANE}});
     }
     for (var j = i + 1u; j < u.t; j++) { probs[pb + j] = 0.0; }
     let ob = u.o_off + (b * u.t + i) * u.c + hd;
@@ -53,9 +85,8 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 }
 
 // per query row: dP_ij = dy_i·v_j, dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij), dq_i = scale Σ_j dS_ij k_j
-@group(0) @binding(1) var<storage, read> bqkv: array<f32>;
 @group(0) @binding(2) var<storage, read> bprobs: array<f32>;
-@group(0) @binding(3) var<storage, read> bgy: array<f32>;
+@group(0) @binding(3) var<storage, read> gy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ds: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dqkv: array<f32>;
 
@@ -64,46 +95,59 @@ fn store_grad(o: u32, v: f32) {
 }
 
 @compute @workgroup_size(64)
-fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>{{LANE_ARG}}) {
     let id = linear_id(gid, nw);
     if (id >= lanes()) { return; }
     let bhi = unpack(id);
     let b = bhi.x;
     let i = bhi.z;
     let hd = bhi.y * D;
+    let last = {{LAST_ROW}};
     var g: array<f32, D>;
     let gb = u.g_off + (b * u.t + i) * u.c + hd;
-    for (var d = 0u; d < D; d++) { g[d] = bgy[gb + d]; }
+    for (var d = 0u; d < D; d++) { g[d] = gy[gb + d]; }
     let pb = id * u.t;
     var dot_pd = 0.0;
-    for (var j = 0u; j <= i; j++) {
-        let vb = row_base(b, j) + 2u * u.c + hd;
-        var s = 0.0;
-        for (var d = 0u; d < D; d++) { s = fma(g[d], bqkv[vb + d], s); }
-        ds[pb + j] = s;
-        dot_pd = fma(bprobs[pb + j], s, dot_pd);
+    for (var j = 0u; j <= last; j++) {
+        let s = dot_qkv(&g, row_base(b, j) + 2u * u.c + hd, {{LANE}});
+        if (j <= i) {
+            ds[pb + j] = s;
+            dot_pd = fma(bprobs[pb + j], s, dot_pd);
+        }
     }
     var dq: array<f32, D>;
-    for (var j = 0u; j <= i; j++) {
-        let s = bprobs[pb + j] * (ds[pb + j] - dot_pd);
-        ds[pb + j] = s;
-        let kb = row_base(b, j) + u.c + hd;
-        for (var d = 0u; d < D; d++) { dq[d] = fma(s, bqkv[kb + d], dq[d]); }
+    for (var j = 0u; j <= last; j++) {
+        var s = 0.0;
+        if (j <= i) {
+            s = bprobs[pb + j] * (ds[pb + j] - dot_pd);
+            ds[pb + j] = s;
+        }
+        axpy_qkv(&dq, s, row_base(b, j) + u.c + hd, {{LANE}});
     }
     for (var j = i + 1u; j < u.t; j++) { ds[pb + j] = 0.0; }
     let ob = u.o_off + (b * u.t + i) * 3u * u.c + hd;
     for (var d = 0u; d < D; d++) { store_grad(ob + d, dq[d] * u.scale); }
 }
 
-// per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P_ij dy_i
-@group(0) @binding(1) var<storage, read> kqkv: array<f32>;
-@group(0) @binding(2) var<storage, read> kprobs: array<f32>;
-@group(0) @binding(3) var<storage, read> kgy: array<f32>;
+// per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P_ij dy_i (P and dS are zero above the diagonal,
+// so the loop may start at the subgroup's first row)
 @group(0) @binding(4) var<storage, read> kds: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kdqkv: array<f32>;
 
+// acc[d] += p·gy[base + d]
+fn axpy_gy(acc: ptr<function, array<f32, D>>, p: f32, base: u32, lane: u32) {
+//#if SUBGROUP
+    for (var c = 0u; c < D; c += 8u) {
+        let v = gy[base + c + lane];
+{{AXPY}}
+    }
+//#else
+    for (var d = 0u; d < D; d++) { (*acc)[d] = fma(p, gy[base + d], (*acc)[d]); }
+//#endif
+}
+
 @compute @workgroup_size(64)
-fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>{{LANE_ARG}}) {
     let id = linear_id(gid, nw);
     if (id >= lanes()) { return; }
     let bhi = unpack(id);
@@ -113,15 +157,11 @@ fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let head_base = (b * u.heads + bhi.y) * u.t * u.t;
     var dk: array<f32, D>;
     var dv: array<f32, D>;
-    for (var i = j; i < u.t; i++) {
-        let pij = kprobs[head_base + i * u.t + j];
+    for (var i = {{FIRST_ROW}}; i < u.t; i++) {
+        let pij = bprobs[head_base + i * u.t + j];
         let sij = kds[head_base + i * u.t + j];
-        let qb = row_base(b, i) + hd;
-        let gb = u.g_off + (b * u.t + i) * u.c + hd;
-        for (var d = 0u; d < D; d++) {
-            dk[d] = fma(sij, kqkv[qb + d], dk[d]);
-            dv[d] = fma(pij, kgy[gb + d], dv[d]);
-        }
+        axpy_qkv(&dk, sij, row_base(b, i) + hd, {{LANE}});
+        axpy_gy(&dv, pij, u.g_off + (b * u.t + i) * u.c + hd, {{LANE}});
     }
     let ob = u.o_off + (b * u.t + j) * 3u * u.c + hd;
     for (var d = 0u; d < D; d++) {

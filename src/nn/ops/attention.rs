@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{launch, matrix, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
+use crate::gpu::{Gpu, Tensor};
 use crate::nn::graph::{Graph, Var};
 
 /// Largest head dimension the attention kernels hold in registers.
@@ -23,6 +23,47 @@ struct U {
     acc: u32,
     scale: f32,
     _p: [u32; 3],
+}
+
+/// Kernel variant: the subgroup-broadcast form on CPU adapters with 8-lane subgroups when the head dimension
+/// and the block are multiples of 8 (`WGOPTIM_ATTENTION_SUBGROUP=0` turns it off, for measuring).
+fn defines(gpu: &Gpu, d: usize, block: usize) -> Vec<(&'static str, String)> {
+    let off = std::env::var("WGOPTIM_ATTENTION_SUBGROUP").is_ok_and(|v| v == "0");
+    let info = gpu.info();
+    let subgroup = !off
+        && gpu.is_cpu()
+        && gpu.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == 8
+        && info.subgroup_max_size == 8
+        && d.is_multiple_of(8)
+        && block.is_multiple_of(8);
+    let mut v = vec![("D", d.to_string())];
+    if subgroup {
+        let dot: String =
+            (0..8).map(|l| format!("        s = fma((*x)[c + {l}u], subgroupBroadcast(v, {l}u), s);\n")).collect();
+        let axpy: String = (0..8)
+            .map(|l| format!("        (*acc)[c + {l}u] = fma(p, subgroupBroadcast(v, {l}u), (*acc)[c + {l}u]);\n"))
+            .collect();
+        v.extend([
+            ("SUBGROUP", "1".to_string()),
+            ("DOT_QKV", dot),
+            ("AXPY", axpy),
+            ("LANE_ARG", ", @builtin(subgroup_invocation_id) lane: u32".into()),
+            ("LANE", "lane".into()),
+            ("LAST_ROW", "i | 7u".into()),
+            ("FIRST_ROW", "j & ~7u".into()),
+        ]);
+    } else {
+        v.extend([
+            ("DOT_QKV", String::new()),
+            ("AXPY", String::new()),
+            ("LANE_ARG", String::new()),
+            ("LANE", "0u".into()),
+            ("LAST_ROW", "i".into()),
+            ("FIRST_ROW", "j".into()),
+        ]);
+    }
+    v
 }
 
 impl Graph {
@@ -61,7 +102,7 @@ impl Graph {
         };
         u32_of(op, rows * c3)?;
         u32_of(op, lanes * block)?;
-        let defines = [("D", d.to_string())];
+        let defines = defines(self.gpu(), d, block);
         launch(&mut self.plan, "nn/attention.wgsl", "forward", &defines, &u, &[&vq, &probs, &vo], lanes)?;
         self.on_backward(out, move |bw| {
             let Some(g) = bw.grad_out(out) else { return Ok(()) };
