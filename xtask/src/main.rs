@@ -36,6 +36,7 @@ fn test() -> Result<(), String> {
     }
     ensure_vulkan()?;
     ensure_targets()?;
+    ensure_data(&root)?;
     let mut summary = Vec::new();
 
     let out = cargo(&root, &["test", "--release", "--workspace"], true)?;
@@ -63,6 +64,23 @@ fn test() -> Result<(), String> {
     }
     println!("{passed} passed, {failed} failed");
     Ok(())
+}
+
+/// The training tests read Tiny Shakespeare from `$WGOPTIM_DATA_DIR`, else `../shared/data` beside the checkout;
+/// say up front where it was found, or exactly what to provide.
+fn ensure_data(root: &Path) -> Result<(), String> {
+    let dir = std::env::var_os("WGOPTIM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("../shared/data"));
+    let file = dir.join("tinyshakespeare.txt");
+    if file.is_file() {
+        println!("training data: {}", file.display());
+        return Ok(());
+    }
+    Err(format!(
+        "the training tests need Tiny Shakespeare at {} (the standard 1,115,394-byte file, \
+         https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt); \
+         set WGOPTIM_DATA_DIR to the folder that holds tinyshakespeare.txt",
+        file.display()
+    ))
 }
 
 /// Run cargo, echoing its output; return stdout+stderr when `capture`.
