@@ -6,7 +6,8 @@
 //! K-FAC / EKFAC as the reference does, plain SGD for KFAC-SOAP, whose direction is already Adam-normalized).
 //! Factors `A = aᵀa/N` of the layer inputs and `G = gsᵀgs·N` of the output gradients (batch-averaged loss) are
 //! EMAs started at the identity, updated every `t_cov` steps (skipped when non-finite); their eigenbases are
-//! refreshed every `t_inv` steps by warm-started Jacobi.
+//! refreshed every `t_inv` steps by warm-started Jacobi — all layers at step 0, then staggered: layer `k` of `L`
+//! refreshes when `step ≡ ⌊k·t_inv/L⌋ (mod t_inv)`, so no single step pays for every eigendecomposition.
 //!
 //! * **K-FAC**: `ΔW = Q_G [(Q_Gᵀ ∇W Q_A) / (λ_G λ_Aᵀ + damping)] Q_Aᵀ` (eigenvalues < 1e-10 as 0), then KL clipping
 //!   `ν = min(1, sqrt(kl_clip / Σ lr²⟨ΔW, ∇W⟩))`, gradient ← ν·ΔW.
@@ -169,7 +170,7 @@ pub struct Kfac {
     cfg: KfacConfig,
     sites: Vec<Site>,
     stats: Plan,
-    refresh: Plan,
+    refresh: Vec<Plan>,
     scale: Option<Plan>,
     precondition: Plan,
 }
@@ -224,7 +225,8 @@ impl Kfac {
             return Err(Error::InvalidArgument { op: "Kfac::new", name: "layers", detail: "no layers".into() });
         }
         let mut sites = Vec::new();
-        let (mut stats, mut refresh) = (PlanBuilder::new(gpu), PlanBuilder::new(gpu));
+        let mut stats = PlanBuilder::new(gpu);
+        let mut refresh = Vec::new();
         let mut scale = PlanBuilder::new(gpu);
         let mut pre = PlanBuilder::new(gpu);
         let params = pre.step_params(4)?;
@@ -275,8 +277,10 @@ impl Kfac {
 
             // Eigenbases, warm-started from the previous ones.
             let ecfg = EighConfig::default();
-            eigh(&mut refresh, &site.fa, &site.la, &site.qa, Some(&site.qa), &ecfg)?;
-            eigh(&mut refresh, &site.fg, &site.lg, &site.qg, Some(&site.qg), &ecfg)?;
+            let mut r = PlanBuilder::new(gpu);
+            eigh(&mut r, &site.fa, &site.la, &site.qa, Some(&site.qa), &ecfg)?;
+            eigh(&mut r, &site.fg, &site.lg, &site.qg, Some(&site.qg), &ecfg)?;
+            refresh.push(r.build()?);
 
             // EKFAC's corrected eigenvalues.
             if cfg.variant == KfacVariant::Ekfac {
@@ -333,7 +337,7 @@ impl Kfac {
             cfg: cfg.clone(),
             sites,
             stats: stats.build()?,
-            refresh: refresh.build()?,
+            refresh,
             scale: if cfg.variant == KfacVariant::Ekfac { Some(scale.build()?) } else { None },
             precondition: pre.build()?,
         })
@@ -354,8 +358,11 @@ impl Kfac {
         if step.is_multiple_of(self.cfg.t_cov as u64) {
             self.stats.record(encoder);
         }
-        if step.is_multiple_of(self.cfg.t_inv as u64) {
-            self.refresh.record(encoder);
+        let (t_inv, layers) = (self.cfg.t_inv as u64, self.refresh.len() as u64);
+        for (k, plan) in self.refresh.iter().enumerate() {
+            if step == 0 || step % t_inv == (k as u64 * t_inv / layers) % t_inv {
+                plan.record(encoder);
+            }
         }
         if let Some(s) = &self.scale {
             if step.is_multiple_of(self.cfg.t_scal as u64) {

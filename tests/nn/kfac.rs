@@ -203,3 +203,44 @@ fn non_finite_statistics_leave_the_factors_unchanged() {
         }
     }
 }
+
+#[test]
+fn refreshes_are_staggered_across_layers() {
+    let gpu = gpu();
+    let (n, d_in, d_out) = (16, 4, 4);
+    let t = |s: &[usize]| Tensor::zeros(&gpu, s).unwrap();
+    let layers: Vec<KfacLayer> = (0..3)
+        .map(|k| KfacLayer {
+            name: format!("w{k}"),
+            grad: t(&[d_out, d_in]),
+            input: t(&[n, d_in]),
+            output_grad: t(&[n, d_out]),
+        })
+        .collect();
+    let cfg = KfacConfig { t_cov: 1, t_inv: 6, ..Default::default() };
+    let kfac = Kfac::new(&gpu, cfg, &layers).unwrap();
+    let bases = || -> Vec<Vec<f32>> {
+        kfac.state_tensors()
+            .iter()
+            .filter(|(n, _)| n.ends_with("/Q_A"))
+            .map(|(_, t)| t.read_blocking().unwrap())
+            .collect()
+    };
+    let mut rng = Rng::new(3);
+    let mut before = bases();
+    for step in 0..12u64 {
+        for l in &layers {
+            l.input.write(&rng.mat(n, d_in).f32s()).unwrap();
+            l.output_grad.write(&rng.mat(n, d_out).f32s()).unwrap();
+        }
+        let mut enc = gpu.device().create_command_encoder(&Default::default());
+        kfac.record(&mut enc, step, 0.1).unwrap();
+        gpu.submit([enc.finish()]);
+        let after = bases();
+        for k in 0..3 {
+            let due = step == 0 || step % 6 == 2 * k as u64;
+            assert_eq!(before[k] != after[k], due, "layer {k} at step {step}: refreshed {}", before[k] != after[k]);
+        }
+        before = after;
+    }
+}
