@@ -85,7 +85,13 @@ pub fn write_png(path: &Path, title: &str, curves: &[Curve]) -> Result<(), Strin
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         let val: Vec<(f64, f64)> = c.val.iter().map(|p| (p.0 as f64, p.1 as f64)).collect();
-        chart.draw_series(LineSeries::new(val.clone(), color.stroke_width(3)).point_size(4)).map_err(|e| err(&e))?;
+        let series =
+            chart.draw_series(LineSeries::new(val, color.stroke_width(3)).point_size(4)).map_err(|e| err(&e))?;
+        if labels {
+            series
+                .label(format!("{} (val)", c.name))
+                .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.stroke_width(3)));
+        }
     }
     if labels {
         chart
