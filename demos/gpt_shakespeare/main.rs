@@ -239,6 +239,11 @@ fn train(
         }
     }
     bar.finish();
+    if val.is_nan() {
+        // Nothing left to train (a finished run resumed): still report where it stands.
+        val = block_on(t.evaluate(Split::Val, preset.eval_iters)).map_err(e)?;
+        println!("step {}: val loss {val:.4} ({} batches)", t.steps(), preset.eval_iters);
+    }
     let steps_run = (t.steps() - first_step).max(1) as f64;
     let ckpt = block_on(t.save()).map_err(e)?;
     std::fs::write(&ckpt_path, ckpt).map_err(|e| format!("cannot write {}: {e}", ckpt_path.display()))?;
