@@ -244,7 +244,7 @@ fn train(
         val = block_on(t.evaluate(Split::Val, preset.eval_iters)).map_err(e)?;
         println!("step {}: val loss {val:.4} ({} batches)", t.steps(), preset.eval_iters);
     }
-    let steps_run = (t.steps() - first_step).max(1) as f64;
+    let steps_run = (t.steps() - first_step) as f64;
     let ckpt = block_on(t.save()).map_err(e)?;
     std::fs::write(&ckpt_path, ckpt).map_err(|e| format!("cannot write {}: {e}", ckpt_path.display()))?;
     plot::write_csv(&out.join("loss.csv"), &curve).map_err(|e| e.to_string())?;
@@ -259,8 +259,9 @@ fn train(
     Ok(Summary {
         name: optimizer.to_string(),
         val,
-        tokens_per_s: steps_run * tokens_per_step / train_time.max(1e-9),
-        ms_per_step: 1e3 * train_time / steps_run,
+        // NaN when this call trained no step (a finished run resumed).
+        tokens_per_s: if steps_run > 0.0 { steps_run * tokens_per_step / train_time.max(1e-9) } else { f64::NAN },
+        ms_per_step: if steps_run > 0.0 { 1e3 * train_time / steps_run } else { f64::NAN },
     })
 }
 
