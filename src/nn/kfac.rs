@@ -235,9 +235,11 @@ impl Kfac {
         let nu = Tensor::zeros(gpu, &[1])?;
         let mut directions = Vec::new();
         for (k, l) in layers.iter().enumerate() {
-            let (rows, d_in) = (l.input.shape()[0], l.input.shape()[1]);
-            let d_out = l.output_grad.shape()[1];
-            if l.input.shape().len() != 2 || l.output_grad.shape() != [rows, d_out] || l.grad.shape() != [d_out, d_in] {
+            let (rows, d_in, d_out) = match (l.input.shape(), l.output_grad.shape()) {
+                ([r, i], [_, o]) => (*r, *i, *o),
+                _ => (0, 0, 0),
+            };
+            if rows * d_in * d_out == 0 || l.output_grad.shape() != [rows, d_out] || l.grad.shape() != [d_out, d_in] {
                 return Err(Error::Shape {
                     op: "Kfac::new",
                     detail: format!(

@@ -164,6 +164,8 @@ fn bad_kfac_configs_are_errors() {
     }
     let wrong = KfacLayer { grad: t(&[2, 3]), ..layer() };
     assert!(matches!(Kfac::new(&gpu, KfacConfig::default(), &[wrong]), Err(Error::Shape { .. })));
+    let flat = KfacLayer { input: t(&[8]), ..layer() };
+    assert!(matches!(Kfac::new(&gpu, KfacConfig::default(), &[flat]), Err(Error::Shape { .. })));
     assert!(Kfac::new(&gpu, KfacConfig::default(), &[]).is_err());
 }
 
