@@ -189,6 +189,13 @@ impl Gpu {
         self.inner.info.device_type == wgpu::DeviceType::Cpu
             || self.inner.info.name.to_lowercase().contains("swiftshader")
     }
+    /// The subgroup size when the adapter is a CPU device with subgroups of one fixed size (lavapipe: 8); the
+    /// subgroup-broadcast kernel variants need it. None otherwise.
+    pub fn cpu_subgroup_size(&self) -> Option<u32> {
+        let i = &self.inner.info;
+        let fixed = i.subgroup_min_size == i.subgroup_max_size && i.subgroup_min_size > 0;
+        (self.is_cpu() && fixed && self.features().contains(wgpu::Features::SUBGROUP)).then_some(i.subgroup_min_size)
+    }
     /// Submit and dispatch counters.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters

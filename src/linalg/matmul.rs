@@ -37,7 +37,7 @@ impl MatmulTile {
         if let Some(t) = Self::from_env() {
             return t;
         }
-        if gpu.is_cpu() && gpu.features().contains(wgpu::Features::SUBGROUP) && gpu.info().subgroup_max_size == 8 {
+        if gpu.cpu_subgroup_size() == Some(8) {
             // The subgroup-broadcast variant makes A nearly free, so tall tiles win: on lavapipe (2 cores)
             // 16×4 measured 7.5–10.4 GFLOPS at n = 512 against 4.5–5.7 for the scalar 8×8.
             MatmulTile { tm: 16, tn: 4, wg_x: 8, wg_y: 8 }
@@ -349,12 +349,7 @@ fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) 
 /// (`WGOPTIM_MATMUL_SUBGROUP=0` turns it off, for measuring).
 fn subgroup_ok(gpu: &Gpu, mm: &Matmul<'_>, tile: MatmulTile) -> bool {
     let off = std::env::var("WGOPTIM_MATMUL_SUBGROUP").is_ok_and(|v| v == "0");
-    let info = gpu.info();
-    !off && gpu.is_cpu()
-        && gpu.features().contains(wgpu::Features::SUBGROUP)
-        && info.subgroup_min_size == tile.wg_x
-        && info.subgroup_max_size == tile.wg_x
-        && mm.precision == Precision::F32
+    !off && gpu.cpu_subgroup_size() == Some(tile.wg_x) && mm.precision == Precision::F32
 }
 
 fn kernel(gpu: &Gpu, mm: &Matmul<'_>, has_c: bool, inplace: bool, sym: bool, vec4: bool) -> Result<Kernel> {

@@ -40,6 +40,7 @@ pub struct Graph {
     nodes: Vec<Node>,
     tape: Vec<(&'static str, BackwardFn)>,
     mode: Mode,
+    backward_done: bool,
     profile: bool,
     op: &'static str,
     step: Tensor,
@@ -51,7 +52,16 @@ impl Graph {
         let mut plan = PlanBuilder::new(gpu);
         plan.stage("forward");
         let step = plan.step_params(STEP_PARAMS)?;
-        Ok(Graph { plan, nodes: Vec::new(), tape: Vec::new(), mode, profile: false, op: "", step })
+        Ok(Graph {
+            plan,
+            nodes: Vec::new(),
+            tape: Vec::new(),
+            mode,
+            backward_done: false,
+            profile: false,
+            op: "",
+            step,
+        })
     }
 
     /// Measure device time of the forward and backward stages (where the adapter supports timestamps).
@@ -184,7 +194,7 @@ impl Graph {
                 detail: "the output does not depend on any parameter".into(),
             });
         }
-        if self.tape.is_empty() && self.nodes.iter().any(|n| n.written) {
+        if self.backward_done {
             return Err(Error::InvalidArgument {
                 op: "Graph::backward",
                 name: "loss",
@@ -195,6 +205,7 @@ impl Graph {
         node.grad = Some(seed.clone());
         node.written = true;
         self.plan.stage("backward");
+        self.backward_done = true;
         let tape = std::mem::take(&mut self.tape);
         let profile = self.profile;
         let mut b = Backward { graph: self, root: unit.then_some(out), seed };

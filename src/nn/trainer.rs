@@ -188,6 +188,13 @@ impl Trainer {
         (self.config.seed ^ (self.config.seed >> 32)) as u32
     }
 
+    /// The next training batch and the step's parameter block (queue writes, ordered before the next submit).
+    fn upload_batch(&mut self) -> Result<()> {
+        let (x, y) = self.data.batch(Split::Train, &mut self.rng, self.config.batch, self.model.config.block)?;
+        self.tokens.write(&x, &y)?;
+        self.train.set_params(&step_values(self.step, self.dropout_seed()))
+    }
+
     /// Submit one training step (one submit, no wait) and queue its loss for a lagged read.
     pub fn submit_step(&mut self) -> Result<()> {
         if self.lagged.in_flight() >= 2 {
@@ -197,9 +204,7 @@ impl Trainer {
                 detail: "two losses are unread: await Trainer::next_loss first".into(),
             });
         }
-        let (x, y) = self.data.batch(Split::Train, &mut self.rng, self.config.batch, self.model.config.block)?;
-        self.tokens.write(&x, &y)?;
-        self.train.set_params(&step_values(self.step, self.dropout_seed()))?;
+        self.upload_batch()?;
         let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
         self.train.record(&mut encoder);
         if let Some(k) = &self.kfac {
@@ -257,7 +262,7 @@ impl Trainer {
     /// Mean loss over `iters` random batches of `split` (nanoGPT's `estimate_loss`), at the evaluation point.
     /// Batches come from a generator seeded by the step, so the training stream is unaffected.
     pub async fn evaluate(&mut self, split: Split, iters: usize) -> Result<f32> {
-        self.flush_pending_into_nothing()?;
+        self.require_no_pending()?;
         let seed = self.config.seed ^ self.step.wrapping_mul(0x9E37) ^ (split == Split::Val) as u64;
         self.at_eval_point(async move |t: &mut Trainer| {
             let mut rng = Rng::new(seed);
@@ -283,7 +288,7 @@ impl Trainer {
         .await
     }
 
-    fn flush_pending_into_nothing(&self) -> Result<()> {
+    fn require_no_pending(&self) -> Result<()> {
         if self.lagged.in_flight() > 0 {
             return Err(Error::InvalidArgument {
                 op: "Trainer::evaluate",
@@ -304,7 +309,7 @@ impl Trainer {
         top_k: usize,
         seed: u64,
     ) -> Result<String> {
-        self.flush_pending_into_nothing()?;
+        self.require_no_pending()?;
         let mut ids = self.data.encode(if prompt.is_empty() { "\n" } else { prompt })?;
         let start = ids.len();
         self.at_eval_point(async move |t: &mut Trainer| {
@@ -328,9 +333,7 @@ impl Trainer {
 
     /// One step with per-stage device times (needs [`Trainer::new_timed`] and TIMESTAMP_QUERY); waits for it.
     pub async fn timed_step(&mut self) -> Result<StepTiming> {
-        let (x, y) = self.data.batch(Split::Train, &mut self.rng, self.config.batch, self.model.config.block)?;
-        self.tokens.write(&x, &y)?;
-        self.train.set_params(&step_values(self.step, self.dropout_seed()))?;
+        self.upload_batch()?;
         let stages = self.train.run_timed().await?;
         if let Some(k) = &self.kfac {
             let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
@@ -358,7 +361,7 @@ impl Trainer {
     /// A checkpoint: the optimizer's safetensors (parameters, states, counters) with the run's configuration,
     /// step and data-generator state added to the metadata.
     pub async fn save(&mut self) -> Result<Vec<u8>> {
-        self.flush_pending_into_nothing()?;
+        self.require_no_pending()?;
         let bytes = self.optimizer.save().await?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint(e.to_string()))?;
         let mut extra = Vec::new();

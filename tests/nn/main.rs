@@ -269,6 +269,11 @@ fn bad_graphs_are_errors() {
     let tokens = Tokens::new(&gpu, 1, 3, 5).unwrap();
     assert!(matches!(tokens.write(&[0, 1, 9], &[0, 1, 2]), Err(Error::InvalidArgument { .. })), "ids < vocab");
     assert!(matches!(tokens.write(&[0, 1], &[0, 1]), Err(Error::Shape { .. })));
+    let mut twice = Graph::new(&gpu, Mode::Train).unwrap();
+    let p = twice.param(&t(&[1]), &t(&[1])).unwrap();
+    let s = twice.add(p, p).unwrap();
+    twice.backward(s).unwrap();
+    assert!(matches!(twice.backward(s), Err(Error::InvalidArgument { .. })), "backward is recorded once");
     let mut e = Graph::new(&gpu, Mode::Eval).unwrap();
     let p = e.param(&t(&[1]), &t(&[1])).unwrap();
     let s = e.add(p, p).unwrap();

@@ -29,14 +29,7 @@ struct U {
 /// and the block are multiples of 8 (`WGOPTIM_ATTENTION_SUBGROUP=0` turns it off, for measuring).
 fn defines(gpu: &Gpu, d: usize, block: usize) -> Vec<(&'static str, String)> {
     let off = std::env::var("WGOPTIM_ATTENTION_SUBGROUP").is_ok_and(|v| v == "0");
-    let info = gpu.info();
-    let subgroup = !off
-        && gpu.is_cpu()
-        && gpu.features().contains(wgpu::Features::SUBGROUP)
-        && info.subgroup_min_size == 8
-        && info.subgroup_max_size == 8
-        && d.is_multiple_of(8)
-        && block.is_multiple_of(8);
+    let subgroup = !off && gpu.cpu_subgroup_size() == Some(8) && d.is_multiple_of(8) && block.is_multiple_of(8);
     let mut v = vec![("D", d.to_string())];
     if subgroup {
         let dot: String =
