@@ -3,9 +3,11 @@
 // per chunk of the bucket's chunk table; `scale` holds each chunk's learning-rate multiplier (shape convention).
 // MOMENTUM (inside placement): M ← βM + (1−β)g (EMA) or βM + g (sum); U = Nesterov ? (1−β)g + βM / g + βM : M.
 // COPY (outside placement): the (clipped) gradient itself is orthogonalized.
-// APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon").
+// APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon"). Also the apply
+// of SOAP and Shampoo (src/optim/kron.rs): flag 4 puts the decay after the update (SOAP's WD-post), flag 8 makes a
+// group's first applied step a no-op (SOAP's initialization call).
 // APPLY_SF: SF-NorMuon's Schedule-Free update of z and x (the parameters hold y).
-struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum
+struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum, 4 WD-post, 8 skip first
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> table: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> scalars: array<f32>;
@@ -39,6 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (c >= u.chunks || scalars[0] == 0.0) { return; }
     let ch = table[c];
     let o = 8u + 16u * u.group;
+    if ((u.flags & 8u) != 0u && scalars[o + 4u] < 1.5) { return; }
     let lr = scalars[o];
     let b = scalars[o + 1u];
     let nesterov = (u.flags & 1u) != 0u;
@@ -82,7 +85,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         upd = select(m, select((1.0 - b) * upd + b * m, upd + b * m, sum), nesterov);
 //#endif
         let p = param[ch.x + i];
-        param[ch.x + i] = p * (1.0 - lr * u.wd) - lr * scale[c] * upd;
+        let step = lr * scale[c] * upd;
+        param[ch.x + i] = select(p * (1.0 - lr * u.wd) - step, (p - step) * (1.0 - lr * u.wd), (u.flags & 4u) != 0u);
 //#endif
     }
 }

@@ -36,6 +36,7 @@ shader_table!(
     "optim/muon.wgsl",
     "optim/normuon.wgsl",
     "optim/adamuon.wgsl",
+    "optim/kron.wgsl",
     "nn/embedding.wgsl",
     "nn/layernorm.wgsl",
     "nn/pointwise.wgsl",

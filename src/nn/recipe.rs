@@ -10,6 +10,7 @@ use crate::gpu::Tensor;
 use crate::nn::kfac::{KfacConfig, KfacVariant};
 use crate::optim::{
     AdamWConfig, FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, Schedule, SgdConfig,
+    ShampooConfig, SoapConfig,
 };
 
 /// The composite's name on the command line.
@@ -107,7 +108,17 @@ impl Recipe {
             b.rule(Matcher::MatricesExcept(exclude), Group::new(sgd).schedule(cosine));
         } else if self.optimizer != "adamw" {
             let json = self.lr.map_or("{}".to_string(), |lr| format!("{{\"lr\": {lr}}}"));
-            let cfg = OptimizerConfig::from_json(&self.optimizer, &json)?;
+            let cfg = match OptimizerConfig::from_json(&self.optimizer, &json)? {
+                // Refreshes spread over the period so no step pays for every eigendecomposition.
+                OptimizerConfig::Soap(c) => OptimizerConfig::Soap(SoapConfig { stagger: true, ..c }),
+                // The distributed_shampoo README's AdamW replacement, roots every 10 steps.
+                OptimizerConfig::Shampoo(_) => OptimizerConfig::Shampoo(ShampooConfig {
+                    precondition_frequency: 10,
+                    stagger: true,
+                    ..ShampooConfig::adam_grafted(self.lr.unwrap_or(1e-3))
+                }),
+                other => other,
+            };
             let schedule = if cfg.is_schedule_free() || cfg.keeps_x() { warmup } else { cosine };
             if cfg.takes_loss() {
                 b.loss(loss);

@@ -416,6 +416,7 @@ impl OptimizerBuilder {
         record_updates(&mut plan, &groups, &buckets, &state.scalars, wg)?;
         let plan = plan.build()?;
         let modes = schedule_free_plans(&self.gpu, &groups, &buckets, wg)?;
+        let (refreshes, post) = crate::optim::kron::plans(gpu, &groups, &buckets, &state.scalars, wg)?;
         let mut opt = Optimizer::new(
             gpu.clone(),
             plan,
@@ -429,6 +430,7 @@ impl OptimizerBuilder {
             self.step_size,
         );
         opt.set_diagnostics(diagnostics);
+        opt.set_refreshes(refreshes, post);
         Ok(opt)
     }
 }

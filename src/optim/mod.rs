@@ -4,6 +4,7 @@
 
 mod builder;
 pub(crate) mod config;
+mod kron;
 mod optimizer;
 mod params;
 mod replay;
@@ -12,9 +13,10 @@ mod stages;
 
 pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, LionConfig, MomentumKind, MomentumPlacement,
-    MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, ScheduleFreeAdamWConfig,
-    ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, SignumConfig, StepSizeRule,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Grafting, LionConfig, MomentumKind,
+    MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, RootMethod,
+    ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig,
+    SignumConfig, SoapConfig, StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

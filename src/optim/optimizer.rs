@@ -1,7 +1,7 @@
 //! [`Optimizer`]: the built step (one submit, no readback), asynchronous reports, state access and checkpoints.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +21,10 @@ pub(crate) struct ChunkTable {
     pub scale: Option<Tensor>,
 }
 
-/// Muon's scratch: the Newton–Schulz input and output in the bucket's state layout, and its same-shape stacks
-/// `(state offset, count, rows, cols, row-state offset)`, each orthogonalized by one batched polar call.
-pub(crate) struct MuonParts {
+/// Scratch of the optimizers that work on stacks of matrices (the Muon family, SOAP, Shampoo): their input (the
+/// Newton–Schulz input, or the gathered gradient) and output (the direction) in the bucket's state layout, and
+/// the same-shape stacks `(state offset, count, rows, cols, row-state offset)`, each processed by batched calls.
+pub(crate) struct StackParts {
     pub ns_in: Tensor,
     pub ns_out: Tensor,
     pub stacks: Vec<(usize, usize, usize, usize, usize)>,
@@ -36,7 +37,9 @@ pub(crate) struct Bucket {
     pub tables: Vec<ChunkTable>,
     /// Per-tensor table (and its row count) for optimizers that work tensor by tensor (Adafactor).
     pub tensor_table: Option<(Tensor, usize)>,
-    pub muon: Option<MuonParts>,
+    pub stack: Option<StackParts>,
+    /// SOAP / Shampoo factor states per stack.
+    pub kron: Option<crate::optim::kron::KronParts>,
     pub grad: Tensor,
     pub param: Tensor,
     pub states: Vec<(String, Tensor)>,
@@ -108,6 +111,12 @@ pub struct Optimizer {
     clip: Option<f32>,
     step_size: Option<StepSizeRule>,
     diagnostics: Option<Diagnostics>,
+    /// SOAP / Shampoo refreshes, run after the step plan on their cadence.
+    refreshes: Vec<crate::optim::kron::Refresh>,
+    /// Shampoo's direction, after the refreshes.
+    post: Option<Plan>,
+    /// Step calls so far (the refresh cadence; restored from the checkpoint's attempted-step counter).
+    calls: AtomicU64,
 }
 
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -148,7 +157,36 @@ impl Optimizer {
             clip,
             step_size,
             diagnostics: None,
+            refreshes: Vec::new(),
+            post: None,
+            calls: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn set_refreshes(&mut self, refreshes: Vec<crate::optim::kron::Refresh>, post: Option<Plan>) {
+        self.refreshes = refreshes;
+        self.post = post;
+    }
+
+    /// Record one step: the step plan, the refreshes due at this call, Shampoo's direction.
+    fn record_step(&self, encoder: &mut wgpu::CommandEncoder) {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        self.plan.record(encoder);
+        for r in &self.refreshes {
+            if let Some(p) = r.due(call) {
+                p.record(encoder);
+            }
+        }
+        if let Some(p) = &self.post {
+            p.record(encoder);
+        }
+    }
+
+    /// Dispatches of the step plan plus Shampoo's direction plan, and of the largest refresh (SOAP/Shampoo
+    /// eigenbases or roots; 0 without).
+    pub fn dispatch_counts(&self) -> (usize, usize) {
+        let step = self.plan.dispatch_count() + self.post.as_ref().map_or(0, Plan::dispatch_count);
+        (step, self.refreshes.iter().map(|r| r.dispatch_count()).sum())
     }
 
     pub(crate) fn set_diagnostics(&mut self, d: Option<Diagnostics>) {
@@ -200,13 +238,19 @@ impl Optimizer {
     /// Run one step: exactly one submit, no CPU↔GPU synchronization. Refused in eval mode.
     pub fn step(&self) -> Result<wgpu::SubmissionIndex> {
         self.check_train("Optimizer::step")?;
-        Ok(self.plan.run())
+        if self.refreshes.is_empty() && self.post.is_none() {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.plan.run());
+        }
+        let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+        self.record_step(&mut encoder);
+        Ok(self.gpu.submit([encoder.finish()]))
     }
 
     /// Record one step into a caller's encoder (embedding). Refused in eval mode.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         self.check_train("Optimizer::record")?;
-        self.plan.record(encoder);
+        self.record_step(encoder);
         Ok(())
     }
 
@@ -488,10 +532,13 @@ impl Optimizer {
         if let Some(extra) = st.names().into_iter().find(|n| !expected.iter().any(|e| e == n)) {
             return Err(Error::Checkpoint(format!("unexpected tensor `{extra}`")));
         }
+        let counters: Vec<u32> = bytemuck::pod_collect_to_vec(c.data());
+        let calls = counters.get(1).copied().unwrap_or(0) as u64;
         writes.push((self.counters.clone(), bytemuck::pod_collect_to_vec(c.data())));
         for (t, v) in writes {
             t.write(&v)?;
         }
+        self.calls.store(calls, Ordering::Relaxed);
         self.eval_mode.store(eval, Ordering::Relaxed);
         Ok(())
     }

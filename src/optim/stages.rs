@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
 use crate::optim::builder::ParamEntry;
-use crate::optim::optimizer::{Bucket, ChunkTable, Diagnostics, ModePlans, MuonParts, ParamSlot, StateView};
+use crate::optim::optimizer::{Bucket, ChunkTable, Diagnostics, ModePlans, ParamSlot, StackParts, StateView};
 use crate::optim::{Group, OptimizerConfig, StepSizeRule};
 
 /// Elements per chunk of a bucket (one workgroup each).
@@ -49,7 +49,7 @@ pub(crate) fn record_muon(
     c: &crate::optim::MuonConfig,
     family: &OptimizerConfig,
     b: &Bucket,
-    parts: &MuonParts,
+    parts: &StackParts,
     scalars: &Tensor,
     wg: u32,
 ) -> Result<()> {
@@ -437,14 +437,16 @@ pub(crate) fn layout_bucket(
 ) -> Result<Bucket> {
     let spec = groups[group].optimizer.kernel();
     let muon = groups[group].optimizer.muon_pipeline();
+    let kron = groups[group].optimizer.is_kron();
+    let stacked = muon.is_some() || kron;
     let normuon = groups[group].optimizer.normuon().is_some();
     let mut row_off = 0usize;
-    // Muon: same-shape matrices next to each other so each shape is one batched polar call.
+    // Muon, SOAP, Shampoo: same-shape matrices next to each other so each shape is one batched call.
     let mut idx = idx.to_vec();
-    if muon.is_some() {
+    if stacked {
         // NorMuon's official 4-D statistics differ (§3.1 quirks): it takes 2-D matrices only for now.
         let takes = |shape: &[usize]| {
-            if normuon {
+            if normuon || kron {
                 shape.len() == 2
             } else {
                 crate::optim::config::muon_matrices(shape).is_some()
@@ -452,7 +454,7 @@ pub(crate) fn layout_bucket(
         };
         if let Some(&i) = idx.iter().find(|&&i| !takes(params[i].param.shape())) {
             let p = &params[i];
-            let what = if normuon { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
+            let what = if normuon || kron { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
             return Err(Error::InvalidArgument {
                 op: "OptimizerBuilder::build",
                 name: "rules",
@@ -481,9 +483,9 @@ pub(crate) fn layout_bucket(
     for &i in &idx {
         let p = &params[i];
         let n = p.param.numel();
-        if let Some(c) = &muon {
+        if stacked {
             let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
-            let s = c.adjust_lr.scale_for(p.param.shape());
+            let s = muon.as_ref().map_or(1.0, |c| c.adjust_lr.scale_for(p.param.shape()));
             let body =
                 if p.param.offset().is_multiple_of(4) && p.grad.offset().is_multiple_of(4) { n / 4 * 4 } else { 0 };
             vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));
@@ -568,18 +570,18 @@ pub(crate) fn layout_bucket(
         }
         let t = Tensor::zeros(gpu, &[rows.len()])?;
         t.write(bytemuck::cast_slice(&rows))?;
-        let scale = if muon.is_some() { Some(Tensor::from_slice(gpu, &[scales.len()], &scales)?) } else { None };
+        let scale = if stacked { Some(Tensor::from_slice(gpu, &[scales.len()], &scales)?) } else { None };
         tables.push(ChunkTable { vec4, chunks: rows.len() / 4, chunk_base: *total_chunks, table: t, scale });
         *total_chunks += rows.len() / 4;
     }
-    let muon_parts = match muon {
-        Some(_) => Some(MuonParts {
+    let muon_parts = match stacked {
+        true => Some(StackParts {
             ns_in: Tensor::zeros(gpu, &[state_off])?,
             ns_out: Tensor::zeros(gpu, &[state_off])?,
             stacks,
             stack_shapes,
         }),
-        None => None,
+        false => None,
     };
     let (states, tensor_table) = match adafactor {
         Some(c) => {
@@ -603,15 +605,18 @@ pub(crate) fn layout_bucket(
             (st, None)
         }
     };
-    Ok(Bucket {
+    let mut bucket = Bucket {
         group,
         tables,
         tensor_table,
-        muon: muon_parts,
+        stack: muon_parts,
+        kron: None,
         grad: params[idx[0]].grad.clone(),
         param: params[idx[0]].param.clone(),
         states,
-    })
+    };
+    crate::optim::kron::attach(gpu, &groups[group].optimizer, &mut bucket, b, slots)?;
+    Ok(bucket)
 }
 
 /// The step's device-side bookkeeping: counters (u32: skipped, attempted, per-group applied steps), the per-step
@@ -795,7 +800,11 @@ pub(crate) fn record_updates(
             plan.dispatch(&kernel, &u, &tensors, [*count as u32, 1, 1])?;
             continue;
         }
-        if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.muon) {
+        if b.kron.is_some() {
+            crate::optim::kron::record_step(plan, &groups[b.group], b, scalars, wg)?;
+            continue;
+        }
+        if let (Some(c), Some(parts)) = (groups[b.group].optimizer.muon_pipeline(), &b.stack) {
             record_muon(plan, &c, &groups[b.group].optimizer, b, parts, scalars, wg)?;
             continue;
         }

@@ -7,6 +7,7 @@
 #[path = "../linalg/cpu.rs"]
 mod cpu;
 mod embed;
+mod kron;
 mod reference;
 mod replay;
 mod sfplus;

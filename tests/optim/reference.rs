@@ -72,6 +72,8 @@ impl RefGroup {
             OptimizerConfig::NorMuon(ref c) => c.momentum,
             OptimizerConfig::AdaMuon(ref c) => c.momentum,
             OptimizerConfig::SfNorMuon(ref c) => c.momentum,
+            OptimizerConfig::Soap(ref c) => c.beta1,
+            OptimizerConfig::Shampoo(ref c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -118,6 +120,9 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
+            OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_) => {
+                unreachable!("SOAP and Shampoo have their own reference (tests/optim/kron.rs)")
+            }
             OptimizerConfig::SfNorMuon(c) => {
                 // s = [m, v (rows), z], e = x; p holds y.
                 let (m, n) = (x.shape[0], x.shape[1]);

@@ -9,11 +9,13 @@ mod elementwise;
 mod muon;
 mod schedule_free;
 mod step_size;
+mod whitening;
 
 pub use elementwise::*;
 pub use muon::*;
 pub use schedule_free::*;
 pub use step_size::StepSizeRule;
+pub use whitening::*;
 
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +54,10 @@ pub enum OptimizerConfig {
     /// [`SfNorMuonConfig`] (2-D parameters).
     #[serde(rename = "sf_normuon")]
     SfNorMuon(SfNorMuonConfig),
+    /// [`SoapConfig`] (2-D parameters).
+    Soap(SoapConfig),
+    /// [`ShampooConfig`] (2-D parameters).
+    Shampoo(ShampooConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -64,6 +70,25 @@ pub(crate) struct KernelSpec {
     pub beta2: f32,
     /// Schedule-Free averaging `(r, weight_lr_power)`.
     pub schedule_free: Option<(f32, f32)>,
+}
+
+/// Checks shared by the whitening optimizers.
+fn whitening_common(name: &str, frequency: u32, max_dim: usize) -> Result<()> {
+    if frequency == 0 {
+        return Err(Error::InvalidArgument {
+            op: "optimizer config",
+            name: "precondition_frequency",
+            detail: format!("{name}: must be ≥ 1"),
+        });
+    }
+    if max_dim == 0 {
+        return Err(Error::InvalidArgument {
+            op: "optimizer config",
+            name: "max_precond_dim",
+            detail: format!("{name}: must be ≥ 1"),
+        });
+    }
+    Ok(())
 }
 
 impl OptimizerConfig {
@@ -82,6 +107,8 @@ impl OptimizerConfig {
         "normuon",
         "adamuon",
         "sf_normuon",
+        "soap",
+        "shampoo",
     ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
@@ -100,6 +127,8 @@ impl OptimizerConfig {
             OptimizerConfig::NorMuon(_) => "normuon",
             OptimizerConfig::AdaMuon(_) => "adamuon",
             OptimizerConfig::SfNorMuon(_) => "sf_normuon",
+            OptimizerConfig::Soap(_) => "soap",
+            OptimizerConfig::Shampoo(_) => "shampoo",
         }
     }
 
@@ -119,6 +148,8 @@ impl OptimizerConfig {
             OptimizerConfig::NorMuon(c) => c.lr,
             OptimizerConfig::AdaMuon(c) => c.lr,
             OptimizerConfig::SfNorMuon(c) => c.lr,
+            OptimizerConfig::Soap(c) => c.lr,
+            OptimizerConfig::Shampoo(c) => c.lr,
         }
     }
 
@@ -157,6 +188,12 @@ impl OptimizerConfig {
         }
     }
 
+    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo): stacks of matrices with factor
+    /// states and host-scheduled refreshes.
+    pub(crate) fn is_kron(&self) -> bool {
+        matches!(self, OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_))
+    }
+
     /// Whether the step needs the loss value (given to the builder as a device tensor).
     pub fn takes_loss(&self) -> bool {
         matches!(self, OptimizerConfig::ScheduleFreePlus(_))
@@ -188,6 +225,8 @@ impl OptimizerConfig {
             "normuon" => OptimizerConfig::NorMuon(serde_json::from_str(json).map_err(bad)?),
             "adamuon" => OptimizerConfig::AdaMuon(serde_json::from_str(json).map_err(bad)?),
             "sf_normuon" => OptimizerConfig::SfNorMuon(serde_json::from_str(json).map_err(bad)?),
+            "soap" => OptimizerConfig::Soap(serde_json::from_str(json).map_err(bad)?),
+            "shampoo" => OptimizerConfig::Shampoo(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -329,6 +368,37 @@ impl OptimizerConfig {
                 }
                 nonneg("weight_decay", c.weight_decay)?;
             }
+            OptimizerConfig::Soap(ref c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                beta("shampoo_beta", c.factor_beta())?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                whitening_common("soap", c.precondition_frequency, c.max_precond_dim)?;
+            }
+            OptimizerConfig::Shampoo(ref c) => {
+                beta("beta1", c.beta1)?;
+                check("beta2", c.beta2 > 0.0 && c.beta2 <= 1.0, c.beta2, "in (0, 1]")?;
+                beta("beta3", c.filter_beta())?;
+                check("epsilon", c.epsilon > 0.0, c.epsilon, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                whitening_common("shampoo", c.precondition_frequency, crate::linalg::MAX_EIGH_DIM)?;
+                if c.root != 2 && c.root != 4 {
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "root",
+                        detail: format!("shampoo: root = {}, must be 2 or 4", c.root),
+                    });
+                }
+                match c.grafting {
+                    Some(Grafting::Adam { beta2: b, eps } | Grafting::Rmsprop { beta2: b, eps }) => {
+                        beta("grafting.beta2", b)?;
+                        check("grafting.eps", eps > 0.0, eps, "> 0")?;
+                    }
+                    Some(Grafting::Adagrad { eps }) => check("grafting.eps", eps > 0.0, eps, "> 0")?,
+                    None => {}
+                }
+            }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
                 beta("beta_h", c.beta_h)?;
@@ -342,6 +412,8 @@ impl OptimizerConfig {
     }
 
     pub(crate) fn kernel(&self) -> KernelSpec {
+        let none =
+            KernelSpec { define: "", states: &[], flags: 0, h: [0.0; 4], beta1: 0.0, beta2: 0.0, schedule_free: None };
         match *self {
             OptimizerConfig::Sgd(c) => KernelSpec {
                 define: "OPT_SGD",
@@ -449,6 +521,29 @@ impl OptimizerConfig {
             OptimizerConfig::AdaMuon(_) => KernelSpec {
                 states: &["momentum_buffer", "exp_avg_sq"],
                 ..OptimizerConfig::Muon(self.muon_pipeline().unwrap_or_default()).kernel()
+            },
+            // SOAP and Shampoo have their own pipeline (src/optim/kron.rs); these are the moments in state layout.
+            OptimizerConfig::Soap(ref c) => KernelSpec {
+                define: "OPT_SOAP",
+                states: &["exp_avg", "exp_avg_sq"],
+                beta1: c.beta1,
+                beta2: c.beta2,
+                ..none
+            },
+            OptimizerConfig::Shampoo(ref c) => KernelSpec {
+                define: "OPT_SHAMPOO",
+                states: match (c.beta1 > 0.0, c.grafting.is_some()) {
+                    (true, true) => &["filtered_grad", "graft_second_moment"],
+                    (true, false) => &["filtered_grad"],
+                    (false, true) => &["graft_second_moment"],
+                    (false, false) => &[],
+                },
+                beta1: c.beta1,
+                beta2: match c.grafting {
+                    Some(Grafting::Adam { beta2, .. } | Grafting::Rmsprop { beta2, .. }) => beta2,
+                    _ => 0.0,
+                },
+                ..none
             },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {

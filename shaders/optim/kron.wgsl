@@ -1,0 +1,211 @@
+// Kronecker-factored whitening (SOAP, Shampoo; docs/optimizers.md §4.2, §4.6): the elementwise and per-matrix
+// kernels around the batched matmuls, eigendecompositions and QR recorded by src/optim/kron.rs. Kernels that
+// write optimizer state return early on a skipped step (scalars[0] == 0), so a non-finite gradient changes nothing.
+// Bindings: 0 the uniforms, then (elementwise phases) the step scalars, then the phase's tensors.
+// Group g's step scalars sit at 8 + 16g: lr, β1_t, 1 − β1^t, 1 − β2^t, t (applied steps including this one), …, β2.
+//
+// EMA:     dst[dst_off + i] = a·dst + b·src[src_off + i]   (factor EMAs; a = 0, b = 1 commits a refresh result)
+// MOMENTS: SOAP's Adam in the eigenbasis: M, V updated from the projected gradient, N = M/(sqrt(V)+eps)·bias;
+//          the group's first applied step only initializes (no moment update).
+// FILTER:  Shampoo's filtered gradient Ḡ (bias-corrected EMA) and the grafting direction.
+// COMBINE: Shampoo's direction: grafted per matrix (‖P_graft‖/‖P‖·P, or P_graft before the start step) or P.
+// PREP:    F / bc2 + εI before Shampoo's eigendecomposition.
+// SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
+// SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
+//          descending order, columns of Q permuted, and V permuted along the factor's dimension.
+struct U {
+    total: u32, dst_off: u32, src_off: u32, group: u32,
+    a: f32, b: f32, c: f32, flags: u32,
+    d: u32, rows: u32, cols: u32, side: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+//#if ELEMENTWISE
+@group(0) @binding(1) var<storage, read> scalars: array<f32>;
+//#endif
+//#if EMA
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+//#endif
+//#if MOMENTS
+@group(0) @binding(2) var<storage, read> gp: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mom: array<f32>;
+@group(0) @binding(4) var<storage, read_write> vs: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dir: array<f32>;
+//#endif
+//#if FILTER
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gbar: array<f32>;
+@group(0) @binding(4) var<storage, read_write> graft: array<f32>;
+//#if HAS_EMA
+@group(0) @binding(5) var<storage, read_write> ema: array<f32>;
+//#if HAS_GRAFT
+@group(0) @binding(6) var<storage, read_write> gv: array<f32>;
+//#endif
+//#else
+//#if HAS_GRAFT
+@group(0) @binding(5) var<storage, read_write> gv: array<f32>;
+//#endif
+//#endif
+//#endif
+//#if COMBINE
+@group(0) @binding(2) var<storage, read> pre: array<f32>;
+@group(0) @binding(3) var<storage, read> graft: array<f32>;
+@group(0) @binding(4) var<storage, read> norm_graft: array<f32>;
+@group(0) @binding(5) var<storage, read> norm_pre: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dir: array<f32>;
+//#endif
+//#if PREP
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+//#endif
+//#if SHIFT
+@group(0) @binding(1) var<storage, read_write> vals: array<f32>;
+var<workgroup> low: array<f32, 64>;
+//#endif
+//#if SORT
+@group(0) @binding(1) var<storage, read> est_src: array<f32>;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read_write> q_out: array<f32>;
+//#if PERMUTE_V
+@group(0) @binding(4) var<storage, read> v_in: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v_out: array<f32>;
+//#endif
+var<workgroup> est: array<f32, {{D}}>;
+var<workgroup> rank: array<u32, {{D}}>;
+//#endif
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+//#if SORT
+    // One workgroup per matrix b of d×d bases.
+    let b = wg.x;
+    let d = u.d;
+    for (var i = li; i < d; i += 64u) {
+//#if FROM_VALS
+        est[i] = est_src[b * d + i];
+//#else
+        // est_src holds T = F·Q: diag(Qᵀ F Q)_i = Σ_k Q[k, i]·T[k, i].
+        var s = 0.0;
+        for (var k = 0u; k < d; k++) { s += q[b * d * d + k * d + i] * est_src[b * d * d + k * d + i]; }
+        est[i] = s;
+//#endif
+    }
+    workgroupBarrier();
+    // Descending order, ties by index: the new position of column i.
+    for (var i = li; i < d; i += 64u) {
+        var r = 0u;
+        let e = est[i];
+        for (var j = 0u; j < d; j++) { r += select(0u, 1u, est[j] > e || (est[j] == e && j < i)); }
+        rank[i] = r;
+    }
+    workgroupBarrier();
+    for (var idx = li; idx < d * d; idx += 64u) {
+        let r = idx / d;
+        let c = idx % d;
+        q_out[b * d * d + r * d + rank[c]] = q[b * d * d + idx];
+    }
+//#if PERMUTE_V
+    let mn = u.rows * u.cols;
+    for (var idx = li; idx < mn; idx += 64u) {
+        let i = idx / u.cols;
+        let j = idx % u.cols;
+        var to = i * u.cols + rank[j];
+        if (u.side == 0u) { to = rank[i] * u.cols + j; }
+        v_out[b * mn + to] = v_in[u.src_off + b * mn + idx];
+    }
+//#endif
+//#endif
+//#if SHIFT
+    // One workgroup per matrix of d eigenvalues.
+    let b = wg.x;
+    var m = 3.4e38;
+    for (var i = li; i < u.d; i += 64u) { m = min(m, vals[b * u.d + i]); }
+    low[li] = m;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { low[li] = min(low[li], low[li + s]); }
+        workgroupBarrier();
+    }
+    let lo = low[0];
+    if (lo < u.a) {
+        for (var i = li; i < u.d; i += 64u) { vals[b * u.d + i] = vals[b * u.d + i] - lo + u.a; }
+    }
+//#endif
+//#if ELEMENTWISE
+    let i = (wg.y * nw.x + wg.x) * 64u + li;
+    if (i >= u.total) { return; }
+    let o = 8u + 16u * u.group;
+    let t = scalars[o + 4u];
+//#if EMA
+    if (scalars[0] == 0.0) { return; }
+    let f = select(u.a * dst[u.dst_off + i], 0.0, u.a == 0.0);
+    dst[u.dst_off + i] = f + u.b * src[u.src_off + i];
+//#endif
+//#if PREP
+    // a = ε, b = β2 of the factors, flags 1: bias correction.
+    let d = u.d;
+    var bc = 1.0;
+    if ((u.flags & 1u) != 0u && u.b < 1.0) { bc = 1.0 - pow(u.b, t); }
+    let within = i % (d * d);
+    dst[i] = src[u.src_off + i] / bc + select(0.0, u.a, within / d == within % d);
+//#endif
+//#if MOMENTS
+    if (scalars[0] == 0.0 || t < 1.5) { return; }
+    // SOAP's own step count excludes the initialization call.
+    let s = t - 1.0;
+    let b1 = scalars[o + 1u];
+    let b2 = scalars[o + 7u];
+    let g = gp[i];
+    let m = b1 * mom[u.dst_off + i] + (1.0 - b1) * g;
+    let v = b2 * vs[u.dst_off + i] + (1.0 - b2) * g * g;
+    mom[u.dst_off + i] = m;
+    vs[u.dst_off + i] = v;
+    var bias = 1.0;
+    if ((u.flags & 1u) != 0u) { bias = sqrt(1.0 - pow(b2, s)) / (1.0 - pow(b1, s)); }
+    dir[i] = m / (sqrt(v) + u.a) * bias;
+//#endif
+//#if FILTER
+    // a = β3 (< 0: equal to β1), b = grafting ε, flags 1: bias correction, 2/4/6: Adam / RMSprop / AdaGrad grafting.
+    if (scalars[0] == 0.0) { return; }
+    let g = grad[u.src_off + i];
+    var gb = g;
+//#if HAS_EMA
+    let b1 = scalars[o + 1u];
+    let old = ema[u.dst_off + i];
+    let upd = b1 * old + (1.0 - b1) * g;
+    ema[u.dst_off + i] = upd;
+    var b3 = u.a;
+    gb = upd;
+    if (b3 >= 0.0) { gb = b3 * old + (1.0 - b3) * g; } else { b3 = b1; }
+    if ((u.flags & 1u) != 0u) { gb = gb / (1.0 - b3 * pow(b1, t - 1.0)); }
+//#endif
+    gbar[i] = gb;
+//#if HAS_GRAFT
+    let kind = (u.flags >> 1u) & 3u;
+    let b2 = scalars[o + 7u];
+    var v = gv[u.dst_off + i];
+    if (kind == 3u) { v = v + g * g; } else { v = b2 * v + (1.0 - b2) * g * g; }
+    gv[u.dst_off + i] = v;
+    var vh = v;
+    if (kind == 1u) { vh = v / scalars[o + 3u]; }
+    graft[i] = gb / (sqrt(vh) + u.b);
+//#else
+    graft[i] = 0.0;   // unused without grafting; written so the binding stays in the layout
+//#endif
+//#endif
+//#if COMBINE
+    // d = elements per matrix, a = the start step, flags 1: grafting.
+    var out = pre[i];
+    if ((u.flags & 1u) != 0u) {
+        let k = i / u.d;
+        if (t < u.a) {
+            out = graft[i];
+        } else {
+            out = norm_graft[k] / (norm_pre[k] + 1e-16) * pre[i];
+        }
+    }
+    dir[u.dst_off + i] = out;
+//#endif
+//#endif
+}

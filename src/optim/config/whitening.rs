@@ -1,0 +1,193 @@
+//! Configurations of the Kronecker-factored whitening optimizers (docs/optimizers.md §4): SOAP and Shampoo.
+//! Both take 2-D matrices; same-shape matrices of a bucket share batched dispatches, and their expensive
+//! refreshes (eigenbases, inverse roots) run on a host-side cadence, optionally staggered across stacks.
+
+use serde::{Deserialize, Serialize};
+
+/// SOAP, official semantics (nikhilvyas/SOAP, docs/optimizers.md §4.6, decisions §7): Adam in the eigenbasis of
+/// the factors `L ≈ E[GGᵀ]`, `R ≈ E[GᵀG]`; the first call only initializes the factors and eigenbases (no update,
+/// no weight decay); every `precondition_frequency` steps the eigenbases are refreshed by one power step and a
+/// Householder QR after sorting the columns by their current eigenvalue estimates (the second moment follows its
+/// columns, the first moment is rotated). WD-post with the unscaled lr, `eps`-hat bias correction.
+/// A dimension larger than `max_precond_dim` stays in the original basis (one-sided SOAP).
+/// Not offered: `normalize_grads`, `merge_dims`, 1-D preconditioning (route vectors to AdamW, as the
+/// reference's `precondition_1d = False` default does in effect).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SoapConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment β1.
+    pub beta1: f32,
+    /// Second-moment β2.
+    pub beta2: f32,
+    /// Factor EMA decay; `None` uses `beta2` (the reference's `shampoo_beta = -1`).
+    pub shampoo_beta: Option<f32>,
+    /// Adam's ε (added to `sqrt(V)`).
+    pub eps: f32,
+    /// Decoupled weight decay, applied after the update with the unscaled lr.
+    pub weight_decay: f32,
+    /// Steps between eigenbasis refreshes.
+    pub precondition_frequency: u32,
+    /// Dimensions above this stay unpreconditioned.
+    pub max_precond_dim: usize,
+    /// Bias correction (`lr·sqrt(1−β2^t)/(1−β1^t)`).
+    pub correct_bias: bool,
+    /// Spread the refreshes of a bucket's shape stacks over the period instead of refreshing all at once (ours;
+    /// the reference refreshes every parameter on the same step). Changes no result when there is one stack.
+    pub stagger: bool,
+}
+
+impl Default for SoapConfig {
+    fn default() -> Self {
+        SoapConfig {
+            lr: 3e-3,
+            beta1: 0.95,
+            beta2: 0.95,
+            shampoo_beta: None,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            precondition_frequency: 10,
+            max_precond_dim: 10000,
+            correct_bias: true,
+            stagger: false,
+        }
+    }
+}
+
+impl SoapConfig {
+    /// The factor EMA decay.
+    pub fn factor_beta(&self) -> f32 {
+        self.shampoo_beta.unwrap_or(self.beta2)
+    }
+}
+
+/// Shampoo's grafting (distributed_shampoo §4.2): the update takes the Frobenius norm of this simpler
+/// optimizer's direction, per matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Grafting {
+    /// `Gbar / (sqrt(V / (1 − β2^t)) + eps)`.
+    Adam {
+        /// Second-moment decay.
+        beta2: f32,
+        /// ε.
+        eps: f32,
+    },
+    /// `Gbar / (sqrt(V) + eps)` without bias correction.
+    Rmsprop {
+        /// Second-moment decay.
+        beta2: f32,
+        /// ε.
+        eps: f32,
+    },
+    /// `Gbar / (sqrt(Σ G²) + eps)`.
+    Adagrad {
+        /// ε.
+        eps: f32,
+    },
+}
+
+/// How Shampoo computes its inverse roots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootMethod {
+    /// Symmetric eigendecomposition by Jacobi, warm-started from the previous eigenbasis (§11.4).
+    #[default]
+    Eigh,
+}
+
+/// Shampoo with distributed_shampoo semantics (docs/optimizers.md §4.2, decisions §8) and
+/// `target_parameter_dimensionality = 2`: factors `L ← β2 L + w·GGᵀ`, `R ← β2 R + w·GᵀG` (w = 1 when β2 = 1,
+/// else 1 − β2) every step; every `precondition_frequency` steps (and at `start_preconditioning_step`) the
+/// inverse roots `(F/(1−β2^t) + εI)^{-1/root}` by eigendecomposition, eigenvalues shifted up to ε when the
+/// smallest is below it; direction `L⁻ᐟʳ·Ḡ·R⁻ᐟʳ` on the bias-corrected gradient EMA Ḡ, optionally grafted;
+/// decoupled weight decay folded into the direction. Matrices larger than the device eigensolver (2048) are not
+/// blocked: route them elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShampooConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Gradient EMA β1 (0: no filtering).
+    pub beta1: f32,
+    /// Factor EMA β2 (1: accumulate like AdaGrad).
+    pub beta2: f32,
+    /// Interpolation of the filtered gradient; `None` uses `beta1` (the reference's `beta3 = -1`).
+    pub beta3: Option<f32>,
+    /// ε added to the factors before the root.
+    pub epsilon: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Steps between root computations.
+    pub precondition_frequency: u32,
+    /// First preconditioned step; `None` = `precondition_frequency`. Before it the direction is the grafted
+    /// one (or the filtered gradient without grafting).
+    pub start_preconditioning_step: Option<u32>,
+    /// Bias-correct the factors and the gradient EMA.
+    pub use_bias_correction: bool,
+    /// Root per factor: 4 (`L^{-1/4} G R^{-1/4}`, the default) or 2.
+    pub root: u32,
+    /// Optional grafting.
+    pub grafting: Option<Grafting>,
+    /// How roots are computed.
+    pub root_method: RootMethod,
+    /// Spread the root computations of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    pub stagger: bool,
+}
+
+impl Default for ShampooConfig {
+    fn default() -> Self {
+        ShampooConfig {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 1.0,
+            beta3: None,
+            epsilon: 1e-12,
+            weight_decay: 0.0,
+            precondition_frequency: 1,
+            start_preconditioning_step: None,
+            use_bias_correction: true,
+            root: 4,
+            grafting: None,
+            root_method: RootMethod::Eigh,
+            stagger: false,
+        }
+    }
+}
+
+impl ShampooConfig {
+    /// The distributed_shampoo README's "replace AdamW" recipe: β = (0.9, 0.999), ε = 1e-12, weight decay 1e-5,
+    /// roots every 100 steps, Adam grafting (β2 = 0.999, ε = 1e-8).
+    pub fn adam_grafted(lr: f32) -> ShampooConfig {
+        ShampooConfig {
+            lr,
+            beta2: 0.999,
+            weight_decay: 1e-5,
+            precondition_frequency: 100,
+            grafting: Some(Grafting::Adam { beta2: 0.999, eps: 1e-8 }),
+            ..ShampooConfig::default()
+        }
+    }
+
+    /// The first step with roots.
+    pub fn start(&self) -> u32 {
+        self.start_preconditioning_step.unwrap_or(self.precondition_frequency)
+    }
+
+    /// The filtered gradient's interpolation β3.
+    pub fn filter_beta(&self) -> f32 {
+        self.beta3.unwrap_or(self.beta1)
+    }
+
+    /// Whether 1-based step `s` computes roots: `(s % f == 0 and s > start) or s == start`.
+    pub fn refreshes_at(&self, s: u64) -> bool {
+        let (f, start) = (self.precondition_frequency as u64, self.start() as u64);
+        (s.is_multiple_of(f) && s > start) || s == start
+    }
+}
+
+/// Which factor sides of an `m × n` matrix are preconditioned under a dimension limit.
+pub(crate) fn sides(m: usize, n: usize, max_dim: usize) -> (bool, bool) {
+    (m <= max_dim, n <= max_dim)
+}

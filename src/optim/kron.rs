@@ -1,0 +1,555 @@
+//! SOAP and Shampoo on the engine (docs/optimizers.md §4.2, §4.6): factor states per same-shape stack, the
+//! every-step work recorded into the step plan, and the expensive refreshes (eigenbases, inverse roots) as
+//! separate plans that [`crate::optim::Optimizer::step`] records into the same encoder on a host-side cadence —
+//! still one submit, no readback. A static plan cannot skip dispatches on a device-side condition without paying
+//! for them, so the host decides when a refresh runs (from the number of step calls, which a checkpoint keeps);
+//! every refresh result is committed only when the step was applied, so a skipped step changes nothing.
+//!
+//! Step order: SOAP records everything in the step plan (project, Adam in the eigenbasis, project back, apply,
+//! factor EMAs) and refreshes after it; Shampoo updates its factors in the step plan, computes roots in the
+//! refresh, and takes its direction in the `post` plan after the refresh, as the reference orders them.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
+use crate::linalg::{copy, eig_apply, eigh, gram, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans};
+use crate::optim::config::{sides, Grafting, ShampooConfig};
+use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
+use crate::optim::stages::grid;
+use crate::optim::{Group, OptimizerConfig};
+
+/// The factor states of one same-shape stack `[count, m, n]` at `offset` in the bucket's state layout. Index 0
+/// is the left (m×m) side, 1 the right (n×n); an absent side (above `max_precond_dim`) is the identity.
+pub(crate) struct KronStack {
+    offset: usize,
+    count: usize,
+    m: usize,
+    n: usize,
+    /// `L ≈ E[GGᵀ]`, `R ≈ E[GᵀG]` (SOAP's `GG`, Shampoo's factors).
+    factors: [Option<Tensor>; 2],
+    /// SOAP's eigenbases `Q`; Shampoo's eigenvectors (warm starts).
+    bases: [Option<Tensor>; 2],
+    /// Shampoo's inverse roots.
+    roots: [Option<Tensor>; 2],
+}
+
+/// A bucket's factor states, one entry per stack.
+pub(crate) struct KronParts {
+    stacks: Vec<KronStack>,
+}
+
+/// When a stack's refresh runs.
+enum Cadence {
+    /// SOAP: initialization on call 0, then every `period` calls (shifted by `offset` when staggered).
+    Soap { period: u64, offset: u64 },
+    /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`].
+    Shampoo { cfg: ShampooConfig, offset: u64 },
+}
+
+/// A stack's refresh plans.
+pub(crate) struct Refresh {
+    init: Option<Plan>,
+    plan: Plan,
+    cadence: Cadence,
+}
+
+impl Refresh {
+    /// The plan to run after the step plan of call `call` (0-based), if any.
+    pub(crate) fn due(&self, call: u64) -> Option<&Plan> {
+        match &self.cadence {
+            Cadence::Soap { period, offset } => {
+                if call == 0 {
+                    self.init.as_ref()
+                } else {
+                    (call >= *offset && (call - offset).is_multiple_of(*period)).then_some(&self.plan)
+                }
+            }
+            Cadence::Shampoo { cfg, offset } => {
+                let s = call + 1;
+                (s > *offset && cfg.refreshes_at(s - offset)).then_some(&self.plan)
+            }
+        }
+    }
+
+    /// Dispatches of the largest plan (for reports).
+    pub(crate) fn dispatch_count(&self) -> usize {
+        self.plan.dispatch_count().max(self.init.as_ref().map_or(0, Plan::dispatch_count))
+    }
+}
+
+const SIDE: [&str; 2] = ["left", "right"];
+
+fn eye(gpu: &Gpu, count: usize, d: usize) -> Result<Tensor> {
+    let mut v = vec![0.0f32; count * d * d];
+    for b in 0..count {
+        for i in 0..d {
+            v[b * d * d + i * d + i] = 1.0;
+        }
+    }
+    Tensor::from_slice(gpu, &[count, d, d], &v)
+}
+
+fn bad(detail: String) -> Error {
+    Error::InvalidArgument { op: "OptimizerBuilder::build", name: "rules", detail }
+}
+
+/// Allocate the factor states of a SOAP or Shampoo bucket (factors zero, bases and roots the identity) and add
+/// their views (`factor_left`, `basis_left`, `inv_root_left`, … shaped d×d) to the bucket's parameter slots.
+pub(crate) fn attach(
+    gpu: &Gpu,
+    opt: &OptimizerConfig,
+    bucket: &mut Bucket,
+    b: usize,
+    slots: &mut [(usize, ParamSlot)],
+) -> Result<()> {
+    let (max_dim, shampoo) = match opt {
+        OptimizerConfig::Soap(c) => (c.max_precond_dim, false),
+        OptimizerConfig::Shampoo(_) => (crate::linalg::MAX_EIGH_DIM, true),
+        _ => return Ok(()),
+    };
+    let parts = bucket.stack.as_ref().ok_or_else(|| Error::Device("whitening bucket without stacks".into()))?;
+    let mut stacks = Vec::new();
+    for &(offset, count, m, n, _) in &parts.stacks {
+        let on = sides(m, n, max_dim);
+        let limit = crate::linalg::MAX_EIGH_DIM;
+        if (on.0 && m > limit) || (on.1 && n > limit) || (shampoo && (m > limit || n > limit)) {
+            return Err(bad(format!(
+                "{}: a {m}×{n} matrix has a side above the device eigensolver's {limit}{}",
+                opt.name(),
+                if shampoo { "; route it to another optimizer" } else { "; set max_precond_dim ≤ 2048" }
+            )));
+        }
+        let mut st = KronStack { offset, count, m, n, factors: [None, None], bases: [None, None], roots: [None, None] };
+        for (s, (present, d)) in [(on.0, m), (on.1, n)].into_iter().enumerate() {
+            if !present {
+                continue;
+            }
+            st.factors[s] = Some(Tensor::zeros(gpu, &[count, d, d])?);
+            st.bases[s] = Some(eye(gpu, count, d)?);
+            if shampoo {
+                st.roots[s] = Some(eye(gpu, count, d)?);
+            }
+        }
+        stacks.push(st);
+    }
+    // Register every tensor as a bucket state and give each parameter its d×d views.
+    for (k, st) in stacks.iter().enumerate() {
+        let per = st.m * st.n;
+        let mut named = Vec::new();
+        for (s, (side, d)) in SIDE.iter().zip([st.m, st.n]).enumerate() {
+            for (what, t) in [("factor", &st.factors[s]), ("basis", &st.bases[s]), ("inv_root", &st.roots[s])] {
+                if let Some(t) = t {
+                    named.push((format!("{what}_{side}"), bucket.states.len(), d));
+                    bucket.states.push((format!("{what}_{side}.{k}"), t.clone()));
+                }
+            }
+        }
+        for (_, slot) in slots.iter_mut().filter(|(_, s)| s.bucket == b) {
+            if slot.state_offset < st.offset || slot.state_offset >= st.offset + st.count * per {
+                continue;
+            }
+            let j = (slot.state_offset - st.offset) / per;
+            for (name, buffer, d) in &named {
+                slot.states.push(StateView {
+                    name: name.clone(),
+                    buffer: *buffer,
+                    offset: j * d * d,
+                    shape: vec![*d, *d],
+                });
+            }
+        }
+    }
+    bucket.kron = Some(KronParts { stacks });
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct KronU {
+    total: u32,
+    dst_off: u32,
+    src_off: u32,
+    group: u32,
+    a: f32,
+    b: f32,
+    c: f32,
+    flags: u32,
+    d: u32,
+    rows: u32,
+    cols: u32,
+    side: u32,
+}
+
+/// One elementwise kron.wgsl phase over `u.total` elements.
+fn elementwise(plan: &mut PlanBuilder, phase: &str, defines: &[(&str, String)], u: KronU, t: &[&Tensor]) -> Result<()> {
+    let mut all = vec![(phase, "1".to_string()), ("ELEMENTWISE", "1".to_string()), ("D", "1".to_string())];
+    all.extend(defines.iter().cloned());
+    let kernel = plan.gpu().kernel("optim/kron.wgsl", "main", &all)?;
+    let (gx, gy) = grid(u.total.div_ceil(64) as usize);
+    plan.dispatch(&kernel, &u, t, [gx, gy, 1])
+}
+
+/// `dst[dst_off..] = a·dst + b·src` over `src`'s elements, skipped on a skipped step.
+fn ema(plan: &mut PlanBuilder, scalars: &Tensor, src: &Tensor, dst: &Tensor, a: f32, b: f32) -> Result<()> {
+    let u = KronU {
+        total: src.numel() as u32,
+        dst_off: dst.offset() as u32,
+        src_off: src.offset() as u32,
+        a,
+        b,
+        ..Default::default()
+    };
+    elementwise(plan, "EMA", &[], u, &[scalars, src, dst])
+}
+
+/// `out = A·X·B` where A is the left side (transposed when `tl`) and B the right (transposed when `tr`); an
+/// absent side is the identity.
+fn sandwich(
+    plan: &mut PlanBuilder,
+    [l, r]: [Option<&Tensor>; 2],
+    [tl, tr]: [Trans; 2],
+    x: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    match (l, r) {
+        (Some(l), Some(r)) => {
+            let tmp = plan.scratch(x.shape())?;
+            Matmul::new(l, x, &tmp).trans(tl, Trans::N).record(plan)?;
+            Matmul::new(&tmp, r, out).trans(Trans::N, tr).record(plan)
+        }
+        (Some(l), None) => Matmul::new(l, x, out).trans(tl, Trans::N).record(plan),
+        (None, Some(r)) => Matmul::new(x, r, out).trans(Trans::N, tr).record(plan),
+        (None, None) => copy(plan, x, out),
+    }
+}
+
+/// Into the eigenbasis: `Q_Lᵀ·X·Q_R`.
+const PROJECT: [Trans; 2] = [Trans::T, Trans::N];
+/// Back: `Q_L·X·Q_Rᵀ`.
+const BACK: [Trans; 2] = [Trans::N, Trans::T];
+
+impl KronStack {
+    fn view(&self, t: &Tensor) -> Result<Tensor> {
+        Tensor::from_buffer(t.gpu(), t.buffer().clone(), self.offset, &[self.count, self.m, self.n])
+    }
+
+    fn side(v: &[Option<Tensor>; 2]) -> [Option<&Tensor>; 2] {
+        [v[0].as_ref(), v[1].as_ref()]
+    }
+
+    /// Factor EMAs `F ← β·F + w·Gram(G)` on each present side.
+    fn factor_ema(&self, plan: &mut PlanBuilder, scalars: &Tensor, g: &Tensor, beta: f32, w: f32) -> Result<()> {
+        for (s, side) in [GramSide::Rows, GramSide::Cols].into_iter().enumerate() {
+            if let Some(f) = &self.factors[s] {
+                let gg = plan.scratch(f.shape())?;
+                gram(plan, g, side, &gg, 1.0, None, 0.0, Default::default())?;
+                ema(plan, scalars, &gg, f, beta, w)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn state<'a>(b: &'a Bucket, name: &str) -> Result<&'a Tensor> {
+    b.states
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| Error::Device(format!("whitening bucket without `{name}`")))
+}
+
+fn parts(b: &Bucket) -> Result<(&StackParts, &KronParts)> {
+    match (&b.stack, &b.kron) {
+        (Some(p), Some(k)) => Ok((p, k)),
+        _ => Err(Error::Device("whitening bucket without its parts".into())),
+    }
+}
+
+/// The chunked muon.wgsl phases (gather the clipped gradient; apply a direction) over a bucket's tables.
+fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply: Option<(u32, f32)>) -> Result<()> {
+    let (p, _) = parts(b)?;
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct M {
+        chunks: u32,
+        group: u32,
+        groups_x: u32,
+        flags: u32,
+        wd: f32,
+        _p: [f32; 3],
+    }
+    for t in &b.tables {
+        let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
+        let phase = if apply.is_some() { "APPLY" } else { "COPY" };
+        let kernel = plan.gpu().kernel(
+            "optim/muon.wgsl",
+            "main",
+            &[("T", ty.into()), ("WG", wg.to_string()), (phase, "1".into())],
+        )?;
+        let (gx, gy) = grid(t.chunks);
+        let (flags, wd) = apply.unwrap_or((0, 0.0));
+        let u = M { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags, wd, _p: [0.0; 3] };
+        match apply {
+            Some(_) => {
+                let scale = t.scale.as_ref().ok_or_else(|| Error::Device("stack table without scales".into()))?;
+                plan.dispatch(&kernel, &u, &[&t.table, scalars, scale, &b.param, &p.ns_out], [gx, gy, 1])?
+            }
+            None => plan.dispatch(&kernel, &u, &[&t.table, scalars, &b.grad, &p.ns_in], [gx, gy, 1])?,
+        }
+    }
+    Ok(())
+}
+
+/// The step plan's part of a SOAP or Shampoo bucket.
+pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, scalars: &Tensor, wg: u32) -> Result<()> {
+    let (p, k) = parts(b)?;
+    chunked(plan, b, scalars, wg, None)?;
+    match &group.optimizer {
+        OptimizerConfig::Soap(c) => {
+            for st in &k.stacks {
+                let g = st.view(&p.ns_in)?;
+                let gp = plan.scratch(g.shape())?;
+                sandwich(plan, KronStack::side(&st.bases), PROJECT, &g, &gp)?;
+                let n = plan.scratch(g.shape())?;
+                let u = KronU {
+                    total: g.numel() as u32,
+                    dst_off: st.offset as u32,
+                    group: b.group as u32,
+                    a: c.eps,
+                    flags: c.correct_bias as u32,
+                    ..Default::default()
+                };
+                let (m, v) = (state(b, "exp_avg")?, state(b, "exp_avg_sq")?);
+                elementwise(plan, "MOMENTS", &[], u, &[scalars, &gp, m, v, &n])?;
+                sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
+            }
+            // p ← (p − lr·N)(1 − lr·wd); the first call only initializes.
+            chunked(plan, b, scalars, wg, Some((4 | 8, c.weight_decay)))?;
+            let beta = c.factor_beta();
+            for st in &k.stacks {
+                st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, beta, 1.0 - beta)?;
+            }
+        }
+        OptimizerConfig::Shampoo(c) => {
+            let w = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
+            for st in &k.stacks {
+                st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, w)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Shampoo's direction after the refreshes: filtered gradient, `L⁻ᐟʳ·Ḡ·R⁻ᐟʳ`, grafting, apply (WD-pre).
+fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &Tensor, wg: u32) -> Result<()> {
+    let (p, k) = parts(b)?;
+    let (graft_kind, graft_eps) = match c.grafting {
+        None => (0, 0.0),
+        Some(Grafting::Adam { eps, .. }) => (1, eps),
+        Some(Grafting::Rmsprop { eps, .. }) => (2, eps),
+        Some(Grafting::Adagrad { eps }) => (3, eps),
+    };
+    let has_ema = c.beta1 > 0.0;
+    for st in &k.stacks {
+        let g = st.view(&p.ns_in)?;
+        let (gbar, graft) = (plan.scratch(g.shape())?, plan.scratch(g.shape())?);
+        let u = KronU {
+            total: g.numel() as u32,
+            dst_off: st.offset as u32,
+            src_off: st.offset as u32,
+            group: b.group as u32,
+            a: c.beta3.unwrap_or(-1.0),
+            b: graft_eps,
+            flags: c.use_bias_correction as u32 | graft_kind << 1,
+            ..Default::default()
+        };
+        let mut t: Vec<&Tensor> = vec![scalars, &g, &gbar, &graft];
+        // Then the filtered-gradient EMA and the grafting state, when present (bindings 5, 6 in that order).
+        let names = OptimizerConfig::Shampoo(c.clone()).kernel().states;
+        for name in names {
+            t.push(state(b, name)?);
+        }
+        let defines = [("HAS_EMA", (has_ema as u32).to_string()), ("HAS_GRAFT", ((graft_kind > 0) as u32).to_string())];
+        elementwise(plan, "FILTER", &defines, u, &t)?;
+        let pre = plan.scratch(g.shape())?;
+        sandwich(plan, KronStack::side(&st.roots), [Trans::N, Trans::N], &gbar, &pre)?;
+        let (ng, np) = (plan.scratch(&[st.count])?, plan.scratch(&[st.count])?);
+        if graft_kind > 0 {
+            reduce(plan, &graft, ReduceOp::Norm, st.count, &ng)?;
+            reduce(plan, &pre, ReduceOp::Norm, st.count, &np)?;
+        }
+        let u = KronU {
+            total: g.numel() as u32,
+            dst_off: st.offset as u32,
+            group: b.group as u32,
+            a: c.start() as f32,
+            flags: (graft_kind > 0) as u32,
+            d: (st.m * st.n) as u32,
+            ..Default::default()
+        };
+        elementwise(plan, "COMBINE", &[], u, &[scalars, &pre, &graft, &ng, &np, &p.ns_out])?;
+    }
+    chunked(plan, b, scalars, wg, Some((0, c.weight_decay)))
+}
+
+/// SOAP's basis sort: new columns of `q` in descending order of `est` (eigh's values, or diag(Qᵀ·T) with
+/// T = F·Q), into `q_out`; with `v = Some((v_in, v_out, side))` the second moment follows along that side.
+#[allow(clippy::too_many_arguments)]
+fn sort_basis(
+    plan: &mut PlanBuilder,
+    st: &KronStack,
+    d: usize,
+    est: &Tensor,
+    from_vals: bool,
+    q: &Tensor,
+    q_out: &Tensor,
+    v: Option<(&Tensor, &Tensor, usize)>,
+) -> Result<()> {
+    let defines = [
+        ("SORT", "1".to_string()),
+        ("D", d.to_string()),
+        ("FROM_VALS", (from_vals as u32).to_string()),
+        ("PERMUTE_V", (v.is_some() as u32).to_string()),
+    ];
+    let kernel = plan.gpu().kernel("optim/kron.wgsl", "main", &defines)?;
+    let u = KronU {
+        d: d as u32,
+        rows: st.m as u32,
+        cols: st.n as u32,
+        side: v.map_or(0, |x| x.2) as u32,
+        src_off: v.map_or(0, |x| x.0.offset()) as u32,
+        ..Default::default()
+    };
+    let mut t = vec![est, q, q_out];
+    if let Some((vi, vo, _)) = v {
+        t.extend([vi, vo]);
+    }
+    plan.dispatch(&kernel, &u, &t, [st.count as u32, 1, 1])
+}
+
+fn soap_init(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
+    let mut plan = PlanBuilder::new(gpu);
+    for s in 0..2 {
+        let (Some(f), Some(q)) = (&st.factors[s], &st.bases[s]) else { continue };
+        let d = f.shape()[1];
+        let (vals, vecs, q_new) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?, plan.scratch(f.shape())?);
+        eigh(&mut plan, f, &vals, &vecs, None, &EighConfig::default())?;
+        sort_basis(&mut plan, st, d, &vals, true, &vecs, &q_new, None)?;
+        ema(&mut plan, scalars, &q_new, q, 0.0, 1.0)?;
+    }
+    plan.build()
+}
+
+/// SOAP's refresh (§4.6 QR_refresh): M back to the original basis, per side sort by the eigenvalue estimates (V
+/// follows), one power step `F·Q` and Householder QR, M into the new basis; committed only on an applied step.
+fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Result<Plan> {
+    let mut plan = PlanBuilder::new(gpu);
+    let (m_state, v_state) = (state(b, "exp_avg")?, state(b, "exp_avg_sq")?);
+    let m = st.view(m_state)?;
+    let m_orig = plan.scratch(m.shape())?;
+    sandwich(&mut plan, KronStack::side(&st.bases), BACK, &m, &m_orig)?;
+    let mut v_cur = st.view(v_state)?;
+    let mut new_bases: [Option<Tensor>; 2] = [None, None];
+    for (s, (f, q)) in st.factors.iter().zip(&st.bases).enumerate() {
+        let (Some(f), Some(q)) = (f, q) else { continue };
+        let d = f.shape()[1];
+        let t = plan.scratch(f.shape())?;
+        Matmul::new(f, q, &t).record(&mut plan)?;
+        let (q_sorted, v_next) = (plan.scratch(f.shape())?, plan.scratch(m.shape())?);
+        sort_basis(&mut plan, st, d, &t, false, q, &q_sorted, Some((&v_cur, &v_next, s)))?;
+        let power = plan.scratch(f.shape())?;
+        Matmul::new(f, &q_sorted, &power).record(&mut plan)?;
+        let (q_new, r) = (plan.scratch(f.shape())?, plan.scratch(f.shape())?);
+        qr(&mut plan, &power, &q_new, &r)?;
+        new_bases[s] = Some(q_new);
+        v_cur = v_next;
+    }
+    let m_new = plan.scratch(m.shape())?;
+    let new_sides = [new_bases[0].as_ref().or(st.bases[0].as_ref()), new_bases[1].as_ref().or(st.bases[1].as_ref())];
+    sandwich(&mut plan, new_sides, PROJECT, &m_orig, &m_new)?;
+    for (new, q) in new_bases.iter().zip(&st.bases) {
+        if let (Some(new), Some(q)) = (new, q) {
+            ema(&mut plan, scalars, new, q, 0.0, 1.0)?;
+        }
+    }
+    ema(&mut plan, scalars, &v_cur, &st.view(v_state)?, 0.0, 1.0)?;
+    ema(&mut plan, scalars, &m_new, &m, 0.0, 1.0)?;
+    plan.build()
+}
+
+/// Shampoo's roots (§4.2 step 3): `(F/bc2 + εI)`, warm-started Jacobi, eigenvalues shifted up to ε, then
+/// `Q·diag(λ^{-1/root})·Qᵀ`; committed (with the eigenvectors for the next warm start) on an applied step.
+fn shampoo_refresh(gpu: &Gpu, c: &ShampooConfig, st: &KronStack, group: usize, scalars: &Tensor) -> Result<Plan> {
+    let mut plan = PlanBuilder::new(gpu);
+    for s in 0..2 {
+        let (Some(f), Some(q), Some(root)) = (&st.factors[s], &st.bases[s], &st.roots[s]) else { continue };
+        let d = f.shape()[1];
+        let prep = plan.scratch(f.shape())?;
+        let u = KronU {
+            total: f.numel() as u32,
+            group: group as u32,
+            a: c.epsilon,
+            b: c.beta2,
+            flags: c.use_bias_correction as u32,
+            d: d as u32,
+            ..Default::default()
+        };
+        elementwise(&mut plan, "PREP", &[], u, &[scalars, f, &prep])?;
+        let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
+        eigh(&mut plan, &prep, &vals, &vecs, Some(q), &EighConfig::default())?;
+        let shift =
+            plan.gpu().kernel("optim/kron.wgsl", "main", &[("SHIFT", "1".to_string()), ("D", "1".to_string())])?;
+        let u = KronU { a: c.epsilon, d: d as u32, ..Default::default() };
+        plan.dispatch(&shift, &u, &[&vals], [st.count as u32, 1, 1])?;
+        let new_root = plan.scratch(f.shape())?;
+        eig_apply(&mut plan, &vals, &vecs, &new_root, -1.0 / c.root as f32, 0.0, 0.0)?;
+        ema(&mut plan, scalars, &vecs, q, 0.0, 1.0)?;
+        ema(&mut plan, scalars, &new_root, root, 0.0, 1.0)?;
+    }
+    plan.build()
+}
+
+/// The refresh plans of every SOAP / Shampoo stack, and Shampoo's `post` plan (`None` without Shampoo).
+pub(crate) fn plans(
+    gpu: &Gpu,
+    groups: &[Group],
+    buckets: &[Bucket],
+    scalars: &Tensor,
+    wg: u32,
+) -> Result<(Vec<Refresh>, Option<Plan>)> {
+    let mut refreshes = Vec::new();
+    let mut post = PlanBuilder::new(gpu);
+    for b in buckets {
+        let Some(k) = &b.kron else { continue };
+        let total = k.stacks.len() as u64;
+        for (i, st) in k.stacks.iter().enumerate() {
+            if st.factors.iter().all(Option::is_none) {
+                continue;
+            }
+            let stagger = |on: bool, period: u32| if on { i as u64 * period as u64 / total } else { 0 };
+            match &groups[b.group].optimizer {
+                OptimizerConfig::Soap(c) => refreshes.push(Refresh {
+                    init: Some(soap_init(gpu, st, scalars)?),
+                    plan: soap_refresh(gpu, st, b, scalars)?,
+                    cadence: Cadence::Soap {
+                        period: c.precondition_frequency as u64,
+                        offset: stagger(c.stagger, c.precondition_frequency),
+                    },
+                }),
+                OptimizerConfig::Shampoo(c) => refreshes.push(Refresh {
+                    init: None,
+                    plan: shampoo_refresh(gpu, c, st, b.group, scalars)?,
+                    cadence: Cadence::Shampoo { cfg: c.clone(), offset: stagger(c.stagger, c.precondition_frequency) },
+                }),
+                _ => {}
+            }
+        }
+        if let OptimizerConfig::Shampoo(c) = &groups[b.group].optimizer {
+            record_post(&mut post, c, b, scalars, wg)?;
+        }
+    }
+    let post = if post.is_empty() { None } else { Some(post.build()?) };
+    Ok((refreshes, post))
+}

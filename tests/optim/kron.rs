@@ -1,0 +1,484 @@
+//! SOAP and Shampoo against f64 references (docs/optimizers.md §4.2, §4.6) for 30 steps spanning several
+//! refreshes, with a cosine schedule, clipping and a skipped NaN step; the initial eigenbasis, bit-exact resume
+//! across refreshes, one submit per step, and bad input.
+//!
+//! The eigenbasis of a rank-deficient factor is not unique (after one gradient, `GᵀG` of a wide matrix has a
+//! null space), and SOAP's update depends on the basis chosen inside it. So the reference adopts the device's
+//! initial bases after the first call — they are checked separately against the CPU eigendecomposition where
+//! unique — and is independent from there on: every later refresh (power step + QR of a full-rank factor) is
+//! unique up to column signs, which the update does not see.
+
+use super::cpu::{cpu_eigh, cpu_qr, Mat};
+use super::{cosine, gpu, noise};
+use wgoptim::optim::*;
+use wgoptim::Error;
+
+/// Two same-shape 8×8 matrices (one stack), a wide 6×10, a tall 5×3 with an odd size (its own stack).
+/// Stacks are ordered by shape: [5,3] (0), [6,10] (1), [8,8]×2 (2).
+const SPECS: &[(&str, &[usize])] = &[("a", &[8, 8]), ("b", &[8, 8]), ("c", &[6, 10]), ("d", &[5, 3])];
+const STACK: [u64; 4] = [2, 2, 1, 0];
+const STACKS: u64 = 3;
+const STEPS: u64 = 30;
+const NAN_AT: u64 = 7;
+const CLIP: f32 = 2.0;
+
+fn build(opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
+    build_on(&gpu(), opt)
+}
+
+fn build_on(gpu: &wgoptim::Gpu, opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
+    let store = ParamStore::new(gpu, SPECS)?;
+    for (i, (name, shape)) in SPECS.iter().enumerate() {
+        store.param(name)?.write(&noise(300 + i as u64, shape.iter().product()))?;
+    }
+    let mut b = OptimizerBuilder::new(gpu);
+    b.params_from(&store)?;
+    b.rule(Matcher::All, Group::new(opt).schedule(cosine()));
+    b.clip_grad_norm(CLIP);
+    Ok((store, b.build()?))
+}
+
+fn grads_at(call: u64) -> Vec<Vec<f32>> {
+    SPECS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| {
+            let mut g: Vec<f32> = noise(7000 + 31 * call + i as u64, s.iter().product());
+            if call == NAN_AT && i == 0 {
+                g[3] = f32::NAN;
+            }
+            g
+        })
+        .collect()
+}
+
+fn write(store: &ParamStore, g: &[Vec<f32>]) {
+    for ((name, _), g) in SPECS.iter().zip(g) {
+        store.grad(name).unwrap().write(g).unwrap();
+    }
+}
+
+fn read(opt: &Optimizer, name: &str, state: &str) -> Vec<f32> {
+    opt.state(name, state).unwrap().read_blocking().unwrap()
+}
+
+fn elementwise(a: &Mat, b: &Mat, f: impl Fn(f64, f64) -> f64) -> Mat {
+    Mat { d: a.d.iter().zip(&b.d).map(|(x, y)| f(*x, *y)).collect(), ..a.clone() }
+}
+
+/// Columns of `q` in descending order of `est` (ties by index), with the permutation.
+fn sorted(q: &Mat, est: &[f64]) -> (Mat, Vec<usize>) {
+    let mut order: Vec<usize> = (0..est.len()).collect();
+    order.sort_by(|&i, &j| est[j].partial_cmp(&est[i]).unwrap().then(i.cmp(&j)));
+    let mut o = q.clone();
+    for (new, &old) in order.iter().enumerate() {
+        for k in 0..q.r {
+            o.set(k, new, q.at(k, old));
+        }
+    }
+    (o, order)
+}
+
+/// One matrix's reference state.
+struct RefMat {
+    p: Mat,
+    m: Mat,
+    v: Mat,
+    f: [Mat; 2],
+    q: [Mat; 2],
+    has: [bool; 2],
+    t: u32,
+}
+
+impl RefMat {
+    fn new(p: Mat, max_dim: usize) -> RefMat {
+        let (r, c) = (p.r, p.c);
+        RefMat {
+            m: Mat::zeros(r, c),
+            v: Mat::zeros(r, c),
+            f: [Mat::zeros(r, r), Mat::zeros(c, c)],
+            q: [Mat::eye(r), Mat::eye(c)],
+            has: [r <= max_dim, c <= max_dim],
+            t: 0,
+            p,
+        }
+    }
+
+    fn left(&self, x: &Mat, back: bool) -> Mat {
+        match (self.has[0], back) {
+            (false, _) => x.clone(),
+            (true, false) => self.q[0].t().mul(x),
+            (true, true) => self.q[0].mul(x),
+        }
+    }
+
+    fn sandwich(&self, x: &Mat, back: bool) -> Mat {
+        let y = self.left(x, back);
+        match (self.has[1], back) {
+            (false, _) => y,
+            (true, false) => y.mul(&self.q[1]),
+            (true, true) => y.mul(&self.q[1].t()),
+        }
+    }
+
+    fn factor_ema(&mut self, g: &Mat, beta: f64, w: f64) {
+        let outer = [g.mul(&g.t()), g.t().mul(g)];
+        for s in 0..2 {
+            self.f[s] = self.f[s].scale(beta).add(&outer[s].scale(w));
+        }
+    }
+
+    /// SOAP §4.6: `step` is SOAP's own count (the first call excluded).
+    fn soap(&mut self, c: &SoapConfig, g: &Mat, lr: f64, refresh: bool) {
+        let (b1, b2, eps) = (c.beta1 as f64, c.beta2 as f64, c.eps as f64);
+        let beta = c.factor_beta() as f64;
+        if self.t == 0 {
+            self.t = 1;
+            self.factor_ema(g, beta, 1.0 - beta);
+            return; // the bases come from the device (see the module docs)
+        }
+        self.t += 1;
+        let s = (self.t - 1) as i32;
+        let gp = self.sandwich(g, false);
+        self.m = self.m.scale(b1).add(&gp.scale(1.0 - b1));
+        self.v = elementwise(&self.v.scale(b2), &gp, |v, x| v + (1.0 - b2) * x * x);
+        let n = self.sandwich(&elementwise(&self.m, &self.v, |m, v| m / (v.sqrt() + eps)), true);
+        let ss = if c.correct_bias { lr * (1.0 - b2.powi(s)).sqrt() / (1.0 - b1.powi(s)) } else { lr };
+        self.p = self.p.add(&n.scale(-ss)).scale(1.0 - lr * c.weight_decay as f64);
+        self.factor_ema(g, beta, 1.0 - beta);
+        if refresh {
+            let m_orig = self.sandwich(&self.m, true);
+            for side in 0..2 {
+                if !self.has[side] {
+                    continue;
+                }
+                let fq = self.f[side].mul(&self.q[side]);
+                let est: Vec<f64> =
+                    (0..fq.c).map(|i| (0..fq.r).map(|k| self.q[side].at(k, i) * fq.at(k, i)).sum()).collect();
+                let (qs, order) = sorted(&self.q[side], &est);
+                let mut v = self.v.clone();
+                for (new, &old) in order.iter().enumerate() {
+                    for k in 0..(if side == 0 { v.c } else { v.r }) {
+                        if side == 0 {
+                            v.set(new, k, self.v.at(old, k));
+                        } else {
+                            v.set(k, new, self.v.at(k, old));
+                        }
+                    }
+                }
+                self.v = v;
+                self.q[side] = cpu_qr(&self.f[side].mul(&qs)).0;
+            }
+            self.m = self.sandwich(&m_orig, false);
+        }
+    }
+
+    /// Shampoo §4.2 (`q` holds the inverse roots, `m` the gradient EMA, `v` the grafting state).
+    fn shampoo(&mut self, c: &ShampooConfig, g: &Mat, lr: f64, refresh: bool) {
+        self.t += 1;
+        let t = self.t as i32;
+        let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+        self.factor_ema(g, b2, if b2 == 1.0 { 1.0 } else { 1.0 - b2 });
+        if refresh {
+            for s in 0..2 {
+                let bc = if c.use_bias_correction && b2 < 1.0 { 1.0 - b2.powi(t) } else { 1.0 };
+                let a = self.f[s].scale(1.0 / bc).add(&Mat::eye(self.f[s].r).scale(c.epsilon as f64));
+                let (mut vals, vecs) = cpu_eigh(&a);
+                let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
+                if lo < c.epsilon as f64 {
+                    vals.iter_mut().for_each(|l| *l = *l - lo + c.epsilon as f64);
+                }
+                let w: Vec<f64> = vals.iter().map(|l| l.powf(-1.0 / c.root as f64)).collect();
+                self.q[s] = vecs.scale_cols(&w).mul(&vecs.t());
+            }
+        }
+        let gbar = if b1 > 0.0 {
+            let b3 = c.filter_beta() as f64;
+            let old = self.m.clone();
+            self.m = old.scale(b1).add(&g.scale(1.0 - b1));
+            let gb = old.scale(b3).add(&g.scale(1.0 - b3));
+            if c.use_bias_correction {
+                gb.scale(1.0 / (1.0 - b3 * b1.powi(t - 1)))
+            } else {
+                gb
+            }
+        } else {
+            g.clone()
+        };
+        let pre = self.q[0].mul(&gbar).mul(&self.q[1]);
+        let dir = match c.grafting {
+            None => pre,
+            Some(gr) => {
+                let (eps, bc) = match gr {
+                    Grafting::Adam { beta2, eps } => {
+                        self.v = elementwise(&self.v.scale(beta2 as f64), g, |v, x| v + (1.0 - beta2 as f64) * x * x);
+                        (eps as f64, 1.0 - (beta2 as f64).powi(t))
+                    }
+                    Grafting::Rmsprop { beta2, eps } => {
+                        self.v = elementwise(&self.v.scale(beta2 as f64), g, |v, x| v + (1.0 - beta2 as f64) * x * x);
+                        (eps as f64, 1.0)
+                    }
+                    Grafting::Adagrad { eps } => {
+                        self.v = elementwise(&self.v, g, |v, x| v + x * x);
+                        (eps as f64, 1.0)
+                    }
+                };
+                let graft = elementwise(&gbar, &self.v, |x, v| x / ((v / bc).sqrt() + eps));
+                if (t as u32) < c.start() {
+                    graft
+                } else {
+                    pre.scale(graft.norm() / (pre.norm() + 1e-16))
+                }
+            }
+        };
+        self.p = self.p.scale(1.0 - lr * c.weight_decay as f64).add(&dir.scale(-lr));
+    }
+}
+
+fn soap_refresh_due(c: &SoapConfig, call: u64, stack: u64) -> bool {
+    let f = c.precondition_frequency as u64;
+    let offset = if c.stagger { stack * f / STACKS } else { 0 };
+    call > 0 && call >= offset && (call - offset).is_multiple_of(f)
+}
+
+fn shampoo_refresh_due(c: &ShampooConfig, call: u64, stack: u64) -> bool {
+    let offset = if c.stagger { stack * c.precondition_frequency as u64 / STACKS } else { 0 };
+    call + 1 > offset && c.refreshes_at(call + 1 - offset)
+}
+
+/// Run the device and the reference side by side; compare the parameters at the end.
+fn conformance(opt: OptimizerConfig) {
+    let (store, dev) = build(opt.clone()).unwrap();
+    let max_dim = match &opt {
+        OptimizerConfig::Soap(c) => c.max_precond_dim,
+        _ => usize::MAX,
+    };
+    let init: Vec<Mat> = SPECS
+        .iter()
+        .map(|(n, s)| Mat::from_f32(s[0], s[1], &store.param(n).unwrap().read_blocking().unwrap()))
+        .collect();
+    let mut refs: Vec<RefMat> = init.iter().map(|p| RefMat::new(p.clone(), max_dim)).collect();
+    let mut applied = 0u32;
+    for call in 0..STEPS {
+        let g = grads_at(call);
+        write(&store, &g);
+        let before: Vec<f32> =
+            dev.state_names("a").unwrap().iter().flat_map(|s| read(&dev, "a", s)).collect::<Vec<_>>();
+        dev.step().unwrap();
+        if call == NAN_AT {
+            let after: Vec<f32> = dev.state_names("a").unwrap().iter().flat_map(|s| read(&dev, "a", s)).collect();
+            assert_eq!(before, after, "{}: the skipped step changed the state", opt.name());
+            continue;
+        }
+        applied += 1;
+        let norm = g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let coef = (CLIP as f64 / (norm + 1e-6)).min(1.0);
+        let lr = opt.lr() as f64 * cosine().factor(applied - 1) as f64;
+        for (i, r) in refs.iter_mut().enumerate() {
+            let (rows, cols) = (SPECS[i].1[0], SPECS[i].1[1]);
+            let gm = Mat::from_f32(rows, cols, &g[i]).scale(coef);
+            match &opt {
+                OptimizerConfig::Soap(c) => {
+                    r.soap(c, &gm, lr, soap_refresh_due(c, call, STACK[i]));
+                    if call == 0 {
+                        for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
+                            if r.has[s] {
+                                let d = if s == 0 { rows } else { cols };
+                                r.q[s] = Mat::from_f32(d, d, &read(&dev, SPECS[i].0, side));
+                            }
+                        }
+                    }
+                }
+                OptimizerConfig::Shampoo(c) => r.shampoo(c, &gm, lr, shampoo_refresh_due(c, call, STACK[i])),
+                _ => unreachable!(),
+            }
+        }
+    }
+    let got: Vec<f64> =
+        SPECS.iter().flat_map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).map(|v| v as f64).collect();
+    let want: Vec<f64> = refs.iter().flat_map(|r| r.p.d.clone()).collect();
+    let start: Vec<f64> = init.iter().flat_map(|m| m.d.clone()).collect();
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let moved = want.iter().zip(&start).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(moved > 1e-2 * norm, "{opt:?}: the reference barely moved: the test would prove nothing");
+    assert!(diff / norm <= 1e-4, "{opt:?}: relative error {} after {STEPS} steps", diff / norm);
+    assert!(diff / moved <= 1e-3, "{opt:?}: displacement error {}", diff / moved);
+    let report = pollster::block_on(dev.report()).unwrap();
+    assert_eq!((report.attempted, report.skipped), (STEPS, 1));
+}
+
+fn soap() -> SoapConfig {
+    SoapConfig { lr: 0.02, precondition_frequency: 4, ..SoapConfig::default() }
+}
+
+#[test]
+fn soap_matches_its_reference() {
+    conformance(OptimizerConfig::Soap(soap()));
+}
+
+#[test]
+fn soap_variants_match_their_reference() {
+    // One-sided for the 6×10 (its 10 columns stay in the original basis), staggered refreshes, no bias
+    // correction, its own factor β, heavier weight decay.
+    conformance(OptimizerConfig::Soap(SoapConfig {
+        beta1: 0.9,
+        beta2: 0.99,
+        shampoo_beta: Some(0.8),
+        correct_bias: false,
+        weight_decay: 0.3,
+        max_precond_dim: 9,
+        stagger: true,
+        ..soap()
+    }));
+}
+
+#[test]
+fn shampoo_matches_its_reference() {
+    // Well-conditioned factors: ε large enough that f32 roots are accurate to the test's tolerance.
+    conformance(OptimizerConfig::Shampoo(ShampooConfig { lr: 0.1, epsilon: 0.05, ..ShampooConfig::default() }));
+}
+
+#[test]
+fn shampoo_variants_match_their_reference() {
+    let base = ShampooConfig { lr: 0.01, epsilon: 0.05, weight_decay: 0.1, ..ShampooConfig::default() };
+    let variants = [
+        ShampooConfig {
+            beta2: 0.95,
+            precondition_frequency: 3,
+            start_preconditioning_step: Some(5),
+            grafting: Some(Grafting::Adam { beta2: 0.99, eps: 1e-8 }),
+            stagger: true,
+            ..base.clone()
+        },
+        ShampooConfig {
+            beta1: 0.0,
+            root: 2,
+            precondition_frequency: 2,
+            grafting: Some(Grafting::Adagrad { eps: 1e-6 }),
+            ..base.clone()
+        },
+        ShampooConfig {
+            beta3: Some(0.5),
+            beta2: 0.9,
+            use_bias_correction: false,
+            grafting: Some(Grafting::Rmsprop { beta2: 0.9, eps: 1e-6 }),
+            ..base
+        },
+    ];
+    for v in variants {
+        conformance(OptimizerConfig::Shampoo(v));
+    }
+}
+
+#[test]
+fn soap_first_call_initializes_the_sorted_eigenbasis_without_updating() {
+    let c = soap();
+    let (store, dev) = build(OptimizerConfig::Soap(c.clone())).unwrap();
+    let before = store.param("a").unwrap().read_blocking().unwrap();
+    let g = grads_at(0);
+    write(&store, &g);
+    dev.step().unwrap();
+    assert_eq!(store.param("a").unwrap().read_blocking().unwrap(), before, "the first call must not update");
+    let gm = Mat::from_f32(8, 8, &g[0])
+        .scale((CLIP as f64 / g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()).min(1.0));
+    let f = gm.mul(&gm.t()).scale(1.0 - c.factor_beta() as f64);
+    let got_f = read(&dev, "a", "factor_left");
+    assert!(got_f.iter().zip(&f.d).all(|(a, b)| (*a as f64 - b).abs() < 1e-5), "factor_left");
+    let (vals, vecs) = cpu_eigh(&f);
+    let q = Mat::from_f32(8, 8, &read(&dev, "a", "basis_left"));
+    for j in 0..8 {
+        // Descending order: device column j is the CPU's column 7 − j, up to sign.
+        let dot: f64 = (0..8).map(|k| q.at(k, j) * vecs.at(k, 7 - j)).sum();
+        assert!((dot.abs() - 1.0).abs() < 1e-4, "column {j}: |dot| = {} (λ = {})", dot.abs(), vals[7 - j]);
+    }
+}
+
+#[test]
+fn whitening_resume_is_bit_exact_across_refreshes() {
+    let soap = OptimizerConfig::Soap(SoapConfig { stagger: true, ..soap() });
+    let shampoo = OptimizerConfig::Shampoo(ShampooConfig {
+        precondition_frequency: 3,
+        grafting: Some(Grafting::Adam { beta2: 0.99, eps: 1e-8 }),
+        epsilon: 1e-3,
+        ..ShampooConfig::default()
+    });
+    for opt in [soap, shampoo] {
+        let (store, dev) = build(opt.clone()).unwrap();
+        for call in 0..5 {
+            write(&store, &grads_at(call));
+            dev.step().unwrap();
+        }
+        let saved = pollster::block_on(dev.save()).unwrap();
+        let (store2, dev2) = build(opt.clone()).unwrap();
+        dev2.load(&saved).unwrap();
+        for call in 5..13 {
+            write(&store, &grads_at(call));
+            dev.step().unwrap();
+            write(&store2, &grads_at(call));
+            dev2.step().unwrap();
+        }
+        for (n, _) in SPECS {
+            let a = store.param(n).unwrap().read_blocking().unwrap();
+            let b = store2.param(n).unwrap().read_blocking().unwrap();
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: `{n}` differs", opt.name());
+        }
+    }
+}
+
+#[test]
+fn whitening_steps_are_one_submit_even_with_refreshes() {
+    let gpu = wgoptim::Gpu::new_blocking().unwrap(); // own device: the shared one counts other tests' submits
+    let (store, dev) = build_on(&gpu, OptimizerConfig::Shampoo(ShampooConfig::default())).unwrap();
+    for call in 0..3 {
+        write(&store, &grads_at(call));
+        let before = gpu.counters().submits();
+        dev.step().unwrap();
+        assert_eq!(gpu.counters().submits() - before, 1, "shampoo call {call}");
+    }
+    let (store, dev) = build_on(&gpu, OptimizerConfig::Soap(soap())).unwrap();
+    for call in 0..9 {
+        write(&store, &grads_at(call % 5));
+        let before = gpu.counters().submits();
+        dev.step().unwrap();
+        assert_eq!(gpu.counters().submits() - before, 1, "call {call}");
+    }
+    let (step, refresh) = dev.dispatch_counts();
+    assert!(step > 0 && refresh > 0);
+    assert_eq!(
+        dev.state_names("c").unwrap(),
+        ["exp_avg", "exp_avg_sq", "factor_left", "basis_left", "factor_right", "basis_right"]
+    );
+    assert_eq!(dev.state("c", "basis_right").unwrap().shape(), &[10, 10]);
+}
+
+#[test]
+fn bad_whitening_configs_are_errors() {
+    let bad = [
+        OptimizerConfig::Soap(SoapConfig { precondition_frequency: 0, ..soap() }),
+        OptimizerConfig::Soap(SoapConfig { beta2: 1.0, ..soap() }),
+        OptimizerConfig::Shampoo(ShampooConfig { root: 3, ..ShampooConfig::default() }),
+        OptimizerConfig::Shampoo(ShampooConfig { epsilon: 0.0, ..ShampooConfig::default() }),
+        OptimizerConfig::Shampoo(ShampooConfig {
+            grafting: Some(Grafting::Adam { beta2: 1.5, eps: 1e-8 }),
+            ..ShampooConfig::default()
+        }),
+    ];
+    for opt in bad {
+        assert!(matches!(build(opt.clone()), Err(Error::InvalidArgument { .. })), "{opt:?} was accepted");
+    }
+    // A vector routed to SOAP is a routing error naming it.
+    let gpu = gpu();
+    let store = ParamStore::new(&gpu, &[("w", &[4, 4]), ("bias", &[4])]).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap();
+    b.rule(Matcher::All, Group::new(OptimizerConfig::Soap(soap())));
+    match b.build() {
+        Err(Error::InvalidArgument { detail, .. }) => assert!(detail.contains("bias"), "{detail}"),
+        other => panic!("expected a routing error, got {:?}", other.map(|_| ())),
+    }
+    assert!(OptimizerConfig::from_json("soap", r#"{"lr": 0.1, "bogus": 1}"#).is_err());
+    assert!(
+        OptimizerConfig::from_json("shampoo", r#"{"grafting": {"kind": "adam", "beta2": 0.9, "eps": 1e-8}}"#).is_ok()
+    );
+}
