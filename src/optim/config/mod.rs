@@ -188,6 +188,11 @@ impl OptimizerConfig {
         }
     }
 
+    /// Whether the optimizer takes only matrices (the Muon family, SOAP, Shampoo): route the rest elsewhere.
+    pub fn takes_matrices(&self) -> bool {
+        self.muon_pipeline().is_some() || self.is_kron()
+    }
+
     /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo): stacks of matrices with factor
     /// states and host-scheduled refreshes.
     pub(crate) fn is_kron(&self) -> bool {
