@@ -13,8 +13,10 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
-use crate::linalg::{copy, eig_apply, eigh, gram, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans};
-use crate::optim::config::{sides, Grafting, ShampooConfig};
+use crate::linalg::{
+    copy, eig_apply, eigh, gram, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans,
+};
+use crate::optim::config::{sides, Grafting, RootMethod, ShampooConfig};
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
 use crate::optim::stages::grid;
 use crate::optim::{Group, OptimizerConfig};
@@ -103,9 +105,9 @@ pub(crate) fn attach(
     b: usize,
     slots: &mut [(usize, ParamSlot)],
 ) -> Result<()> {
-    let (max_dim, shampoo) = match opt {
-        OptimizerConfig::Soap(c) => (c.max_precond_dim, false),
-        OptimizerConfig::Shampoo(_) => (crate::linalg::MAX_EIGH_DIM, true),
+    let (max_dim, shampoo, keep_basis) = match opt {
+        OptimizerConfig::Soap(c) => (c.max_precond_dim, false, true),
+        OptimizerConfig::Shampoo(c) => (crate::linalg::MAX_EIGH_DIM, true, c.root_method == RootMethod::Eigh),
         _ => return Ok(()),
     };
     let parts = bucket.stack.as_ref().ok_or_else(|| Error::Device("whitening bucket without stacks".into()))?;
@@ -126,7 +128,9 @@ pub(crate) fn attach(
                 continue;
             }
             st.factors[s] = Some(Tensor::zeros(gpu, &[count, d, d])?);
-            st.bases[s] = Some(eye(gpu, count, d)?);
+            if keep_basis {
+                st.bases[s] = Some(eye(gpu, count, d)?);
+            }
             if shampoo {
                 st.roots[s] = Some(eye(gpu, count, d)?);
             }
@@ -484,7 +488,7 @@ fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Resu
 fn shampoo_refresh(gpu: &Gpu, c: &ShampooConfig, st: &KronStack, group: usize, scalars: &Tensor) -> Result<Plan> {
     let mut plan = PlanBuilder::new(gpu);
     for s in 0..2 {
-        let (Some(f), Some(q), Some(root)) = (&st.factors[s], &st.bases[s], &st.roots[s]) else { continue };
+        let (Some(f), Some(root)) = (&st.factors[s], &st.roots[s]) else { continue };
         let d = f.shape()[1];
         let prep = plan.scratch(f.shape())?;
         let u = KronU {
@@ -497,13 +501,23 @@ fn shampoo_refresh(gpu: &Gpu, c: &ShampooConfig, st: &KronStack, group: usize, s
             ..Default::default()
         };
         elementwise(&mut plan, "PREP", &[], u, &[scalars, f, &prep])?;
+        let new_root = plan.scratch(f.shape())?;
+        let Some(q) = &st.bases[s] else {
+            // Coupled Newton (no eigenbasis kept).
+            let iterations = match c.root_method {
+                RootMethod::CoupledNewton { iterations } => iterations,
+                RootMethod::Eigh => return Err(Error::Device("Shampoo eigh stack without a basis".into())),
+            };
+            inverse_root_newton(&mut plan, &prep, &new_root, c.root, 0.0, iterations)?;
+            ema(&mut plan, scalars, &new_root, root, 0.0, 1.0)?;
+            continue;
+        };
         let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
         eigh(&mut plan, &prep, &vals, &vecs, Some(q), &EighConfig::default())?;
         let shift =
             plan.gpu().kernel("optim/kron.wgsl", "main", &[("SHIFT", "1".to_string()), ("D", "1".to_string())])?;
         let u = KronU { a: c.epsilon, d: d as u32, ..Default::default() };
         plan.dispatch(&shift, &u, &[&vals], [st.count as u32, 1, 1])?;
-        let new_root = plan.scratch(f.shape())?;
         eig_apply(&mut plan, &vals, &vecs, &new_root, -1.0 / c.root as f32, 0.0, 0.0)?;
         ema(&mut plan, scalars, &vecs, q, 0.0, 1.0)?;
         ema(&mut plan, scalars, &new_root, root, 0.0, 1.0)?;

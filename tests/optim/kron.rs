@@ -359,6 +359,11 @@ fn shampoo_variants_match_their_reference() {
             ..base.clone()
         },
         ShampooConfig {
+            root_method: RootMethod::CoupledNewton { iterations: 40 },
+            precondition_frequency: 4,
+            ..base.clone()
+        },
+        ShampooConfig {
             beta3: Some(0.5),
             beta2: 0.9,
             use_bias_correction: false,
@@ -459,6 +464,10 @@ fn bad_whitening_configs_are_errors() {
         OptimizerConfig::Soap(SoapConfig { beta2: 1.0, ..soap() }),
         OptimizerConfig::Shampoo(ShampooConfig { root: 3, ..ShampooConfig::default() }),
         OptimizerConfig::Shampoo(ShampooConfig { epsilon: 0.0, ..ShampooConfig::default() }),
+        OptimizerConfig::Shampoo(ShampooConfig {
+            root_method: RootMethod::CoupledNewton { iterations: 0 },
+            ..ShampooConfig::default()
+        }),
         OptimizerConfig::Shampoo(ShampooConfig {
             grafting: Some(Grafting::Adam { beta2: 1.5, eps: 1e-8 }),
             ..ShampooConfig::default()

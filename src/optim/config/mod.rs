@@ -395,6 +395,15 @@ impl OptimizerConfig {
                         detail: format!("shampoo: root = {}, must be 2 or 4", c.root),
                     });
                 }
+                if let RootMethod::CoupledNewton { iterations } = c.root_method {
+                    if !(1..=200).contains(&iterations) {
+                        return Err(Error::InvalidArgument {
+                            op: "optimizer config",
+                            name: "root_method.iterations",
+                            detail: format!("shampoo: {iterations} coupled Newton iterations, need 1..=200"),
+                        });
+                    }
+                }
                 match c.grafting {
                     Some(Grafting::Adam { beta2: b, eps } | Grafting::Rmsprop { beta2: b, eps }) => {
                         beta("grafting.beta2", b)?;

@@ -92,9 +92,17 @@ pub enum Grafting {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootMethod {
-    /// Symmetric eigendecomposition by Jacobi, warm-started from the previous eigenbasis (§11.4).
+    /// Symmetric eigendecomposition by Jacobi, warm-started from the previous eigenbasis (§11.4); eigenvalues
+    /// below ε are shifted up as the reference does.
     #[default]
     Eigh,
+    /// The coupled Newton iteration (§11.2, distributed_shampoo's `CoupledNewtonConfig`) for a fixed number of
+    /// iterations (no convergence test: that would need a readback). Matmul-only, so it runs at the device's
+    /// matmul speed; it has no eigenvalue shift (`F/bc2 + εI` is positive definite already).
+    CoupledNewton {
+        /// Newton iterations (~15–30 for condition numbers up to 1e6).
+        iterations: u32,
+    },
 }
 
 /// Shampoo with distributed_shampoo semantics (docs/optimizers.md §4.2, decisions §8) and
