@@ -585,3 +585,67 @@ fn zero_gradients_never_produce_nan() {
         }
     }
 }
+
+#[test]
+fn replay_runs_soap_and_shampoo_like_a_direct_run() {
+    use std::collections::HashMap;
+    let gpu = gpu();
+    let params: [(&str, &[usize]); 2] = [("w", &[8, 8]), ("c", &[6, 10])];
+    for (name, config) in [
+        ("soap", r#"{"lr": 0.02, "precondition_frequency": 3}"#),
+        ("shampoo", r#"{"lr": 0.01, "epsilon": 0.05, "precondition_frequency": 2}"#),
+    ] {
+        let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        for (i, (n, s)) in params.iter().enumerate() {
+            blobs.push((format!("init/{n}"), s.to_vec(), noise(40 + i as u64, s.iter().product())));
+        }
+        for t in 0..8u64 {
+            for (i, (n, s)) in params.iter().enumerate() {
+                blobs.push((
+                    format!("grad/{t:04}/{n}"),
+                    s.to_vec(),
+                    noise(900 + 10 * t + i as u64, s.iter().product()),
+                ));
+            }
+        }
+        let specs: Vec<String> = params.iter().map(|(n, s)| format!(r#"{{"name":"{n}","shape":{s:?}}}"#)).collect();
+        let meta = HashMap::from([
+            ("optimizer".to_string(), name.to_string()),
+            ("config".to_string(), config.to_string()),
+            ("params".to_string(), format!("[{}]", specs.join(","))),
+        ]);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            blobs.iter().map(|(n, s, v)| (n.clone(), s.clone(), bytemuck::cast_slice(v).to_vec())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, d)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+            })
+            .collect();
+        let trace = safetensors::serialize(views, Some(meta)).unwrap();
+        let result = pollster::block_on(replay(&gpu, &trace)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&result).unwrap();
+        // The same steps run directly.
+        let store = ParamStore::new(&gpu, &params).unwrap();
+        let mut b = OptimizerBuilder::new(&gpu);
+        b.params_from(&store).unwrap();
+        b.rule(Matcher::All, Group::new(OptimizerConfig::from_json(name, config).unwrap()));
+        let dev = b.build().unwrap();
+        for (n, _) in &params {
+            let init = blobs.iter().find(|(k, _, _)| *k == format!("init/{n}")).unwrap();
+            store.param(n).unwrap().write(&init.2).unwrap();
+        }
+        for t in 0..8u64 {
+            for (n, _) in &params {
+                let g = blobs.iter().find(|(k, _, _)| *k == format!("grad/{t:04}/{n}")).unwrap();
+                store.grad(n).unwrap().write(&g.2).unwrap();
+            }
+            dev.step().unwrap();
+            for (n, _) in &params {
+                let got: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{n}")).unwrap().data());
+                assert_eq!(got, store.param(n).unwrap().read_blocking().unwrap(), "{name} step {t} `{n}`");
+            }
+        }
+    }
+}
