@@ -86,7 +86,7 @@ fn matmul_large_broadcast_and_inplace() {
     let (m, k, n) = (200, 384, 136);
     let a = rng.mat(m, k);
     let bs: Vec<Mat> = (0..3).map(|_| rng.mat(k, n)).collect();
-    let ga = upload(&gpu, &[a.clone()]);
+    let ga = upload(&gpu, std::slice::from_ref(&a));
     let gb = upload(&gpu, &bs);
     let cs: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
     let out = upload(&gpu, &cs);

@@ -75,7 +75,7 @@ fn eigh_warm_start_converges_in_few_sweeps() {
         let m = rng.mat(n, n);
         m.add(&m.t())
     };
-    let (_, v0) = run_eigh(&[a.clone()], None, &EighConfig::default());
+    let (_, v0) = run_eigh(std::slice::from_ref(&a), None, &EighConfig::default());
     let drift = {
         let m = rng.mat(n, n);
         m.add(&m.t()).scale(1e-3)
@@ -83,7 +83,7 @@ fn eigh_warm_start_converges_in_few_sweeps() {
     let a2 = a.add(&drift);
     let warm = Tensor::from_slice(&gpu, &[1, n, n], &v0).unwrap();
     let cfg = EighConfig { max_sweeps: 3, ..EighConfig::default() };
-    let (vals, vecs) = run_eigh(&[a2.clone()], Some(&warm), &cfg);
+    let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &cfg);
     check_eigh(&a2, &vals, &vecs, 2e-5);
     // Cold with only 1 sweep is far from converged: the warm start is what did the work.
     let (cv, cvec) = run_eigh(&[a2.clone()], None, &EighConfig { max_sweeps: 1, ..cfg });
