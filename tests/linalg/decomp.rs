@@ -86,7 +86,7 @@ fn eigh_warm_start_converges_in_few_sweeps() {
     let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &cfg);
     check_eigh(&a2, &vals, &vecs, 2e-5);
     // Cold with only 1 sweep is far from converged: the warm start is what did the work.
-    let (cv, cvec) = run_eigh(&[a2.clone()], None, &EighConfig { max_sweeps: 1, ..cfg });
+    let (cv, cvec) = run_eigh(std::slice::from_ref(&a2), None, &EighConfig { max_sweeps: 1, ..cfg });
     let v = Mat::from_f32(n, n, &cvec);
     let recon = v.scale_cols(&cv.iter().map(|&x| x as f64).collect::<Vec<_>>()).mul(&v.t());
     assert!(max_abs_diff(&recon, &a2) / a2.norm() > 1e-4);

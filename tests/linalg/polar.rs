@@ -118,7 +118,7 @@ fn emulated_precisions_match_a_rounded_reference() {
     let mut rng = Rng::new(13);
     let x = rng.mat(32, 80);
     let x = Mat::from_f32(32, 80, &x.f32s());
-    let gx = upload(&gpu, &[x.clone()]);
+    let gx = upload(&gpu, std::slice::from_ref(&x));
     let exact = ns_rounded(&x, &PolarConfig::default(), |v| v);
     let mut precisions = vec![(Precision::Bf16Emulated, bf16 as fn(f64) -> f64)];
     if gpu.has_f16() {
