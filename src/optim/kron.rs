@@ -18,7 +18,7 @@ use crate::linalg::{
 };
 use crate::optim::config::{sides, Grafting, RootMethod, ShampooConfig};
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
-use crate::optim::stages::grid;
+use crate::optim::stages::{grid, StackUniform};
 use crate::optim::{Group, OptimizerConfig};
 
 /// The factor states of one same-shape stack `[count, m, n]` at `offset` in the bucket's state layout. Index 0
@@ -74,7 +74,7 @@ impl Refresh {
         }
     }
 
-    /// Dispatches of the largest plan (for reports).
+    /// Dispatches of its larger plan (for reports).
     pub(crate) fn dispatch_count(&self) -> usize {
         self.plan.dispatch_count().max(self.init.as_ref().map_or(0, Plan::dispatch_count))
     }
@@ -255,14 +255,6 @@ impl KronStack {
     }
 }
 
-fn state<'a>(b: &'a Bucket, name: &str) -> Result<&'a Tensor> {
-    b.states
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t)
-        .ok_or_else(|| Error::Device(format!("whitening bucket without `{name}`")))
-}
-
 fn parts(b: &Bucket) -> Result<(&StackParts, &KronParts)> {
     match (&b.stack, &b.kron) {
         (Some(p), Some(k)) => Ok((p, k)),
@@ -273,16 +265,6 @@ fn parts(b: &Bucket) -> Result<(&StackParts, &KronParts)> {
 /// The chunked muon.wgsl phases (gather the clipped gradient; apply a direction) over a bucket's tables.
 fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply: Option<(u32, f32)>) -> Result<()> {
     let (p, _) = parts(b)?;
-    #[repr(C)]
-    #[derive(Clone, Copy, Pod, Zeroable)]
-    struct M {
-        chunks: u32,
-        group: u32,
-        groups_x: u32,
-        flags: u32,
-        wd: f32,
-        _p: [f32; 3],
-    }
     for t in &b.tables {
         let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
         let phase = if apply.is_some() { "APPLY" } else { "COPY" };
@@ -293,7 +275,7 @@ fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply:
         )?;
         let (gx, gy) = grid(t.chunks);
         let (flags, wd) = apply.unwrap_or((0, 0.0));
-        let u = M { chunks: t.chunks as u32, group: b.group as u32, groups_x: gx, flags, wd, _p: [0.0; 3] };
+        let u = StackUniform::new(t, b.group, flags, wd);
         match apply {
             Some(_) => {
                 let scale = t.scale.as_ref().ok_or_else(|| Error::Device("stack table without scales".into()))?;
@@ -324,7 +306,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                     flags: c.correct_bias as u32,
                     ..Default::default()
                 };
-                let (m, v) = (state(b, "exp_avg")?, state(b, "exp_avg_sq")?);
+                let (m, v) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
                 elementwise(plan, "MOMENTS", &[], u, &[scalars, &gp, m, v, &n])?;
                 sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
             }
@@ -373,7 +355,7 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
         // Then the filtered-gradient EMA and the grafting state, when present (bindings 5, 6 in that order).
         let names = OptimizerConfig::Shampoo(c.clone()).kernel().states;
         for name in names {
-            t.push(state(b, name)?);
+            t.push(b.state(name)?);
         }
         let defines = [("HAS_EMA", (has_ema as u32).to_string()), ("HAS_GRAFT", ((graft_kind > 0) as u32).to_string())];
         elementwise(plan, "FILTER", &defines, u, &t)?;
@@ -450,7 +432,7 @@ fn soap_init(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
 /// follows), one power step `F·Q` and Householder QR, M into the new basis; committed only on an applied step.
 fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Result<Plan> {
     let mut plan = PlanBuilder::new(gpu);
-    let (m_state, v_state) = (state(b, "exp_avg")?, state(b, "exp_avg_sq")?);
+    let (m_state, v_state) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
     let m = st.view(m_state)?;
     let m_orig = plan.scratch(m.shape())?;
     sandwich(&mut plan, KronStack::side(&st.bases), BACK, &m, &m_orig)?;

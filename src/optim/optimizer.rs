@@ -45,6 +45,17 @@ pub(crate) struct Bucket {
     pub states: Vec<(String, Tensor)>,
 }
 
+impl Bucket {
+    /// The bucket state buffer called `name`.
+    pub(crate) fn state(&self, name: &str) -> Result<&Tensor> {
+        self.states
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::Device(format!("bucket without state `{name}`")))
+    }
+}
+
 /// Where one state tensor of a parameter lives: a bucket state buffer, an element offset and a shape.
 pub(crate) struct StateView {
     pub name: String,
@@ -182,8 +193,8 @@ impl Optimizer {
         }
     }
 
-    /// Dispatches of the step plan plus Shampoo's direction plan, and of the largest refresh (SOAP/Shampoo
-    /// eigenbases or roots; 0 without).
+    /// Dispatches of the step plan plus Shampoo's direction plan, and of all SOAP/Shampoo refreshes together (the
+    /// most a refresh step can add; 0 without).
     pub fn dispatch_counts(&self) -> (usize, usize) {
         let step = self.plan.dispatch_count() + self.post.as_ref().map_or(0, Plan::dispatch_count);
         (step, self.refreshes.iter().map(|r| r.dispatch_count()).sum())

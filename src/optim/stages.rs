@@ -42,6 +42,33 @@ pub(crate) struct GroupUniform {
     _pad: [f32; 8],
 }
 
+/// The uniforms of optim/muon.wgsl, whose phases run over a bucket's chunk table (Muon, SOAP, Shampoo).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StackUniform {
+    chunks: u32,
+    group: u32,
+    groups_x: u32,
+    flags: u32,
+    wd: f32,
+    sf_beta: f32,
+    _p: [f32; 2],
+}
+
+impl StackUniform {
+    pub(crate) fn new(t: &ChunkTable, group: usize, flags: u32, wd: f32) -> StackUniform {
+        StackUniform {
+            chunks: t.chunks as u32,
+            group: group as u32,
+            groups_x: grid(t.chunks).0,
+            flags,
+            wd,
+            sf_beta: 0.0,
+            _p: [0.0; 2],
+        }
+    }
+}
+
 /// Muon's update for one bucket: momentum (or a copy of the gradient for outside placement), one batched polar
 /// call per same-shape stack, then the scaled apply.
 pub(crate) fn record_muon(
@@ -59,13 +86,7 @@ pub(crate) fn record_muon(
         OptimizerConfig::SfNorMuon(s) => Some(s),
         _ => None,
     };
-    let state = |name: &str| {
-        b.states
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| Error::Device(format!("muon bucket without `{name}`")))
-    };
+    let state = |name: &str| b.state(name);
     let adamuon = match family {
         OptimizerConfig::AdaMuon(a) => Some(a),
         _ => None,
@@ -73,16 +94,6 @@ pub(crate) fn record_muon(
     let outside = c.momentum_placement == crate::optim::MomentumPlacement::Outside;
     let spec = OptimizerConfig::Muon(c.clone()).kernel();
     let mom = &b.states[0].1;
-    #[repr(C)]
-    #[derive(Clone, Copy, Pod, Zeroable)]
-    struct M {
-        chunks: u32,
-        group: u32,
-        groups_x: u32,
-        flags: u32,
-        wd: f32,
-        _p: [f32; 3],
-    }
     let kernel = |t: &ChunkTable, phase: &str| {
         let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
         let on = |p: &str| ((phase == p) as u32).to_string();
@@ -105,17 +116,7 @@ pub(crate) fn record_muon(
             ],
         )
     };
-    let uniforms = |t: &ChunkTable| {
-        let (gx, _) = grid(t.chunks);
-        M {
-            chunks: t.chunks as u32,
-            group: b.group as u32,
-            groups_x: gx,
-            flags: spec.flags,
-            wd: c.weight_decay,
-            _p: [0.0; 3],
-        }
-    };
+    let uniforms = |t: &ChunkTable| StackUniform::new(t, b.group, spec.flags, c.weight_decay);
     for t in &b.tables {
         let (gx, gy) = grid(t.chunks);
         if outside {
@@ -198,7 +199,7 @@ pub(crate) fn record_muon(
         // Schedule-Free apply on z and x; the parameters get y = (1−β1) z + β1 x.
         for t in &b.tables {
             let (gx, gy) = grid(t.chunks);
-            let u = M { wd: sfc.weight_decay, _p: [sfc.beta1, 0.0, 0.0], ..uniforms(t) };
+            let u = StackUniform { wd: sfc.weight_decay, sf_beta: sfc.beta1, ..uniforms(t) };
             plan.dispatch(
                 &kernel(t, "apply_sf")?,
                 &u,

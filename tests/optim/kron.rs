@@ -588,7 +588,6 @@ fn zero_gradients_never_produce_nan() {
 
 #[test]
 fn replay_runs_soap_and_shampoo_like_a_direct_run() {
-    use std::collections::HashMap;
     let gpu = gpu();
     let params: [(&str, &[usize]); 2] = [("w", &[8, 8]), ("c", &[6, 10])];
     for (name, config) in [
@@ -608,21 +607,7 @@ fn replay_runs_soap_and_shampoo_like_a_direct_run() {
                 ));
             }
         }
-        let specs: Vec<String> = params.iter().map(|(n, s)| format!(r#"{{"name":"{n}","shape":{s:?}}}"#)).collect();
-        let meta = HashMap::from([
-            ("optimizer".to_string(), name.to_string()),
-            ("config".to_string(), config.to_string()),
-            ("params".to_string(), format!("[{}]", specs.join(","))),
-        ]);
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-            blobs.iter().map(|(n, s, v)| (n.clone(), s.clone(), bytemuck::cast_slice(v).to_vec())).collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-            .iter()
-            .map(|(n, s, d)| {
-                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
-            })
-            .collect();
-        let trace = safetensors::serialize(views, Some(meta)).unwrap();
+        let trace = super::replay::write_trace(name, config, &params, &blobs);
         let result = pollster::block_on(replay(&gpu, &trace)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&result).unwrap();
         // The same steps run directly.

@@ -80,12 +80,7 @@ fn read_params(run: &Run) -> Vec<Vec<f32>> {
 /// Run `steps` on the GPU and the reference; compare every parameter (relative Frobenius error over all).
 fn conformance(groups: &[(Matcher, Group)], clip: Option<f32>, steps: u32, nan_at: Option<u32>) {
     let run = build(groups, clip).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run
-        .opt
-        .groups()
-        .iter()
-        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
-        .collect();
+    let mut ref_groups = RefGroup::all(run.opt.groups());
     let init = read_params(&run);
     let mut ref_params: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
@@ -485,12 +480,7 @@ fn rel(a: &[f32], b: &[f64]) -> f64 {
 #[test]
 fn schedule_free_eval_point_and_modes() {
     let run = build(&sf_groups(), None).unwrap();
-    let mut ref_groups: Vec<RefGroup> = run
-        .opt
-        .groups()
-        .iter()
-        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
-        .collect();
+    let mut ref_groups = RefGroup::all(run.opt.groups());
     let init = read_params(&run);
     let mut refs: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, _), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p))).collect();
@@ -560,12 +550,7 @@ fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
     }
     let opt = b.build().unwrap();
     let run = Run { store, opt };
-    let mut ref_groups: Vec<RefGroup> = run
-        .opt
-        .groups()
-        .iter()
-        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
-        .collect();
+    let mut ref_groups = RefGroup::all(run.opt.groups());
     let mut refs: Vec<(usize, RefParam)> = SPECS
         .iter()
         .zip(read_params(&run))
@@ -625,11 +610,7 @@ fn muon_takes_convolutions_and_batched_matrices() {
         b.rule(Matcher::Rank(1), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
         b.rule(Matcher::All, Group::new(OptimizerConfig::Muon(muon)));
         let opt = b.build().unwrap();
-        let mut groups: Vec<RefGroup> = opt
-            .groups()
-            .iter()
-            .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
-            .collect();
+        let mut groups = RefGroup::all(opt.groups());
         let init: Vec<Vec<f32>> = specs.iter().map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).collect();
         let mut refs: Vec<(usize, RefParam)> =
             specs.iter().zip(&init).map(|((n, s), p)| (opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();
@@ -711,12 +692,7 @@ fn fusion_opt_composite_shares_one_polyak_step() {
     assert_eq!(opt.groups()[opt.group_of("h.weight").unwrap()].optimizer.name(), "sf_normuon");
     assert_eq!(opt.groups()[opt.group_of("emb").unwrap()].optimizer.name(), "adamw_schedulefree");
     let run = Run { store, opt };
-    let mut groups: Vec<RefGroup> = run
-        .opt
-        .groups()
-        .iter()
-        .map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 })
-        .collect();
+    let mut groups = RefGroup::all(run.opt.groups());
     let init = read_params(&run);
     let mut refs: Vec<(usize, RefParam)> =
         SPECS.iter().zip(&init).map(|((n, s), p)| (run.opt.group_of(n).unwrap(), RefParam::new(p).shaped(s))).collect();

@@ -54,6 +54,11 @@ pub struct RefGroup {
 }
 
 impl RefGroup {
+    /// Fresh references of an optimizer's groups (no step applied yet).
+    pub fn all(groups: &[Group]) -> Vec<RefGroup> {
+        groups.iter().map(|g| RefGroup { group: g.clone(), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 }).collect()
+    }
+
     /// (lr, β1) for the step about to be applied (t already incremented).
     fn scalars(&self) -> (f64, f64) {
         let k = self.t - 1;

@@ -15,8 +15,7 @@ fn trace(
     extra: bool,
 ) -> (Vec<u8>, Expected) {
     let cfg = OptimizerConfig::from_json(optimizer, config).unwrap();
-    let group = RefGroup { group: Group::new(cfg.clone()), t: 0, lr_max: -1.0, weight_sum: 0.0, ratio: 1.0 };
-    let mut groups = vec![group];
+    let mut groups = RefGroup::all(&[Group::new(cfg.clone())]);
     let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut state: Vec<(usize, RefParam)> = Vec::new();
     for (i, (name, shape)) in params.iter().enumerate() {
@@ -42,22 +41,35 @@ fn trace(
         expected.push(state.iter().map(|(_, x)| x.p.clone()).collect());
         expected_eval.push(state.iter().map(|(_, x)| x.s[1].clone()).collect::<Vec<Vec<f64>>>());
     }
+    let specs: Vec<(&str, &[usize])> = params.iter().map(|(n, s)| (*n, s.as_slice())).collect();
+    let bytes = write_trace(optimizer, config, &specs, &blobs);
+    let eval = if cfg.is_schedule_free() { expected_eval } else { Vec::new() };
+    (bytes, (expected, eval))
+}
+
+/// A trace file: `blobs` (name, shape, values) as float32 tensors, with the optimizer, its config JSON and the
+/// parameter list in the metadata.
+pub fn write_trace(
+    optimizer: &str,
+    config: &str,
+    params: &[(&str, &[usize])],
+    blobs: &[(String, Vec<usize>, Vec<f32>)],
+) -> Vec<u8> {
     let specs: Vec<String> = params.iter().map(|(n, s)| format!(r#"{{"name":"{n}","shape":{s:?}}}"#)).collect();
     let meta = HashMap::from([
         ("optimizer".to_string(), optimizer.to_string()),
         ("config".to_string(), config.to_string()),
         ("params".to_string(), format!("[{}]", specs.join(","))),
     ]);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        blobs.into_iter().map(|(n, s, v)| (n, s, bytemuck::cast_slice(&v).to_vec())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
         .iter()
-        .map(|(n, s, d)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        .map(|(n, s, v)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(v));
+            (n.clone(), view.unwrap())
         })
         .collect();
-    let eval = if cfg.is_schedule_free() { expected_eval } else { Vec::new() };
-    (safetensors::serialize(views, Some(meta)).unwrap(), (expected, eval))
+    safetensors::serialize(views, Some(meta)).unwrap()
 }
 
 /// Every `<prefix>/<t>/<name>` of RESULT within 1e-5 (relative) of the reference's step t.
@@ -110,20 +122,9 @@ fn bad_traces_are_clear_errors() {
     assert!(matches!(pollster::block_on(replay(&gpu, &good[..good.len() - 5])), Err(Error::Trace(_))));
     // Unknown config fields and optimizer names are errors naming them.
     let mk = |opt: &str, cfg: &str| {
-        let meta = HashMap::from([
-            ("optimizer".to_string(), opt.to_string()),
-            ("config".to_string(), cfg.to_string()),
-            ("params".to_string(), r#"[{"name":"w","shape":[3]}]"#.to_string()),
-        ]);
-        let d = bytemuck::cast_slice::<f32, u8>(&[0.0, 0.0, 0.0]).to_vec();
-        let views = vec![
-            ("init/w".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap()),
-            (
-                "grad/0000/w".to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &d).unwrap(),
-            ),
-        ];
-        safetensors::serialize(views, Some(meta)).unwrap()
+        let zeros = vec![0.0f32; 3];
+        let blobs = [("init/w".to_string(), vec![3], zeros.clone()), ("grad/0000/w".to_string(), vec![3], zeros)];
+        write_trace(opt, cfg, &[("w", &[3])], &blobs)
     };
     let e = pollster::block_on(replay(&gpu, &mk("adamw", r#"{"learning_rate": 0.1}"#))).unwrap_err();
     assert!(e.to_string().contains("learning_rate"), "{e}");
@@ -150,28 +151,18 @@ fn replay_runs_the_fusion_opt_composite() {
     let losses: Vec<f32> = (0..steps).map(|t| 3.0 - 0.1 * t as f32).collect();
     let cfg = FusionOptConfig::default();
     // The trace.
-    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for ((name, shape), v) in specs.iter().zip(&init) {
-        blobs.push((format!("init/{name}"), shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
+        blobs.push((format!("init/{name}"), shape.to_vec(), v.clone()));
     }
     for t in 0..steps {
         for ((name, shape), v) in specs.iter().zip(&grads[t]) {
-            blobs.push((format!("grad/{t:04}/{name}"), shape.to_vec(), bytemuck::cast_slice(v).to_vec()));
+            blobs.push((format!("grad/{t:04}/{name}"), shape.to_vec(), v.clone()));
         }
-        blobs.push((format!("loss/{t:04}"), vec![1], bytemuck::cast_slice(&[losses[t]]).to_vec()));
+        blobs.push((format!("loss/{t:04}"), vec![1], vec![losses[t]]));
     }
-    let meta = HashMap::from([
-        ("optimizer".to_string(), "fusion_opt".to_string()),
-        ("config".to_string(), serde_json::to_string(&cfg).unwrap()),
-        ("params".to_string(), r#"[{"name":"w.weight","shape":[6,8]},{"name":"b","shape":[8]}]"#.to_string()),
-    ]);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
-        .iter()
-        .map(|(n, s, d)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
-        })
-        .collect();
-    let result = pollster::block_on(replay(&gpu, &safetensors::serialize(views, Some(meta)).unwrap())).unwrap();
+    let trace = write_trace("fusion_opt", &serde_json::to_string(&cfg).unwrap(), &specs, &blobs);
+    let result = pollster::block_on(replay(&gpu, &trace)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&result).unwrap();
     // The same run through the builder directly.
     let store = ParamStore::new(&gpu, &specs).unwrap();
