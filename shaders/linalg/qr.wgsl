@@ -1,6 +1,6 @@
 // Householder QR of each m×n matrix (m ≥ n) of a stack, one workgroup per matrix (docs/optimizers.md §11.5).
 // `w` holds a work copy of A; on return Q (m×n, thin) and R (n×n) with a non-negative diagonal.
-struct U { m: u32, n: u32, _a: u32, _b: u32 }
+struct U { m: u32, n: u32, q_off: u32, r_off: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read_write> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> q: array<f32>;
@@ -16,6 +16,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let m = u.m;
     let n = u.n;
     let base = wg.x * m * n;
+    let qb = u.q_off + base;
     for (var k = 0u; k < n; k++) {
         var s = 0.0;
         for (var i = k + 1u + li; i < m; i += WG) { let x = w[base + i * n + k]; s += x * x; }
@@ -56,23 +57,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         storageBarrier();
     }
     // Q = H_0 ⋯ H_{n−1} [I; 0], accumulated backwards.
-    for (var i = li; i < m * n; i += WG) { q[base + i] = select(0.0, 1.0, i / n == i % n); }
+    for (var i = li; i < m * n; i += WG) { q[qb + i] = select(0.0, 1.0, i / n == i % n); }
     storageBarrier();
     for (var kk = 0u; kk < n; kk++) {
         let k = n - 1u - kk;
         let t = tau[k];
         // Columns j < k of Q are still e_j, zero in rows ≥ k: H_k leaves them alone.
         for (var j = k + li; j < n; j += WG) {
-            var d = q[base + k * n + j];
-            for (var i = k + 1u; i < m; i++) { d += w[base + i * n + k] * q[base + i * n + j]; }
+            var d = q[qb + k * n + j];
+            for (var i = k + 1u; i < m; i++) { d += w[base + i * n + k] * q[qb + i * n + j]; }
             d *= t;
-            q[base + k * n + j] -= d;
-            for (var i = k + 1u; i < m; i++) { q[base + i * n + j] -= d * w[base + i * n + k]; }
+            q[qb + k * n + j] -= d;
+            for (var i = k + 1u; i < m; i++) { q[qb + i * n + j] -= d * w[base + i * n + k]; }
         }
         storageBarrier();
     }
     // R from the upper triangle; flip signs so diag(R) ≥ 0 (then Q R is the unique thin QR of a full-rank A).
-    let rbase = wg.x * n * n;
+    let rbase = u.r_off + wg.x * n * n;
     for (var i = li; i < n * n; i += WG) {
         let row = i / n;
         let col = i % n;
@@ -81,6 +82,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     for (var i = li; i < m * n; i += WG) {
         let col = i % n;
-        if (w[base + col * n + col] < 0.0) { q[base + i] = -q[base + i]; }
+        if (w[base + col * n + col] < 0.0) { q[qb + i] = -q[qb + i]; }
     }
 }

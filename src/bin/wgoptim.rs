@@ -105,6 +105,19 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Time the decompositions behind SOAP and Shampoo refreshes on a stack of symmetric positive definite
+        /// n×n matrices: Householder QR, cold and warm-started Jacobi eigh, coupled-Newton inverse 4th root.
+        Decomp {
+            /// Matrix size n.
+            #[arg(long, default_value_t = 512)]
+            n: usize,
+            /// Number of matrices in the stack.
+            #[arg(long, default_value_t = 4)]
+            batch: usize,
+            /// Print JSON instead of text.
+            #[arg(long)]
+            json: bool,
+        },
         /// Time per polar call (5 Newton–Schulz steps, Keller coefficients) on a batch of matrices.
         Polar {
             /// Matrix shape ROWSxCOLS.
@@ -124,6 +137,7 @@ mod cli {
             Cmd::Info => info(),
             Cmd::Bench { what: Bench::Matmul { sizes, trans, json } } => bench_matmul(&sizes, &trans, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
+            Cmd::Bench { what: Bench::Decomp { n, batch, json } } => bench_decomp(n, batch, json),
             Cmd::Bench { what: Bench::Step { optimizer, config, shapes, json } } => {
                 bench_step(&optimizer, &config, &shapes, json)
             }
@@ -488,6 +502,60 @@ mod cli {
         }
         if json {
             println!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));
+        }
+        Ok(())
+    }
+
+    fn bench_decomp(n: usize, batch: usize, json: bool) -> Result<()> {
+        use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, GramSide};
+        if n == 0 || batch == 0 {
+            return Err(Error::InvalidArgument {
+                op: "bench decomp",
+                name: "n",
+                detail: "n and batch must be ≥ 1".into(),
+            });
+        }
+        let gpu = Gpu::new_blocking()?;
+        let x = Tensor::from_slice(
+            &gpu,
+            &[batch, n, 2 * n],
+            &(0..batch * 2 * n * n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect::<Vec<_>>(),
+        )?;
+        let spd = Tensor::zeros(&gpu, &[batch, n, n])?;
+        let mut pb = PlanBuilder::new(&gpu);
+        gram(&mut pb, &x, GramSide::Rows, &spd, 1.0 / n as f32, None, 0.0, Default::default())?;
+        pb.build()?.run();
+        let (out, out2) = (Tensor::zeros(&gpu, &[batch, n, n])?, Tensor::zeros(&gpu, &[batch, n, n])?);
+        let vals = Tensor::zeros(&gpu, &[batch, n])?;
+        let cases: [(&str, Box<dyn Fn(&mut PlanBuilder) -> Result<()>>); 4] = [
+            ("qr", Box::new(|pb| qr(pb, &spd, &out, &out2))),
+            ("eigh_cold", Box::new(|pb| eigh(pb, &spd, &vals, &out, None, &EighConfig::default()))),
+            // Warm start from the exact basis: the cost of a refresh when the factor barely moved.
+            ("eigh_warm", Box::new(|pb| eigh(pb, &spd, &vals, &out2, Some(&out), &EighConfig::default()))),
+            ("inverse_root_newton", Box::new(|pb| inverse_root_newton(pb, &spd, &out2, 4, 1e-6, 20))),
+        ];
+        let mut rows = Vec::new();
+        for (name, record) in &cases {
+            let mut pb = PlanBuilder::new(&gpu);
+            record(&mut pb)?;
+            let plan = pb.build()?;
+            let secs = time_plan(&gpu, &plan, 3)?;
+            rows.push(json!({"op": name, "ms_per_call": secs * 1e3, "dispatches": plan.dispatch_count()}));
+            if !json {
+                println!(
+                    "{name:>20} {n}x{n} x{batch}: {:10.2} ms per call, {} dispatches",
+                    secs * 1e3,
+                    plan.dispatch_count()
+                );
+            }
+        }
+        if json {
+            println!(
+                "{}",
+                json!({"adapter": gpu.describe(), "bench": "decomp", "n": n, "batch": batch, "results": rows})
+            );
+        } else {
+            println!("  on {}", gpu.describe());
         }
         Ok(())
     }

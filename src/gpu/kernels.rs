@@ -25,6 +25,7 @@ shader_table!(
     "linalg/transpose.wgsl",
     "linalg/jacobi.wgsl",
     "linalg/qr.wgsl",
+    "linalg/qr_panel.wgsl",
     "linalg/cholesky.wgsl",
     "linalg/trsm.wgsl",
     "linalg/eig_apply.wgsl",

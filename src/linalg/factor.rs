@@ -1,9 +1,9 @@
-//! Householder QR (docs/optimizers.md §11.5), Cholesky and triangular solves (§11.6), batched, one workgroup
-//! per matrix.
+//! Householder QR (docs/optimizers.md §11.5; blocked, matmul-based above 32 columns), Cholesky and triangular
+//! solves (§11.6), batched.
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::{copy, Trans};
+use crate::linalg::{copy, identity, Matmul, Trans};
 
 /// Largest column count QR takes (its τ table lives in workgroup memory).
 pub const MAX_QR_COLS: usize = 4096;
@@ -27,9 +27,86 @@ pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<
     }
     let work = plan.scratch(&[b, m, n])?;
     copy(plan, a, &work)?;
+    if n > QR_PANEL {
+        return qr_blocked(plan, &work, q, r);
+    }
     let kernel = plan.gpu().kernel("linalg/qr.wgsl", "main", &[("N", n.to_string())])?;
-    let u: [u32; 4] = [m as u32, n as u32, 0, 0];
+    let u: [u32; 4] = [m as u32, n as u32, q.offset() as u32, r.offset() as u32];
     plan.dispatch(&kernel, &u, &[&work, q, r], [b as u32, 1, 1])
+}
+
+/// Panel width of the blocked QR (`NB` in `shaders/linalg/qr_panel.wgsl`).
+const QR_PANEL: usize = 32;
+
+/// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns one
+/// workgroup per matrix builds the compact-WY pair `(V, T)`, then three batched matmuls apply
+/// `I − V·Tᵀ·Vᵀ` to the whole matrix; Q is `[I; 0]` with the blocks applied in reverse. All the O(m·n²) work is
+/// in matmuls, spread over the device, instead of one workgroup per matrix.
+fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
+    let (b, m, n) = work.matrices("qr")?;
+    let nb = QR_PANEL;
+    let panels = n.div_ceil(nb);
+    let vs = plan.scratch(&[panels, b, m, nb])?;
+    let ts = plan.scratch(&[panels, b, nb, nb])?;
+    let (w1, w2) = (plan.scratch(&[b, n, nb])?, plan.scratch(&[b, n, nb])?);
+    let view = |t: &Tensor, p: usize, rows: usize| {
+        Tensor::from_buffer(t.gpu(), t.buffer().clone(), p * b * rows * nb, &[b, rows, nb])
+    };
+    let panel = plan.gpu().kernel("linalg/qr_panel.wgsl", "panel", &[])?;
+    // x ← x − V·op(T)·(Vᵀ·x), computed transposed (xᵀV, then ·op(T)ᵀ) so that every product has the long
+    // dimension as its rows: matmul tiles are tall, and 32-row products would waste most of them. V is zero
+    // above row j0, so only rows ≥ j0 of x take part (strided views of each matrix's row range).
+    // op(T) = Tᵀ reduces A, op(T) = T builds Q.
+    let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, x: &Tensor| -> Result<()> {
+        let j0 = p * nb;
+        let rows = |t: &Tensor, cols: usize| {
+            Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + j0 * cols, &[b, m - j0, cols])
+        };
+        let (xr, vr) = (rows(x, n)?, rows(&view(&vs, p, m)?, nb)?);
+        let t = view(&ts, p, nb)?;
+        Matmul::new(&xr, &vr, &w1).trans(Trans::T, Trans::N).batch_strides(m * n, m * nb, n * nb).record(plan)?;
+        Matmul::new(&w1, &t, &w2).trans(Trans::N, if reduce { Trans::N } else { Trans::T }).record(plan)?;
+        Matmul::new(&vr, &w2, &xr)
+            .trans(Trans::N, Trans::T)
+            .scaled(-1.0, Some(&xr), 1.0)
+            .batch_strides(m * nb, n * nb, m * n)
+            .record(plan)
+    };
+    for p in 0..panels {
+        let (v, t) = (view(&vs, p, m)?, view(&ts, p, nb)?);
+        let j0 = p * nb;
+        let u = PanelU {
+            m: m as u32,
+            n: n as u32,
+            j0: j0 as u32,
+            w: nb.min(n - j0) as u32,
+            v_off: v.offset() as u32,
+            t_off: t.offset() as u32,
+            ..Default::default()
+        };
+        plan.dispatch(&panel, &u, &[work, &v, &t], [b as u32, 1, 1])?;
+        apply(plan, p, true, work)?;
+    }
+    identity(plan, q, 1.0)?;
+    for p in (0..panels).rev() {
+        apply(plan, p, false, q)?;
+    }
+    let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &[])?;
+    let u =
+        PanelU { m: m as u32, n: n as u32, v_off: q.offset() as u32, t_off: r.offset() as u32, ..Default::default() };
+    plan.dispatch(&finish, &u, &[work, q, r], [((m * n) as u32).div_ceil(256), b as u32, 1])
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct PanelU {
+    m: u32,
+    n: u32,
+    j0: u32,
+    w: u32,
+    v_off: u32,
+    t_off: u32,
+    _p: [u32; 2],
 }
 
 /// Cholesky `A + jitter·I = L·Lᵀ` into `l: [b, n, n]` (lower, zeros above). `info[b]` becomes 0 on success or

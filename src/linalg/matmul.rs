@@ -245,12 +245,26 @@ pub struct Matmul<'a> {
     pub beta: f32,
     /// Rounding of inputs and outputs.
     pub precision: Precision,
+    /// Elements between consecutive matrices of `a`, `b` and `out` (`c` uses `out`'s) when the stacks are not
+    /// packed, e.g. row ranges `[j.., :]` of each matrix of a larger stack; `None`: packed.
+    pub batch_strides: Option<[usize; 3]>,
 }
 
 impl<'a> Matmul<'a> {
     /// `out = a · b`, f32.
     pub fn new(a: &'a Tensor, b: &'a Tensor, out: &'a Tensor) -> Self {
-        Matmul { a, b, out, c: None, ta: Trans::N, tb: Trans::N, alpha: 1.0, beta: 0.0, precision: Precision::F32 }
+        Matmul {
+            a,
+            b,
+            out,
+            c: None,
+            ta: Trans::N,
+            tb: Trans::N,
+            alpha: 1.0,
+            beta: 0.0,
+            precision: Precision::F32,
+            batch_strides: None,
+        }
     }
     /// Set the transposes.
     pub fn trans(mut self, ta: Trans, tb: Trans) -> Self {
@@ -269,6 +283,42 @@ impl<'a> Matmul<'a> {
     pub fn precision(mut self, p: Precision) -> Self {
         self.precision = p;
         self
+    }
+    /// Unpacked stacks: see [`Matmul::batch_strides`](Matmul#structfield.batch_strides).
+    pub fn batch_strides(mut self, a: usize, b: usize, out: usize) -> Self {
+        self.batch_strides = Some([a, b, out]);
+        self
+    }
+
+    /// Per-operand batch strides (0 for a broadcast operand), checked against the buffers.
+    fn strides(&self, (ba, bb, bo): (usize, usize, usize), m: usize, n: usize) -> Result<[u32; 3]> {
+        let packed = |t: &Tensor| t.shape()[t.shape().len() - 2..].iter().product::<usize>();
+        let given = self.batch_strides.unwrap_or([packed(self.a), packed(self.b), m * n]);
+        let mut out = [0u32; 3];
+        for (i, (t, b)) in [(self.a, ba), (self.b, bb), (self.out, bo)].into_iter().enumerate() {
+            let stride = if b == 1 { 0 } else { given[i] };
+            let end = t.offset() + (b - 1) * stride + packed(t);
+            if end * 4 > t.buffer().size() as usize || (i == 2 && b > 1 && stride < m * n) {
+                return Err(Error::Shape {
+                    op: "matmul",
+                    detail: format!(
+                        "batch stride {stride} for a stack of {b} {:?} at offset {} does not fit its buffer \
+                         ({} elements) or overlaps the output",
+                        t.shape(),
+                        t.offset(),
+                        t.buffer().size() / 4
+                    ),
+                });
+            }
+            out[i] = stride as u32;
+        }
+        if let Some(c) = self.c {
+            let end = c.offset() + (bo - 1) * out[2] as usize + m * n;
+            if c.matrices("matmul C")?.0 > 1 && end * 4 > c.buffer().size() as usize {
+                return Err(Error::Shape { op: "matmul", detail: "C's stack does not fit its buffer".into() });
+            }
+        }
+        Ok(out)
     }
 
     /// Record the dispatch into `plan`.
@@ -343,6 +393,7 @@ fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) 
         && along_b.is_multiple_of(4)
         && mm.a.offset().is_multiple_of(4)
         && mm.b.offset().is_multiple_of(4)
+        && mm.batch_strides.is_none_or(|s| s[..2].iter().all(|x| x.is_multiple_of(4)))
 }
 
 /// Whether the subgroup-broadcast variant applies: a CPU adapter whose subgroups are exactly one workgroup row
@@ -390,23 +441,22 @@ fn record_matmul(
     let kern = kernel(&gpu, mm, has_c, inplace, sym, vec4_ok(mm, tile, (m, n, k)))?;
     let tiles_m = (m as u32).div_ceil(tile.rows());
     let tiles_n = (n as u32).div_ceil(tile.cols());
-    let stride = |b: usize, r: usize, c: usize| if b == 1 { 0 } else { (r * c) as u32 };
-    let (ar, ac) = (mm.a.shape()[mm.a.shape().len() - 2], mm.a.shape()[mm.a.shape().len() - 1]);
-    let (br, bc) = (mm.b.shape()[mm.b.shape().len() - 2], mm.b.shape()[mm.b.shape().len() - 1]);
     let c = mm.c.unwrap_or(mm.out);
+    let [a_bs, b_bs, o_bs] = mm.strides((ba, bb, batch), m, n)?;
+    let c_bs = if c.matrices("matmul C")?.0 == 1 { 0 } else { o_bs };
     let u = Uniforms {
         m: m as u32,
         n: n as u32,
         k: k as u32,
         tiles_n,
         a_off: mm.a.offset() as u32,
-        a_bs: stride(ba, ar, ac),
+        a_bs,
         b_off: mm.b.offset() as u32,
-        b_bs: stride(bb, br, bc),
+        b_bs,
         c_off: c.offset() as u32,
-        c_bs: stride(c.matrices("matmul C")?.0, m, n),
+        c_bs,
         o_off: mm.out.offset() as u32,
-        o_bs: (m * n) as u32,
+        o_bs: if batch == 1 { 0 } else { o_bs },
         alpha: mm.alpha,
         beta: mm.beta,
         tiles_m,
@@ -446,7 +496,7 @@ pub fn gram(
         GramSide::Rows => (Trans::N, Trans::T),
         GramSide::Cols => (Trans::T, Trans::N),
     };
-    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision };
+    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision, batch_strides: None };
     let (bx, r, cdim) = x.matrices("gram X")?;
     let (bo, m, n) = out.matrices("gram out")?;
     let s = if side == GramSide::Rows { r } else { cdim };

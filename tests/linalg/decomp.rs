@@ -103,7 +103,7 @@ fn eigh_of_zero_is_finite() {
 fn qr_matches_gram_schmidt_and_is_orthogonal() {
     let gpu = gpu();
     let mut rng = Rng::new(23);
-    for (m, n) in [(1usize, 1usize), (9, 1), (13, 7), (64, 64), (255, 127)] {
+    for (m, n) in [(1usize, 1usize), (9, 1), (13, 7), (32, 32), (64, 64), (130, 33), (255, 127), (200, 200)] {
         let a: Vec<Mat> = (0..2).map(|_| rng.mat(m, n)).collect();
         let ga = upload(&gpu, &a);
         let q = Tensor::zeros(&gpu, &[2, m, n]).unwrap();
@@ -126,22 +126,45 @@ fn qr_matches_gram_schmidt_and_is_orthogonal() {
 fn qr_of_rank_deficient_input() {
     let gpu = gpu();
     let mut rng = Rng::new(24);
-    let (m, n) = (40, 12);
-    let mut a = rng.mat(m, n);
-    for i in 0..m {
-        let v = a.at(i, 0);
-        a.set(i, 5, v); // duplicate column
-        a.set(i, 9, 0.0); // zero column
+    // One-workgroup and blocked paths; the blocked one also gets a zero column inside a later panel.
+    for (m, n, dup, zero) in [(40usize, 12usize, 5usize, 9usize), (120, 90, 40, 70)] {
+        let mut a = rng.mat(m, n);
+        for i in 0..m {
+            let v = a.at(i, 0);
+            a.set(i, dup, v); // duplicate column
+            a.set(i, zero, 0.0); // zero column
+        }
+        let ga = upload(&gpu, &[a.clone()]);
+        let q = Tensor::zeros(&gpu, &[1, m, n]).unwrap();
+        let r = Tensor::zeros(&gpu, &[1, n, n]).unwrap();
+        run(&gpu, |p| qr(p, &ga, &q, &r).unwrap());
+        let qm = Mat::from_f32(m, n, &q.read_blocking().unwrap());
+        let rm = Mat::from_f32(n, n, &r.read_blocking().unwrap());
+        assert!(qm.d.iter().chain(&rm.d).all(|v| v.is_finite()));
+        assert!(max_abs_diff(&qm.t().mul(&qm), &Mat::eye(n)) < 1e-5, "{m}x{n}: Householder Q stays orthogonal");
+        assert!(rel_err(&qm.mul(&rm).f32s(), &a.d) < 1e-5, "{m}x{n}: QR = A");
     }
-    let ga = upload(&gpu, &[a.clone()]);
-    let q = Tensor::zeros(&gpu, &[1, m, n]).unwrap();
-    let r = Tensor::zeros(&gpu, &[1, n, n]).unwrap();
-    run(&gpu, |p| qr(p, &ga, &q, &r).unwrap());
-    let qm = Mat::from_f32(m, n, &q.read_blocking().unwrap());
-    let rm = Mat::from_f32(n, n, &r.read_blocking().unwrap());
-    assert!(qm.d.iter().chain(&rm.d).all(|v| v.is_finite()));
-    assert!(max_abs_diff(&qm.t().mul(&qm), &Mat::eye(n)) < 1e-5, "Householder Q stays orthogonal");
-    assert!(rel_err(&qm.mul(&rm).f32s(), &a.d) < 1e-5);
+}
+
+/// Q and R may be views into larger buffers (offsets reach the kernels), on both QR paths.
+#[test]
+fn qr_writes_into_offset_views() {
+    let gpu = gpu();
+    let mut rng = Rng::new(26);
+    for (m, n) in [(9usize, 5usize), (70, 40)] {
+        let a = rng.mat(m, n);
+        let ga = upload(&gpu, &[a.clone()]);
+        let qbuf = Tensor::zeros(&gpu, &[3 + m * n]).unwrap();
+        let rbuf = Tensor::zeros(&gpu, &[5 + n * n]).unwrap();
+        let q = Tensor::from_buffer(&gpu, qbuf.buffer().clone(), 3, &[1, m, n]).unwrap();
+        let r = Tensor::from_buffer(&gpu, rbuf.buffer().clone(), 5, &[1, n, n]).unwrap();
+        run(&gpu, |p| qr(p, &ga, &q, &r).unwrap());
+        let (wq, wr) = cpu_qr(&a);
+        let (gq, gr) = (qbuf.read_blocking().unwrap(), rbuf.read_blocking().unwrap());
+        assert!(gq[..3].iter().chain(&gr[..5]).all(|&x| x == 0.0), "{m}x{n}: nothing written before the views");
+        assert!(rel_err(&gq[3..], &wq.d) < 1e-4, "{m}x{n} Q");
+        assert!(rel_err(&gr[5..], &wr.d) < 1e-5, "{m}x{n} R");
+    }
 }
 
 #[test]

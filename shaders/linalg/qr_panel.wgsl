@@ -1,0 +1,127 @@
+// Blocked Householder QR, the per-panel part (docs/optimizers.md §11.5): one workgroup per matrix factors the
+// panel of NB columns starting at j0 with unblocked Householder and writes the compact-WY form
+// H_0 ⋯ H_{w−1} = I − V T Vᵀ: `v` gets V (m×NB, unit diagonal at row j0+k of column k, zero above it and in padding
+// columns) and `t` gets T (NB×NB upper triangular). The trailing update and Q are matmuls on the host side.
+// Entry `finish` flips signs so diag(R) ≥ 0 and extracts R from the reduced matrix.
+struct U { m: u32, n: u32, j0: u32, w: u32, v_off: u32, t_off: u32, _p0: u32, _p1: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> t: array<f32>;
+
+const NB: u32 = 32u;
+const GROUPS: u32 = 8u;         // row groups: thread li owns panel column li % NB and rows ≡ li / NB (mod GROUPS)
+const WG: u32 = 256u;           // NB × GROUPS
+var<workgroup> red: array<f32, 256>;
+var<workgroup> tau: array<f32, 32>;
+var<workgroup> gram: array<f32, 1024>;  // VᵀV, NB × NB
+var<workgroup> tt: array<f32, 1024>;    // T, NB × NB
+var<workgroup> scale: f32;
+
+@compute @workgroup_size(256, 1, 1)
+fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let m = u.m;
+    let n = u.n;
+    let abase = wg.x * m * n;
+    let vbase = u.v_off + wg.x * m * NB;
+    let c = li % NB;
+    let g = li / NB;
+    // Copy the panel (rows ≥ j0) into V; zeros above it and in padding columns.
+    for (var i = g; i < m; i += GROUPS) {
+        var x = 0.0;
+        if (i >= u.j0 && c < u.w) { x = a[abase + i * n + u.j0 + c]; }
+        v[vbase + i * NB + c] = x;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var k = 0u; k < u.w; k++) {
+        let r = u.j0 + k;
+        var s = 0.0;
+        for (var i = r + 1u + li; i < m; i += WG) { let x = v[vbase + i * NB + k]; s += x * x; }
+        red[li] = s;
+        workgroupBarrier();
+        for (var h = 128u; h > 0u; h >>= 1u) {
+            if (li < h) { red[li] += red[li + h]; }
+            workgroupBarrier();
+        }
+        if (li == 0u) {
+            let alpha = v[vbase + r * NB + k];
+            let sigma = red[0];
+            if (sigma == 0.0) {
+                tau[k] = 0.0;    // nothing below the diagonal: H = I
+                scale = 0.0;
+            } else {
+                let nrm = sqrt(alpha * alpha + sigma);
+                let beta = select(nrm, -nrm, alpha >= 0.0);
+                tau[k] = (beta - alpha) / beta;
+                scale = 1.0 / (alpha - beta);
+            }
+            v[vbase + r * NB + k] = 1.0;
+        }
+        storageBarrier();
+        let sc = workgroupUniformLoad(&scale);
+        // v_k = (0…0, 1, x[r+1:] / (alpha − beta)); rows above r of column k (R entries) become 0.
+        for (var i = li; i < m; i += WG) {
+            if (i > r) { v[vbase + i * NB + k] *= sc; } else if (i < r) { v[vbase + i * NB + k] = 0.0; }
+        }
+        storageBarrier();
+        workgroupBarrier();
+        // Panel columns c > k: x ← x − τ v (vᵀx), with vᵀx reduced over the row groups.
+        var d = 0.0;
+        if (c > k) {
+            for (var i = r + g; i < m; i += GROUPS) { d += v[vbase + i * NB + k] * v[vbase + i * NB + c]; }
+        }
+        red[li] = d;
+        workgroupBarrier();
+        var dot = 0.0;
+        for (var q = 0u; q < GROUPS; q++) { dot += red[q * NB + c]; }
+        dot *= tau[k];
+        if (c > k) {
+            for (var i = r + g; i < m; i += GROUPS) { v[vbase + i * NB + c] -= dot * v[vbase + i * NB + k]; }
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+    // VᵀV (only rows ≥ j0 are non-zero).
+    for (var e = li; e < NB * NB; e += WG) {
+        let p = e / NB;
+        let q = e % NB;
+        var s = 0.0;
+        for (var i = u.j0; i < m; i++) { s += v[vbase + i * NB + p] * v[vbase + i * NB + q]; }
+        gram[e] = s;
+        tt[e] = 0.0;
+    }
+    workgroupBarrier();
+    // T: T_kk = τ_k, T[0:k, k] = −τ_k · T[0:k, 0:k] · (VᵀV)[0:k, k].
+    for (var k = 0u; k < u.w; k++) {
+        if (li < k) {
+            var s = 0.0;
+            for (var q = li; q < k; q++) { s += tt[li * NB + q] * gram[q * NB + k]; }
+            tt[li * NB + k] = -tau[k] * s;
+        }
+        if (li == k) { tt[k * NB + k] = tau[k]; }
+        workgroupBarrier();
+    }
+    let tbase = u.t_off + wg.x * NB * NB;
+    for (var e = li; e < NB * NB; e += WG) { t[tbase + e] = tt[e]; }
+}
+
+// R = the upper triangle of the reduced matrix `a` (n×n part), rows scaled by sign(diag); Q's columns likewise.
+// Here `v` is Q and `t` is R, at offsets v_off and t_off (panel views are bound whole, hence the offsets).
+@compute @workgroup_size(256, 1, 1)
+fn finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m = u.m;
+    let n = u.n;
+    let b = gid.y;
+    let e = gid.x;
+    if (e >= m * n) { return; }
+    let abase = b * m * n;
+    let col = e % n;
+    let qi = u.v_off + abase + e;
+    if (a[abase + col * n + col] < 0.0) { v[qi] = -v[qi]; }
+    if (e < n * n) {
+        let row = e / n;
+        let sgn = select(1.0, -1.0, a[abase + row * n + row] < 0.0);
+        t[u.t_off + b * n * n + e] = select(0.0, sgn * a[abase + row * n + col], col >= row);
+    }
+}
