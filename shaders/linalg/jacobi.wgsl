@@ -1,9 +1,9 @@
 // Symmetric eigendecomposition by parallel two-sided Jacobi (docs/optimizers.md §11.4): one workgroup per matrix,
 // round-robin (circle) ordering gives m/2 disjoint pairs per round, m−1 rounds per sweep; the sweep loop stops
-// once off(A)² ≤ tol²·‖A‖². `a` and `v` are work copies (V starts as I, or the previous basis for a warm start);
+// once off(A)² ≤ tol²·‖A‖² or a sweep rotated nothing (every pair at rounding level). `a` and `v` are work copies (V starts as I, or the previous basis for a warm start);
 // the result is written sorted ascending into `vals` and the columns of `vecs`.
 struct U {
-    n: u32, m: u32, max_sweeps: u32, _p: u32,
+    n: u32, m: u32, max_sweeps: u32, warm: u32,
     tol: f32, skip: f32, _q: u32, _r: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -18,6 +18,8 @@ var<workgroup> idx: array<vec2<u32>, {{PAIRS}}>;
 var<workgroup> red_off: array<f32, 256>;
 var<workgroup> red_tot: array<f32, 256>;
 var<workgroup> done: u32;
+var<workgroup> rotated: atomic<u32>;
+var<workgroup> abs_thr: f32;
 
 fn pair(r: u32, k: u32) -> vec2<u32> {
     let h = u.m - 1u;
@@ -54,7 +56,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             workgroupBarrier();
         }
         if (li == 0u) {
-            done = select(0u, 1u, red_off[0] <= u.tol * u.tol * red_tot[0] || sweep == u.max_sweeps);
+            // Converged: small off-diagonal mass, or a whole sweep found no pair worth rotating.
+            let idle = sweep > 0u && atomicLoad(&rotated) == 0u;
+            done = select(0u, 1u, red_off[0] <= u.tol * u.tol * red_tot[0] || idle || sweep == u.max_sweeps);
+            atomicStore(&rotated, 0u);
+            abs_thr = max(u.tol / f32(n), select(0.0, 4.0 * 5.96e-8, u.warm == 1u)) * sqrt(red_tot[0]);
         }
         if (workgroupUniformLoad(&done) == 1u) { break; }
         for (var r = 0u; r + 1u < u.m; r++) {
@@ -65,7 +71,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     let apq = a[base + pq.x * n + pq.y];
                     let app = a[base + pq.x * n + pq.x];
                     let aqq = a[base + pq.y * n + pq.y];
-                    if (abs(apq) > u.skip * sqrt(abs(app * aqq)) && abs(apq) > 1e-30) {
+                    // Rotate only above rounding level: relative to the pair (n·2⁻²⁴ at least, f32's floor for
+                    // an n×n sweep) and absolute (tol·‖A‖_F / n, below which the pair cannot matter to tol; warm
+                    // starts also 4·2⁻²⁴·‖A‖_F, the rounding that forming V₀ᵀAV₀ left, which rotations cannot undo).
+                    let rel = max(u.skip, f32(n) * 5.96e-8);
+                    if (abs(apq) > rel * sqrt(abs(app * aqq)) && abs(apq) > max(abs_thr, 1e-30)) {
+                        atomicStore(&rotated, 1u);
                         let tau = (aqq - app) / (2.0 * apq);
                         var t = select(-1.0, 1.0, tau >= 0.0) / (abs(tau) + sqrt(1.0 + tau * tau));
                         if (abs(tau) > 1e18) { t = 0.5 / tau; }

@@ -114,6 +114,9 @@ mod cli {
             /// Number of matrices in the stack.
             #[arg(long, default_value_t = 4)]
             batch: usize,
+            /// Comma-separated subset of qr, eigh_cold, eigh_warm, inverse_root_newton (default: all).
+            #[arg(long)]
+            ops: Option<String>,
             /// Print JSON instead of text.
             #[arg(long)]
             json: bool,
@@ -137,7 +140,7 @@ mod cli {
             Cmd::Info => info(),
             Cmd::Bench { what: Bench::Matmul { sizes, trans, json } } => bench_matmul(&sizes, &trans, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
-            Cmd::Bench { what: Bench::Decomp { n, batch, json } } => bench_decomp(n, batch, json),
+            Cmd::Bench { what: Bench::Decomp { n, batch, ops, json } } => bench_decomp(n, batch, ops.as_deref(), json),
             Cmd::Bench { what: Bench::Step { optimizer, config, shapes, json } } => {
                 bench_step(&optimizer, &config, &shapes, json)
             }
@@ -506,7 +509,7 @@ mod cli {
         Ok(())
     }
 
-    fn bench_decomp(n: usize, batch: usize, json: bool) -> Result<()> {
+    fn bench_decomp(n: usize, batch: usize, ops: Option<&str>, json: bool) -> Result<()> {
         use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, GramSide};
         if n == 0 || batch == 0 {
             return Err(Error::InvalidArgument {
@@ -527,7 +530,8 @@ mod cli {
         pb.build()?.run();
         let (out, out2) = (Tensor::zeros(&gpu, &[batch, n, n])?, Tensor::zeros(&gpu, &[batch, n, n])?);
         let vals = Tensor::zeros(&gpu, &[batch, n])?;
-        let cases: [(&str, Box<dyn Fn(&mut PlanBuilder) -> Result<()>>); 4] = [
+        type Record<'a> = Box<dyn Fn(&mut PlanBuilder) -> Result<()> + 'a>;
+        let cases: [(&str, Record); 4] = [
             ("qr", Box::new(|pb| qr(pb, &spd, &out, &out2))),
             ("eigh_cold", Box::new(|pb| eigh(pb, &spd, &vals, &out, None, &EighConfig::default()))),
             // Warm start from the exact basis: the cost of a refresh when the factor barely moved.
@@ -535,7 +539,14 @@ mod cli {
             ("inverse_root_newton", Box::new(|pb| inverse_root_newton(pb, &spd, &out2, 4, 1e-6, 20))),
         ];
         let mut rows = Vec::new();
-        for (name, record) in &cases {
+        if let Some(unknown) = ops.into_iter().flat_map(|o| o.split(',')).find(|o| !cases.iter().any(|c| c.0 == *o)) {
+            return Err(Error::InvalidArgument {
+                op: "bench decomp",
+                name: "ops",
+                detail: format!("unknown op `{unknown}`"),
+            });
+        }
+        for (name, record) in cases.iter().filter(|c| ops.is_none_or(|o| o.split(',').any(|x| x == c.0))) {
             let mut pb = PlanBuilder::new(&gpu);
             record(&mut pb)?;
             let plan = pb.build()?;

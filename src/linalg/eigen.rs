@@ -13,11 +13,14 @@ pub const MAX_EIGH_DIM: usize = 2048;
 /// Jacobi settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EighConfig {
-    /// Upper bound on sweeps; the kernel stops earlier once `off(A) ≤ tol·‖A‖_F`.
+    /// Upper bound on sweeps; the kernel stops earlier once `off(A) ≤ tol·‖A‖_F` or a sweep rotated nothing.
     pub max_sweeps: u32,
-    /// Relative off-diagonal tolerance for stopping.
+    /// Relative off-diagonal tolerance for stopping; pairs with
+    /// `|a_pq| ≤ tol·‖A‖_F / n` are not rotated, nor on warm starts those at the rounding `4·2⁻²⁴·‖A‖_F` that
+    /// forming `V₀ᵀAV₀` leaves.
     pub tol: f32,
-    /// A rotation is skipped when `|a_pq| ≤ skip·sqrt(|a_pp·a_qq|)`.
+    /// A rotation is skipped when `|a_pq| ≤ max(skip, n·2⁻²⁴)·sqrt(|a_pp·a_qq|)`: below `n·2⁻²⁴` a rotation
+    /// only stirs f32 rounding noise, and warm starts would never stop.
     pub skip: f32,
 }
 
@@ -33,7 +36,7 @@ struct Uniforms {
     n: u32,
     m: u32,
     max_sweeps: u32,
-    _p: u32,
+    warm: u32,
     tol: f32,
     skip: f32,
     _q: u32,
@@ -99,7 +102,7 @@ pub fn eigh(
         n: n as u32,
         m: m as u32,
         max_sweeps: cfg.max_sweeps,
-        _p: 0,
+        warm: warm.is_some() as u32,
         tol: cfg.tol,
         skip: cfg.skip,
         _q: 0,

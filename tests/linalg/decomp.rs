@@ -153,7 +153,7 @@ fn qr_writes_into_offset_views() {
     let mut rng = Rng::new(26);
     for (m, n) in [(9usize, 5usize), (70, 40)] {
         let a = rng.mat(m, n);
-        let ga = upload(&gpu, &[a.clone()]);
+        let ga = upload(&gpu, std::slice::from_ref(&a));
         let qbuf = Tensor::zeros(&gpu, &[3 + m * n]).unwrap();
         let rbuf = Tensor::zeros(&gpu, &[5 + n * n]).unwrap();
         let q = Tensor::from_buffer(&gpu, qbuf.buffer().clone(), 3, &[1, m, n]).unwrap();
