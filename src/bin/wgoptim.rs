@@ -122,6 +122,9 @@ mod cli {
             /// Comma-separated subset of qr, eigh_cold, eigh_warm, inverse_root_newton (default: all).
             #[arg(long)]
             ops: Option<String>,
+            /// Jacobi schedule: auto, workgroup or rounds.
+            #[arg(long, default_value = "auto")]
+            schedule: String,
             /// Print JSON instead of text.
             #[arg(long)]
             json: bool,
@@ -145,7 +148,9 @@ mod cli {
             Cmd::Info => info(),
             Cmd::Bench { what: Bench::Matmul { sizes, trans, json } } => bench_matmul(&sizes, &trans, json),
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
-            Cmd::Bench { what: Bench::Decomp { n, batch, ops, json } } => bench_decomp(n, batch, ops.as_deref(), json),
+            Cmd::Bench { what: Bench::Decomp { n, batch, ops, schedule, json } } => {
+                bench_decomp(n, batch, ops.as_deref(), &schedule, json)
+            }
             Cmd::Bench { what: Bench::Step { optimizer, config, shapes, warmup, json } } => {
                 bench_step(&optimizer, &config, &shapes, warmup, json)
             }
@@ -525,8 +530,21 @@ mod cli {
         Ok(())
     }
 
-    fn bench_decomp(n: usize, batch: usize, ops: Option<&str>, json: bool) -> Result<()> {
-        use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, GramSide};
+    fn bench_decomp(n: usize, batch: usize, ops: Option<&str>, schedule: &str, json: bool) -> Result<()> {
+        use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, GramSide, JacobiSchedule};
+        let schedule = match schedule {
+            "auto" => JacobiSchedule::Auto,
+            "workgroup" => JacobiSchedule::Workgroup,
+            "rounds" => JacobiSchedule::Rounds,
+            other => {
+                return Err(Error::InvalidArgument {
+                    op: "bench decomp",
+                    name: "schedule",
+                    detail: format!("`{other}` (known: auto, workgroup, rounds)"),
+                })
+            }
+        };
+        let cfg = EighConfig { schedule, ..EighConfig::default() };
         if n == 0 || batch == 0 {
             return Err(Error::InvalidArgument {
                 op: "bench decomp",
@@ -546,12 +564,20 @@ mod cli {
         pb.build()?.run();
         let (out, out2) = (Tensor::zeros(&gpu, &[batch, n, n])?, Tensor::zeros(&gpu, &[batch, n, n])?);
         let vals = Tensor::zeros(&gpu, &[batch, n])?;
+        let wanted = |op: &str| ops.is_none_or(|o| o.split(',').any(|x| x == op));
+        // The warm start's basis: the matrix's own eigenvectors (untimed).
+        let basis = Tensor::zeros(&gpu, &[batch, n, n])?;
+        if wanted("eigh_warm") {
+            let mut pb = PlanBuilder::new(&gpu);
+            eigh(&mut pb, &spd, &vals, &basis, None, &cfg)?;
+            pb.build()?.run();
+        }
         type Record<'a> = Box<dyn Fn(&mut PlanBuilder) -> Result<()> + 'a>;
         let cases: [(&str, Record); 4] = [
             ("qr", Box::new(|pb| qr(pb, &spd, &out, &out2))),
-            ("eigh_cold", Box::new(|pb| eigh(pb, &spd, &vals, &out, None, &EighConfig::default()))),
+            ("eigh_cold", Box::new(|pb| eigh(pb, &spd, &vals, &out, None, &cfg))),
             // Warm start from the exact basis: the cost of a refresh when the factor barely moved.
-            ("eigh_warm", Box::new(|pb| eigh(pb, &spd, &vals, &out2, Some(&out), &EighConfig::default()))),
+            ("eigh_warm", Box::new(|pb| eigh(pb, &spd, &vals, &out2, Some(&basis), &cfg))),
             ("inverse_root_newton", Box::new(|pb| inverse_root_newton(pb, &spd, &out2, 4, 1e-6, 20))),
         ];
         let mut rows = Vec::new();
@@ -562,7 +588,7 @@ mod cli {
                 detail: format!("unknown op `{unknown}`"),
             });
         }
-        for (name, record) in cases.iter().filter(|c| ops.is_none_or(|o| o.split(',').any(|x| x == c.0))) {
+        for (name, record) in cases.iter().filter(|c| wanted(c.0)) {
             let mut pb = PlanBuilder::new(&gpu);
             record(&mut pb)?;
             let plan = pb.build()?;

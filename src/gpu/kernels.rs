@@ -24,6 +24,7 @@ shader_table!(
     "linalg/row_col.wgsl",
     "linalg/transpose.wgsl",
     "linalg/jacobi.wgsl",
+    "linalg/jacobi_rounds.wgsl",
     "linalg/qr.wgsl",
     "linalg/qr_panel.wgsl",
     "linalg/cholesky.wgsl",

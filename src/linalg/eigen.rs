@@ -22,12 +22,30 @@ pub struct EighConfig {
     /// A rotation is skipped when `|a_pq| ≤ max(skip, n·2⁻²⁴)·sqrt(|a_pp·a_qq|)`: below `n·2⁻²⁴` a rotation
     /// only stirs f32 rounding noise, and warm starts would never stop.
     pub skip: f32,
+    /// How the sweeps are laid out on the device.
+    pub schedule: JacobiSchedule,
 }
 
 impl Default for EighConfig {
     fn default() -> Self {
-        EighConfig { max_sweeps: 15, tol: 1e-6, skip: 1e-7 }
+        EighConfig { max_sweeps: 15, tol: 1e-6, skip: 1e-7, schedule: JacobiSchedule::Auto }
     }
+}
+
+/// Where Jacobi's rounds run. Both give the same rotations; they differ in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum JacobiSchedule {
+    /// [`JacobiSchedule::Rounds`] for cold starts with n ≥ 256 on GPUs, else [`JacobiSchedule::Workgroup`]. On an
+    /// H100 (Vulkan) with 4 matrices of 512: cold 0.25 s against 2.7 s, but warm 149 ms against 105 ms, since a
+    /// warm start needs few sweeps and the rounds schedule pays its ~15,000 dispatches regardless.
+    #[default]
+    Auto,
+    /// One workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead, but
+    /// one compute unit per matrix (right for CPU adapters and small matrices).
+    Workgroup,
+    /// Two dispatches per round over all elements (plus a convergence check per sweep): uses the whole device;
+    /// `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
+    Rounds,
 }
 
 #[repr(C)]
@@ -97,11 +115,17 @@ pub fn eigh(
         }
     }
     let m = n + n % 2;
+    let rounds = match cfg.schedule {
+        JacobiSchedule::Auto => warm.is_none() && n >= 256 && !plan.gpu().is_cpu(),
+        s => s == JacobiSchedule::Rounds,
+    };
+    let work_a = if rounds { jacobi_rounds(plan, &work_a, &work_v, b, n, warm.is_some(), cfg)? } else { work_a };
     let kernel = plan.gpu().kernel("linalg/jacobi.wgsl", "main", &[("PAIRS", (m / 2).max(1).to_string())])?;
     let u = Uniforms {
         n: n as u32,
         m: m as u32,
-        max_sweeps: cfg.max_sweeps,
+        // After the rounds only the sort is left.
+        max_sweeps: if rounds { 0 } else { cfg.max_sweeps },
         warm: warm.is_some() as u32,
         tol: cfg.tol,
         skip: cfg.skip,
@@ -109,6 +133,63 @@ pub fn eigh(
         _r: 0,
     };
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
+}
+
+/// [`JacobiSchedule::Rounds`]: every sweep's rounds as dispatches; returns the buffer holding the final A
+/// (rows ping-pong between two buffers; V is rotated in place).
+fn jacobi_rounds(
+    plan: &mut PlanBuilder,
+    a: &Tensor,
+    v: &Tensor,
+    b: usize,
+    n: usize,
+    warm: bool,
+    cfg: &EighConfig,
+) -> Result<Tensor> {
+    let m = n + n % 2;
+    let other = plan.scratch(&[b, n, n])?;
+    // done, rotated, _, threshold per matrix; reset on every run of the plan.
+    let (flags, zeros) = (plan.scratch(&[b * 4])?, plan.scratch(&[b * 4])?);
+    copy(plan, &zeros, &flags)?;
+    let gpu = plan.gpu().clone();
+    let kernel = |phase: &str| gpu.kernel("linalg/jacobi_rounds.wgsl", "main", &[(phase, "1".to_string())]);
+    let (check, rows, cols) = (kernel("CHECK")?, kernel("ROWS")?, kernel("COLS")?);
+    let bufs = [a, &other];
+    let mut t = 0;
+    for sweep in 0..cfg.max_sweeps {
+        let mut u = RoundU {
+            n: n as u32,
+            m: m as u32,
+            round: 0,
+            sweep,
+            tol: cfg.tol,
+            skip: cfg.skip,
+            warm: warm as u32,
+            _p: 0,
+        };
+        plan.dispatch(&check, &u, &[bufs[t % 2], &flags], [b as u32, 1, 1])?;
+        for r in 0..m - 1 {
+            u.round = r as u32;
+            let (src, dst) = (bufs[t % 2], bufs[(t + 1) % 2]);
+            plan.dispatch(&rows, &u, &[src, dst, &flags], [((n * n) as u32).div_ceil(256), b as u32, 1])?;
+            plan.dispatch(&cols, &u, &[src, dst, &flags, v], [((n * m / 2) as u32).div_ceil(256), b as u32, 1])?;
+            t += 1;
+        }
+    }
+    Ok(bufs[t % 2].clone())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RoundU {
+    n: u32,
+    m: u32,
+    round: u32,
+    sweep: u32,
+    tol: f32,
+    skip: f32,
+    warm: u32,
+    _p: u32,
 }
 
 /// `out = V·diag(f(λ))·Vᵀ` with `f(λ) = (max(λ, floor) + eps)^power`, from [`eigh`]'s outputs.

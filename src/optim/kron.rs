@@ -45,7 +45,8 @@ pub(crate) struct KronParts {
 enum Cadence {
     /// SOAP: initialization on call 0, then every `period` calls (shifted by `offset` when staggered).
     Soap { period: u64, offset: u64 },
-    /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`].
+    /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`]; the first (at the start step)
+    /// runs `init` when there is one (eigh from cold).
     Shampoo { cfg: ShampooConfig, offset: u64 },
 }
 
@@ -69,7 +70,14 @@ impl Refresh {
             }
             Cadence::Shampoo { cfg, offset } => {
                 let s = call + 1;
-                (s > *offset && cfg.refreshes_at(s - offset)).then_some(&self.plan)
+                if !(s > *offset && cfg.refreshes_at(s - offset)) {
+                    None
+                } else if s - offset == cfg.start() as u64 {
+                    // The first roots: nothing to warm-start from yet.
+                    self.init.as_ref().or(Some(&self.plan))
+                } else {
+                    Some(&self.plan)
+                }
             }
         }
     }
@@ -467,7 +475,16 @@ fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Resu
 
 /// Shampoo's roots (§4.2 step 3): `(F/bc2 + εI)`, warm-started Jacobi, eigenvalues shifted up to ε, then
 /// `Q·diag(λ^{-1/root})·Qᵀ`; committed (with the eigenvectors for the next warm start) on an applied step.
-fn shampoo_refresh(gpu: &Gpu, c: &ShampooConfig, st: &KronStack, group: usize, scalars: &Tensor) -> Result<Plan> {
+/// `cold`: the first roots, from scratch (a warm start from the identity would be a cold start on the slower
+/// schedule, see [`crate::linalg::JacobiSchedule`]).
+fn shampoo_refresh(
+    gpu: &Gpu,
+    c: &ShampooConfig,
+    st: &KronStack,
+    group: usize,
+    scalars: &Tensor,
+    cold: bool,
+) -> Result<Plan> {
     let mut plan = PlanBuilder::new(gpu);
     for s in 0..2 {
         let (Some(f), Some(root)) = (&st.factors[s], &st.roots[s]) else { continue };
@@ -495,7 +512,7 @@ fn shampoo_refresh(gpu: &Gpu, c: &ShampooConfig, st: &KronStack, group: usize, s
             continue;
         };
         let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
-        eigh(&mut plan, &prep, &vals, &vecs, Some(q), &EighConfig::default())?;
+        eigh(&mut plan, &prep, &vals, &vecs, (!cold).then_some(q), &EighConfig::default())?;
         let shift =
             plan.gpu().kernel("optim/kron.wgsl", "main", &[("SHIFT", "1".to_string()), ("D", "1".to_string())])?;
         let u = KronU { a: c.epsilon, d: d as u32, ..Default::default() };
@@ -535,8 +552,11 @@ pub(crate) fn plans(
                     },
                 }),
                 OptimizerConfig::Shampoo(c) => refreshes.push(Refresh {
-                    init: None,
-                    plan: shampoo_refresh(gpu, c, st, b.group, scalars)?,
+                    init: match c.root_method {
+                        RootMethod::Eigh => Some(shampoo_refresh(gpu, c, st, b.group, scalars, true)?),
+                        RootMethod::CoupledNewton { .. } => None,
+                    },
+                    plan: shampoo_refresh(gpu, c, st, b.group, scalars, false)?,
                     cadence: Cadence::Shampoo { cfg: c.clone(), offset: stagger(c.stagger, c.precondition_frequency) },
                 }),
                 _ => {}

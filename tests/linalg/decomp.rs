@@ -58,9 +58,11 @@ fn eigh_random_rank_deficient_and_ill_conditioned() {
         let ill =
             sym_with_eigs(&mut rng, &(0..n).map(|i| 10f64.powf(-6.0 * i as f64 / n.max(2) as f64)).collect::<Vec<_>>());
         for batch in [random, vec![low_rank, ill]] {
-            let (vals, vecs) = run_eigh(&batch, None, &EighConfig::default());
-            for (i, a) in batch.iter().enumerate() {
-                check_eigh(a, &vals[i * n..(i + 1) * n], &vecs[i * n * n..(i + 1) * n * n], 2e-5);
+            for schedule in [JacobiSchedule::Workgroup, JacobiSchedule::Rounds] {
+                let (vals, vecs) = run_eigh(&batch, None, &EighConfig { schedule, ..EighConfig::default() });
+                for (i, a) in batch.iter().enumerate() {
+                    check_eigh(a, &vals[i * n..(i + 1) * n], &vecs[i * n * n..(i + 1) * n * n], 2e-5);
+                }
             }
         }
     }
@@ -83,8 +85,10 @@ fn eigh_warm_start_converges_in_few_sweeps() {
     let a2 = a.add(&drift);
     let warm = Tensor::from_slice(&gpu, &[1, n, n], &v0).unwrap();
     let cfg = EighConfig { max_sweeps: 3, ..EighConfig::default() };
-    let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &cfg);
-    check_eigh(&a2, &vals, &vecs, 2e-5);
+    for schedule in [JacobiSchedule::Workgroup, JacobiSchedule::Rounds] {
+        let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &EighConfig { schedule, ..cfg });
+        check_eigh(&a2, &vals, &vecs, 2e-5);
+    }
     // Cold with only 1 sweep is far from converged: the warm start is what did the work.
     let (cv, cvec) = run_eigh(std::slice::from_ref(&a2), None, &EighConfig { max_sweeps: 1, ..cfg });
     let v = Mat::from_f32(n, n, &cvec);
