@@ -12,11 +12,11 @@ struct U {
 @group(0) @binding(3) var<storage, read_write> vals: array<f32>;
 @group(0) @binding(4) var<storage, read_write> vecs: array<f32>;
 
-const WG: u32 = 256u;
+const WG: u32 = {{WG}}u;   // 256 on CPU adapters; up to 1024 on GPUs, where one matrix has one compute unit
 var<workgroup> rot: array<vec2<f32>, {{PAIRS}}>;
 var<workgroup> idx: array<vec2<u32>, {{PAIRS}}>;
-var<workgroup> red_off: array<f32, 256>;
-var<workgroup> red_tot: array<f32, 256>;
+var<workgroup> red_off: array<f32, {{WG}}>;
+var<workgroup> red_tot: array<f32, {{WG}}>;
 var<workgroup> done: u32;
 var<workgroup> rotated: atomic<u32>;
 var<workgroup> abs_thr: f32;
@@ -32,7 +32,7 @@ fn pair(r: u32, k: u32) -> vec2<u32> {
     return vec2<u32>(min(p, q), max(p, q));
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size({{WG}}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = u.n;
     let base = wg.x * n * n;
@@ -48,7 +48,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         red_off[li] = off;
         red_tot[li] = tot;
         workgroupBarrier();
-        for (var w = 128u; w > 0u; w >>= 1u) {
+        for (var w = WG / 2u; w > 0u; w >>= 1u) {
             if (li < w) {
                 red_off[li] += red_off[li + w];
                 red_tot[li] += red_tot[li + w];

@@ -35,9 +35,10 @@ impl Default for EighConfig {
 /// Where Jacobi's rounds run. Both give the same rotations; they differ in speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum JacobiSchedule {
-    /// [`JacobiSchedule::Rounds`] for cold starts with n ≥ 256 on GPUs, else [`JacobiSchedule::Workgroup`]. On an
-    /// H100 (Vulkan) with 4 matrices of 512: cold 0.25 s against 2.7 s, but warm 149 ms against 105 ms, since a
-    /// warm start needs few sweeps and the rounds schedule pays its ~15,000 dispatches regardless.
+    /// [`JacobiSchedule::Rounds`] for cold starts with n ≥ 128 on GPUs, else [`JacobiSchedule::Workgroup`]. On an
+    /// H100 (Vulkan), 4 matrices: cold n = 512 0.26 s against 2.7 s (n = 128: 23 ms against 52 ms), but warm
+    /// n = 512 149 ms against 38 ms, since a warm start needs few sweeps and the rounds schedule pays its ~15,000
+    /// dispatches regardless.
     #[default]
     Auto,
     /// One workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead, but
@@ -116,11 +117,15 @@ pub fn eigh(
     }
     let m = n + n % 2;
     let rounds = match cfg.schedule {
-        JacobiSchedule::Auto => warm.is_none() && n >= 256 && !plan.gpu().is_cpu(),
+        JacobiSchedule::Auto => warm.is_none() && n >= 128 && !plan.gpu().is_cpu(),
         s => s == JacobiSchedule::Rounds,
     };
     let work_a = if rounds { jacobi_rounds(plan, &work_a, &work_v, b, n, warm.is_some(), cfg)? } else { work_a };
-    let kernel = plan.gpu().kernel("linalg/jacobi.wgsl", "main", &[("PAIRS", (m / 2).max(1).to_string())])?;
+    let kernel = plan.gpu().kernel(
+        "linalg/jacobi.wgsl",
+        "main",
+        &[("PAIRS", (m / 2).max(1).to_string()), ("WG", workgroup_size(plan.gpu(), m / 2).to_string())],
+    )?;
     let u = Uniforms {
         n: n as u32,
         m: m as u32,
@@ -133,6 +138,21 @@ pub fn eigh(
         _r: 0,
     };
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
+}
+
+/// Invocations of the one-workgroup kernel: 256 on CPU adapters (more only adds coroutine switches), else as
+/// many as the device allows up to 1024 and the workgroup memory (two reduction arrays, the pair tables) fits.
+fn workgroup_size(gpu: &crate::gpu::Gpu, pairs: usize) -> u32 {
+    if gpu.is_cpu() {
+        return 256;
+    }
+    let l = gpu.limits();
+    let fits = |wg: u32| {
+        wg <= l.max_compute_invocations_per_workgroup
+            && wg <= l.max_compute_workgroup_size_x
+            && (2 * wg as usize + 4 * pairs.max(1)) * 4 + 16 <= l.max_compute_workgroup_storage_size as usize
+    };
+    [1024, 512].into_iter().find(|&wg| fits(wg)).unwrap_or(256)
 }
 
 /// [`JacobiSchedule::Rounds`]: every sweep's rounds as dispatches; returns the buffer holding the final A
