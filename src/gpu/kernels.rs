@@ -25,7 +25,6 @@ shader_table!(
     "linalg/transpose.wgsl",
     "linalg/jacobi.wgsl",
     "linalg/jacobi_rounds.wgsl",
-    "linalg/qr.wgsl",
     "linalg/qr_panel.wgsl",
     "linalg/cholesky.wgsl",
     "linalg/trsm.wgsl",

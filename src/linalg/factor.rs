@@ -1,11 +1,11 @@
-//! Householder QR (docs/optimizers.md §11.5; blocked, matmul-based above 32 columns), Cholesky and triangular
-//! solves (§11.6), batched.
+//! Householder QR (docs/optimizers.md §11.5; blocked, matmul-based), Cholesky and triangular solves (§11.6),
+//! batched.
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
 use crate::linalg::{copy, identity, Matmul, Trans};
 
-/// Largest column count QR takes (its τ table lives in workgroup memory).
+/// Largest column count QR takes.
 pub const MAX_QR_COLS: usize = 4096;
 
 /// Thin QR of each `m×n` matrix (m ≥ n): `q: [b, m, n]` with orthonormal columns, `r: [b, n, n]` upper
@@ -27,18 +27,14 @@ pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<
     }
     let work = plan.scratch(&[b, m, n])?;
     copy(plan, a, &work)?;
-    if n > QR_PANEL {
-        return qr_blocked(plan, &work, q, r);
-    }
-    let kernel = plan.gpu().kernel("linalg/qr.wgsl", "main", &[("N", n.to_string())])?;
-    let u: [u32; 4] = [m as u32, n as u32, q.offset() as u32, r.offset() as u32];
-    plan.dispatch(&kernel, &u, &[&work, q, r], [b as u32, 1, 1])
+    qr_blocked(plan, &work, q, r)
 }
 
 /// Panel width of the blocked QR (`NB` in `shaders/linalg/qr_panel.wgsl`).
 const QR_PANEL: usize = 32;
 
-/// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns one
+/// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns (a matrix of
+/// at most 32 columns is one panel) one
 /// workgroup per matrix builds the compact-WY pair `(V, T)`, then three batched matmuls apply
 /// `I − V·Tᵀ·Vᵀ` to the whole matrix; Q is `[I; 0]` with the blocks applied in reverse. All the O(m·n²) work is
 /// in matmuls, spread over the device, instead of one workgroup per matrix.
