@@ -34,10 +34,9 @@ pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<
 const QR_PANEL: usize = 32;
 
 /// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns (a matrix of
-/// at most 32 columns is one panel) one
-/// workgroup per matrix builds the compact-WY pair `(V, T)`, then three batched matmuls apply
-/// `I − V·Tᵀ·Vᵀ` to the whole matrix; Q is `[I; 0]` with the blocks applied in reverse. All the O(m·n²) work is
-/// in matmuls, spread over the device, instead of one workgroup per matrix.
+/// at most 32 columns is one panel) one workgroup per matrix builds the compact-WY pair `(V, T)`, then three
+/// batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[I; 0]` with the blocks applied
+/// in reverse. All the O(m·n²) work is in matmuls, spread over the device.
 fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;

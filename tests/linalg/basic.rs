@@ -99,6 +99,44 @@ fn matmul_large_broadcast_and_inplace() {
     }
 }
 
+/// Row ranges `[j.., :]` of each matrix of a stack, multiplied in place through `batch_strides`: rows above `j`
+/// stay untouched; a stride that runs past the buffer or makes outputs overlap is a clear error.
+#[test]
+fn matmul_over_row_ranges_of_a_stack() {
+    let gpu = gpu();
+    let mut rng = Rng::new(4);
+    let (b, m, n, k, j) = (3usize, 20usize, 12usize, 8usize, 7usize);
+    let xs: Vec<Mat> = (0..b).map(|_| rng.mat(m, n)).collect();
+    let vs: Vec<Mat> = (0..b).map(|_| rng.mat(m - j, k)).collect();
+    let ws: Vec<Mat> = (0..b).map(|_| rng.mat(k, n)).collect();
+    let (gx, gv, gw) = (upload(&gpu, &xs), upload(&gpu, &vs), upload(&gpu, &ws));
+    let rows = Tensor::from_buffer(&gpu, gx.buffer().clone(), j * n, &[b, m - j, n]).unwrap();
+    run(&gpu, |p| {
+        Matmul::new(&gv, &gw, &rows)
+            .scaled(-1.0, Some(&rows), 1.0)
+            .batch_strides((m - j) * k, k * n, m * n)
+            .record(p)
+            .unwrap()
+    });
+    let got = gx.read_blocking().unwrap();
+    for (i, g) in split(&got, b).iter().enumerate() {
+        let mut want = xs[i].clone();
+        let upd = vs[i].mul(&ws[i]);
+        for r in j..m {
+            for c in 0..n {
+                want.set(r, c, xs[i].at(r, c) - upd.at(r - j, c));
+            }
+        }
+        assert!(rel_err(g, &want.d) < 1e-5, "matrix {i}");
+    }
+    let mut p = PlanBuilder::new(&gpu);
+    let past_end = Matmul::new(&gv, &gw, &rows).batch_strides((m - j) * k, k * n, m * n + 1).record(&mut p);
+    assert!(matches!(past_end, Err(Error::Shape { .. })), "{past_end:?}");
+    let overlap = Matmul::new(&gv, &gw, &rows).batch_strides((m - j) * k, k * n, n).record(&mut p);
+    assert!(matches!(overlap, Err(Error::Shape { .. })), "{overlap:?}");
+    assert!(p.is_empty());
+}
+
 #[test]
 fn gram_both_sides_exactly_symmetric() {
     let gpu = gpu();
