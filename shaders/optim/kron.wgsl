@@ -1,4 +1,4 @@
-// Kronecker-factored whitening (SOAP, Shampoo; docs/optimizers.md §4.2, §4.6): the elementwise and per-matrix
+// Kronecker-factored whitening (SOAP, Shampoo, SPlus, SPA; docs/optimizers.md §4.2, §4.6–§4.8): the elementwise and per-matrix
 // kernels around the batched matmuls, eigendecompositions and QR recorded by src/optim/kron.rs. Kernels that
 // write optimizer state return early on a skipped step (scalars[0] == 0), so a non-finite gradient changes nothing.
 // Bindings: 0 the uniforms, then (elementwise phases) the step scalars, then the phase's tensors.
@@ -9,7 +9,12 @@
 //          the group's first applied step only initializes (no moment update).
 // FILTER:  Shampoo's filtered gradient Ḡ (bias-corrected EMA) and the grafting direction.
 // COMBINE: Shampoo's direction: grafted per matrix (‖P_graft‖/‖P‖·P, or P_graft before the start step) or P.
-// PREP:    F / bc2 + εI before Shampoo's eigendecomposition.
+// PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases).
+// MOMENTUM: SPlus / SPA: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA) zeroes M on
+//          the first applied step.
+// SIGN:    x ← sign(x) in place (a scratch: no state).
+// VARIANCE: SPA's normalization of the sign direction S: V ← β2 V + (1−β2) S², dir = S/(sqrt(V/(1−β2^t)) + a);
+//          zero (and V zeroed) on the first applied step.
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
 // SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
 //          descending order, columns of Q permuted, and V permuted along the factor's dimension.
@@ -57,6 +62,19 @@ struct U {
 //#if PREP
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+//#endif
+//#if MOMENTUM
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> mom: array<f32>;
+@group(0) @binding(4) var<storage, read_write> look: array<f32>;
+//#endif
+//#if SIGN
+@group(0) @binding(2) var<storage, read_write> sx: array<f32>;
+//#endif
+//#if VARIANCE
+@group(0) @binding(2) var<storage, read> sd: array<f32>;
+@group(0) @binding(3) var<storage, read_write> vs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dir: array<f32>;
 //#endif
 //#if SHIFT
 @group(0) @binding(1) var<storage, read_write> vals: array<f32>;
@@ -149,6 +167,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if ((u.flags & 1u) != 0u && u.b < 1.0) { bc = 1.0 - pow(u.b, t); }
     let within = i % (d * d);
     dst[i] = src[u.src_off + i] / bc + select(0.0, u.a, within / d == within % d);
+//#endif
+//#if MOMENTUM
+    if (scalars[0] == 0.0) { return; }
+    let b1 = scalars[o + 1u];
+    let g = grad[u.src_off + i];
+    let m = b1 * mom[u.dst_off + i] + (1.0 - b1) * g;
+    mom[u.dst_off + i] = select(m, 0.0, (u.flags & 1u) != 0u && t < 1.5);
+    look[i] = (1.0 - u.a) * m + u.a * g;
+//#endif
+//#if SIGN
+    sx[i] = sign(sx[i]);
+//#endif
+//#if VARIANCE
+    if (scalars[0] == 0.0) { return; }
+    let b2 = scalars[o + 7u];
+    let x = sd[i];
+    let v = b2 * vs[u.dst_off + i] + (1.0 - b2) * x * x;
+    let first = t < 1.5;
+    vs[u.dst_off + i] = select(v, 0.0, first);
+    dir[u.dst_off + i] = select(x / (sqrt(v / scalars[o + 3u]) + u.a), 0.0, first);
 //#endif
 //#if MOMENTS
     if (scalars[0] == 0.0 || t < 1.5) { return; }

@@ -5,9 +5,11 @@
 // COPY (outside placement): the (clipped) gradient itself is orthogonalized.
 // APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon"). Also the apply
 // of SOAP and Shampoo (src/optim/kron.rs): flag 4 puts the decay after the update (SOAP's WD-post), flag 8 makes a
-// group's first applied step a no-op (SOAP's initialization call).
+// group's first applied step a no-op (SOAP's initialization call), flag 16 scales the decay by the chunk's scale
+// (SPlus's shape-scaled lr); with EVAL_EMA (SPlus) the evaluation point x, the bias-corrected EMA of the
+// parameters between update and decay, follows: x ← lerp(x, p, (1 − r)/(1 − r^t)) with r = sf_beta.
 // APPLY_SF: SF-NorMuon's Schedule-Free update of z and x (the parameters hold y).
-struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum, 4 WD-post, 8 skip first
+struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta: f32, _b: f32, _c: f32 }   // flags: 1 nesterov, 2 sum, 4 WD-post, 8 skip first, 16 scaled WD
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> table: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> scalars: array<f32>;
@@ -26,6 +28,9 @@ struct U { chunks: u32, group: u32, groups_x: u32, flags: u32, wd: f32, sf_beta:
 @group(0) @binding(5) var<storage, read> polar: array<{{T}}>;
 //#if OUTSIDE
 @group(0) @binding(6) var<storage, read_write> mom: array<{{T}}>;
+//#endif
+//#if EVAL_EMA
+@group(0) @binding(6) var<storage, read_write> xs: array<{{T}}>;
 //#endif
 //#endif
 //#if APPLY_SF
@@ -86,7 +91,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#endif
         let p = param[ch.x + i];
         let step = lr * scale[c] * upd;
-        param[ch.x + i] = select(p * (1.0 - lr * u.wd) - step, (p - step) * (1.0 - lr * u.wd), (u.flags & 4u) != 0u);
+        let decay = 1.0 - lr * u.wd * select(1.0, scale[c], (u.flags & 16u) != 0u);
+        if ((u.flags & 4u) != 0u) {
+            let moved = p - step;
+//#if EVAL_EMA
+            let r = u.sf_beta;
+            xs[si] = mix(xs[si], moved, (1.0 - r) / (1.0 - pow(r, scalars[o + 4u])));
+//#endif
+            param[ch.x + i] = moved * decay;
+        } else {
+            param[ch.x + i] = p * decay - step;
+        }
 //#endif
     }
 }

@@ -10,7 +10,7 @@ use crate::gpu::Tensor;
 use crate::nn::kfac::{KfacConfig, KfacVariant};
 use crate::optim::{
     AdamWConfig, FusionOptConfig, Group, Matcher, OptimizerBuilder, OptimizerConfig, Schedule, SgdConfig,
-    ShampooConfig, SoapConfig,
+    ShampooConfig, SoapConfig, SpaConfig, SplusConfig,
 };
 
 /// The composite's name on the command line.
@@ -111,6 +111,8 @@ impl Recipe {
             let cfg = match OptimizerConfig::from_json(&self.optimizer, &json)? {
                 // Refreshes spread over the period so no step pays for every eigendecomposition.
                 OptimizerConfig::Soap(c) => OptimizerConfig::Soap(SoapConfig { stagger: true, ..c }),
+                OptimizerConfig::Splus(c) => OptimizerConfig::Splus(SplusConfig { stagger: true, ..c }),
+                OptimizerConfig::Spa(c) => OptimizerConfig::Spa(SpaConfig { stagger: true, ..c }),
                 // The distributed_shampoo README's AdamW replacement, roots every 10 steps.
                 OptimizerConfig::Shampoo(_) => OptimizerConfig::Shampoo(ShampooConfig {
                     precondition_frequency: 10,

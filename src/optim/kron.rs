@@ -1,4 +1,4 @@
-//! SOAP and Shampoo on the engine (docs/optimizers.md §4.2, §4.6): factor states per same-shape stack, the
+//! SOAP, Shampoo, SPlus and SPA on the engine (docs/optimizers.md §4.2, §4.6–§4.8): factor states per same-shape stack, the
 //! every-step work recorded into the step plan, and the expensive refreshes (eigenbases, inverse roots) as
 //! separate plans that [`crate::optim::Optimizer::step`] records into the same encoder on a host-side cadence —
 //! still one submit, no readback. A static plan cannot skip dispatches on a device-side condition without paying
@@ -7,7 +7,9 @@
 //!
 //! Step order: SOAP records everything in the step plan (project, Adam in the eigenbasis, project back, apply,
 //! factor EMAs) and refreshes after it; Shampoo updates its factors in the step plan, computes roots in the
-//! refresh, and takes its direction in the `post` plan after the refresh, as the reference orders them.
+//! refresh, and takes its direction in the `post` plan after the refresh, as the reference orders them. SPlus
+//! and SPA take the sign of the momentum in the eigenbasis and apply it in the step plan; their refresh is a
+//! full eigendecomposition of the factors (cold on the first call, warm-started from the previous basis later).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -48,6 +50,8 @@ enum Cadence {
     /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`]; the first (at the start step)
     /// runs `init` when there is one (eigh from cold).
     Shampoo { cfg: ShampooConfig, offset: u64 },
+    /// SPlus, SPA: `init` on call 0, then on 1-based step s when `s − offset` is a positive multiple of `period`.
+    Eigen { period: u64, offset: u64 },
 }
 
 /// A stack's refresh plans.
@@ -77,6 +81,14 @@ impl Refresh {
                     self.init.as_ref().or(Some(&self.plan))
                 } else {
                     Some(&self.plan)
+                }
+            }
+            Cadence::Eigen { period, offset } => {
+                let s = call + 1;
+                if call == 0 {
+                    self.init.as_ref()
+                } else {
+                    (s > *offset && (s - offset).is_multiple_of(*period)).then_some(&self.plan)
                 }
             }
         }
@@ -113,9 +125,12 @@ pub(crate) fn attach(
     b: usize,
     slots: &mut [(usize, ParamSlot)],
 ) -> Result<()> {
-    let (max_dim, shampoo, keep_basis) = match opt {
-        OptimizerConfig::Soap(c) => (c.max_precond_dim, false, true),
-        OptimizerConfig::Shampoo(c) => (crate::linalg::MAX_EIGH_DIM, true, c.root_method == RootMethod::Eigh),
+    // SPlus and SPA precondition dimensions below max_dim (the references' `d < max_dim`).
+    let (max_dim, shampoo, keep_basis, field) = match opt {
+        OptimizerConfig::Soap(c) => (c.max_precond_dim, false, true, "max_precond_dim"),
+        OptimizerConfig::Shampoo(c) => (crate::linalg::MAX_EIGH_DIM, true, c.root_method == RootMethod::Eigh, ""),
+        OptimizerConfig::Splus(c) => (c.max_dim.saturating_sub(1), false, true, "max_dim"),
+        OptimizerConfig::Spa(c) => (c.max_dim.saturating_sub(1), false, true, "max_dim"),
         _ => return Ok(()),
     };
     let parts = bucket.stack.as_ref().ok_or_else(|| Error::Device("whitening bucket without stacks".into()))?;
@@ -127,7 +142,11 @@ pub(crate) fn attach(
             return Err(bad(format!(
                 "{}: a {m}×{n} matrix has a side above the device eigensolver's {limit}{}",
                 opt.name(),
-                if shampoo { "; route it to another optimizer" } else { "; set max_precond_dim ≤ 2048" }
+                if shampoo {
+                    "; route it to another optimizer".to_string()
+                } else {
+                    format!("; set {field} ≤ {limit}")
+                }
             )));
         }
         let mut st = KronStack { offset, count, m, n, factors: [None, None], bases: [None, None], roots: [None, None] };
@@ -270,27 +289,95 @@ fn parts(b: &Bucket) -> Result<(&StackParts, &KronParts)> {
     }
 }
 
+/// How the chunked apply phase writes the direction: muon.wgsl's flags, the weight decay, and SPlus's
+/// evaluation point (the `x` state and the EMA rate).
+#[derive(Clone, Copy)]
+struct Apply<'a> {
+    flags: u32,
+    wd: f32,
+    eval_ema: Option<(&'a Tensor, f32)>,
+}
+
+impl Apply<'_> {
+    fn new(flags: u32, wd: f32) -> Self {
+        Apply { flags, wd, eval_ema: None }
+    }
+}
+
 /// The chunked muon.wgsl phases (gather the clipped gradient; apply a direction) over a bucket's tables.
-fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply: Option<(u32, f32)>) -> Result<()> {
+fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply: Option<Apply>) -> Result<()> {
     let (p, _) = parts(b)?;
     for t in &b.tables {
         let ty = if t.vec4 { "vec4<f32>" } else { "f32" };
         let phase = if apply.is_some() { "APPLY" } else { "COPY" };
+        let eval_ema = apply.and_then(|a| a.eval_ema);
         let kernel = plan.gpu().kernel(
             "optim/muon.wgsl",
             "main",
-            &[("T", ty.into()), ("WG", wg.to_string()), (phase, "1".into())],
+            &[
+                ("T", ty.into()),
+                ("WG", wg.to_string()),
+                (phase, "1".into()),
+                ("EVAL_EMA", (eval_ema.is_some() as u32).to_string()),
+            ],
         )?;
         let (gx, gy) = grid(t.chunks);
-        let (flags, wd) = apply.unwrap_or((0, 0.0));
-        let u = StackUniform::new(t, b.group, flags, wd);
         match apply {
-            Some(_) => {
+            Some(a) => {
+                let mut u = StackUniform::new(t, b.group, a.flags, a.wd);
                 let scale = t.scale.as_ref().ok_or_else(|| Error::Device("stack table without scales".into()))?;
-                plan.dispatch(&kernel, &u, &[&t.table, scalars, scale, &b.param, &p.ns_out], [gx, gy, 1])?
+                let mut tensors = vec![&t.table, scalars, scale, &b.param, &p.ns_out];
+                if let Some((x, r)) = eval_ema {
+                    u = u.with_ema_rate(r);
+                    tensors.push(x);
+                }
+                plan.dispatch(&kernel, &u, &tensors, [gx, gy, 1])?
             }
-            None => plan.dispatch(&kernel, &u, &[&t.table, scalars, &b.grad, &p.ns_in], [gx, gy, 1])?,
+            None => {
+                let u = StackUniform::new(t, b.group, 0, 0.0);
+                plan.dispatch(&kernel, &u, &[&t.table, scalars, &b.grad, &p.ns_in], [gx, gy, 1])?
+            }
         }
+    }
+    Ok(())
+}
+
+/// SPlus's and SPA's direction per stack: momentum (its lookahead into a scratch), the sign in the eigenbasis,
+/// back to the original basis — into the direction buffer (SPlus), or through SPA's variance normalization.
+fn record_sign(
+    plan: &mut PlanBuilder,
+    b: &Bucket,
+    scalars: &Tensor,
+    lookahead: f32,
+    spa_eps: Option<f32>,
+) -> Result<()> {
+    let (p, k) = parts(b)?;
+    let m_state = b.state("exp_avg")?;
+    for st in &k.stacks {
+        let g = st.view(&p.ns_in)?;
+        let total = g.numel() as u32;
+        let look = plan.scratch(g.shape())?;
+        let u = KronU {
+            total,
+            dst_off: st.offset as u32,
+            src_off: st.offset as u32,
+            group: b.group as u32,
+            a: lookahead,
+            flags: spa_eps.is_some() as u32,
+            ..Default::default()
+        };
+        elementwise(plan, "MOMENTUM", &[], u, &[scalars, &p.ns_in, m_state, &look])?;
+        let rot = plan.scratch(g.shape())?;
+        sandwich(plan, KronStack::side(&st.bases), PROJECT, &look, &rot)?;
+        elementwise(plan, "SIGN", &[], KronU { total, ..Default::default() }, &[scalars, &rot])?;
+        let Some(eps) = spa_eps else {
+            sandwich(plan, KronStack::side(&st.bases), BACK, &rot, &st.view(&p.ns_out)?)?;
+            continue;
+        };
+        // `look` is free again: it takes the sign direction in the original basis.
+        sandwich(plan, KronStack::side(&st.bases), BACK, &rot, &look)?;
+        let u = KronU { total, dst_off: st.offset as u32, group: b.group as u32, a: eps, ..Default::default() };
+        elementwise(plan, "VARIANCE", &[], u, &[scalars, &look, b.state("exp_avg_sq")?, &p.ns_out])?;
     }
     Ok(())
 }
@@ -319,7 +406,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                 sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
             }
             // p ← (p − lr·N)(1 − lr·wd); the first call only initializes.
-            chunked(plan, b, scalars, wg, Some((4 | 8, c.weight_decay)))?;
+            chunked(plan, b, scalars, wg, Some(Apply::new(4 | 8, c.weight_decay)))?;
             let beta = c.factor_beta();
             for st in &k.stacks {
                 st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, beta, 1.0 - beta)?;
@@ -329,6 +416,26 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
             let w = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
             for st in &k.stacks {
                 st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, w)?;
+            }
+        }
+        OptimizerConfig::Splus(c) => {
+            record_sign(plan, b, scalars, c.lookahead, None)?;
+            // p ← p − lr'·U, the EMA of p, then p·(1 − lr'·wd) with the shape-scaled lr' (flags 4 | 16).
+            let eval_ema = match c.ema_rate {
+                Some(r) => Some((b.state("x")?, r)),
+                None => None,
+            };
+            chunked(plan, b, scalars, wg, Some(Apply { flags: 4 | 16, wd: c.weight_decay, eval_ema }))?;
+            for st in &k.stacks {
+                st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, 1.0 - c.beta2)?;
+            }
+        }
+        OptimizerConfig::Spa(c) => {
+            record_sign(plan, b, scalars, 0.0, Some(c.eps))?;
+            // p ← p(1 − lr·wd) − lr·U: the harness's coupled decay.
+            chunked(plan, b, scalars, wg, Some(Apply::new(0, c.weight_decay)))?;
+            for st in &k.stacks {
+                st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, 1.0 - c.beta2)?;
             }
         }
         _ => {}
@@ -385,7 +492,7 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
         };
         elementwise(plan, "COMBINE", &[], u, &[scalars, &pre, &graft, &ng, &np, &p.ns_out])?;
     }
-    chunked(plan, b, scalars, wg, Some((0, c.weight_decay)))
+    chunked(plan, b, scalars, wg, Some(Apply::new(0, c.weight_decay)))
 }
 
 /// SOAP's basis sort: new columns of `q` in descending order of `est` (eigh's values, or diag(Qᵀ·T) with
@@ -524,6 +631,24 @@ fn shampoo_refresh(
     plan.build()
 }
 
+/// SPlus's and SPA's eigenbases `eigh(F + εI)` (cold, or warm-started from the current basis), committed on an
+/// applied step. The order of the columns does not matter: the sign direction is invariant to permutations and
+/// sign flips of the basis vectors.
+fn eigen_refresh(gpu: &Gpu, st: &KronStack, group: usize, scalars: &Tensor, eps: f32, cold: bool) -> Result<Plan> {
+    let mut plan = PlanBuilder::new(gpu);
+    for s in 0..2 {
+        let (Some(f), Some(q)) = (&st.factors[s], &st.bases[s]) else { continue };
+        let d = f.shape()[1];
+        let prep = plan.scratch(f.shape())?;
+        let u = KronU { total: f.numel() as u32, group: group as u32, a: eps, d: d as u32, ..Default::default() };
+        elementwise(&mut plan, "PREP", &[], u, &[scalars, f, &prep])?;
+        let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
+        eigh(&mut plan, &prep, &vals, &vecs, (!cold).then_some(q), &EighConfig::default())?;
+        ema(&mut plan, scalars, &vecs, q, 0.0, 1.0)?;
+    }
+    plan.build()
+}
+
 /// The refresh plans of every SOAP / Shampoo stack, and Shampoo's `post` plan (`None` without Shampoo).
 pub(crate) fn plans(
     gpu: &Gpu,
@@ -558,6 +683,22 @@ pub(crate) fn plans(
                     },
                     plan: shampoo_refresh(gpu, c, st, b.group, scalars, false)?,
                     cadence: Cadence::Shampoo { cfg: c.clone(), offset: stagger(c.stagger, c.precondition_frequency) },
+                }),
+                OptimizerConfig::Splus(c) => refreshes.push(Refresh {
+                    init: Some(eigen_refresh(gpu, st, b.group, scalars, c.eps, true)?),
+                    plan: eigen_refresh(gpu, st, b.group, scalars, c.eps, false)?,
+                    cadence: Cadence::Eigen {
+                        period: c.inverse_every as u64,
+                        offset: stagger(c.stagger, c.inverse_every),
+                    },
+                }),
+                OptimizerConfig::Spa(c) => refreshes.push(Refresh {
+                    init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
+                    plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
+                    cadence: Cadence::Eigen {
+                        period: c.precondition_frequency as u64,
+                        offset: stagger(c.stagger, c.precondition_frequency),
+                    },
                 }),
                 _ => {}
             }

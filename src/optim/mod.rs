@@ -16,7 +16,7 @@ pub use config::{
     AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Grafting, LionConfig, MomentumKind,
     MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, RootMethod,
     ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig,
-    SignumConfig, SoapConfig, StepSizeRule,
+    SignumConfig, SoapConfig, SpaConfig, SplusConfig, StepSizeRule,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

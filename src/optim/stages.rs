@@ -67,6 +67,11 @@ impl StackUniform {
             _p: [0.0; 2],
         }
     }
+
+    /// The same with the rate of SPlus's parameter EMA.
+    pub(crate) fn with_ema_rate(self, r: f32) -> StackUniform {
+        StackUniform { sf_beta: r, ..self }
+    }
 }
 
 /// Muon's update for one bucket: momentum (or a copy of the gradient for outside placement), one batched polar
@@ -486,7 +491,7 @@ pub(crate) fn layout_bucket(
         let n = p.param.numel();
         if stacked {
             let (count, m, k) = crate::optim::config::muon_matrices(p.param.shape()).unwrap_or((1, 1, n));
-            let s = muon.as_ref().map_or(1.0, |c| c.adjust_lr.scale_for(p.param.shape()));
+            let s = groups[group].optimizer.lr_scale(p.param.shape());
             let body =
                 if p.param.offset().is_multiple_of(4) && p.grad.offset().is_multiple_of(4) { n / 4 * 4 } else { 0 };
             vec_scale.extend(std::iter::repeat_n(s, body.div_ceil(CHUNK)));

@@ -15,18 +15,18 @@ use wgoptim::Error;
 
 /// Two same-shape 8×8 matrices (one stack), a wide 6×10, a tall 5×3 with an odd size (its own stack).
 /// Stacks are ordered by shape: [5,3] (0), [6,10] (1), [8,8]×2 (2).
-const SPECS: &[(&str, &[usize])] = &[("a", &[8, 8]), ("b", &[8, 8]), ("c", &[6, 10]), ("d", &[5, 3])];
-const STACK: [u64; 4] = [2, 2, 1, 0];
-const STACKS: u64 = 3;
-const STEPS: u64 = 30;
-const NAN_AT: u64 = 7;
-const CLIP: f32 = 2.0;
+pub(super) const SPECS: &[(&str, &[usize])] = &[("a", &[8, 8]), ("b", &[8, 8]), ("c", &[6, 10]), ("d", &[5, 3])];
+pub(super) const STACK: [u64; 4] = [2, 2, 1, 0];
+pub(super) const STACKS: u64 = 3;
+pub(super) const STEPS: u64 = 30;
+pub(super) const NAN_AT: u64 = 7;
+pub(super) const CLIP: f32 = 2.0;
 
-fn build(opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
+pub(super) fn build(opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
     build_on(&gpu(), opt)
 }
 
-fn build_on(gpu: &wgoptim::Gpu, opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
+pub(super) fn build_on(gpu: &wgoptim::Gpu, opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
     let store = ParamStore::new(gpu, SPECS)?;
     for (i, (name, shape)) in SPECS.iter().enumerate() {
         store.param(name)?.write(&noise(300 + i as u64, shape.iter().product()))?;
@@ -52,17 +52,17 @@ fn grads_at(call: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn write(store: &ParamStore, g: &[Vec<f32>]) {
+pub(super) fn write(store: &ParamStore, g: &[Vec<f32>]) {
     for ((name, _), g) in SPECS.iter().zip(g) {
         store.grad(name).unwrap().write(g).unwrap();
     }
 }
 
-fn read(opt: &Optimizer, name: &str, state: &str) -> Vec<f32> {
+pub(super) fn read(opt: &Optimizer, name: &str, state: &str) -> Vec<f32> {
     opt.state(name, state).unwrap().read_blocking().unwrap()
 }
 
-fn elementwise(a: &Mat, b: &Mat, f: impl Fn(f64, f64) -> f64) -> Mat {
+pub(super) fn elementwise(a: &Mat, b: &Mat, f: impl Fn(f64, f64) -> f64) -> Mat {
     Mat { d: a.d.iter().zip(&b.d).map(|(x, y)| f(*x, *y)).collect(), ..a.clone() }
 }
 
@@ -80,18 +80,18 @@ fn sorted(q: &Mat, est: &[f64]) -> (Mat, Vec<usize>) {
 }
 
 /// One matrix's reference state.
-struct RefMat {
-    p: Mat,
-    m: Mat,
-    v: Mat,
-    f: [Mat; 2],
-    q: [Mat; 2],
-    has: [bool; 2],
-    t: u32,
+pub(super) struct RefMat {
+    pub(super) p: Mat,
+    pub(super) m: Mat,
+    pub(super) v: Mat,
+    pub(super) f: [Mat; 2],
+    pub(super) q: [Mat; 2],
+    pub(super) has: [bool; 2],
+    pub(super) t: u32,
 }
 
 impl RefMat {
-    fn new(p: Mat, max_dim: usize) -> RefMat {
+    pub(super) fn new(p: Mat, max_dim: usize) -> RefMat {
         let (r, c) = (p.r, p.c);
         RefMat {
             m: Mat::zeros(r, c),
@@ -112,7 +112,7 @@ impl RefMat {
         }
     }
 
-    fn sandwich(&self, x: &Mat, back: bool) -> Mat {
+    pub(super) fn sandwich(&self, x: &Mat, back: bool) -> Mat {
         let y = self.left(x, back);
         match (self.has[1], back) {
             (false, _) => y,
@@ -121,7 +121,7 @@ impl RefMat {
         }
     }
 
-    fn factor_ema(&mut self, g: &Mat, beta: f64, w: f64) {
+    pub(super) fn factor_ema(&mut self, g: &Mat, beta: f64, w: f64) {
         let outer = [g.mul(&g.t()), g.t().mul(g)];
         for s in 0..2 {
             self.f[s] = self.f[s].scale(beta).add(&outer[s].scale(w));
@@ -545,6 +545,13 @@ fn rank_deficient_least_squares_converges_for_10000_steps() {
             epsilon: 1e-6,
             ..ShampooConfig::default()
         }),
+        OptimizerConfig::Splus(SplusConfig {
+            lr: 0.05,
+            weight_decay: 0.0,
+            inverse_every: 10,
+            ..SplusConfig::default()
+        }),
+        OptimizerConfig::Spa(SpaConfig { lr: 0.01, ..SpaConfig::default() }),
     ];
     for opt in runs {
         let (first, last, finite) = least_squares(opt.clone(), 10_000);
@@ -565,6 +572,8 @@ fn zero_gradients_never_produce_nan() {
             grafting: Some(Grafting::Adam { beta2: 0.99, eps: 1e-8 }),
             ..ShampooConfig::default()
         }),
+        OptimizerConfig::Splus(SplusConfig { inverse_every: 4, ..SplusConfig::default() }),
+        OptimizerConfig::Spa(SpaConfig { precondition_frequency: 4, ..SpaConfig::default() }),
     ] {
         let (store, dev) = build_on(&gpu, opt.clone()).unwrap();
         for call in 0..12 {
@@ -587,12 +596,14 @@ fn zero_gradients_never_produce_nan() {
 }
 
 #[test]
-fn replay_runs_soap_and_shampoo_like_a_direct_run() {
+fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
     let gpu = gpu();
     let params: [(&str, &[usize]); 2] = [("w", &[8, 8]), ("c", &[6, 10])];
     for (name, config) in [
         ("soap", r#"{"lr": 0.02, "precondition_frequency": 3}"#),
         ("shampoo", r#"{"lr": 0.01, "epsilon": 0.05, "precondition_frequency": 2}"#),
+        ("splus", r#"{"inverse_every": 3, "ema_rate": 0.9}"#),
+        ("spa", r#"{"precondition_frequency": 3}"#),
     ] {
         let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (i, (n, s)) in params.iter().enumerate() {
@@ -630,6 +641,14 @@ fn replay_runs_soap_and_shampoo_like_a_direct_run() {
                 let got: Vec<f32> =
                     bytemuck::pod_collect_to_vec(st.tensor(&format!("param/{t:04}/{n}")).unwrap().data());
                 assert_eq!(got, store.param(n).unwrap().read_blocking().unwrap(), "{name} step {t} `{n}`");
+            }
+        }
+        // SPlus's evaluation point (its parameter EMA) is replayed too.
+        let eval = pollster::block_on(dev.eval_params()).unwrap();
+        for (n, want) in &eval {
+            match st.tensor(&format!("param_eval/0007/{n}")) {
+                Ok(v) => assert_eq!(&bytemuck::pod_collect_to_vec::<u8, f32>(v.data()), want, "{name} `{n}`"),
+                Err(_) => assert_ne!(name, "splus", "no evaluation point for `{n}`"),
             }
         }
     }

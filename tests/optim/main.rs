@@ -11,6 +11,7 @@ mod kron;
 mod reference;
 mod replay;
 mod sfplus;
+mod sign_kron;
 
 pub use cpu::{gpu, noise};
 use reference::*;

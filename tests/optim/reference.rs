@@ -79,6 +79,8 @@ impl RefGroup {
             OptimizerConfig::SfNorMuon(ref c) => c.momentum,
             OptimizerConfig::Soap(ref c) => c.beta1,
             OptimizerConfig::Shampoo(ref c) => c.beta1,
+            OptimizerConfig::Splus(ref c) => c.beta1,
+            OptimizerConfig::Spa(ref c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -127,6 +129,9 @@ impl RefGroup {
         match &self.group.optimizer {
             OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_) => {
                 unreachable!("SOAP and Shampoo have their own reference (tests/optim/kron.rs)")
+            }
+            OptimizerConfig::Splus(_) | OptimizerConfig::Spa(_) => {
+                unreachable!("SPlus and SPA have their own reference (tests/optim/sign_kron.rs)")
             }
             OptimizerConfig::SfNorMuon(c) => {
                 // s = [m, v (rows), z], e = x; p holds y.

@@ -58,6 +58,10 @@ pub enum OptimizerConfig {
     Soap(SoapConfig),
     /// [`ShampooConfig`] (2-D parameters).
     Shampoo(ShampooConfig),
+    /// [`SplusConfig`] (2-D parameters).
+    Splus(SplusConfig),
+    /// [`SpaConfig`] (2-D parameters).
+    Spa(SpaConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -109,6 +113,8 @@ impl OptimizerConfig {
         "sf_normuon",
         "soap",
         "shampoo",
+        "splus",
+        "spa",
     ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
@@ -129,6 +135,8 @@ impl OptimizerConfig {
             OptimizerConfig::SfNorMuon(_) => "sf_normuon",
             OptimizerConfig::Soap(_) => "soap",
             OptimizerConfig::Shampoo(_) => "shampoo",
+            OptimizerConfig::Splus(_) => "splus",
+            OptimizerConfig::Spa(_) => "spa",
         }
     }
 
@@ -150,13 +158,28 @@ impl OptimizerConfig {
             OptimizerConfig::SfNorMuon(c) => c.lr,
             OptimizerConfig::Soap(c) => c.lr,
             OptimizerConfig::Shampoo(c) => c.lr,
+            OptimizerConfig::Splus(c) => c.lr,
+            OptimizerConfig::Spa(c) => c.lr,
         }
     }
 
-    /// Whether the evaluation point x is kept as a state (ScheduleFree+, SF-NorMuon): `eval_params` reads it and
-    /// mode switching is not offered.
+    /// Whether the evaluation point x is kept as a state (ScheduleFree+, SF-NorMuon, SPlus's parameter EMA):
+    /// `eval_params` reads it and mode switching is not offered.
     pub fn keeps_x(&self) -> bool {
-        matches!(self, OptimizerConfig::ScheduleFreePlus(_) | OptimizerConfig::SfNorMuon(_))
+        match self {
+            OptimizerConfig::ScheduleFreePlus(_) | OptimizerConfig::SfNorMuon(_) => true,
+            OptimizerConfig::Splus(c) => c.ema_rate.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The per-matrix lr scale of an optimizer taking matrices (Muon's `adjust_lr`, SPlus's `2/(m+n)`); 1 for
+    /// the others.
+    pub(crate) fn lr_scale(&self, shape: &[usize]) -> f32 {
+        match self {
+            OptimizerConfig::Splus(c) if shape.len() == 2 => c.shape_scale(shape[0], shape[1]),
+            _ => self.muon_pipeline().map_or(1.0, |c| c.adjust_lr.scale_for(shape)),
+        }
     }
 
     /// The NorMuon settings of the NorMuon family.
@@ -193,10 +216,16 @@ impl OptimizerConfig {
         self.muon_pipeline().is_some() || self.is_kron()
     }
 
-    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo): stacks of matrices with factor
-    /// states and host-scheduled refreshes.
+    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo, SPlus, SPA): stacks of matrices
+    /// with factor states and host-scheduled refreshes.
     pub(crate) fn is_kron(&self) -> bool {
-        matches!(self, OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_))
+        matches!(
+            self,
+            OptimizerConfig::Soap(_)
+                | OptimizerConfig::Shampoo(_)
+                | OptimizerConfig::Splus(_)
+                | OptimizerConfig::Spa(_)
+        )
     }
 
     /// Whether the step needs the loss value (given to the builder as a device tensor).
@@ -232,6 +261,8 @@ impl OptimizerConfig {
             "sf_normuon" => OptimizerConfig::SfNorMuon(serde_json::from_str(json).map_err(bad)?),
             "soap" => OptimizerConfig::Soap(serde_json::from_str(json).map_err(bad)?),
             "shampoo" => OptimizerConfig::Shampoo(serde_json::from_str(json).map_err(bad)?),
+            "splus" => OptimizerConfig::Splus(serde_json::from_str(json).map_err(bad)?),
+            "spa" => OptimizerConfig::Spa(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -413,6 +444,25 @@ impl OptimizerConfig {
                     None => {}
                 }
             }
+            OptimizerConfig::Splus(ref c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                if let Some(r) = c.ema_rate {
+                    beta("ema_rate", r)?;
+                }
+                nonneg("eps", c.eps)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                check("nonstandard_constant", c.nonstandard_constant > 0.0, c.nonstandard_constant, "> 0")?;
+                check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
+                whitening_common("splus", c.inverse_every, c.max_dim)?;
+            }
+            OptimizerConfig::Spa(ref c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("eps", c.eps > 0.0, c.eps, "> 0")?;
+                nonneg("weight_decay", c.weight_decay)?;
+                whitening_common("spa", c.precondition_frequency, c.max_dim)?;
+            }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
                 beta("beta_h", c.beta_h)?;
@@ -557,6 +607,20 @@ impl OptimizerConfig {
                     Some(Grafting::Adam { beta2, .. } | Grafting::Rmsprop { beta2, .. }) => beta2,
                     _ => 0.0,
                 },
+                ..none
+            },
+            OptimizerConfig::Splus(ref c) => KernelSpec {
+                define: "OPT_SPLUS",
+                states: if c.ema_rate.is_some() { &["exp_avg", "x"] } else { &["exp_avg"] },
+                beta1: c.beta1,
+                beta2: c.beta2,
+                ..none
+            },
+            OptimizerConfig::Spa(ref c) => KernelSpec {
+                define: "OPT_SPA",
+                states: &["exp_avg", "exp_avg_sq"],
+                beta1: c.beta1,
+                beta2: c.beta2,
                 ..none
             },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.

@@ -1,5 +1,5 @@
-//! Configurations of the Kronecker-factored whitening optimizers (docs/optimizers.md §4): SOAP and Shampoo.
-//! Both take 2-D matrices; same-shape matrices of a bucket share batched dispatches, and their expensive
+//! Configurations of the Kronecker-factored whitening optimizers (docs/optimizers.md §4): SOAP, Shampoo,
+//! SPlus and SPA. All take 2-D matrices; same-shape matrices of a bucket share batched dispatches, and their expensive
 //! refreshes (eigenbases, inverse roots) run on a host-side cadence, optionally staggered across stacks.
 
 use serde::{Deserialize, Serialize};
@@ -192,6 +192,117 @@ impl ShampooConfig {
     pub fn refreshes_at(&self, s: u64) -> bool {
         let (f, start) = (self.precondition_frequency as u64, self.start() as u64);
         (s.is_multiple_of(f) && s > start) || s == start
+    }
+}
+
+/// SPlus, official torch semantics (kvfrans/splus, docs/optimizers.md §4.8): momentum `M ← lerp(M, G, 1−β1)`,
+/// direction `U = Q_L·sign(Q_Lᵀ·M·Q_R)·Q_Rᵀ` in the factors' eigenbasis (the identity until the first
+/// refresh, i.e. plain Signum on the first step), factors `S_L ← lerp(S_L, GGᵀ, 1−β2)`, `S_R ← lerp(S_R, GᵀG,
+/// 1−β2)` from the raw gradient, eigenbases `eigh(S + εI)` after the step on the first call and every
+/// `inverse_every` calls. The lr is scaled by `2/(m+n)` (by `nonstandard_constant` when a dimension exceeds
+/// `max_dim`); `p ← p − lr'·U`, then the parameter EMA, then `p ← p·(1 − lr'·wd)`.
+///
+/// The evaluation point is the bias-corrected EMA of the parameters, `EMA/(1 − r^t)`; it is kept as the state
+/// `x` (updated as `x ← lerp(x, p, (1−r)/(1−r^t))`, the same average) and read by
+/// [`crate::optim::Optimizer::eval_params`]. `ema_rate = None` drops it (the optax / matrix-whitening form).
+/// `lookahead` is the matrix-whitening repository's "sign + lookahead" (Table 2 of seed 004): the sign is taken
+/// of `(1 − a)·M + a·G`. Vectors and scalars are not taken (route them to AdamW or Signum, as every reference
+/// harness does); the reference's sign update with `lr·nonstandard_constant` for them is Signum with that lr.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplusConfig {
+    /// Learning rate (before the shape scale).
+    pub lr: f32,
+    /// Momentum β1.
+    pub beta1: f32,
+    /// Factor EMA β2.
+    pub beta2: f32,
+    /// Parameter EMA rate r of the evaluation point; `None`: no evaluation point.
+    pub ema_rate: Option<f32>,
+    /// Calls between eigenbasis refreshes (the first call always refreshes).
+    pub inverse_every: u32,
+    /// ε added to the factors' diagonal before the eigendecomposition.
+    pub eps: f32,
+    /// Decoupled weight decay, after the update, with the shape-scaled lr.
+    pub weight_decay: f32,
+    /// Dimensions of `max_dim` or more stay in the original basis (the reference's `d < max_dim`).
+    pub max_dim: usize,
+    /// The lr scale of matrices with a dimension above `max_dim`.
+    pub nonstandard_constant: f32,
+    /// Lookahead a: the sign of `(1 − a)·M + a·G` (0: plain SPlus).
+    pub lookahead: f32,
+    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    pub stagger: bool,
+}
+
+impl Default for SplusConfig {
+    fn default() -> Self {
+        SplusConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            ema_rate: Some(0.999),
+            inverse_every: 100,
+            eps: 1e-30,
+            weight_decay: 1e-2,
+            max_dim: 10000,
+            nonstandard_constant: 1e-3,
+            lookahead: 0.0,
+            stagger: false,
+        }
+    }
+}
+
+impl SplusConfig {
+    /// The lr scale of an `m × n` matrix.
+    pub fn shape_scale(&self, m: usize, n: usize) -> f32 {
+        if m <= self.max_dim && n <= self.max_dim {
+            2.0 / (m + n) as f32
+        } else {
+            self.nonstandard_constant
+        }
+    }
+}
+
+/// SPA, "SPlus then Adam" (kvfrans/matrix-whitening `spa.py`, docs/optimizers.md §4.7, seed 004 eq. 10): the
+/// SPlus sign direction `S = Q_L·sign(Q_Lᵀ·M·Q_R)·Q_Rᵀ`, then Adam's variance normalization in the original
+/// basis, `V ← β2 V + (1−β2) S²`, `U = S/(sqrt(V/(1−β2^t)) + ε)`. The first step only initializes (U, M and V
+/// are zeroed; the factors are updated); eigenbases `eigh(S + 1e-30·I)` after the step on the first call and
+/// every `precondition_frequency` calls. Weight decay as that repository's harness couples it:
+/// `p ← p − lr·(U + wd·p)`. The reference has no lr default; ours is 1e-3.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpaConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β1.
+    pub beta1: f32,
+    /// Variance and factor EMA β2.
+    pub beta2: f32,
+    /// ε added to the bias-corrected `sqrt(V)`.
+    pub eps: f32,
+    /// Weight decay, coupled as `lr·wd·p`.
+    pub weight_decay: f32,
+    /// Calls between eigenbasis refreshes (the first call always refreshes).
+    pub precondition_frequency: u32,
+    /// Dimensions of `max_dim` or more stay in the original basis.
+    pub max_dim: usize,
+    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    pub stagger: bool,
+}
+
+impl Default for SpaConfig {
+    fn default() -> Self {
+        SpaConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-16,
+            weight_decay: 0.0,
+            precondition_frequency: 10,
+            max_dim: 10000,
+            stagger: false,
+        }
     }
 }
 
