@@ -10,8 +10,13 @@
 // FILTER:  Shampoo's filtered gradient Ḡ (bias-corrected EMA) and the grafting direction.
 // COMBINE: Shampoo's direction: grafted per matrix (‖P_graft‖/‖P‖·P, or P_graft before the start step) or P.
 // PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases).
-// MOMENTUM: SPlus / SPA: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA) zeroes M on
-//          the first applied step.
+// MOMENTUM: SPlus / SPA / KL-Shampoo: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA)
+//          zeroes M on the first applied step, flags 2 (KL-Shampoo) leaves it untouched then.
+// KL_SCALE: KL-Shampoo, in place over a stack of m×n (rows, cols): x ← x·f with f = s_L[row] (flags 1) times
+//          s_R[col] (flags 2), saturated f/(1 + a·f) (flags 4), 1 on the first applied step (flags 8).
+// KL_DIAG: KL-Shampoo's eigenvalue targets from D = Q_Lᵀ·G·Q_R: per matrix, d_L[i] = mean_j (D_ij s_R[j])² then
+//          d_R[j] = mean_i (D_ij s_L[i])², packed [count, m + n].
+// KL_EIGS: λ = 1/s², λ ← lerp(λ, d, 1−β), s = min(1/sqrt(λ), clamp) with clamps a (left) and b (right).
 // SIGN:    x ← sign(x) in place (a scratch: no state).
 // VARIANCE: SPA's normalization of the sign direction S: V ← β2 V + (1−β2) S², dir = S/(sqrt(V/(1−β2^t)) + a);
 //          zero (and V zeroed) on the first applied step.
@@ -75,6 +80,22 @@ struct U {
 @group(0) @binding(2) var<storage, read> sd: array<f32>;
 @group(0) @binding(3) var<storage, read_write> vs: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dir: array<f32>;
+//#endif
+//#if KL_SCALE
+@group(0) @binding(2) var<storage, read_write> kx: array<f32>;
+@group(0) @binding(3) var<storage, read> sl: array<f32>;
+@group(0) @binding(4) var<storage, read> sr: array<f32>;
+//#endif
+//#if KL_DIAG
+@group(0) @binding(2) var<storage, read> dm: array<f32>;
+@group(0) @binding(3) var<storage, read> sl: array<f32>;
+@group(0) @binding(4) var<storage, read> sr: array<f32>;
+@group(0) @binding(5) var<storage, read_write> diag: array<f32>;
+//#endif
+//#if KL_EIGS
+@group(0) @binding(2) var<storage, read> diag: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sl: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sr: array<f32>;
 //#endif
 //#if SHIFT
 @group(0) @binding(1) var<storage, read_write> vals: array<f32>;
@@ -169,7 +190,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     dst[i] = src[u.src_off + i] / bc + select(0.0, u.a, within / d == within % d);
 //#endif
 //#if MOMENTUM
-    if (scalars[0] == 0.0) { return; }
+    if (scalars[0] == 0.0 || ((u.flags & 2u) != 0u && t < 1.5)) { return; }
     let b1 = scalars[o + 1u];
     let g = grad[u.src_off + i];
     let m = b1 * mom[u.dst_off + i] + (1.0 - b1) * g;
@@ -178,6 +199,54 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#endif
 //#if SIGN
     sx[i] = sign(sx[i]);
+//#endif
+//#if KL_SCALE
+    let mn = u.rows * u.cols;
+    let b = i / mn;
+    let r = (i % mn) / u.cols;
+    let c = i % u.cols;
+    var f = 1.0;
+    if ((u.flags & 1u) != 0u) { f = f * sl[b * u.rows + r]; }
+    if ((u.flags & 2u) != 0u) { f = f * sr[b * u.cols + c]; }
+    if ((u.flags & 4u) != 0u) { f = f / (1.0 + u.a * f); }
+    if ((u.flags & 8u) != 0u && t < 1.5) { f = 1.0; }
+    kx[i] = kx[i] * f;
+//#endif
+//#if KL_DIAG
+    let per = u.rows + u.cols;
+    let b = i / per;
+    let k = i % per;
+    let base = b * u.rows * u.cols;
+    var acc = 0.0;
+    if (k < u.rows) {
+        for (var j = 0u; j < u.cols; j++) {
+            let v = dm[base + k * u.cols + j] * sr[b * u.cols + j];
+            acc += v * v;
+        }
+        acc = acc / f32(u.cols);
+    } else {
+        let j = k - u.rows;
+        for (var r = 0u; r < u.rows; r++) {
+            let v = dm[base + r * u.cols + j] * sl[b * u.rows + r];
+            acc += v * v;
+        }
+        acc = acc / f32(u.rows);
+    }
+    diag[i] = acc;
+//#endif
+//#if KL_EIGS
+    if (scalars[0] == 0.0 || t < 1.5) { return; }
+    let beta = scalars[o + 7u];
+    let per = u.rows + u.cols;
+    let b = i / per;
+    let k = i % per;
+    let left = k < u.rows;
+    var idx = 0u;
+    var s = 0.0;
+    if (left) { idx = b * u.rows + k; s = sl[idx]; } else { idx = b * u.cols + (k - u.rows); s = sr[idx]; }
+    let lam = mix(1.0 / (s * s), diag[i], 1.0 - beta);
+    let sn = min(1.0 / sqrt(lam), select(u.b, u.a, left));
+    if (left) { sl[idx] = sn; } else { sr[idx] = sn; }
 //#endif
 //#if VARIANCE
     if (scalars[0] == 0.0) { return; }

@@ -36,6 +36,8 @@ pub(crate) struct KronStack {
     bases: [Option<Tensor>; 2],
     /// Shampoo's inverse roots.
     roots: [Option<Tensor>; 2],
+    /// KL-Shampoo's inverse square roots of the eigenvalue estimates, `[count, d]`.
+    scales: [Option<Tensor>; 2],
 }
 
 /// A bucket's factor states, one entry per stack.
@@ -50,7 +52,8 @@ enum Cadence {
     /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`]; the first (at the start step)
     /// runs `init` when there is one (eigh from cold).
     Shampoo { cfg: ShampooConfig, offset: u64 },
-    /// SPlus, SPA: `init` on call 0, then on 1-based step s when `s − offset` is a positive multiple of `period`.
+    /// SPlus, SPA: `init` on call 0, then on 1-based step s when `s ≥ offset` and `s − offset` is a multiple of
+    /// `period`.
     Eigen { period: u64, offset: u64 },
 }
 
@@ -88,7 +91,7 @@ impl Refresh {
                 if call == 0 {
                     self.init.as_ref()
                 } else {
-                    (s > *offset && (s - offset).is_multiple_of(*period)).then_some(&self.plan)
+                    (s >= *offset && (s - offset).is_multiple_of(*period)).then_some(&self.plan)
                 }
             }
         }
@@ -116,8 +119,9 @@ fn bad(detail: String) -> Error {
     Error::InvalidArgument { op: "OptimizerBuilder::build", name: "rules", detail }
 }
 
-/// Allocate the factor states of a SOAP or Shampoo bucket (factors zero, bases and roots the identity) and add
-/// their views (`factor_left`, `basis_left`, `inv_root_left`, … shaped d×d) to the bucket's parameter slots.
+/// Allocate the factor states of a whitening bucket (factors zero, bases and roots the identity, KL-Shampoo's
+/// eigenvalue scales `init_factor^{-1/2}`) and add their views (`factor_left`, `basis_left`, `inv_root_left`
+/// shaped d×d, `inv_sqrt_eig_left` shaped d, …) to the bucket's parameter slots.
 pub(crate) fn attach(
     gpu: &Gpu,
     opt: &OptimizerConfig,
@@ -125,31 +129,47 @@ pub(crate) fn attach(
     b: usize,
     slots: &mut [(usize, ParamSlot)],
 ) -> Result<()> {
-    // SPlus and SPA precondition dimensions below max_dim (the references' `d < max_dim`).
-    let (max_dim, shampoo, keep_basis, field) = match opt {
-        OptimizerConfig::Soap(c) => (c.max_precond_dim, false, true, "max_precond_dim"),
-        OptimizerConfig::Shampoo(c) => (crate::linalg::MAX_EIGH_DIM, true, c.root_method == RootMethod::Eigh, ""),
-        OptimizerConfig::Splus(c) => (c.max_dim.saturating_sub(1), false, true, "max_dim"),
-        OptimizerConfig::Spa(c) => (c.max_dim.saturating_sub(1), false, true, "max_dim"),
+    // SPlus and SPA precondition dimensions below max_dim (the references' `d < max_dim`); Shampoo and
+    // KL-Shampoo need both sides (`field` empty).
+    let limit = crate::linalg::MAX_EIGH_DIM;
+    let (max_dim, keep_basis, field) = match opt {
+        OptimizerConfig::Soap(c) => (c.max_precond_dim, true, "max_precond_dim"),
+        OptimizerConfig::Shampoo(c) => (limit, c.root_method == RootMethod::Eigh, ""),
+        OptimizerConfig::KlShampoo(_) => (limit, true, ""),
+        OptimizerConfig::Splus(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
+        OptimizerConfig::Spa(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
         _ => return Ok(()),
+    };
+    let shampoo = matches!(opt, OptimizerConfig::Shampoo(_));
+    let kl = match opt {
+        OptimizerConfig::KlShampoo(c) => Some(c),
+        _ => None,
     };
     let parts = bucket.stack.as_ref().ok_or_else(|| Error::Device("whitening bucket without stacks".into()))?;
     let mut stacks = Vec::new();
     for &(offset, count, m, n, _) in &parts.stacks {
         let on = sides(m, n, max_dim);
-        let limit = crate::linalg::MAX_EIGH_DIM;
-        if (on.0 && m > limit) || (on.1 && n > limit) || (shampoo && (m > limit || n > limit)) {
+        if (on.0 && m > limit) || (on.1 && n > limit) || (field.is_empty() && (m > limit || n > limit)) {
             return Err(bad(format!(
                 "{}: a {m}×{n} matrix has a side above the device eigensolver's {limit}{}",
                 opt.name(),
-                if shampoo {
+                if field.is_empty() {
                     "; route it to another optimizer".to_string()
                 } else {
                     format!("; set {field} ≤ {limit}")
                 }
             )));
         }
-        let mut st = KronStack { offset, count, m, n, factors: [None, None], bases: [None, None], roots: [None, None] };
+        let mut st = KronStack {
+            offset,
+            count,
+            m,
+            n,
+            factors: [None, None],
+            bases: [None, None],
+            roots: [None, None],
+            scales: [None, None],
+        };
         for (s, (present, d)) in [(on.0, m), (on.1, n)].into_iter().enumerate() {
             if !present {
                 continue;
@@ -161,17 +181,28 @@ pub(crate) fn attach(
             if shampoo {
                 st.roots[s] = Some(eye(gpu, count, d)?);
             }
+            if let Some(c) = kl {
+                let s0 = 1.0 / c.init_factor.sqrt();
+                st.scales[s] = Some(Tensor::from_slice(gpu, &[count, d], &vec![s0; count * d])?);
+            }
         }
         stacks.push(st);
     }
     // Register every tensor as a bucket state and give each parameter its d×d views.
     for (k, st) in stacks.iter().enumerate() {
         let per = st.m * st.n;
-        let mut named = Vec::new();
+        // (state name, buffer, shape of one matrix's view)
+        let mut named: Vec<(String, usize, Vec<usize>)> = Vec::new();
         for (s, (side, d)) in SIDE.iter().zip([st.m, st.n]).enumerate() {
-            for (what, t) in [("factor", &st.factors[s]), ("basis", &st.bases[s]), ("inv_root", &st.roots[s])] {
+            for (what, t) in [
+                ("factor", &st.factors[s]),
+                ("basis", &st.bases[s]),
+                ("inv_root", &st.roots[s]),
+                ("inv_sqrt_eig", &st.scales[s]),
+            ] {
                 if let Some(t) = t {
-                    named.push((format!("{what}_{side}"), bucket.states.len(), d));
+                    let shape = if what == "inv_sqrt_eig" { vec![d] } else { vec![d, d] };
+                    named.push((format!("{what}_{side}"), bucket.states.len(), shape));
                     bucket.states.push((format!("{what}_{side}.{k}"), t.clone()));
                 }
             }
@@ -181,12 +212,12 @@ pub(crate) fn attach(
                 continue;
             }
             let j = (slot.state_offset - st.offset) / per;
-            for (name, buffer, d) in &named {
+            for (name, buffer, shape) in &named {
                 slot.states.push(StateView {
                     name: name.clone(),
                     buffer: *buffer,
-                    offset: j * d * d,
-                    shape: vec![*d, *d],
+                    offset: j * shape.iter().product::<usize>(),
+                    shape: shape.clone(),
                 });
             }
         }
@@ -342,6 +373,113 @@ fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply:
     Ok(())
 }
 
+/// KL-Shampoo's scale phase over a stack (in place on `x`): flags 1 times `s_L[row]`, 2 times `s_R[col]`, 4 the
+/// saturation `S/(1 + a·S)`, 8 unscaled on the first applied step.
+fn kl_scale(
+    plan: &mut PlanBuilder,
+    st: &KronStack,
+    group: usize,
+    scalars: &Tensor,
+    x: &Tensor,
+    flags: u32,
+    eps: f32,
+) -> Result<()> {
+    let (Some(sl), Some(sr)) = (&st.scales[0], &st.scales[1]) else {
+        return Err(Error::Device("KL-Shampoo stack without its eigenvalue scales".into()));
+    };
+    let u = KronU {
+        total: x.numel() as u32,
+        group: group as u32,
+        a: eps,
+        flags,
+        rows: st.m as u32,
+        cols: st.n as u32,
+        ..Default::default()
+    };
+    elementwise(plan, "KL_SCALE", &[], u, &[scalars, x, sl, sr])
+}
+
+/// KL-Shampoo's direction per stack: momentum, `Q_L·((Q_Lᵀ·M·Q_R) ⊙ S)·Q_Rᵀ` into the direction buffer.
+fn record_kl_direction(
+    plan: &mut PlanBuilder,
+    c: &crate::optim::KlShampooConfig,
+    b: &Bucket,
+    scalars: &Tensor,
+) -> Result<()> {
+    let (p, k) = parts(b)?;
+    let m_state = b.state("exp_avg")?;
+    for st in &k.stacks {
+        let g = st.view(&p.ns_in)?;
+        let m = plan.scratch(g.shape())?;
+        let u = KronU {
+            total: g.numel() as u32,
+            dst_off: st.offset as u32,
+            src_off: st.offset as u32,
+            group: b.group as u32,
+            flags: 2,
+            ..Default::default()
+        };
+        elementwise(plan, "MOMENTUM", &[], u, &[scalars, &p.ns_in, m_state, &m])?;
+        let mp = plan.scratch(g.shape())?;
+        sandwich(plan, KronStack::side(&st.bases), PROJECT, &m, &mp)?;
+        kl_scale(plan, st, b.group, scalars, &mp, 1 | 2 | 4, c.eps)?;
+        sandwich(plan, KronStack::side(&st.bases), BACK, &mp, &st.view(&p.ns_out)?)?;
+    }
+    Ok(())
+}
+
+impl KronStack {
+    /// KL-Shampoo's per-step statistics from the raw gradient `g`, all from the old bases and scales: factors
+    /// `S_L ← β S_L + (1−β)/n·Y_L·Y_Lᵀ` with `Y_L = G·Q_R·diag(s_R)` (and `S_R` from `Y_R = diag(s_L)·Q_Lᵀ·G`,
+    /// `1/m`), then the eigenvalue EMAs from `D = Q_Lᵀ·G·Q_R`. On the first call Q = I and the scaling is off,
+    /// so the factors get the raw `GGᵀ`, `GᵀG`.
+    fn kl_statistics(
+        &self,
+        plan: &mut PlanBuilder,
+        c: &crate::optim::KlShampooConfig,
+        scalars: &Tensor,
+        g: &Tensor,
+        group: usize,
+    ) -> Result<()> {
+        let (Some(ql), Some(qr_), Some(fl), Some(fr)) =
+            (&self.bases[0], &self.bases[1], &self.factors[0], &self.factors[1])
+        else {
+            return Err(Error::Device("KL-Shampoo stack without both sides".into()));
+        };
+        let beta = c.beta2;
+        let y_left = plan.scratch(g.shape())?;
+        Matmul::new(g, qr_, &y_left).record(plan)?;
+        kl_scale(plan, self, group, scalars, &y_left, 2 | 8, 0.0)?;
+        let gg = plan.scratch(fl.shape())?;
+        gram(plan, &y_left, GramSide::Rows, &gg, 1.0, None, 0.0, Default::default())?;
+        ema(plan, scalars, &gg, fl, beta, (1.0 - beta) / self.n as f32)?;
+        let y_right = plan.scratch(g.shape())?;
+        Matmul::new(ql, g, &y_right).trans(Trans::T, Trans::N).record(plan)?;
+        let d = plan.scratch(g.shape())?;
+        Matmul::new(&y_right, qr_, &d).record(plan)?;
+        kl_scale(plan, self, group, scalars, &y_right, 1 | 8, 0.0)?;
+        let gg = plan.scratch(fr.shape())?;
+        gram(plan, &y_right, GramSide::Cols, &gg, 1.0, None, 0.0, Default::default())?;
+        ema(plan, scalars, &gg, fr, beta, (1.0 - beta) / self.m as f32)?;
+        // The eigenvalue EMAs: both diagonals from the old scales, then both scales updated.
+        let (Some(sl), Some(sr)) = (&self.scales[0], &self.scales[1]) else {
+            return Err(Error::Device("KL-Shampoo stack without its eigenvalue scales".into()));
+        };
+        let diag = plan.scratch(&[self.count, self.m + self.n])?;
+        let u = KronU {
+            total: (self.count * (self.m + self.n)) as u32,
+            group: group as u32,
+            a: c.clamp_for(self.m),
+            b: c.clamp_for(self.n),
+            rows: self.m as u32,
+            cols: self.n as u32,
+            ..Default::default()
+        };
+        elementwise(plan, "KL_DIAG", &[], u, &[scalars, &d, sl, sr, &diag])?;
+        elementwise(plan, "KL_EIGS", &[], u, &[scalars, &diag, sl, sr])
+    }
+}
+
 /// SPlus's and SPA's direction per stack: momentum (its lookahead into a scratch), the sign in the eigenbasis,
 /// back to the original basis — into the direction buffer (SPlus), or through SPA's variance normalization.
 fn record_sign(
@@ -416,6 +554,14 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
             let w = if c.beta2 == 1.0 { 1.0 } else { 1.0 - c.beta2 };
             for st in &k.stacks {
                 st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, w)?;
+            }
+        }
+        OptimizerConfig::KlShampoo(c) => {
+            record_kl_direction(plan, c, b, scalars)?;
+            // p ← (p − lr·U)(1 − lr·wd); the first call only initializes.
+            chunked(plan, b, scalars, wg, Some(Apply::new(4 | 8, c.weight_decay)))?;
+            for st in &k.stacks {
+                st.kl_statistics(plan, c, scalars, &st.view(&p.ns_in)?, b.group)?;
             }
         }
         OptimizerConfig::Splus(c) => {
@@ -631,6 +777,21 @@ fn shampoo_refresh(
     plan.build()
 }
 
+/// KL-Shampoo's basis refresh (§4.4): `Q ← qr(S·Q)` per side, no reordering (the eigenvalue estimates stay with
+/// their columns); committed on an applied step.
+fn kl_refresh(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
+    let mut plan = PlanBuilder::new(gpu);
+    for (f, q) in st.factors.iter().zip(&st.bases) {
+        let (Some(f), Some(q)) = (f, q) else { continue };
+        let power = plan.scratch(f.shape())?;
+        Matmul::new(f, q, &power).record(&mut plan)?;
+        let (q_new, r) = (plan.scratch(f.shape())?, plan.scratch(f.shape())?);
+        qr(&mut plan, &power, &q_new, &r)?;
+        ema(&mut plan, scalars, &q_new, q, 0.0, 1.0)?;
+    }
+    plan.build()
+}
+
 /// SPlus's and SPA's eigenbases `eigh(F + εI)` (cold, or warm-started from the current basis), committed on an
 /// applied step. The order of the columns does not matter: the sign direction is invariant to permutations and
 /// sign flips of the basis vectors.
@@ -683,6 +844,15 @@ pub(crate) fn plans(
                     },
                     plan: shampoo_refresh(gpu, c, st, b.group, scalars, false)?,
                     cadence: Cadence::Shampoo { cfg: c.clone(), offset: stagger(c.stagger, c.precondition_frequency) },
+                }),
+                // The first bases as SOAP's (eigh, descending), then power step + QR.
+                OptimizerConfig::KlShampoo(c) => refreshes.push(Refresh {
+                    init: Some(soap_init(gpu, st, scalars)?),
+                    plan: kl_refresh(gpu, st, scalars)?,
+                    cadence: Cadence::Soap {
+                        period: c.precondition_frequency as u64,
+                        offset: stagger(c.stagger, c.precondition_frequency),
+                    },
                 }),
                 OptimizerConfig::Splus(c) => refreshes.push(Refresh {
                     init: Some(eigen_refresh(gpu, st, b.group, scalars, c.eps, true)?),

@@ -13,8 +13,8 @@ mod stages;
 
 pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Grafting, LionConfig, MomentumKind,
-    MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, RootMethod,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Grafting, KlShampooConfig, LionConfig,
+    MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig, OptimizerConfig, RootMethod,
     ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig,
     SignumConfig, SoapConfig, SpaConfig, SplusConfig, StepSizeRule,
 };

@@ -552,6 +552,7 @@ fn rank_deficient_least_squares_converges_for_10000_steps() {
             ..SplusConfig::default()
         }),
         OptimizerConfig::Spa(SpaConfig { lr: 0.01, ..SpaConfig::default() }),
+        OptimizerConfig::KlShampoo(KlShampooConfig { lr: 0.005, weight_decay: 0.0, ..KlShampooConfig::default() }),
     ];
     for opt in runs {
         let (first, last, finite) = least_squares(opt.clone(), 10_000);
@@ -574,6 +575,7 @@ fn zero_gradients_never_produce_nan() {
         }),
         OptimizerConfig::Splus(SplusConfig { inverse_every: 4, ..SplusConfig::default() }),
         OptimizerConfig::Spa(SpaConfig { precondition_frequency: 4, ..SpaConfig::default() }),
+        OptimizerConfig::KlShampoo(KlShampooConfig { precondition_frequency: 4, ..KlShampooConfig::default() }),
     ] {
         let (store, dev) = build_on(&gpu, opt.clone()).unwrap();
         for call in 0..12 {
@@ -604,6 +606,7 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
         ("shampoo", r#"{"lr": 0.01, "epsilon": 0.05, "precondition_frequency": 2}"#),
         ("splus", r#"{"inverse_every": 3, "ema_rate": 0.9}"#),
         ("spa", r#"{"precondition_frequency": 3}"#),
+        ("kl_shampoo", r#"{"lr": 0.01, "precondition_frequency": 3}"#),
     ] {
         let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (i, (n, s)) in params.iter().enumerate() {

@@ -8,10 +8,10 @@
 mod cpu;
 mod embed;
 mod kron;
+mod kron_family;
 mod reference;
 mod replay;
 mod sfplus;
-mod sign_kron;
 
 pub use cpu::{gpu, noise};
 use reference::*;

@@ -79,6 +79,7 @@ impl RefGroup {
             OptimizerConfig::SfNorMuon(ref c) => c.momentum,
             OptimizerConfig::Soap(ref c) => c.beta1,
             OptimizerConfig::Shampoo(ref c) => c.beta1,
+            OptimizerConfig::KlShampoo(ref c) => c.beta1,
             OptimizerConfig::Splus(ref c) => c.beta1,
             OptimizerConfig::Spa(ref c) => c.beta1,
         };
@@ -127,11 +128,11 @@ impl RefGroup {
         let t = self.t as i32;
         let f = |v: f32| v as f64;
         match &self.group.optimizer {
-            OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_) => {
-                unreachable!("SOAP and Shampoo have their own reference (tests/optim/kron.rs)")
+            OptimizerConfig::Soap(_) | OptimizerConfig::Shampoo(_) | OptimizerConfig::KlShampoo(_) => {
+                unreachable!("SOAP, Shampoo and KL-Shampoo have their own reference (tests/optim/kron.rs)")
             }
             OptimizerConfig::Splus(_) | OptimizerConfig::Spa(_) => {
-                unreachable!("SPlus and SPA have their own reference (tests/optim/sign_kron.rs)")
+                unreachable!("SPlus and SPA have their own reference (tests/optim/kron_family.rs)")
             }
             OptimizerConfig::SfNorMuon(c) => {
                 // s = [m, v (rows), z], e = x; p holds y.

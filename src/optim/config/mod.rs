@@ -58,6 +58,9 @@ pub enum OptimizerConfig {
     Soap(SoapConfig),
     /// [`ShampooConfig`] (2-D parameters).
     Shampoo(ShampooConfig),
+    /// [`KlShampooConfig`] (2-D parameters).
+    #[serde(rename = "kl_shampoo")]
+    KlShampoo(KlShampooConfig),
     /// [`SplusConfig`] (2-D parameters).
     Splus(SplusConfig),
     /// [`SpaConfig`] (2-D parameters).
@@ -113,6 +116,7 @@ impl OptimizerConfig {
         "sf_normuon",
         "soap",
         "shampoo",
+        "kl_shampoo",
         "splus",
         "spa",
     ];
@@ -135,6 +139,7 @@ impl OptimizerConfig {
             OptimizerConfig::SfNorMuon(_) => "sf_normuon",
             OptimizerConfig::Soap(_) => "soap",
             OptimizerConfig::Shampoo(_) => "shampoo",
+            OptimizerConfig::KlShampoo(_) => "kl_shampoo",
             OptimizerConfig::Splus(_) => "splus",
             OptimizerConfig::Spa(_) => "spa",
         }
@@ -158,6 +163,7 @@ impl OptimizerConfig {
             OptimizerConfig::SfNorMuon(c) => c.lr,
             OptimizerConfig::Soap(c) => c.lr,
             OptimizerConfig::Shampoo(c) => c.lr,
+            OptimizerConfig::KlShampoo(c) => c.lr,
             OptimizerConfig::Splus(c) => c.lr,
             OptimizerConfig::Spa(c) => c.lr,
         }
@@ -216,13 +222,14 @@ impl OptimizerConfig {
         self.muon_pipeline().is_some() || self.is_kron()
     }
 
-    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo, SPlus, SPA): stacks of matrices
+    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo, KL-Shampoo, SPlus, SPA): stacks of matrices
     /// with factor states and host-scheduled refreshes.
     pub(crate) fn is_kron(&self) -> bool {
         matches!(
             self,
             OptimizerConfig::Soap(_)
                 | OptimizerConfig::Shampoo(_)
+                | OptimizerConfig::KlShampoo(_)
                 | OptimizerConfig::Splus(_)
                 | OptimizerConfig::Spa(_)
         )
@@ -261,6 +268,7 @@ impl OptimizerConfig {
             "sf_normuon" => OptimizerConfig::SfNorMuon(serde_json::from_str(json).map_err(bad)?),
             "soap" => OptimizerConfig::Soap(serde_json::from_str(json).map_err(bad)?),
             "shampoo" => OptimizerConfig::Shampoo(serde_json::from_str(json).map_err(bad)?),
+            "kl_shampoo" => OptimizerConfig::KlShampoo(serde_json::from_str(json).map_err(bad)?),
             "splus" => OptimizerConfig::Splus(serde_json::from_str(json).map_err(bad)?),
             "spa" => OptimizerConfig::Spa(serde_json::from_str(json).map_err(bad)?),
             other => {
@@ -444,6 +452,15 @@ impl OptimizerConfig {
                     None => {}
                 }
             }
+            OptimizerConfig::KlShampoo(ref c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                nonneg("eps", c.eps)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                check("init_factor", c.init_factor > 0.0, c.init_factor, "> 0")?;
+                check("max_clamp_value", c.max_clamp_value > 0.0, c.max_clamp_value, "> 0")?;
+                whitening_common("kl_shampoo", c.precondition_frequency, crate::linalg::MAX_EIGH_DIM)?;
+            }
             OptimizerConfig::Splus(ref c) => {
                 beta("beta1", c.beta1)?;
                 beta("beta2", c.beta2)?;
@@ -609,6 +626,9 @@ impl OptimizerConfig {
                 },
                 ..none
             },
+            OptimizerConfig::KlShampoo(ref c) => {
+                KernelSpec { define: "OPT_KL_SHAMPOO", states: &["exp_avg"], beta1: c.beta1, beta2: c.beta2, ..none }
+            }
             OptimizerConfig::Splus(ref c) => KernelSpec {
                 define: "OPT_SPLUS",
                 states: if c.ema_rate.is_some() { &["exp_avg", "x"] } else { &["exp_avg"] },

@@ -1,5 +1,5 @@
 //! Configurations of the Kronecker-factored whitening optimizers (docs/optimizers.md §4): SOAP, Shampoo,
-//! SPlus and SPA. All take 2-D matrices; same-shape matrices of a bucket share batched dispatches, and their expensive
+//! KL-Shampoo, SPlus and SPA. All take 2-D matrices; same-shape matrices of a bucket share batched dispatches, and their expensive
 //! refreshes (eigenbases, inverse roots) run on a host-side cadence, optionally staggered across stacks.
 
 use serde::{Deserialize, Serialize};
@@ -302,6 +302,69 @@ impl Default for SpaConfig {
             precondition_frequency: 10,
             max_dim: 10000,
             stagger: false,
+        }
+    }
+}
+
+/// KL-Shampoo, the authors' prototype semantics computed in f32 (yorkerlin/KL-Methods `KLOpt`,
+/// docs/optimizers.md §4.4, decisions §6). Each factor is accumulated from the gradient whitened by the OTHER
+/// factor's current inverse-root estimate, `S_L ← β S_L + (1−β)/n·(G·Q_R·diag(s_R²)·Q_Rᵀ·Gᵀ)` and likewise `S_R`
+/// with `1/m`; the eigenvalues are tracked every step as an EMA of the diagonal in the (stale) eigenbasis,
+/// `λ ← lerp(λ, mean((Q_Lᵀ·G·Q_R ⊙ s_other)²), 1−β)`, `s = 1/sqrt(λ)` (clamped to `max(10, min(d, max_clamp))`);
+/// the bases are refreshed every `precondition_frequency` steps by one power step and a QR, `Q ← qr(S·Q)`. The
+/// direction is `U = Q_L·((Q_Lᵀ·M·Q_R) ⊙ S)·Q_Rᵀ` with `S_ij = s_L[i]·s_R[j]/(1 + ε·s_L[i]·s_R[j])` on the
+/// momentum `M ← lerp(M, G, 1−β1)`; WD-post. The first call only initializes: raw factors
+/// `(1−β)/d_other·GGᵀ`, bases from their eigendecomposition (descending), `λ = init_factor`; no update. No bias
+/// correction. Not offered: `normalize_grads`, damping, KL-SOAP; matrices up to the device eigensolver (2048).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KlShampooConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum β1.
+    pub beta1: f32,
+    /// Factor and eigenvalue EMA β (the reference's β2 with `shampoo_beta = -1`).
+    pub beta2: f32,
+    /// ε in `S/(1 + ε·S)`.
+    pub eps: f32,
+    /// Decoupled weight decay after the update (`p ← p − lr·wd·p`).
+    pub weight_decay: f32,
+    /// Steps between basis refreshes (power step + QR).
+    pub precondition_frequency: u32,
+    /// The eigenvalue estimates' starting value.
+    pub init_factor: f32,
+    /// Clamp `s = λ^{-1/2}` to `max(10, min(d, max_clamp_value))`.
+    pub clamping: bool,
+    /// The clamp's cap on `d`.
+    pub max_clamp_value: f32,
+    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    pub stagger: bool,
+}
+
+impl Default for KlShampooConfig {
+    fn default() -> Self {
+        KlShampooConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            precondition_frequency: 10,
+            init_factor: 0.1,
+            clamping: true,
+            max_clamp_value: 4000.0,
+            stagger: false,
+        }
+    }
+}
+
+impl KlShampooConfig {
+    /// The upper bound on `s` for a side of dimension `d` (infinite without clamping).
+    pub fn clamp_for(&self, d: usize) -> f32 {
+        if self.clamping {
+            (d as f32).min(self.max_clamp_value).max(10.0)
+        } else {
+            f32::MAX
         }
     }
 }
