@@ -441,22 +441,22 @@ impl KronStack {
         g: &Tensor,
         group: usize,
     ) -> Result<()> {
-        let (Some(ql), Some(qr_), Some(fl), Some(fr)) =
+        let (Some(q_left), Some(q_right), Some(fl), Some(fr)) =
             (&self.bases[0], &self.bases[1], &self.factors[0], &self.factors[1])
         else {
             return Err(Error::Device("KL-Shampoo stack without both sides".into()));
         };
         let beta = c.beta2;
         let y_left = plan.scratch(g.shape())?;
-        Matmul::new(g, qr_, &y_left).record(plan)?;
+        Matmul::new(g, q_right, &y_left).record(plan)?;
         kl_scale(plan, self, group, scalars, &y_left, 2 | 8, 0.0)?;
         let gg = plan.scratch(fl.shape())?;
         gram(plan, &y_left, GramSide::Rows, &gg, 1.0, None, 0.0, Default::default())?;
         ema(plan, scalars, &gg, fl, beta, (1.0 - beta) / self.n as f32)?;
         let y_right = plan.scratch(g.shape())?;
-        Matmul::new(ql, g, &y_right).trans(Trans::T, Trans::N).record(plan)?;
+        Matmul::new(q_left, g, &y_right).trans(Trans::T, Trans::N).record(plan)?;
         let d = plan.scratch(g.shape())?;
-        Matmul::new(&y_right, qr_, &d).record(plan)?;
+        Matmul::new(&y_right, q_right, &d).record(plan)?;
         kl_scale(plan, self, group, scalars, &y_right, 1 | 8, 0.0)?;
         let gg = plan.scratch(fr.shape())?;
         gram(plan, &y_right, GramSide::Cols, &gg, 1.0, None, 0.0, Default::default())?;

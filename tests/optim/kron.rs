@@ -408,7 +408,17 @@ fn whitening_resume_is_bit_exact_across_refreshes() {
         epsilon: 1e-3,
         ..ShampooConfig::default()
     });
-    for opt in [soap, shampoo] {
+    let family = [
+        OptimizerConfig::KlShampoo(KlShampooConfig { stagger: true, precondition_frequency: 4, ..Default::default() }),
+        OptimizerConfig::Splus(SplusConfig {
+            stagger: true,
+            inverse_every: 4,
+            ema_rate: Some(0.9),
+            ..Default::default()
+        }),
+        OptimizerConfig::Spa(SpaConfig { precondition_frequency: 3, ..SpaConfig::default() }),
+    ];
+    for opt in [soap, shampoo].into_iter().chain(family) {
         let (store, dev) = build(opt.clone()).unwrap();
         for call in 0..5 {
             write(&store, &grads_at(call));
@@ -423,10 +433,14 @@ fn whitening_resume_is_bit_exact_across_refreshes() {
             write(&store2, &grads_at(call));
             dev2.step().unwrap();
         }
-        for (n, _) in SPECS {
-            let a = store.param(n).unwrap().read_blocking().unwrap();
-            let b = store2.param(n).unwrap().read_blocking().unwrap();
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: `{n}` differs", opt.name());
+        // The parameters, and the evaluation points (SPlus's EMA; the parameters for the others).
+        let values = |store: &ParamStore, dev: &Optimizer| {
+            let mut v = pollster::block_on(dev.eval_params()).unwrap();
+            v.extend(SPECS.iter().map(|(n, _)| (n.to_string(), store.param(n).unwrap().read_blocking().unwrap())));
+            v
+        };
+        for ((n, x), (_, y)) in values(&store, &dev).into_iter().zip(values(&store2, &dev2)) {
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{}: `{n}` differs", opt.name());
         }
     }
 }
