@@ -4,7 +4,7 @@
 // MOMENTUM (inside placement): M ← βM + (1−β)g (EMA) or βM + g (sum); U = Nesterov ? (1−β)g + βM / g + βM : M.
 // COPY (outside placement): the (clipped) gradient itself is orthogonalized.
 // APPLY: p ← p(1 − lr·wd) − lr·s·O; with OUTSIDE the momentum runs on O first ("The M in Muon"). Also the apply
-// of SOAP and Shampoo (src/optim/kron.rs): flag 4 puts the decay after the update (SOAP's WD-post), flag 8 makes a
+// of the Kronecker family (src/optim/kron.rs): flag 4 puts the decay after the update (SOAP's WD-post), flag 8 makes a
 // group's first applied step a no-op (SOAP's initialization call), flag 16 scales the decay by the chunk's scale
 // (SPlus's shape-scaled lr); with EVAL_EMA (SPlus) the evaluation point x, the bias-corrected EMA of the
 // parameters between update and decay, follows: x ← lerp(x, p, (1 − r)/(1 − r^t)) with r = sf_beta.

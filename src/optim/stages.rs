@@ -42,7 +42,7 @@ pub(crate) struct GroupUniform {
     _pad: [f32; 8],
 }
 
-/// The uniforms of optim/muon.wgsl, whose phases run over a bucket's chunk table (Muon, SOAP, Shampoo).
+/// The uniforms of optim/muon.wgsl, whose phases run over a bucket's chunk table (the Muon and Kronecker families).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct StackUniform {
