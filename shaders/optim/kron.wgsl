@@ -1,4 +1,4 @@
-// Kronecker-factored whitening (SOAP, Shampoo, SPlus, SPA; docs/optimizers.md §4.2, §4.6–§4.8): the elementwise and per-matrix
+// Kronecker-factored whitening (SOAP, Shampoo, KL-Shampoo, SPlus, SPA, FISMO; docs/optimizers.md §4, §5): the elementwise and per-matrix
 // kernels around the batched matmuls, eigendecompositions and QR recorded by src/optim/kron.rs. Kernels that
 // write optimizer state return early on a skipped step (scalars[0] == 0), so a non-finite gradient changes nothing.
 // Bindings: 0 the uniforms, then (elementwise phases) the step scalars, then the phase's tensors.
@@ -12,12 +12,17 @@
 // PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases).
 // MOMENTUM: SPlus / SPA / KL-Shampoo: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA)
 //          zeroes M on the first applied step, flags 2 (KL-Shampoo) leaves it untouched then.
-// KL_SCALE: KL-Shampoo, in place over a stack of m×n (rows, cols): x ← x·f with f = s_L[row] (flags 1) times
-//          s_R[col] (flags 2), saturated f/(1 + a·f) (flags 4), 1 on the first applied step (flags 8).
+// KL_SCALE: in place over a stack of m×n (rows, cols) at dst_off: x ← x·f with f = s_L[row] (flags 1) times
+//          s_R[col] (flags 2), saturated f/(1 + a·f) (flags 4), 1 on the first applied step (flags 8); with SIDE_RSQRT
+//          the vectors hold variances v and f uses 1/sqrt(v) (fismo_diag).
 // KL_DIAG: KL-Shampoo's eigenvalue targets from D = Q_Lᵀ·G·Q_R: per matrix, d_L[i] = mean_j (D_ij s_R[j])² then
 //          d_R[j] = mean_i (D_ij s_L[i])², packed [count, m + n].
 // KL_EIGS: λ = 1/s², λ ← lerp(λ, d, 1−β), s = min(1/sqrt(λ), clamp) with clamps a (left) and b (right).
 // SIGN:    x ← sign(x) in place (a scratch: no state).
+// NORMALIZE: FISMO's factor: F = d·(X + aI)/(tr X + a·d) from X = γF + (1−γ)w·Gram and its trace (per matrix).
+// RSQRT:   dst = 1/sqrt(max(src, a)) (FISMO's eigenvalues to the inverse square roots; a scratch).
+// FISMO_DIAG: fismo_diag's factor of one side (one workgroup per matrix): side 0 p[i] from the row means of G²/q,
+//          side 1 q[j] from the column means of G²/p; X = γ·f + (1−γ)(mean + b), f = d·X/ΣX (a = γ, b = μ).
 // VARIANCE: SPA's normalization of the sign direction S: V ← β2 V + (1−β2) S², dir = S/(sqrt(V/(1−β2^t)) + a);
 //          zero (and V zeroed) on the first applied step.
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
@@ -81,6 +86,23 @@ struct U {
 @group(0) @binding(3) var<storage, read_write> vs: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dir: array<f32>;
 //#endif
+//#if NORMALIZE
+@group(0) @binding(2) var<storage, read> nx: array<f32>;
+@group(0) @binding(3) var<storage, read> ntr: array<f32>;
+@group(0) @binding(4) var<storage, read_write> nf: array<f32>;
+//#endif
+//#if RSQRT
+@group(0) @binding(2) var<storage, read> rs_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rs_out: array<f32>;
+//#endif
+//#if FISMO_DIAG
+@group(0) @binding(1) var<storage, read> scalars: array<f32>;
+@group(0) @binding(2) var<storage, read> dg: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fac: array<f32>;
+@group(0) @binding(4) var<storage, read> other: array<f32>;
+@group(0) @binding(5) var<storage, read_write> tilde: array<f32>;
+var<workgroup> part: array<f32, 64>;
+//#endif
 //#if KL_SCALE
 @group(0) @binding(2) var<storage, read_write> kx: array<f32>;
 @group(0) @binding(3) var<storage, read> sl: array<f32>;
@@ -111,6 +133,16 @@ var<workgroup> low: array<f32, 64>;
 //#endif
 var<workgroup> est: array<f32, {{D}}>;
 var<workgroup> rank: array<u32, {{D}}>;
+//#endif
+
+//#if KL_SCALE
+fn side_factor(v: f32) -> f32 {
+//#if SIDE_RSQRT
+    return inverseSqrt(v);
+//#else
+    return v;
+//#endif
+}
 //#endif
 
 @compute @workgroup_size(64, 1, 1)
@@ -154,6 +186,38 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         v_out[b * mn + to] = v_in[u.src_off + b * mn + idx];
     }
 //#endif
+//#endif
+//#if FISMO_DIAG
+    // Stores only on an applied step; no early return before the barriers (uniformity).
+    let b = wg.x;
+    let m = u.rows;
+    let n = u.cols;
+    let left = u.side == 0u;
+    let d = select(n, m, left);
+    let k = select(m, n, left);
+    let base = u.src_off + b * m * n;
+    var sum = 0.0;
+    for (var i = li; i < d; i += 64u) {
+        var acc = 0.0;
+        for (var j = 0u; j < k; j++) {
+            var x = 0.0;
+            if (left) { x = dg[base + i * n + j]; } else { x = dg[base + j * n + i]; }
+            acc += x * x / other[b * k + j];
+        }
+        let v = u.a * fac[b * d + i] + (1.0 - u.a) * (acc / f32(k) + u.b);
+        tilde[b * d + i] = v;
+        sum += v;
+    }
+    part[li] = sum;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { part[li] = part[li] + part[li + s]; }
+        workgroupBarrier();
+    }
+    let total = part[0];
+    if (scalars[0] != 0.0) {
+        for (var i = li; i < d; i += 64u) { fac[b * d + i] = f32(d) * tilde[b * d + i] / total; }
+    }
 //#endif
 //#if SHIFT
     // One workgroup per matrix of d eigenvalues.
@@ -200,17 +264,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#if SIGN
     sx[i] = sign(sx[i]);
 //#endif
+//#if NORMALIZE
+    if (scalars[0] == 0.0) { return; }
+    let dd = u.d * u.d;
+    let within = i % dd;
+    let x = nx[i] + select(0.0, u.a, within / u.d == within % u.d);
+    nf[i] = f32(u.d) * x / (ntr[i / dd] + u.a * f32(u.d));
+//#endif
+//#if RSQRT
+    rs_out[i] = inverseSqrt(max(rs_in[i], u.a));
+//#endif
 //#if KL_SCALE
     let mn = u.rows * u.cols;
     let b = i / mn;
     let r = (i % mn) / u.cols;
     let c = i % u.cols;
     var f = 1.0;
-    if ((u.flags & 1u) != 0u) { f = f * sl[b * u.rows + r]; }
-    if ((u.flags & 2u) != 0u) { f = f * sr[b * u.cols + c]; }
+    if ((u.flags & 1u) != 0u) { f = f * side_factor(sl[b * u.rows + r]); }
+    if ((u.flags & 2u) != 0u) { f = f * side_factor(sr[b * u.cols + c]); }
     if ((u.flags & 4u) != 0u) { f = f / (1.0 + u.a * f); }
     if ((u.flags & 8u) != 0u && t < 1.5) { f = 1.0; }
-    kx[i] = kx[i] * f;
+    kx[u.dst_off + i] = kx[u.dst_off + i] * f;
 //#endif
 //#if KL_DIAG
     let per = u.rows + u.cols;

@@ -1,6 +1,6 @@
-//! SOAP, Shampoo, SPlus and SPA on the engine (docs/optimizers.md §4.2, §4.6–§4.8): factor states per same-shape stack, the
-//! every-step work recorded into the step plan, and the expensive refreshes (eigenbases, inverse roots) as
-//! separate plans that [`crate::optim::Optimizer::step`] records into the same encoder on a host-side cadence —
+//! SOAP, Shampoo, KL-Shampoo, SPlus, SPA and FISMO on the engine (docs/optimizers.md §4, §5): factor states per
+//! same-shape stack, the every-step work recorded into the step plan, and the expensive refreshes (eigenbases,
+//! inverse roots) as separate plans that [`crate::optim::Optimizer::step`] records into the same encoder on a host-side cadence —
 //! still one submit, no readback. A static plan cannot skip dispatches on a device-side condition without paying
 //! for them, so the host decides when a refresh runs (from the number of step calls, which a checkpoint keeps);
 //! every refresh result is committed only when the step was applied, so a skipped step changes nothing.
@@ -10,6 +10,7 @@
 //! refresh, and takes its direction in the `post` plan after the refresh, as the reference orders them. SPlus
 //! and SPA take the sign of the momentum in the eigenbasis and apply it in the step plan; their refresh is a
 //! full eigendecomposition of the factors (cold on the first call, warm-started from the previous basis later).
+//! FISMO (submodule `fismo`) updates its factors, their roots and its whitened polar direction in the step plan.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,6 +23,8 @@ use crate::optim::config::{sides, Grafting, RootMethod, ShampooConfig};
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
 use crate::optim::stages::{grid, StackUniform};
 use crate::optim::{Group, OptimizerConfig};
+
+mod fismo;
 
 /// The factor states of one same-shape stack `[count, m, n]` at `offset` in the bucket's state layout. Index 0
 /// is the left (m×m) side, 1 the right (n×n); an absent side (above `max_precond_dim`) is the identity.
@@ -36,7 +39,8 @@ pub(crate) struct KronStack {
     bases: [Option<Tensor>; 2],
     /// Shampoo's inverse roots.
     roots: [Option<Tensor>; 2],
-    /// KL-Shampoo's inverse square roots of the eigenvalue estimates, `[count, d]`.
+    /// KL-Shampoo's inverse square roots of the eigenvalue estimates, FISMO's of its factors' eigenvalues,
+    /// `[count, d]`.
     scales: [Option<Tensor>; 2],
 }
 
@@ -52,7 +56,7 @@ enum Cadence {
     /// Shampoo: on 1-based step s − offset per [`ShampooConfig::refreshes_at`]; the first (at the start step)
     /// runs `init` when there is one (eigh from cold).
     Shampoo { cfg: ShampooConfig, offset: u64 },
-    /// SPlus, SPA: `init` on call 0, then on 1-based step s when `s ≥ offset` and `s − offset` is a multiple of
+    /// SPlus, SPA, amortized FISMO: `init` (else `plan`) on call 0, then on 1-based step s when `s ≥ offset` and `s − offset` is a multiple of
     /// `period`.
     Eigen { period: u64, offset: u64 },
 }
@@ -89,7 +93,7 @@ impl Refresh {
             Cadence::Eigen { period, offset } => {
                 let s = call + 1;
                 if call == 0 {
-                    self.init.as_ref()
+                    self.init.as_ref().or(Some(&self.plan))
                 } else {
                     (s >= *offset && (s - offset).is_multiple_of(*period)).then_some(&self.plan)
                 }
@@ -129,27 +133,33 @@ pub(crate) fn attach(
     b: usize,
     slots: &mut [(usize, ParamSlot)],
 ) -> Result<()> {
-    // SPlus and SPA precondition dimensions below max_dim (the references' `d < max_dim`); Shampoo and
-    // KL-Shampoo need both sides (`field` empty).
+    // SPlus and SPA precondition dimensions below max_dim (the references' `d < max_dim`); Shampoo, KL-Shampoo
+    // and FISMO need both sides (`field` empty); fismo_diag keeps diagonal factors (no eigensolver).
     let limit = crate::linalg::MAX_EIGH_DIM;
     let (max_dim, keep_basis, field) = match opt {
         OptimizerConfig::Soap(c) => (c.max_precond_dim, true, "max_precond_dim"),
         OptimizerConfig::Shampoo(c) => (limit, c.root_method == RootMethod::Eigh, ""),
-        OptimizerConfig::KlShampoo(_) => (limit, true, ""),
+        OptimizerConfig::KlShampoo(_) | OptimizerConfig::Fismo(_) => (limit, true, ""),
         OptimizerConfig::Splus(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
         OptimizerConfig::Spa(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
+        OptimizerConfig::FismoDiag(_) => (usize::MAX, false, "diagonal"),
         _ => return Ok(()),
     };
     let shampoo = matches!(opt, OptimizerConfig::Shampoo(_));
-    let kl = match opt {
-        OptimizerConfig::KlShampoo(c) => Some(c),
+    let fismo = matches!(opt, OptimizerConfig::Fismo(_));
+    let diagonal = matches!(opt, OptimizerConfig::FismoDiag(_));
+    // The eigenvalue scales' starting values: KL-Shampoo's init_factor^{-1/2}, FISMO's 1 (P = I).
+    let scale0 = match opt {
+        OptimizerConfig::KlShampoo(c) => Some(1.0 / c.init_factor.sqrt()),
+        OptimizerConfig::Fismo(_) => Some(1.0),
         _ => None,
     };
     let parts = bucket.stack.as_ref().ok_or_else(|| Error::Device("whitening bucket without stacks".into()))?;
     let mut stacks = Vec::new();
     for &(offset, count, m, n, _) in &parts.stacks {
         let on = sides(m, n, max_dim);
-        if (on.0 && m > limit) || (on.1 && n > limit) || (field.is_empty() && (m > limit || n > limit)) {
+        let too_large = (on.0 && m > limit) || (on.1 && n > limit) || (field.is_empty() && (m > limit || n > limit));
+        if too_large && !diagonal {
             return Err(bad(format!(
                 "{}: a {m}×{n} matrix has a side above the device eigensolver's {limit}{}",
                 opt.name(),
@@ -174,15 +184,21 @@ pub(crate) fn attach(
             if !present {
                 continue;
             }
-            st.factors[s] = Some(Tensor::zeros(gpu, &[count, d, d])?);
+            // FISMO's factors start at the identity (fismo_diag's at ones), the others' at zero.
+            st.factors[s] = Some(if diagonal {
+                Tensor::from_slice(gpu, &[count, d], &vec![1.0; count * d])?
+            } else if fismo {
+                eye(gpu, count, d)?
+            } else {
+                Tensor::zeros(gpu, &[count, d, d])?
+            });
             if keep_basis {
                 st.bases[s] = Some(eye(gpu, count, d)?);
             }
             if shampoo {
                 st.roots[s] = Some(eye(gpu, count, d)?);
             }
-            if let Some(c) = kl {
-                let s0 = 1.0 / c.init_factor.sqrt();
+            if let Some(s0) = scale0 {
                 st.scales[s] = Some(Tensor::from_slice(gpu, &[count, d], &vec![s0; count * d])?);
             }
         }
@@ -193,7 +209,7 @@ pub(crate) fn attach(
         let per = st.m * st.n;
         // (state name, buffer, shape of one matrix's view)
         let mut named: Vec<(String, usize, Vec<usize>)> = Vec::new();
-        for (s, (side, d)) in SIDE.iter().zip([st.m, st.n]).enumerate() {
+        for (s, side) in SIDE.iter().enumerate() {
             for (what, t) in [
                 ("factor", &st.factors[s]),
                 ("basis", &st.bases[s]),
@@ -201,7 +217,7 @@ pub(crate) fn attach(
                 ("inv_sqrt_eig", &st.scales[s]),
             ] {
                 if let Some(t) = t {
-                    let shape = if what == "inv_sqrt_eig" { vec![d] } else { vec![d, d] };
+                    let shape = t.shape()[1..].to_vec();
                     named.push((format!("{what}_{side}"), bucket.states.len(), shape));
                     bucket.states.push((format!("{what}_{side}.{k}"), t.clone()));
                 }
@@ -373,8 +389,37 @@ fn chunked(plan: &mut PlanBuilder, b: &Bucket, scalars: &Tensor, wg: u32, apply:
     Ok(())
 }
 
-/// KL-Shampoo's scale phase over a stack (in place on `x`): flags 1 times `s_L[row]`, 2 times `s_R[col]`, 4 the
-/// saturation `S/(1 + a·S)`, 8 unscaled on the first applied step.
+/// The scale phase in place on a stack `x` of m×n matrices: rows times `l[row]`, columns times `r[col]` (each
+/// `[count, d]`, absent: 1; `rsqrt`: their inverse square roots), `extra` flags 4 (saturate with `eps`) and 8
+/// (unscaled on the first applied step).
+#[allow(clippy::too_many_arguments)]
+fn scale_sides(
+    plan: &mut PlanBuilder,
+    group: usize,
+    scalars: &Tensor,
+    x: &Tensor,
+    [l, r]: [Option<&Tensor>; 2],
+    rsqrt: bool,
+    extra: u32,
+    eps: f32,
+) -> Result<()> {
+    let (_, m, n) = x.matrices("scale_sides")?;
+    let (Some(bl), Some(br)) = (l.or(r), r.or(l)) else { return Ok(()) };
+    let u = KronU {
+        total: x.numel() as u32,
+        dst_off: x.offset() as u32,
+        group: group as u32,
+        a: eps,
+        flags: l.is_some() as u32 | (r.is_some() as u32) << 1 | extra,
+        rows: m as u32,
+        cols: n as u32,
+        ..Default::default()
+    };
+    elementwise(plan, "KL_SCALE", &[("SIDE_RSQRT", (rsqrt as u32).to_string())], u, &[scalars, x, bl, br])
+}
+
+/// KL-Shampoo's scale phase over a stack with its eigenvalue scales: flags 1 rows, 2 columns, 4 the saturation
+/// `S/(1 + eps·S)`, 8 unscaled on the first applied step.
 fn kl_scale(
     plan: &mut PlanBuilder,
     st: &KronStack,
@@ -387,16 +432,8 @@ fn kl_scale(
     let (Some(sl), Some(sr)) = (&st.scales[0], &st.scales[1]) else {
         return Err(Error::Device("KL-Shampoo stack without its eigenvalue scales".into()));
     };
-    let u = KronU {
-        total: x.numel() as u32,
-        group: group as u32,
-        a: eps,
-        flags,
-        rows: st.m as u32,
-        cols: st.n as u32,
-        ..Default::default()
-    };
-    elementwise(plan, "KL_SCALE", &[], u, &[scalars, x, sl, sr])
+    let sides = [(flags & 1 != 0).then_some(sl), (flags & 2 != 0).then_some(sr)];
+    scale_sides(plan, group, scalars, x, sides, false, flags & 12, eps)
 }
 
 /// KL-Shampoo's direction per stack: momentum, `Q_L·((Q_Lᵀ·M·Q_R) ⊙ S)·Q_Rᵀ` into the direction buffer.
@@ -584,6 +621,8 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                 st.factor_ema(plan, scalars, &st.view(&p.ns_in)?, c.beta2, 1.0 - c.beta2)?;
             }
         }
+        OptimizerConfig::Fismo(c) => fismo::record_fismo(plan, c, b, scalars, wg)?,
+        OptimizerConfig::FismoDiag(c) => fismo::record_fismo_diag(plan, c, b, scalars, wg)?,
         _ => {}
     }
     Ok(())
@@ -869,6 +908,12 @@ pub(crate) fn plans(
                         period: c.precondition_frequency as u64,
                         offset: stagger(c.stagger, c.precondition_frequency),
                     },
+                }),
+                // Amortized roots; with root_every = 1 they are part of the step.
+                OptimizerConfig::Fismo(c) if c.root_every > 1 => refreshes.push(Refresh {
+                    init: None,
+                    plan: fismo::fismo_refresh(gpu, st, scalars)?,
+                    cadence: Cadence::Eigen { period: c.root_every as u64, offset: stagger(c.stagger, c.root_every) },
                 }),
                 _ => {}
             }

@@ -417,6 +417,9 @@ fn whitening_resume_is_bit_exact_across_refreshes() {
             ..Default::default()
         }),
         OptimizerConfig::Spa(SpaConfig { precondition_frequency: 3, ..SpaConfig::default() }),
+        OptimizerConfig::Fismo(super::fismo::fismo()),
+        OptimizerConfig::Fismo(FismoConfig { root_every: 3, stagger: true, ..super::fismo::fismo() }),
+        OptimizerConfig::FismoDiag(FismoDiagConfig::default()),
     ];
     for opt in [soap, shampoo].into_iter().chain(family) {
         let (store, dev) = build(opt.clone()).unwrap();
@@ -567,6 +570,8 @@ fn rank_deficient_least_squares_converges_for_10000_steps() {
         }),
         OptimizerConfig::Spa(SpaConfig { lr: 0.01, ..SpaConfig::default() }),
         OptimizerConfig::KlShampoo(KlShampooConfig { lr: 0.005, weight_decay: 0.0, ..KlShampooConfig::default() }),
+        OptimizerConfig::Fismo(FismoConfig { lr: 0.01, ..FismoConfig::default() }),
+        OptimizerConfig::FismoDiag(FismoDiagConfig { lr: 0.01, ..FismoDiagConfig::default() }),
     ];
     for opt in runs {
         let (first, last, finite) = least_squares(opt.clone(), 10_000);
@@ -590,6 +595,9 @@ fn zero_gradients_never_produce_nan() {
         OptimizerConfig::Splus(SplusConfig { inverse_every: 4, ..SplusConfig::default() }),
         OptimizerConfig::Spa(SpaConfig { precondition_frequency: 4, ..SpaConfig::default() }),
         OptimizerConfig::KlShampoo(KlShampooConfig { precondition_frequency: 4, ..KlShampooConfig::default() }),
+        OptimizerConfig::Fismo(FismoConfig::default()),
+        OptimizerConfig::Fismo(FismoConfig { root_every: 4, ..FismoConfig::default() }),
+        OptimizerConfig::FismoDiag(FismoDiagConfig::default()),
     ] {
         let (store, dev) = build_on(&gpu, opt.clone()).unwrap();
         for call in 0..12 {
@@ -621,6 +629,8 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
         ("splus", r#"{"inverse_every": 3, "ema_rate": 0.9}"#),
         ("spa", r#"{"precondition_frequency": 3}"#),
         ("kl_shampoo", r#"{"lr": 0.01, "precondition_frequency": 3}"#),
+        ("fismo", r#"{"root_every": 3, "stagger": true}"#),
+        ("fismo_diag", r#"{"lr": 0.01}"#),
     ] {
         let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (i, (n, s)) in params.iter().enumerate() {

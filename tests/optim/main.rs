@@ -7,6 +7,7 @@
 #[path = "../linalg/cpu.rs"]
 mod cpu;
 mod embed;
+mod fismo;
 mod kron;
 mod kron_family;
 mod reference;

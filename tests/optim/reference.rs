@@ -82,6 +82,8 @@ impl RefGroup {
             OptimizerConfig::KlShampoo(ref c) => c.beta1,
             OptimizerConfig::Splus(ref c) => c.beta1,
             OptimizerConfig::Spa(ref c) => c.beta1,
+            OptimizerConfig::Fismo(ref c) => c.beta,
+            OptimizerConfig::FismoDiag(ref c) => c.beta,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -133,6 +135,9 @@ impl RefGroup {
             }
             OptimizerConfig::Splus(_) | OptimizerConfig::Spa(_) => {
                 unreachable!("SPlus and SPA have their own reference (tests/optim/kron_family.rs)")
+            }
+            OptimizerConfig::Fismo(_) | OptimizerConfig::FismoDiag(_) => {
+                unreachable!("FISMO has its own reference (tests/optim/fismo.rs)")
             }
             OptimizerConfig::SfNorMuon(c) => {
                 // s = [m, v (rows), z], e = x; p holds y.

@@ -6,12 +6,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod elementwise;
+mod fismo;
 mod muon;
 mod schedule_free;
 mod step_size;
 mod whitening;
 
 pub use elementwise::*;
+pub use fismo::*;
 pub use muon::*;
 pub use schedule_free::*;
 pub use step_size::StepSizeRule;
@@ -65,6 +67,10 @@ pub enum OptimizerConfig {
     Splus(SplusConfig),
     /// [`SpaConfig`] (2-D parameters).
     Spa(SpaConfig),
+    /// [`FismoConfig`] (2-D parameters).
+    Fismo(FismoConfig),
+    /// [`FismoDiagConfig`] (2-D parameters).
+    FismoDiag(FismoDiagConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -98,6 +104,33 @@ fn whitening_common(name: &str, frequency: u32, max_dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks shared by FISMO and fismo_diag: the factors need damping (μ > 0) to stay invertible.
+fn fismo_common(name: &str, gamma: f32, mu: f32, beta: f32, wd: f32, steps: usize) -> Result<()> {
+    let fail = |field: &'static str, v: f32, want: &str| {
+        Err(Error::InvalidArgument {
+            op: "optimizer config",
+            name: field,
+            detail: format!("{name}: {field} = {v}, must be {want}"),
+        })
+    };
+    if !(0.0..1.0).contains(&gamma) {
+        return fail("gamma", gamma, "in [0, 1)");
+    }
+    if !(mu > 0.0 && mu.is_finite()) {
+        return fail("mu", mu, "> 0 (the damping keeps the factors invertible)");
+    }
+    if !(0.0..1.0).contains(&beta) {
+        return fail("beta", beta, "in [0, 1)");
+    }
+    if !(wd >= 0.0 && wd.is_finite()) {
+        return fail("weight_decay", wd, "≥ 0");
+    }
+    if steps == 0 || steps > 100 {
+        return fail("polar.steps", steps as f32, "in 1..=100");
+    }
+    Ok(())
+}
+
 impl OptimizerConfig {
     /// Every optimizer name [`OptimizerConfig::from_json`] knows.
     pub const NAMES: &'static [&'static str] = &[
@@ -119,6 +152,8 @@ impl OptimizerConfig {
         "kl_shampoo",
         "splus",
         "spa",
+        "fismo",
+        "fismo_diag",
     ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
@@ -142,6 +177,8 @@ impl OptimizerConfig {
             OptimizerConfig::KlShampoo(_) => "kl_shampoo",
             OptimizerConfig::Splus(_) => "splus",
             OptimizerConfig::Spa(_) => "spa",
+            OptimizerConfig::Fismo(_) => "fismo",
+            OptimizerConfig::FismoDiag(_) => "fismo_diag",
         }
     }
 
@@ -166,6 +203,8 @@ impl OptimizerConfig {
             OptimizerConfig::KlShampoo(c) => c.lr,
             OptimizerConfig::Splus(c) => c.lr,
             OptimizerConfig::Spa(c) => c.lr,
+            OptimizerConfig::Fismo(c) => c.lr,
+            OptimizerConfig::FismoDiag(c) => c.lr,
         }
     }
 
@@ -184,6 +223,8 @@ impl OptimizerConfig {
     pub(crate) fn lr_scale(&self, shape: &[usize]) -> f32 {
         match self {
             OptimizerConfig::Splus(c) if shape.len() == 2 => c.shape_scale(shape[0], shape[1]),
+            OptimizerConfig::Fismo(c) => c.adjust_lr.scale_for(shape),
+            OptimizerConfig::FismoDiag(c) => c.adjust_lr.scale_for(shape),
             _ => self.muon_pipeline().map_or(1.0, |c| c.adjust_lr.scale_for(shape)),
         }
     }
@@ -222,7 +263,7 @@ impl OptimizerConfig {
         self.muon_pipeline().is_some() || self.is_kron()
     }
 
-    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo, KL-Shampoo, SPlus, SPA): stacks of matrices
+    /// Whether this is a Kronecker-factored whitening optimizer (SOAP, Shampoo, KL-Shampoo, SPlus, SPA, FISMO): stacks of matrices
     /// with factor states and host-scheduled refreshes.
     pub(crate) fn is_kron(&self) -> bool {
         matches!(
@@ -232,6 +273,8 @@ impl OptimizerConfig {
                 | OptimizerConfig::KlShampoo(_)
                 | OptimizerConfig::Splus(_)
                 | OptimizerConfig::Spa(_)
+                | OptimizerConfig::Fismo(_)
+                | OptimizerConfig::FismoDiag(_)
         )
     }
 
@@ -271,6 +314,8 @@ impl OptimizerConfig {
             "kl_shampoo" => OptimizerConfig::KlShampoo(serde_json::from_str(json).map_err(bad)?),
             "splus" => OptimizerConfig::Splus(serde_json::from_str(json).map_err(bad)?),
             "spa" => OptimizerConfig::Spa(serde_json::from_str(json).map_err(bad)?),
+            "fismo" => OptimizerConfig::Fismo(serde_json::from_str(json).map_err(bad)?),
+            "fismo_diag" => OptimizerConfig::FismoDiag(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -480,6 +525,19 @@ impl OptimizerConfig {
                 nonneg("weight_decay", c.weight_decay)?;
                 whitening_common("spa", c.precondition_frequency, c.max_dim)?;
             }
+            OptimizerConfig::Fismo(ref c) => {
+                fismo_common(name, c.gamma, c.mu, c.beta, c.weight_decay, c.polar.steps)?;
+                if c.root_every == 0 {
+                    return Err(Error::InvalidArgument {
+                        op: "optimizer config",
+                        name: "root_every",
+                        detail: "fismo: must be ≥ 1".into(),
+                    });
+                }
+            }
+            OptimizerConfig::FismoDiag(ref c) => {
+                fismo_common(name, c.gamma, c.mu, c.beta, c.weight_decay, c.polar.steps)?
+            }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
                 beta("beta_h", c.beta_h)?;
@@ -643,6 +701,13 @@ impl OptimizerConfig {
                 beta2: c.beta2,
                 ..none
             },
+            // FISMO's momentum lives in the whitened space (its pipeline: src/optim/kron.rs).
+            OptimizerConfig::Fismo(ref c) => {
+                KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: c.beta, ..none }
+            }
+            OptimizerConfig::FismoDiag(ref c) => {
+                KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: c.beta, ..none }
+            }
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {
                 define: "OPT_ADAFACTOR",
