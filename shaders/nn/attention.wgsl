@@ -5,7 +5,10 @@
 // SUBGROUP (CPU adapters with 8-lane subgroups, D and T multiples of 8): the 8 lanes are 8 consecutive rows of
 // one head and need the same K / V / Q / dY row at each step, so each lane loads every 8th value and the
 // subgroup broadcasts them (a per-lane load costs ~10 FMAs on llvmpipe).
-struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32 }
+// DROPOUT (nanoGPT's attn_dropout): the probabilities multiplying v are P·mask/(1 − p), the mask hashed from the
+// step block (bound last) and the element's index in P; P itself is stored undropped for the backward.
+struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32,
+           p: f32, salt: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 const D: u32 = {{D}}u;
 
@@ -16,6 +19,26 @@ fn unpack(id: u32) -> vec3<u32> { return vec3<u32>(id / (u.t * u.heads), (id / u
 fn lanes() -> u32 { return u.batch * u.heads * u.t; }
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
+
+//#if DROPOUT
+//#include "nn/dropout_mask.wgsl"
+@group(0) @binding(4) var<storage, read> fstep: array<u32>;
+@group(0) @binding(6) var<storage, read> bstep: array<u32>;
+fn forward_step() -> vec2<u32> { return vec2<u32>(fstep[0], fstep[1]); }
+fn backward_step() -> vec2<u32> { return vec2<u32>(bstep[0], bstep[1]); }
+//#else
+fn forward_step() -> vec2<u32> { return vec2<u32>(0u); }
+fn backward_step() -> vec2<u32> { return vec2<u32>(0u); }
+//#endif
+
+// Probability `p` at index `idx` of P as it multiplies v: dropped and rescaled under DROPOUT.
+fn dropped(p: f32, idx: u32, step: vec2<u32>) -> f32 {
+//#if DROPOUT
+    return select(0.0, p / (1.0 - u.p), dropout_keeps(step.x, step.y, u.salt, idx, u.p));
+//#else
+    return p;
+//#endif
+}
 
 // Σ_d x[d]·src[base + d]
 fn dot_qkv(x: ptr<function, array<f32, D>>, base: u32, lane: u32) -> f32 {
@@ -59,6 +82,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let qb = row_base(b, i) + hd;
     for (var d = 0u; d < D; d++) { q[d] = qkv[qb + d]; }
     let pb = id * u.t;
+    let step = forward_step();
     var m = -3.0e38;
     for (var j = 0u; j <= last; j++) {
         let s = dot_qkv(&q, row_base(b, j) + u.c + hd, {{LANE}}) * u.scale;
@@ -77,14 +101,15 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
             p = probs[pb + j] * inv;
             probs[pb + j] = p;
         }
-        axpy_qkv(&acc, p, row_base(b, j) + 2u * u.c + hd, {{LANE}});
+        axpy_qkv(&acc, dropped(p, pb + j, step), row_base(b, j) + 2u * u.c + hd, {{LANE}});
     }
     for (var j = i + 1u; j < u.t; j++) { probs[pb + j] = 0.0; }
     let ob = u.o_off + (b * u.t + i) * u.c + hd;
     for (var d = 0u; d < D; d++) { y[ob + d] = acc[d]; }
 }
 
-// per query row: dP_ij = dy_i·v_j, dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij), dq_i = scale Σ_j dS_ij k_j
+// per query row: dP_ij = dy_i·v_j (through the dropout mask), dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij),
+// dq_i = scale Σ_j dS_ij k_j
 @group(0) @binding(2) var<storage, read> bprobs: array<f32>;
 @group(0) @binding(3) var<storage, read> gy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ds: array<f32>;
@@ -107,9 +132,10 @@ fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let gb = u.g_off + (b * u.t + i) * u.c + hd;
     for (var d = 0u; d < D; d++) { g[d] = gy[gb + d]; }
     let pb = id * u.t;
+    let step = backward_step();
     var dot_pd = 0.0;
     for (var j = 0u; j <= last; j++) {
-        let s = dot_qkv(&g, row_base(b, j) + 2u * u.c + hd, {{LANE}});
+        let s = dropped(dot_qkv(&g, row_base(b, j) + 2u * u.c + hd, {{LANE}}), pb + j, step);
         if (j <= i) {
             ds[pb + j] = s;
             dot_pd = fma(bprobs[pb + j], s, dot_pd);
@@ -129,7 +155,8 @@ fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     for (var d = 0u; d < D; d++) { store_grad(ob + d, dq[d] * u.scale); }
 }
 
-// per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P_ij dy_i (P and dS are zero above the diagonal,
+// per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P̃_ij dy_i with P̃ the dropped P (P and dS are
+// zero above the diagonal,
 // so the loop may start at the subgroup's first row)
 @group(0) @binding(4) var<storage, read> kds: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kdqkv: array<f32>;
@@ -157,8 +184,9 @@ fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let head_base = (b * u.heads + bhi.y) * u.t * u.t;
     var dk: array<f32, D>;
     var dv: array<f32, D>;
+    let step = backward_step();
     for (var i = {{FIRST_ROW}}; i < u.t; i++) {
-        let pij = bprobs[head_base + i * u.t + j];
+        let pij = dropped(bprobs[head_base + i * u.t + j], head_base + i * u.t + j, step);
         let sij = kds[head_base + i * u.t + j];
         axpy_qkv(&dk, sij, row_base(b, i) + hd, {{LANE}});
         axpy_gy(&dv, pij, u.g_off + (b * u.t + i) * u.c + hd, {{LANE}});

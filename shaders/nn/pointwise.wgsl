@@ -1,5 +1,5 @@
 // Pointwise ops and their backward: GELU (exact, erf form), bias add and its column-sum gradient, dropout
-// (a counter-based hash of (seed, step, index) decides the mask, so backward and resume recompute it exactly).
+// (nn/dropout_mask.wgsl: backward and resume recompute the mask exactly).
 struct U { n: u32, c: u32, x_off: u32, g_off: u32, o_off: u32, acc: u32, p: f32, salt: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 
@@ -65,12 +65,7 @@ fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     gy[o] = s;
 }
 
-fn hash(v: u32) -> u32 {
-    // PCG output permutation: a well-mixed 32-bit hash.
-    let s = v * 747796405u + 2891336453u;
-    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
-    return (w >> 22u) ^ w;
-}
+//#include "nn/dropout_mask.wgsl"
 
 // dropout: out = x·mask/(1 − p); the same call on a gradient is the backward (acc: accumulate into out)
 @group(0) @binding(1) var<storage, read> dx: array<f32>;
@@ -81,9 +76,7 @@ fn hash(v: u32) -> u32 {
 fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let i = linear_id(gid, nw);
     if (i >= u.n) { return; }
-    let key = hash(hash(step[1] ^ u.salt) + step[0]);
-    let r = f32(hash(key ^ i) >> 8u) * (1.0 / 16777216.0);
-    var d = select(0.0, dx[u.x_off + i] / (1.0 - u.p), r >= u.p);
+    var d = select(0.0, dx[u.x_off + i] / (1.0 - u.p), dropout_keeps(step[0], step[1], u.salt, i, u.p));
     let o = u.o_off + i;
     if (u.acc != 0u) { d += dy[o]; }
     dy[o] = d;

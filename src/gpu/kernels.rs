@@ -2,7 +2,8 @@
 //! validated with naga and compiled once per (kernel, variant) into a cached pipeline.
 //!
 //! Templating: `{{NAME}}` is replaced by the define's value; lines between `//#if NAME` and
-//! `//#endif` (with an optional `//#else`) are kept when `NAME` is defined and not `0`/`false`.
+//! `//#endif` (with an optional `//#else`) are kept when `NAME` is defined and not `0`/`false`; a line
+//! `//#include "path"` is replaced by that embedded file (functions shared between shaders).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,6 +42,7 @@ shader_table!(
     "nn/embedding.wgsl",
     "nn/layernorm.wgsl",
     "nn/pointwise.wgsl",
+    "nn/dropout_mask.wgsl",
     "nn/attention.wgsl",
     "nn/cross_entropy.wgsl",
     "nn/kfac.wgsl",
@@ -60,7 +62,7 @@ pub(crate) struct KernelCache {
     map: Mutex<HashMap<String, Kernel>>,
 }
 
-/// Apply `//#if` blocks and `{{KEY}}` substitutions.
+/// Apply `//#include` lines, `//#if` blocks and `{{KEY}}` substitutions.
 pub fn specialize(source: &str, defines: &[(&str, String)]) -> std::result::Result<String, String> {
     let truthy = |k: &str| defines.iter().any(|(n, v)| *n == k && v != "0" && v != "false");
     let mut out = String::with_capacity(source.len());
@@ -68,7 +70,15 @@ pub fn specialize(source: &str, defines: &[(&str, String)]) -> std::result::Resu
     for line in source.lines() {
         let t = line.trim();
         let active = stack.last().map(|s| s.0).unwrap_or(true);
-        if let Some(name) = t.strip_prefix("//#if ") {
+        if let Some(path) = t.strip_prefix("//#include ") {
+            let path = path.trim().trim_matches('"');
+            let (_, text) =
+                SHADERS.iter().find(|(p, _)| *p == path).ok_or(format!("no shader file {path} to include"))?;
+            if active {
+                out.push_str(text);
+                out.push('\n');
+            }
+        } else if let Some(name) = t.strip_prefix("//#if ") {
             stack.push((active && truthy(name.trim()), active));
         } else if t == "//#else" {
             let top = stack.last_mut().ok_or("//#else without //#if")?;
@@ -156,6 +166,9 @@ mod tests {
         assert_eq!(specialize(src, &[("X", "0".into())]).unwrap(), "a\nc\n");
         assert!(specialize("{{Q}}", &[]).is_err());
         assert!(specialize("//#if A\n", &[]).is_err());
+        let inc = specialize("//#if X\n//#include \"nn/dropout_mask.wgsl\"\n//#endif\n", &[("X", "1".into())]).unwrap();
+        assert!(inc.contains("fn dropout_keeps"), "{inc}");
+        assert!(specialize("//#include \"nn/none.wgsl\"\n", &[]).is_err());
     }
 
     #[test]

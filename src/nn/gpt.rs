@@ -179,24 +179,26 @@ impl Gpt {
         let mut sites = Vec::new();
         let (wte, wpe) = (self.var(g, "wte")?, self.var(g, "wpe")?);
         let mut x = g.embedding(tokens, wte, wpe)?;
+        // Every dropout site (nanoGPT's: embeddings, attention probabilities, both residual branches) draws its
+        // own mask.
         let mut salt = 0u32;
-        let mut dropout = |g: &mut Graph, v: Var| {
+        let mut next_salt = || {
             salt += 1;
-            g.dropout(v, cfg.dropout, salt)
+            salt
         };
-        x = dropout(g, x)?;
+        x = g.dropout(x, cfg.dropout, next_salt())?;
         for l in 0..cfg.layers {
             let h = self.layer_norm(g, x, &format!("h.{l}.ln_1"))?;
             let qkv = self.linear(g, h, &format!("h.{l}.attn.c_attn"), &mut sites)?;
-            let a = g.causal_attention(qkv, tokens.batch, tokens.block, cfg.heads)?;
+            let a = g.causal_attention_dropout(qkv, tokens.batch, tokens.block, cfg.heads, cfg.dropout, next_salt())?;
             let a = self.linear(g, a, &format!("h.{l}.attn.c_proj"), &mut sites)?;
-            let a = dropout(g, a)?;
+            let a = g.dropout(a, cfg.dropout, next_salt())?;
             x = g.add(x, a)?;
             let h = self.layer_norm(g, x, &format!("h.{l}.ln_2"))?;
             let f = self.linear(g, h, &format!("h.{l}.mlp.c_fc"), &mut sites)?;
             let f = g.gelu(f)?;
             let f = self.linear(g, f, &format!("h.{l}.mlp.c_proj"), &mut sites)?;
-            let f = dropout(g, f)?;
+            let f = g.dropout(f, cfg.dropout, next_salt())?;
             x = g.add(x, f)?;
         }
         let x = self.layer_norm(g, x, "ln_f")?;

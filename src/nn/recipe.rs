@@ -9,8 +9,8 @@ use crate::error::Result;
 use crate::gpu::Tensor;
 use crate::nn::kfac::{KfacConfig, KfacVariant};
 use crate::optim::{
-    AdamWConfig, FusionOptConfig, Group, KlShampooConfig, Matcher, OptimizerBuilder, OptimizerConfig, Schedule,
-    SgdConfig, ShampooConfig, SoapConfig, SpaConfig, SplusConfig,
+    AdamWConfig, FismoConfig, FusionOptConfig, Group, KlShampooConfig, Matcher, OptimizerBuilder, OptimizerConfig,
+    Schedule, SgdConfig, ShampooConfig, SoapConfig, SpaConfig, SplusConfig,
 };
 
 /// The composite's name on the command line.
@@ -114,6 +114,8 @@ impl Recipe {
                 OptimizerConfig::Splus(c) => OptimizerConfig::Splus(SplusConfig { stagger: true, ..c }),
                 OptimizerConfig::Spa(c) => OptimizerConfig::Spa(SpaConfig { stagger: true, ..c }),
                 OptimizerConfig::KlShampoo(c) => OptimizerConfig::KlShampoo(KlShampooConfig { stagger: true, ..c }),
+                // Roots every 10 steps, staggered: every-step eigendecompositions dominate on a CPU adapter.
+                OptimizerConfig::Fismo(c) => OptimizerConfig::Fismo(FismoConfig { root_every: 10, stagger: true, ..c }),
                 // The distributed_shampoo README's AdamW replacement, roots every 10 steps.
                 OptimizerConfig::Shampoo(_) => OptimizerConfig::Shampoo(ShampooConfig {
                     precondition_frequency: 10,

@@ -215,6 +215,37 @@ fn cross_entropy_inside_a_larger_expression() {
     );
 }
 
+/// The dropout mask of nn/dropout_mask.wgsl, transcribed: element `i` survives at (step, seed, salt).
+fn dropout_keeps(step: u32, seed: u32, salt: u32, i: u32, p: f32) -> bool {
+    let hash = |v: u32| {
+        let s = v.wrapping_mul(747796405).wrapping_add(2891336453);
+        let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277803737);
+        (w >> 22) ^ w
+    };
+    let key = hash(hash(seed ^ salt).wrapping_add(step));
+    (hash(key ^ i) >> 8) as f32 * (1.0 / 16777216.0) >= p
+}
+
+#[test]
+fn causal_attention_with_dropout_matches_reference() {
+    // `check` runs at step 3 with seed 7.
+    let (p, salt) = (0.3f32, 9u32);
+    for (batch, t, heads, c) in [(2, 5, 2, 6), (1, 9, 3, 15), (2, 16, 2, 32), (1, 8, 1, 8)] {
+        let mask =
+            move |idx: usize| if dropout_keeps(3, 7, salt, idx as u32, p) { 1.0 / (1.0 - p as f64) } else { 0.0 };
+        let causal = (0..batch * heads).map(|_| t * (t + 1) / 2).sum::<usize>();
+        let dropped = (0..batch * heads * t * t).filter(|&k| k % t <= (k / t) % t && mask(k) == 0.0).count();
+        assert!(dropped > 0 && dropped < causal, "the mask drops {dropped} of {causal}: the test would prove nothing");
+        check(
+            &format!("attention dropout b{batch} t{t} h{heads} c{c}"),
+            &[(&[batch * t, 3 * c], noise(12, batch * t * 3 * c).iter().map(|v| v * 2.0).collect())],
+            &move |g, v| g.causal_attention_dropout(v[0], batch, t, heads, p, salt),
+            &move |x| reference::causal_attention_masked(&x[0], batch, t, heads, c, &mask),
+            1e-4,
+        );
+    }
+}
+
 #[test]
 fn dropout_masks_forward_and_backward_alike_and_follow_the_step() {
     let gpu = gpu();

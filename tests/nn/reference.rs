@@ -48,6 +48,19 @@ pub fn embedding(ids: &[u32], table: &[f64], pos: &[f64], block: usize, c: usize
 }
 
 pub fn causal_attention(qkv: &[f64], batch: usize, t: usize, heads: usize, c: usize) -> Vec<f64> {
+    causal_attention_masked(qkv, batch, t, heads, c, &|_| 1.0)
+}
+
+/// Causal attention whose probability at index `((b·heads + h)·t + i)·t + j` of P multiplies v times `mask(index)`
+/// (dropout: 0 or 1/(1 − p)).
+pub fn causal_attention_masked(
+    qkv: &[f64],
+    batch: usize,
+    t: usize,
+    heads: usize,
+    c: usize,
+    mask: &dyn Fn(usize) -> f64,
+) -> Vec<f64> {
     let d = c / heads;
     let at = |b: usize, i: usize, part: usize, h: usize, k: usize| qkv[(b * t + i) * 3 * c + part * c + h * d + k];
     let mut out = vec![0.0; batch * t * c];
@@ -60,8 +73,10 @@ pub fn causal_attention(qkv: &[f64], batch: usize, t: usize, heads: usize, c: us
                 let m = s.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
                 let z: f64 = e.iter().sum();
+                let row = ((b * heads + h) * t + i) * t;
                 for k in 0..d {
-                    out[(b * t + i) * c + h * d + k] = (0..=i).map(|j| e[j] / z * at(b, j, 2, h, k)).sum();
+                    out[(b * t + i) * c + h * d + k] =
+                        (0..=i).map(|j| e[j] / z * mask(row + j) * at(b, j, 2, h, k)).sum();
                 }
             }
         }

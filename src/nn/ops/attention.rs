@@ -22,7 +22,9 @@ struct U {
     g_off: u32,
     acc: u32,
     scale: f32,
-    _p: [u32; 3],
+    p: f32,
+    salt: u32,
+    _p: u32,
 }
 
 /// Kernel variant: the subgroup-broadcast form on CPU adapters with 8-lane subgroups when the head dimension
@@ -63,7 +65,26 @@ impl Graph {
     /// `softmax(q·kᵀ/√d + causal mask)·v` per head, for `qkv [batch·block, 3C]` laid out as nanoGPT's `c_attn`
     /// output (q, k, v blocks of C columns, head h at columns h·d … of each); output `[batch·block, C]`.
     pub fn causal_attention(&mut self, qkv: Var, batch: usize, block: usize, heads: usize) -> Result<Var> {
+        self.causal_attention_dropout(qkv, batch, block, heads, 0.0, 0)
+    }
+
+    /// [`Graph::causal_attention`] with nanoGPT's attention dropout: the probabilities multiplying v are dropped
+    /// with probability `p` and rescaled by `1/(1 − p)`, the mask drawn per step from the step block's seed and
+    /// `salt` like [`Graph::dropout`]'s; `p = 0` or an evaluation graph drops nothing.
+    pub fn causal_attention_dropout(
+        &mut self,
+        qkv: Var,
+        batch: usize,
+        block: usize,
+        heads: usize,
+        p: f32,
+        salt: u32,
+    ) -> Result<Var> {
         let op = "Graph::causal_attention";
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument { op, name: "p", detail: format!("{p} is not in [0, 1)") });
+        }
+        let p = if self.mode() == crate::nn::Mode::Eval { 0.0 } else { p };
         let (rows, c3) = matrix(op, self.shape(qkv))?;
         let c = c3 / 3;
         if rows != batch * block || c3 % 3 != 0 || heads == 0 || c % heads != 0 || c / heads > MAX_HEAD_DIM {
@@ -91,18 +112,30 @@ impl Graph {
             g_off: 0,
             acc: 0,
             scale: 1.0 / (d as f32).sqrt(),
-            _p: [0; 3],
+            p,
+            salt,
+            _p: 0,
         };
         u32_of(op, rows * c3)?;
         u32_of(op, lanes * block)?;
-        let defines = defines(self.gpu(), d, block);
-        launch(&mut self.plan, "nn/attention.wgsl", "forward", &defines, &u, &[&vq, &probs, &vo], lanes)?;
+        let mut defines = defines(self.gpu(), d, block);
+        let step = self.step_block().clone();
+        let dropout = p > 0.0;
+        defines.push(("DROPOUT", (dropout as u32).to_string()));
+        let mut t = vec![&vq, &probs, &vo];
+        if dropout {
+            t.push(&step);
+        }
+        launch(&mut self.plan, "nn/attention.wgsl", "forward", &defines, &u, &t, lanes)?;
         self.on_backward(out, move |bw| {
             let Some(g) = bw.grad_out(out) else { return Ok(()) };
             let Some((gq, acc)) = bw.grad_in(qkv)? else { return Ok(()) };
             let ds = Tensor::zeros(g.gpu(), probs.shape())?;
             let u = U { g_off: g.offset() as u32, o_off: gq.offset() as u32, acc: acc as u32, ..u };
-            let t = [&vq, &probs, &g, &ds, &gq];
+            let mut t = vec![&vq, &probs, &g, &ds, &gq];
+            if dropout {
+                t.push(&step);
+            }
             launch(bw.plan(), "nn/attention.wgsl", "backward_query", &defines, &u, &t, lanes)?;
             launch(bw.plan(), "nn/attention.wgsl", "backward_key", &defines, &u, &t, lanes)
         });
