@@ -26,10 +26,15 @@ pub(super) fn build(opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Err
     build_on(&gpu(), opt)
 }
 
+/// The parameters [`build`] starts from.
+pub(super) fn initial() -> Vec<Mat> {
+    SPECS.iter().enumerate().map(|(i, (_, s))| Mat::from_f32(s[0], s[1], &noise(300 + i as u64, s[0] * s[1]))).collect()
+}
+
 pub(super) fn build_on(gpu: &wgoptim::Gpu, opt: OptimizerConfig) -> Result<(ParamStore, Optimizer), Error> {
     let store = ParamStore::new(gpu, SPECS)?;
-    for (i, (name, shape)) in SPECS.iter().enumerate() {
-        store.param(name)?.write(&noise(300 + i as u64, shape.iter().product()))?;
+    for ((name, _), p) in SPECS.iter().zip(initial()) {
+        store.param(name)?.write(&p.f32s())?;
     }
     let mut b = OptimizerBuilder::new(gpu);
     b.params_from(&store)?;
@@ -38,18 +43,84 @@ pub(super) fn build_on(gpu: &wgoptim::Gpu, opt: OptimizerConfig) -> Result<(Para
     Ok((store, b.build()?))
 }
 
-fn grads_at(call: u64) -> Vec<Vec<f32>> {
+/// Call `call`'s gradients: noise seeded `base + stride·call + i` for matrix i, with `bad = (i, k, v)` putting
+/// the non-finite `v` at element k of matrix i on call NAN_AT.
+pub(super) fn noisy_grads(base: u64, stride: u64, call: u64, bad: (usize, usize, f32)) -> Vec<Vec<f32>> {
     SPECS
         .iter()
         .enumerate()
         .map(|(i, (_, s))| {
-            let mut g: Vec<f32> = noise(7000 + 31 * call + i as u64, s.iter().product());
-            if call == NAN_AT && i == 0 {
-                g[3] = f32::NAN;
+            let mut g: Vec<f32> = noise(base + stride * call + i as u64, s.iter().product());
+            if call == NAN_AT && i == bad.0 {
+                g[bad.1] = bad.2;
             }
             g
         })
         .collect()
+}
+
+fn grads_at(call: u64) -> Vec<Vec<f32>> {
+    noisy_grads(7000, 31, call, (0, 3, f32::NAN))
+}
+
+/// Drive `opt` over SPECS for STEPS calls of `grads` with a cosine schedule and clipping (the call NAN_AT is
+/// skipped and must leave the state untouched), handing every applied call's clipped gradient of matrix i and
+/// the scheduled lr to `each(dev, call, i, g, lr)`. Returns the store and the optimizer.
+pub(super) fn drive(
+    opt: &OptimizerConfig,
+    grads: impl Fn(u64) -> Vec<Vec<f32>>,
+    mut each: impl FnMut(&Optimizer, u64, usize, &Mat, f64),
+) -> (ParamStore, Optimizer) {
+    let (store, dev) = build(opt.clone()).unwrap();
+    let state = |dev: &Optimizer| -> Vec<f32> {
+        dev.state_names("a").unwrap().iter().flat_map(|s| read(dev, "a", s)).collect()
+    };
+    let mut applied = 0u32;
+    for call in 0..STEPS {
+        let g = grads(call);
+        write(&store, &g);
+        let before = if call == NAN_AT { state(&dev) } else { Vec::new() };
+        dev.step().unwrap();
+        if call == NAN_AT {
+            assert_eq!(before, state(&dev), "{}: the skipped step changed the state", opt.name());
+            continue;
+        }
+        applied += 1;
+        let norm = g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let coef = (CLIP as f64 / (norm + 1e-6)).min(1.0);
+        let lr = opt.lr() as f64 * cosine().factor(applied - 1) as f64;
+        for (i, (_, shape)) in SPECS.iter().enumerate() {
+            each(&dev, call, i, &Mat::from_f32(shape[0], shape[1], &g[i]).scale(coef), lr);
+        }
+    }
+    (store, dev)
+}
+
+/// The device's parameters against the reference's `want`, relative to its norm (≤ `tol`) and to how far it
+/// moved from [`initial`] (≤ 10·`tol`, after checking that it moved at all); and the step report (one skipped
+/// call). Returns the reference's norm.
+pub(super) fn assert_matches(
+    opt: &OptimizerConfig,
+    store: &ParamStore,
+    dev: &Optimizer,
+    want: &[f64],
+    tol: f64,
+) -> f64 {
+    let got: Vec<f64> =
+        SPECS.iter().flat_map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).map(|v| v as f64).collect();
+    let start: Vec<f64> = initial().iter().flat_map(|m| m.d.clone()).collect();
+    let (diff, moved) = (distance(&got, want), distance(want, &start));
+    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
+    assert!(moved > 1e-2 * norm, "{opt:?}: the reference barely moved: the test would prove nothing");
+    assert!(diff / norm <= tol, "{opt:?}: relative error {} after {STEPS} steps", diff / norm);
+    assert!(diff / moved <= 10.0 * tol, "{opt:?}: displacement error {}", diff / moved);
+    let report = pollster::block_on(dev.report()).unwrap();
+    assert_eq!((report.attempted, report.skipped), (STEPS, 1));
+    norm
+}
+
+pub(super) fn distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
 }
 
 pub(super) fn write(store: &ParamStore, g: &[Vec<f32>]) {
@@ -248,64 +319,31 @@ fn shampoo_refresh_due(c: &ShampooConfig, call: u64, stack: u64) -> bool {
 
 /// Run the device and the reference side by side; compare the parameters at the end.
 fn conformance(opt: OptimizerConfig) {
-    let (store, dev) = build(opt.clone()).unwrap();
     let max_dim = match &opt {
         OptimizerConfig::Soap(c) => c.max_precond_dim,
         _ => usize::MAX,
     };
-    let init: Vec<Mat> = SPECS
-        .iter()
-        .map(|(n, s)| Mat::from_f32(s[0], s[1], &store.param(n).unwrap().read_blocking().unwrap()))
-        .collect();
-    let mut refs: Vec<RefMat> = init.iter().map(|p| RefMat::new(p.clone(), max_dim)).collect();
-    let mut applied = 0u32;
-    for call in 0..STEPS {
-        let g = grads_at(call);
-        write(&store, &g);
-        let before: Vec<f32> =
-            dev.state_names("a").unwrap().iter().flat_map(|s| read(&dev, "a", s)).collect::<Vec<_>>();
-        dev.step().unwrap();
-        if call == NAN_AT {
-            let after: Vec<f32> = dev.state_names("a").unwrap().iter().flat_map(|s| read(&dev, "a", s)).collect();
-            assert_eq!(before, after, "{}: the skipped step changed the state", opt.name());
-            continue;
-        }
-        applied += 1;
-        let norm = g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-        let coef = (CLIP as f64 / (norm + 1e-6)).min(1.0);
-        let lr = opt.lr() as f64 * cosine().factor(applied - 1) as f64;
-        for (i, r) in refs.iter_mut().enumerate() {
-            let (rows, cols) = (SPECS[i].1[0], SPECS[i].1[1]);
-            let gm = Mat::from_f32(rows, cols, &g[i]).scale(coef);
-            match &opt {
-                OptimizerConfig::Soap(c) => {
-                    r.soap(c, &gm, lr, soap_refresh_due(c, call, STACK[i]));
-                    if call == 0 {
-                        for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
-                            if r.has[s] {
-                                let d = if s == 0 { rows } else { cols };
-                                r.q[s] = Mat::from_f32(d, d, &read(&dev, SPECS[i].0, side));
-                            }
+    let mut refs: Vec<RefMat> = initial().into_iter().map(|p| RefMat::new(p, max_dim)).collect();
+    let (store, dev) = drive(&opt, grads_at, |dev, call, i, gm, lr| {
+        let r = &mut refs[i];
+        match &opt {
+            OptimizerConfig::Soap(c) => {
+                r.soap(c, gm, lr, soap_refresh_due(c, call, STACK[i]));
+                if call == 0 {
+                    for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
+                        if r.has[s] {
+                            let d = SPECS[i].1[s];
+                            r.q[s] = Mat::from_f32(d, d, &read(dev, SPECS[i].0, side));
                         }
                     }
                 }
-                OptimizerConfig::Shampoo(c) => r.shampoo(c, &gm, lr, shampoo_refresh_due(c, call, STACK[i])),
-                _ => unreachable!(),
             }
+            OptimizerConfig::Shampoo(c) => r.shampoo(c, gm, lr, shampoo_refresh_due(c, call, STACK[i])),
+            _ => unreachable!(),
         }
-    }
-    let got: Vec<f64> =
-        SPECS.iter().flat_map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).map(|v| v as f64).collect();
+    });
     let want: Vec<f64> = refs.iter().flat_map(|r| r.p.d.clone()).collect();
-    let start: Vec<f64> = init.iter().flat_map(|m| m.d.clone()).collect();
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    let moved = want.iter().zip(&start).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-    assert!(moved > 1e-2 * norm, "{opt:?}: the reference barely moved: the test would prove nothing");
-    assert!(diff / norm <= 1e-4, "{opt:?}: relative error {} after {STEPS} steps", diff / norm);
-    assert!(diff / moved <= 1e-3, "{opt:?}: displacement error {}", diff / moved);
-    let report = pollster::block_on(dev.report()).unwrap();
-    assert_eq!((report.attempted, report.skipped), (STEPS, 1));
+    assert_matches(&opt, &store, &dev, &want, 1e-4);
 }
 
 fn soap() -> SoapConfig {

@@ -13,8 +13,10 @@
 //! checking that they diagonalize the reference's factors; later bases are the reference's own.
 
 use super::cpu::{cpu_eigh, cpu_qr, Mat};
-use super::kron::{build, elementwise, read, write, RefMat, CLIP, NAN_AT, SPECS, STACK, STACKS, STEPS};
-use super::{cosine, noise};
+use super::kron::{
+    assert_matches, build, distance, drive, elementwise, initial, noisy_grads, read, write, RefMat, SPECS, STACK,
+    STACKS,
+};
 use wgoptim::optim::*;
 use wgoptim::Error;
 
@@ -22,17 +24,7 @@ const SEED: u64 = 5100;
 const MARGIN: f64 = 1e-4;
 
 fn grads_at(call: u64) -> Vec<Vec<f32>> {
-    SPECS
-        .iter()
-        .enumerate()
-        .map(|(i, (_, s))| {
-            let mut g: Vec<f32> = noise(SEED + 17 * call + i as u64, s.iter().product());
-            if call == NAN_AT && i == 1 {
-                g[5] = f32::INFINITY;
-            }
-            g
-        })
-        .collect()
+    noisy_grads(SEED, 17, call, (1, 5, f32::INFINITY))
 }
 
 /// One matrix's reference: the shared factor state, SPlus's parameter EMA, KL-Shampoo's eigenvalue scales
@@ -187,92 +179,62 @@ fn assert_diagonalizes(q: &Mat, f: &Mat, what: &str) {
 }
 
 fn conformance(opt: OptimizerConfig) {
-    let (store, dev) = build(opt.clone()).unwrap();
     let (max_dim, s0) = match &opt {
         OptimizerConfig::Splus(c) => (c.max_dim - 1, 0.0),
         OptimizerConfig::Spa(c) => (c.max_dim - 1, 0.0),
         OptimizerConfig::KlShampoo(c) => (usize::MAX, 1.0 / (c.init_factor as f64).sqrt()),
         _ => unreachable!(),
     };
-    let init: Vec<Mat> = SPECS
-        .iter()
-        .map(|(n, s)| Mat::from_f32(s[0], s[1], &store.param(n).unwrap().read_blocking().unwrap()))
-        .collect();
-    let mut refs: Vec<Ref> = init
-        .iter()
+    let mut refs: Vec<Ref> = initial()
+        .into_iter()
         .map(|p| Ref {
-            r: RefMat::new(p.clone(), max_dim),
             ema: Mat::zeros(p.r, p.c),
             s: [vec![s0; p.r], vec![s0; p.c]],
             margin: f64::INFINITY,
+            r: RefMat::new(p, max_dim),
         })
         .collect();
-    let mut applied = 0u32;
-    for call in 0..STEPS {
-        let g = grads_at(call);
-        write(&store, &g);
-        dev.step().unwrap();
-        if call == NAN_AT {
-            continue;
+    let (store, dev) = drive(&opt, grads_at, |dev, call, i, gm, lr| {
+        let r = &mut refs[i];
+        let (name, shape) = SPECS[i];
+        let refresh = due(&opt, call, STACK[i]);
+        match &opt {
+            OptimizerConfig::Splus(c) => r.splus(c, gm, lr, refresh),
+            OptimizerConfig::Spa(c) => r.spa(c, gm, lr, refresh),
+            OptimizerConfig::KlShampoo(c) => r.kl(c, gm, lr, refresh),
+            _ => unreachable!(),
         }
-        applied += 1;
-        let norm = g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
-        let coef = (CLIP as f64 / (norm + 1e-6)).min(1.0);
-        let lr = opt.lr() as f64 * cosine().factor(applied - 1) as f64;
-        for (i, r) in refs.iter_mut().enumerate() {
-            let (name, shape) = SPECS[i];
-            let gm = Mat::from_f32(shape[0], shape[1], &g[i]).scale(coef);
-            let refresh = due(&opt, call, STACK[i]);
-            match &opt {
-                OptimizerConfig::Splus(c) => r.splus(c, &gm, lr, refresh),
-                OptimizerConfig::Spa(c) => r.spa(c, &gm, lr, refresh),
-                OptimizerConfig::KlShampoo(c) => r.kl(c, &gm, lr, refresh),
-                _ => unreachable!(),
-            }
-            if !refresh {
+        if !refresh {
+            return;
+        }
+        for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
+            if !r.r.has[s] {
                 continue;
             }
-            for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
-                if !r.r.has[s] {
-                    continue;
-                }
-                let d = shape[s];
-                let q = Mat::from_f32(d, d, &read(&dev, name, side));
-                let kl_later = matches!(opt, OptimizerConfig::KlShampoo(_)) && call > 0;
-                if !kl_later {
-                    assert_diagonalizes(&q, &r.r.f[s], &format!("{} call {call} `{name}` {side}", opt.name()));
-                }
-                if call == 0 {
-                    r.r.q[s] = q; // not unique: see the module docs
-                }
+            let d = shape[s];
+            let q = Mat::from_f32(d, d, &read(dev, name, side));
+            let kl_later = matches!(opt, OptimizerConfig::KlShampoo(_)) && call > 0;
+            if !kl_later {
+                assert_diagonalizes(&q, &r.r.f[s], &format!("{} call {call} `{name}` {side}", opt.name()));
+            }
+            if call == 0 {
+                r.r.q[s] = q; // not unique: see the module docs
             }
         }
-    }
+    });
     let margin = refs.iter().map(|r| r.margin).fold(f64::INFINITY, f64::min);
     assert!(margin >= MARGIN, "{}: a signed entry came within {margin:e}·rms of zero: pick another SEED", opt.name());
-    let got: Vec<f64> =
-        SPECS.iter().flat_map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).map(|v| v as f64).collect();
     let want: Vec<f64> = refs.iter().flat_map(|r| r.r.p.d.clone()).collect();
-    let start: Vec<f64> = init.iter().flat_map(|m| m.d.clone()).collect();
-    let (diff, moved) = (distance(&got, &want), distance(&want, &start));
-    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt();
-    assert!(moved > 1e-2 * norm, "{opt:?}: the reference barely moved: the test would prove nothing");
-    assert!(diff / norm <= 1e-4, "{opt:?}: relative error {} after {STEPS} steps", diff / norm);
-    assert!(diff / moved <= 1e-3, "{opt:?}: displacement error {}", diff / moved);
+    let norm = assert_matches(&opt, &store, &dev, &want, 1e-4);
     if let OptimizerConfig::Splus(SplusConfig { ema_rate: Some(r), .. }) = &opt {
         let eval = pollster::block_on(dev.eval_params()).unwrap();
         let got: Vec<f64> = eval.iter().flat_map(|(_, v)| v.iter().map(|x| *x as f64)).collect();
         let want: Vec<f64> = refs.iter().flat_map(|x| x.eval_point(*r).d).collect();
         let d = distance(&got, &want);
         assert!(d / norm <= 1e-4, "{opt:?}: evaluation point off by {}", d / norm);
+        let start: Vec<f64> = initial().iter().flat_map(|m| m.d.clone()).collect();
         assert!(distance(&want, &start) > 1e-2 * norm, "the evaluation point barely moved");
     }
-    let report = pollster::block_on(dev.report()).unwrap();
-    assert_eq!((report.attempted, report.skipped), (STEPS, 1));
-}
-
-fn distance(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
 }
 
 fn splus() -> SplusConfig {
