@@ -436,6 +436,32 @@ fn kl_scale(
     scale_sides(plan, group, scalars, x, sides, false, flags & 12, eps)
 }
 
+/// MOMENTUM over one stack: `M ← β1·M + (1−β1)·g` into `state` at the stack's offset (the flags of kron.wgsl's
+/// MOMENTUM), and `(1 − lookahead)·M + lookahead·g` into `out`; `g` is a stack-shaped view.
+#[allow(clippy::too_many_arguments)]
+fn momentum(
+    plan: &mut PlanBuilder,
+    st: &KronStack,
+    group: usize,
+    scalars: &Tensor,
+    g: &Tensor,
+    state: &Tensor,
+    out: &Tensor,
+    flags: u32,
+    lookahead: f32,
+) -> Result<()> {
+    let u = KronU {
+        total: g.numel() as u32,
+        dst_off: st.offset as u32,
+        src_off: g.offset() as u32,
+        group: group as u32,
+        a: lookahead,
+        flags,
+        ..Default::default()
+    };
+    elementwise(plan, "MOMENTUM", &[], u, &[scalars, g, state, out])
+}
+
 /// KL-Shampoo's direction per stack: momentum, `Q_L·((Q_Lᵀ·M·Q_R) ⊙ S)·Q_Rᵀ` into the direction buffer.
 fn record_kl_direction(
     plan: &mut PlanBuilder,
@@ -448,15 +474,7 @@ fn record_kl_direction(
     for st in &k.stacks {
         let g = st.view(&p.ns_in)?;
         let m = plan.scratch(g.shape())?;
-        let u = KronU {
-            total: g.numel() as u32,
-            dst_off: st.offset as u32,
-            src_off: st.offset as u32,
-            group: b.group as u32,
-            flags: 2,
-            ..Default::default()
-        };
-        elementwise(plan, "MOMENTUM", &[], u, &[scalars, &p.ns_in, m_state, &m])?;
+        momentum(plan, st, b.group, scalars, &g, m_state, &m, 2, 0.0)?;
         let mp = plan.scratch(g.shape())?;
         sandwich(plan, KronStack::side(&st.bases), PROJECT, &m, &mp)?;
         kl_scale(plan, st, b.group, scalars, &mp, 1 | 2 | 4, c.eps)?;
@@ -532,16 +550,7 @@ fn record_sign(
         let g = st.view(&p.ns_in)?;
         let total = g.numel() as u32;
         let look = plan.scratch(g.shape())?;
-        let u = KronU {
-            total,
-            dst_off: st.offset as u32,
-            src_off: st.offset as u32,
-            group: b.group as u32,
-            a: lookahead,
-            flags: spa_eps.is_some() as u32,
-            ..Default::default()
-        };
-        elementwise(plan, "MOMENTUM", &[], u, &[scalars, &p.ns_in, m_state, &look])?;
+        momentum(plan, st, b.group, scalars, &g, m_state, &look, spa_eps.is_some() as u32, lookahead)?;
         let rot = plan.scratch(g.shape())?;
         sandwich(plan, KronStack::side(&st.bases), PROJECT, &look, &rot)?;
         elementwise(plan, "SIGN", &[], KronU { total, ..Default::default() }, &[scalars, &rot])?;

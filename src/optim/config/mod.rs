@@ -702,11 +702,9 @@ impl OptimizerConfig {
                 ..none
             },
             // FISMO's momentum lives in the whitened space (its pipeline: src/optim/kron.rs).
-            OptimizerConfig::Fismo(ref c) => {
-                KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: c.beta, ..none }
-            }
-            OptimizerConfig::FismoDiag(ref c) => {
-                KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: c.beta, ..none }
+            OptimizerConfig::Fismo(FismoConfig { beta, .. })
+            | OptimizerConfig::FismoDiag(FismoDiagConfig { beta, .. }) => {
+                KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: beta, ..none }
             }
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {

@@ -2,7 +2,9 @@
 //! whitened momentum and its polar factor, all in the step plan (FISMO's roots in a refresh plan when amortized).
 //! Every state write is skipped on a skipped step.
 
-use super::{chunked, elementwise, ema, parts, sandwich, scale_sides, Apply, KronStack, KronU, BACK, PROJECT};
+use super::{
+    chunked, elementwise, ema, momentum, parts, sandwich, scale_sides, Apply, KronStack, KronU, BACK, PROJECT,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{copy, eigh, gram, polar, trace, EighConfig, GramSide, Matmul, Trans};
@@ -67,19 +69,6 @@ impl KronStack {
     }
 }
 
-/// `M ← βM + (1−β)·x` into the momentum state at the stack's offset; the new M into `out`.
-fn momentum(
-    plan: &mut PlanBuilder,
-    b: &Bucket,
-    st: &KronStack,
-    scalars: &Tensor,
-    x: &Tensor,
-    out: &Tensor,
-) -> Result<()> {
-    let u = KronU { total: x.numel() as u32, dst_off: st.offset as u32, group: b.group as u32, ..Default::default() };
-    elementwise(plan, "MOMENTUM", &[], u, &[scalars, x, b.state("momentum_buffer")?, out])
-}
-
 /// FISMO's step per stack (§5): P from the previous Q's roots, P's roots, Q from the new P's, Q's roots (inline
 /// when `c.root_every == 1`, else the last refresh's), the whitened gradient `V_P·diag(s_P)·V_Pᵀ·G·V_Q·diag(s_Q)·V_Qᵀ`,
 /// the momentum, its polar factor un-whitened into the direction buffer; then the apply.
@@ -116,7 +105,7 @@ pub(super) fn record_fismo(
         let bases = [Some(&vl), Some(&vr)];
         sandwich(plan, bases, BACK, &a, &whitened)?;
         let mom = plan.scratch(g.shape())?;
-        momentum(plan, b, st, scalars, &whitened, &mom)?;
+        momentum(plan, st, b.group, scalars, &whitened, b.state("momentum_buffer")?, &mom, 0, 0.0)?;
         let o = plan.scratch(g.shape())?;
         polar(plan, &mom, &o, &c.polar)?;
         // Un-whiten: P^{-1/2}·O·Q^{-1/2}.
@@ -182,7 +171,7 @@ pub(super) fn record_fismo_diag(
         copy(plan, &g, &whitened)?;
         scale_sides(plan, b.group, scalars, &whitened, sides, true, 0, 0.0)?;
         let mom = plan.scratch(g.shape())?;
-        momentum(plan, b, st, scalars, &whitened, &mom)?;
+        momentum(plan, st, b.group, scalars, &whitened, b.state("momentum_buffer")?, &mom, 0, 0.0)?;
         let out = st.view(&p.ns_out)?;
         polar(plan, &mom, &out, &c.polar)?;
         scale_sides(plan, b.group, scalars, &out, sides, true, 0, 0.0)?;
