@@ -25,6 +25,13 @@
 //          side 1 q[j] from the column means of G²/p; X = γ·f + (1−γ)(mean + b), f = d·X/ΣX (a = γ, b = μ).
 // VARIANCE: SPA's normalization of the sign direction S: V ← β2 V + (1−β2) S², dir = S/(sqrt(V/(1−β2^t)) + a);
 //          zero (and V zeroed) on the first applied step.
+// WHITEN_FULL: the whitening grid's full second moment: V ← β2 V + (1−β2) s² from the statistic s at src_off
+//          (state at dst_off), out = (x / bc1) / (sqrt(V/(1−β2^t)) + a) (x, out: scratch); flags 1: bc1 = 1 − β1^t,
+//          else 1.
+// FACTOR_STATS: its rank-1 second moment's statistics (one workgroup per matrix and side, wg.y = side): row
+//          (side 0) or column (side 1) means of s², EMA'd into the row / column states; side 0 also writes the
+//          mean of the new row states (a scratch).
+// WHITEN_FACTORED: out = (x / bc1) / (sqrt(r_i·c_j / mean(r) / (1−β2^t)) + a) (flags as WHITEN_FULL).
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
 // SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
 //          descending order, columns of Q permuted, and V permuted along the factor's dimension.
@@ -118,6 +125,27 @@ var<workgroup> part: array<f32, 64>;
 @group(0) @binding(2) var<storage, read> diag: array<f32>;
 @group(0) @binding(3) var<storage, read_write> sl: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sr: array<f32>;
+//#endif
+//#if WHITEN_FULL
+@group(0) @binding(2) var<storage, read> wstat: array<f32>;
+@group(0) @binding(3) var<storage, read_write> wv: array<f32>;
+@group(0) @binding(4) var<storage, read> wx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> wout: array<f32>;
+//#endif
+//#if FACTOR_STATS
+@group(0) @binding(1) var<storage, read> scalars: array<f32>;
+@group(0) @binding(2) var<storage, read> fstat: array<f32>;
+@group(0) @binding(3) var<storage, read_write> frow: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fcol: array<f32>;
+@group(0) @binding(5) var<storage, read_write> fmean: array<f32>;
+var<workgroup> part: array<f32, 64>;
+//#endif
+//#if WHITEN_FACTORED
+@group(0) @binding(2) var<storage, read> frow: array<f32>;
+@group(0) @binding(3) var<storage, read> fcol: array<f32>;
+@group(0) @binding(4) var<storage, read> fmean: array<f32>;
+@group(0) @binding(5) var<storage, read> wx: array<f32>;
+@group(0) @binding(6) var<storage, read_write> wout: array<f32>;
 //#endif
 //#if SHIFT
 @group(0) @binding(1) var<storage, read_write> vals: array<f32>;
@@ -218,6 +246,40 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if (scalars[0] != 0.0) {
         for (var i = li; i < d; i += 64u) { fac[b * d + i] = f32(d) * tilde[b * d + i] / total; }
     }
+//#endif
+//#if FACTOR_STATS
+    // Stores only on an applied step; no early return before the barriers (uniformity).
+    let b = wg.x;
+    let m = u.rows;
+    let n = u.cols;
+    let left = wg.y == 0u;
+    let d = select(n, m, left);
+    let k = select(m, n, left);
+    let base = u.src_off + b * m * n;
+    let b2 = scalars[8u + 16u * u.group + 7u];
+    var sum = 0.0;
+    for (var i = li; i < d; i += 64u) {
+        var acc = 0.0;
+        for (var j = 0u; j < k; j++) {
+            var x = 0.0;
+            if (left) { x = fstat[base + i * n + j]; } else { x = fstat[base + j * n + i]; }
+            acc += x * x;
+        }
+        var v = 0.0;
+        if (left) { v = frow[b * m + i]; } else { v = fcol[b * n + i]; }
+        v = b2 * v + (1.0 - b2) * acc / f32(k);
+        sum += v;
+        if (scalars[0] != 0.0) {
+            if (left) { frow[b * m + i] = v; } else { fcol[b * n + i] = v; }
+        }
+    }
+    part[li] = sum;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { part[li] = part[li] + part[li + s]; }
+        workgroupBarrier();
+    }
+    if (left && li == 0u) { fmean[b] = part[0] / f32(m); }
 //#endif
 //#if SHIFT
     // One workgroup per matrix of d eigenvalues.
@@ -330,6 +392,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let first = t < 1.5;
     vs[u.dst_off + i] = select(v, 0.0, first);
     dir[u.dst_off + i] = select(x / (sqrt(v / scalars[o + 3u]) + u.a), 0.0, first);
+//#endif
+//#if WHITEN_FULL
+    if (scalars[0] == 0.0) { return; }
+    let b2 = scalars[o + 7u];
+    let st = wstat[u.src_off + i];
+    let v = b2 * wv[u.dst_off + i] + (1.0 - b2) * st * st;
+    wv[u.dst_off + i] = v;
+    let bc1 = select(1.0, scalars[o + 2u], (u.flags & 1u) != 0u);
+    wout[i] = wx[i] / bc1 / (sqrt(v / scalars[o + 3u]) + u.a);
+//#endif
+//#if WHITEN_FACTORED
+    let mn = u.rows * u.cols;
+    let b = i / mn;
+    let v = frow[b * u.rows + (i % mn) / u.cols] * fcol[b * u.cols + i % u.cols] / max(fmean[b], 1e-30);
+    let bc1 = select(1.0, scalars[o + 2u], (u.flags & 1u) != 0u);
+    wout[i] = wx[i] / bc1 / (sqrt(v / scalars[o + 3u]) + u.a);
 //#endif
 //#if MOMENTS
     if (scalars[0] == 0.0 || t < 1.5) { return; }

@@ -19,12 +19,13 @@ use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{
     copy, eig_apply, eigh, gram, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans,
 };
-use crate::optim::config::{sides, Grafting, RootMethod, ShampooConfig};
+use crate::optim::config::{sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig};
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
 use crate::optim::stages::{grid, StackUniform};
 use crate::optim::{Group, OptimizerConfig};
 
 mod fismo;
+mod whiten;
 
 /// The factor states of one same-shape stack `[count, m, n]` at `offset` in the bucket's state layout. Index 0
 /// is the left (m×m) side, 1 the right (n×n); an absent side (above `max_precond_dim`) is the identity.
@@ -42,6 +43,8 @@ pub(crate) struct KronStack {
     /// KL-Shampoo's inverse square roots of the eigenvalue estimates, FISMO's of its factors' eigenvalues,
     /// `[count, d]`.
     scales: [Option<Tensor>; 2],
+    /// The whitening grid's rank-1 second moment: row and column EMAs, `[count, m]` and `[count, n]`.
+    variance: [Option<Tensor>; 2],
 }
 
 /// A bucket's factor states, one entry per stack.
@@ -143,11 +146,15 @@ pub(crate) fn attach(
         OptimizerConfig::Splus(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
         OptimizerConfig::Spa(c) => (c.max_dim.saturating_sub(1), true, "max_dim"),
         OptimizerConfig::FismoDiag(_) => (usize::MAX, false, "diagonal"),
+        // The grid's eigenbasis is SPA's; its other bases keep no factors.
+        OptimizerConfig::Whiten(c) if c.basis == Basis::Eigen => (c.max_dim.saturating_sub(1), true, "max_dim"),
+        OptimizerConfig::Whiten(_) => (0, false, "max_dim"),
         _ => return Ok(()),
     };
     let shampoo = matches!(opt, OptimizerConfig::Shampoo(_));
     let fismo = matches!(opt, OptimizerConfig::Fismo(_));
     let diagonal = matches!(opt, OptimizerConfig::FismoDiag(_));
+    let factored = matches!(opt, OptimizerConfig::Whiten(c) if c.normalization == Normalization::VarianceFactorized);
     // The eigenvalue scales' starting values: KL-Shampoo's init_factor^{-1/2}, FISMO's 1 (P = I).
     let scale0 = match opt {
         OptimizerConfig::KlShampoo(c) => Some(1.0 / c.init_factor.sqrt()),
@@ -179,7 +186,11 @@ pub(crate) fn attach(
             bases: [None, None],
             roots: [None, None],
             scales: [None, None],
+            variance: [None, None],
         };
+        if factored {
+            st.variance = [Some(Tensor::zeros(gpu, &[count, m])?), Some(Tensor::zeros(gpu, &[count, n])?)];
+        }
         for (s, (present, d)) in [(on.0, m), (on.1, n)].into_iter().enumerate() {
             if !present {
                 continue;
@@ -215,6 +226,7 @@ pub(crate) fn attach(
                 ("basis", &st.bases[s]),
                 ("inv_root", &st.roots[s]),
                 ("inv_sqrt_eig", &st.scales[s]),
+                ("exp_avg_sq", &st.variance[s]),
             ] {
                 if let Some(t) = t {
                     let shape = t.shape()[1..].to_vec();
@@ -632,6 +644,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
         }
         OptimizerConfig::Fismo(c) => fismo::record_fismo(plan, c, b, scalars, wg)?,
         OptimizerConfig::FismoDiag(c) => fismo::record_fismo_diag(plan, c, b, scalars, wg)?,
+        OptimizerConfig::Whiten(c) => whiten::record(plan, c, b, scalars, wg)?,
         _ => {}
     }
     Ok(())
@@ -911,6 +924,14 @@ pub(crate) fn plans(
                     },
                 }),
                 OptimizerConfig::Spa(c) => refreshes.push(Refresh {
+                    init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
+                    plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
+                    cadence: Cadence::Eigen {
+                        period: c.precondition_frequency as u64,
+                        offset: stagger(c.stagger, c.precondition_frequency),
+                    },
+                }),
+                OptimizerConfig::Whiten(c) => refreshes.push(Refresh {
                     init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
                     plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
                     cadence: Cadence::Eigen {

@@ -13,10 +13,11 @@ mod stages;
 
 pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, FismoConfig, FismoDiagConfig, Grafting,
-    KlShampooConfig, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling, OnaConfig,
-    OptimizerConfig, RootMethod, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig, ScheduleFreeSgdConfig,
-    SfNorMuonConfig, SgdConfig, ShampooConfig, SignumConfig, SoapConfig, SpaConfig, SplusConfig, StepSizeRule,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Basis, FismoConfig, FismoDiagConfig,
+    Grafting, KlShampooConfig, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling,
+    Normalization, OnaConfig, OptimizerConfig, RootMethod, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig,
+    ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig, SoapConfig, SpaConfig,
+    SplusConfig, StepSizeRule, WhitenConfig,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

@@ -458,6 +458,12 @@ fn whitening_resume_is_bit_exact_across_refreshes() {
         OptimizerConfig::Fismo(super::fismo::fismo()),
         OptimizerConfig::Fismo(FismoConfig { root_every: 3, stagger: true, ..super::fismo::fismo() }),
         OptimizerConfig::FismoDiag(FismoDiagConfig::default()),
+        OptimizerConfig::Whiten(WhitenConfig {
+            stagger: true,
+            precondition_frequency: 3,
+            ..WhitenConfig::cell(Basis::Eigen, Normalization::VarianceFactorized)
+        }),
+        OptimizerConfig::Whiten(WhitenConfig::cell(Basis::NewtonSchulz, Normalization::VarianceFull)),
     ];
     for opt in [soap, shampoo].into_iter().chain(family) {
         let (store, dev) = build(opt.clone()).unwrap();
@@ -610,6 +616,10 @@ fn rank_deficient_least_squares_converges_for_10000_steps() {
         OptimizerConfig::KlShampoo(KlShampooConfig { lr: 0.005, weight_decay: 0.0, ..KlShampooConfig::default() }),
         OptimizerConfig::Fismo(FismoConfig { lr: 0.01, ..FismoConfig::default() }),
         OptimizerConfig::FismoDiag(FismoDiagConfig { lr: 0.01, ..FismoDiagConfig::default() }),
+        OptimizerConfig::Whiten(WhitenConfig {
+            lr: 0.01,
+            ..WhitenConfig::cell(Basis::Eigen, Normalization::VarianceFactorized)
+        }),
     ];
     for opt in runs {
         let (first, last, finite) = least_squares(opt.clone(), 10_000);
@@ -636,6 +646,12 @@ fn zero_gradients_never_produce_nan() {
         OptimizerConfig::Fismo(FismoConfig::default()),
         OptimizerConfig::Fismo(FismoConfig { root_every: 4, ..FismoConfig::default() }),
         OptimizerConfig::FismoDiag(FismoDiagConfig::default()),
+        OptimizerConfig::Whiten(WhitenConfig {
+            precondition_frequency: 4,
+            ..WhitenConfig::cell(Basis::Eigen, Normalization::VarianceFactorized)
+        }),
+        OptimizerConfig::Whiten(WhitenConfig::cell(Basis::Identity, Normalization::VarianceFactorized)),
+        OptimizerConfig::Whiten(WhitenConfig::cell(Basis::NewtonSchulz, Normalization::VarianceFull)),
     ] {
         let (store, dev) = build_on(&gpu, opt.clone()).unwrap();
         for call in 0..12 {
@@ -669,6 +685,7 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
         ("kl_shampoo", r#"{"lr": 0.01, "precondition_frequency": 3}"#),
         ("fismo", r#"{"root_every": 3, "stagger": true}"#),
         ("fismo_diag", r#"{"lr": 0.01}"#),
+        ("whiten", r#"{"normalization": "variance_factorized", "precondition_frequency": 3}"#),
     ] {
         let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (i, (n, s)) in params.iter().enumerate() {

@@ -166,7 +166,7 @@ fn due(opt: &OptimizerConfig, call: u64, stack: u64) -> bool {
 }
 
 /// `q` is orthogonal and `qᵀ·f·q` diagonal, relative to `‖f‖`.
-fn assert_diagonalizes(q: &Mat, f: &Mat, what: &str) {
+pub(super) fn assert_diagonalizes(q: &Mat, f: &Mat, what: &str) {
     let d = q.t().mul(f).mul(q);
     let off: f64 = (0..d.r)
         .flat_map(|i| (0..d.c).map(move |j| (i, j)))

@@ -13,6 +13,7 @@ mod kron_family;
 mod reference;
 mod replay;
 mod sfplus;
+mod whiten;
 
 pub use cpu::{gpu, noise};
 use reference::*;

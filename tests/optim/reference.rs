@@ -84,6 +84,7 @@ impl RefGroup {
             OptimizerConfig::Spa(ref c) => c.beta1,
             OptimizerConfig::Fismo(ref c) => c.beta,
             OptimizerConfig::FismoDiag(ref c) => c.beta,
+            OptimizerConfig::Whiten(ref c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -135,6 +136,9 @@ impl RefGroup {
             }
             OptimizerConfig::Splus(_) | OptimizerConfig::Spa(_) => {
                 unreachable!("SPlus and SPA have their own reference (tests/optim/kron_family.rs)")
+            }
+            OptimizerConfig::Whiten(_) => {
+                unreachable!("the whitening grid has its own reference (tests/optim/whiten.rs)")
             }
             OptimizerConfig::Fismo(_) | OptimizerConfig::FismoDiag(_) => {
                 unreachable!("FISMO has its own reference (tests/optim/fismo.rs)")

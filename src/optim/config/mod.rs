@@ -10,6 +10,7 @@ mod fismo;
 mod muon;
 mod schedule_free;
 mod step_size;
+mod whiten;
 mod whitening;
 
 pub use elementwise::*;
@@ -17,6 +18,7 @@ pub use fismo::*;
 pub use muon::*;
 pub use schedule_free::*;
 pub use step_size::StepSizeRule;
+pub use whiten::*;
 pub use whitening::*;
 
 /// One optimizer with its configuration. The serialized form is `{"name": "...", ...fields}`.
@@ -71,6 +73,8 @@ pub enum OptimizerConfig {
     Fismo(FismoConfig),
     /// [`FismoDiagConfig`] (2-D parameters).
     FismoDiag(FismoDiagConfig),
+    /// [`WhitenConfig`]: a basis × normalization cell of the matrix-whitening grid (2-D parameters).
+    Whiten(WhitenConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -154,6 +158,7 @@ impl OptimizerConfig {
         "spa",
         "fismo",
         "fismo_diag",
+        "whiten",
     ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
@@ -179,6 +184,7 @@ impl OptimizerConfig {
             OptimizerConfig::Spa(_) => "spa",
             OptimizerConfig::Fismo(_) => "fismo",
             OptimizerConfig::FismoDiag(_) => "fismo_diag",
+            OptimizerConfig::Whiten(_) => "whiten",
         }
     }
 
@@ -205,6 +211,7 @@ impl OptimizerConfig {
             OptimizerConfig::Spa(c) => c.lr,
             OptimizerConfig::Fismo(c) => c.lr,
             OptimizerConfig::FismoDiag(c) => c.lr,
+            OptimizerConfig::Whiten(c) => c.lr,
         }
     }
 
@@ -225,6 +232,7 @@ impl OptimizerConfig {
             OptimizerConfig::Splus(c) if shape.len() == 2 => c.shape_scale(shape[0], shape[1]),
             OptimizerConfig::Fismo(c) => c.adjust_lr.scale_for(shape),
             OptimizerConfig::FismoDiag(c) => c.adjust_lr.scale_for(shape),
+            OptimizerConfig::Whiten(c) if shape.len() == 2 => c.shape_scale(shape[0], shape[1]),
             _ => self.muon_pipeline().map_or(1.0, |c| c.adjust_lr.scale_for(shape)),
         }
     }
@@ -275,6 +283,7 @@ impl OptimizerConfig {
                 | OptimizerConfig::Spa(_)
                 | OptimizerConfig::Fismo(_)
                 | OptimizerConfig::FismoDiag(_)
+                | OptimizerConfig::Whiten(_)
         )
     }
 
@@ -316,6 +325,7 @@ impl OptimizerConfig {
             "spa" => OptimizerConfig::Spa(serde_json::from_str(json).map_err(bad)?),
             "fismo" => OptimizerConfig::Fismo(serde_json::from_str(json).map_err(bad)?),
             "fismo_diag" => OptimizerConfig::FismoDiag(serde_json::from_str(json).map_err(bad)?),
+            "whiten" => OptimizerConfig::Whiten(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -538,6 +548,21 @@ impl OptimizerConfig {
             OptimizerConfig::FismoDiag(ref c) => {
                 fismo_common(name, c.gamma, c.mu, c.beta, c.weight_decay, c.polar.steps)?
             }
+            OptimizerConfig::Whiten(ref c) => {
+                beta("beta1", c.beta1)?;
+                beta("beta2", c.beta2)?;
+                check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
+                if c.normalization.is_variance() {
+                    check("eps", c.eps > 0.0, c.eps, "> 0 with a variance normalization")?;
+                } else {
+                    nonneg("eps", c.eps)?;
+                }
+                nonneg("weight_decay", c.weight_decay)?;
+                whitening_common("whiten", c.precondition_frequency, c.max_dim)?;
+                if c.polar.steps == 0 || c.polar.steps > 100 {
+                    check("polar.steps", false, c.polar.steps as f32, "in 1..=100")?;
+                }
+            }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
                 beta("beta_h", c.beta_h)?;
@@ -706,6 +731,16 @@ impl OptimizerConfig {
             | OptimizerConfig::FismoDiag(FismoDiagConfig { beta, .. }) => {
                 KernelSpec { define: "OPT_FISMO", states: &["momentum_buffer"], beta1: beta, ..none }
             }
+            OptimizerConfig::Whiten(ref c) => KernelSpec {
+                define: "OPT_WHITEN",
+                states: match c.normalization {
+                    Normalization::VarianceFull => &["exp_avg", "exp_avg_sq"],
+                    _ => &["exp_avg"],
+                },
+                beta1: c.beta1,
+                beta2: c.beta2,
+                ..none
+            },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.
             OptimizerConfig::Adafactor(c) => KernelSpec {
                 define: "OPT_ADAFACTOR",
