@@ -39,6 +39,7 @@ shader_table!(
     "optim/normuon.wgsl",
     "optim/adamuon.wgsl",
     "optim/kron.wgsl",
+    "optim/psgd.wgsl",
     "nn/embedding.wgsl",
     "nn/layernorm.wgsl",
     "nn/pointwise.wgsl",

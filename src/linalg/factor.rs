@@ -172,7 +172,19 @@ pub fn trsm(
     let m_lower = lower != trans_m;
     let (count, v_stride, e_stride) = if side == Side::Left { (bc, 1, bc) } else { (br, bc, 1) };
     let kernel = plan.gpu().kernel("linalg/trsm.wgsl", "main", &[])?;
-    let u: [u32; 8] =
-        [n as u32, count as u32, m_lower as u32, trans_m as u32, v_stride as u32, e_stride as u32, (br * bc) as u32, 0];
+    let u: [u32; 12] = [
+        n as u32,
+        count as u32,
+        m_lower as u32,
+        trans_m as u32,
+        v_stride as u32,
+        e_stride as u32,
+        (br * bc) as u32,
+        t.offset() as u32,
+        b.offset() as u32,
+        x.offset() as u32,
+        0,
+        0,
+    ];
     plan.dispatch(&kernel, &u, &[t, b, x], [(count as u32).div_ceil(64), bb as u32, 1])
 }

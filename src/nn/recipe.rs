@@ -10,7 +10,7 @@ use crate::gpu::Tensor;
 use crate::nn::kfac::{KfacConfig, KfacVariant};
 use crate::optim::{
     AdamWConfig, FismoConfig, FusionOptConfig, Group, KlShampooConfig, Matcher, OptimizerBuilder, OptimizerConfig,
-    Schedule, SgdConfig, ShampooConfig, SoapConfig, SpaConfig, SplusConfig,
+    Schedule, SgdConfig, ShampooConfig, SoapConfig, SpaConfig, SplusConfig, WhitenConfig,
 };
 
 /// The composite's name on the command line.
@@ -114,6 +114,7 @@ impl Recipe {
                 OptimizerConfig::Splus(c) => OptimizerConfig::Splus(SplusConfig { stagger: true, ..c }),
                 OptimizerConfig::Spa(c) => OptimizerConfig::Spa(SpaConfig { stagger: true, ..c }),
                 OptimizerConfig::KlShampoo(c) => OptimizerConfig::KlShampoo(KlShampooConfig { stagger: true, ..c }),
+                OptimizerConfig::Whiten(c) => OptimizerConfig::Whiten(WhitenConfig { stagger: true, ..c }),
                 // Roots every 10 steps, staggered: every-step eigendecompositions dominate on a CPU adapter.
                 OptimizerConfig::Fismo(c) => OptimizerConfig::Fismo(FismoConfig { root_every: 10, stagger: true, ..c }),
                 // The distributed_shampoo README's AdamW replacement, roots every 10 steps.

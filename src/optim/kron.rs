@@ -19,12 +19,15 @@ use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{
     copy, eig_apply, eigh, gram, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans,
 };
-use crate::optim::config::{sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig};
+use crate::optim::config::{
+    sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig, UpdateCounter, UpdateSchedule,
+};
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
 use crate::optim::stages::{grid, StackUniform};
 use crate::optim::{Group, OptimizerConfig};
 
 mod fismo;
+mod psgd;
 mod whiten;
 
 /// The factor states of one same-shape stack `[count, m, n]` at `offset` in the bucket's state layout. Index 0
@@ -62,6 +65,8 @@ enum Cadence {
     /// SPlus, SPA, amortized FISMO: `init` (else `plan`) on call 0, then on 1-based step s when `s ≥ offset` and `s − offset` is a multiple of
     /// `period`.
     Eigen { period: u64, offset: u64 },
+    /// PSGD-Kron: the preconditioner update on the calls its schedule picks.
+    Psgd { schedule: UpdateSchedule, counter: UpdateCounter },
 }
 
 /// A stack's refresh plans.
@@ -93,6 +98,7 @@ impl Refresh {
                     Some(&self.plan)
                 }
             }
+            Cadence::Psgd { schedule, counter } => counter.updates_at(schedule, call).then_some(&self.plan),
             Cadence::Eigen { period, offset } => {
                 let s = call + 1;
                 if call == 0 {
@@ -112,11 +118,12 @@ impl Refresh {
 
 const SIDE: [&str; 2] = ["left", "right"];
 
-fn eye(gpu: &Gpu, count: usize, d: usize) -> Result<Tensor> {
+/// `count` copies of `diag·I` (d×d).
+fn eye(gpu: &Gpu, count: usize, d: usize, diag: f32) -> Result<Tensor> {
     let mut v = vec![0.0f32; count * d * d];
     for b in 0..count {
         for i in 0..d {
-            v[b * d * d + i * d + i] = 1.0;
+            v[b * d * d + i * d + i] = diag;
         }
     }
     Tensor::from_slice(gpu, &[count, d, d], &v)
@@ -149,12 +156,18 @@ pub(crate) fn attach(
         // The grid's eigenbasis is SPA's; its other bases keep no factors.
         OptimizerConfig::Whiten(c) if c.basis == Basis::Eigen => (c.max_dim.saturating_sub(1), true, "max_dim"),
         OptimizerConfig::Whiten(_) => (0, false, "max_dim"),
+        OptimizerConfig::PsgdKron(_) => (limit, false, ""),
         _ => return Ok(()),
     };
     let shampoo = matches!(opt, OptimizerConfig::Shampoo(_));
     let fismo = matches!(opt, OptimizerConfig::Fismo(_));
     let diagonal = matches!(opt, OptimizerConfig::FismoDiag(_));
     let factored = matches!(opt, OptimizerConfig::Whiten(c) if c.normalization == Normalization::VarianceFactorized);
+    // PSGD's factors start at sqrt(precond_init_scale)·I.
+    let identity_scale = match opt {
+        OptimizerConfig::PsgdKron(c) => Some(c.precond_init_scale.sqrt()),
+        _ => None,
+    };
     // The eigenvalue scales' starting values: KL-Shampoo's init_factor^{-1/2}, FISMO's 1 (P = I).
     let scale0 = match opt {
         OptimizerConfig::KlShampoo(c) => Some(1.0 / c.init_factor.sqrt()),
@@ -199,15 +212,17 @@ pub(crate) fn attach(
             st.factors[s] = Some(if diagonal {
                 Tensor::from_slice(gpu, &[count, d], &vec![1.0; count * d])?
             } else if fismo {
-                eye(gpu, count, d)?
+                eye(gpu, count, d, 1.0)?
+            } else if let Some(scale) = identity_scale {
+                eye(gpu, count, d, scale)?
             } else {
                 Tensor::zeros(gpu, &[count, d, d])?
             });
             if keep_basis {
-                st.bases[s] = Some(eye(gpu, count, d)?);
+                st.bases[s] = Some(eye(gpu, count, d, 1.0)?);
             }
             if shampoo {
-                st.roots[s] = Some(eye(gpu, count, d)?);
+                st.roots[s] = Some(eye(gpu, count, d, 1.0)?);
             }
             if let Some(s0) = scale0 {
                 st.scales[s] = Some(Tensor::from_slice(gpu, &[count, d], &vec![s0; count * d])?);
@@ -645,6 +660,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
         OptimizerConfig::Fismo(c) => fismo::record_fismo(plan, c, b, scalars, wg)?,
         OptimizerConfig::FismoDiag(c) => fismo::record_fismo_diag(plan, c, b, scalars, wg)?,
         OptimizerConfig::Whiten(c) => whiten::record(plan, c, b, scalars, wg)?,
+        OptimizerConfig::PsgdKron(_) => psgd::record_step(plan, b, scalars)?,
         _ => {}
     }
     Ok(())
@@ -939,6 +955,11 @@ pub(crate) fn plans(
                         offset: stagger(c.stagger, c.precondition_frequency),
                     },
                 }),
+                OptimizerConfig::PsgdKron(c) => refreshes.push(Refresh {
+                    init: None,
+                    plan: psgd::psgd_refresh(gpu, c, st, b, scalars)?,
+                    cadence: Cadence::Psgd { schedule: c.update_schedule, counter: UpdateCounter::default() },
+                }),
                 // Amortized roots; with root_every = 1 they are part of the step.
                 OptimizerConfig::Fismo(c) if c.root_every > 1 => refreshes.push(Refresh {
                     init: None,
@@ -948,8 +969,10 @@ pub(crate) fn plans(
                 _ => {}
             }
         }
-        if let OptimizerConfig::Shampoo(c) = &groups[b.group].optimizer {
-            record_post(&mut post, c, b, scalars, wg)?;
+        match &groups[b.group].optimizer {
+            OptimizerConfig::Shampoo(c) => record_post(&mut post, c, b, scalars, wg)?,
+            OptimizerConfig::PsgdKron(c) => psgd::record_post(&mut post, c, b, scalars, wg)?,
+            _ => {}
         }
     }
     let post = if post.is_empty() { None } else { Some(post.build()?) };

@@ -15,9 +15,9 @@ pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBui
 pub use config::{
     AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Basis, FismoConfig, FismoDiagConfig,
     Grafting, KlShampooConfig, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling,
-    Normalization, OnaConfig, OptimizerConfig, RootMethod, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig,
-    ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig, SoapConfig, SpaConfig,
-    SplusConfig, StepSizeRule, WhitenConfig,
+    Normalization, OnaConfig, OptimizerConfig, Probes, PsgdKronConfig, RootMethod, ScheduleFreeAdamWConfig,
+    ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig,
+    SoapConfig, SpaConfig, SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

@@ -81,6 +81,11 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
         }
     };
     let opt = b.build()?;
+    // Optimizers with random probes (PSGD-Kron with `probes: external`) read `rand/<t>/<name>` each step.
+    let probes = match specs.first() {
+        Some(s) => opt.state_names(&s.name)?.iter().any(|n| n == "probe"),
+        None => false,
+    };
     let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for t in 0..steps {
         for s in &specs {
@@ -88,6 +93,11 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
         }
         if takes_loss {
             loss.write(&load(&format!("loss/{t:04}"), &[1])?)?;
+        }
+        if probes {
+            for s in &specs {
+                opt.state(&s.name, "probe")?.write(&load(&format!("rand/{t:04}/{}", s.name), &s.shape)?)?;
+            }
         }
         opt.step()?;
         for s in &specs {

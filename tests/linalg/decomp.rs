@@ -221,6 +221,14 @@ fn trsm_every_side_triangle_and_transpose() {
                     let back = if side == Side::Left { opt.mul(&xm) } else { xm.mul(&opt) };
                     assert!(rel_err(&back.f32s(), &b.d) < 1e-5, "lower={lower} {trans:?} {side:?}");
                 }
+                // Views at offsets: the second T and B of their stacks into the second half of a buffer.
+                let view =
+                    |t: &Tensor, m: &Mat| Tensor::from_buffer(&gpu, t.buffer().clone(), m.d.len(), &[1, m.r, m.c]);
+                let (vt, vb) = (view(&gt, &t).unwrap(), view(&gb, &b).unwrap());
+                let xo = Tensor::zeros(&gpu, gb.shape()).unwrap();
+                let vx = view(&xo, &b).unwrap();
+                run(&gpu, |p| trsm(p, &vt, lower, trans, side, &vb, &vx).unwrap());
+                assert_eq!(split(&xo.read_blocking().unwrap(), 2)[1], split(&got, 2)[1], "views: {trans:?} {side:?}");
             }
         }
     }

@@ -69,6 +69,16 @@ fn grads_at(call: u64) -> Vec<Vec<f32>> {
 pub(super) fn drive(
     opt: &OptimizerConfig,
     grads: impl Fn(u64) -> Vec<Vec<f32>>,
+    each: impl FnMut(&Optimizer, u64, usize, &Mat, f64),
+) -> (ParamStore, Optimizer) {
+    drive_with(opt, grads, |_, _| {}, each)
+}
+
+/// [`drive`] with `before(dev, call)` run before every step (e.g. to write inputs besides the gradients).
+pub(super) fn drive_with(
+    opt: &OptimizerConfig,
+    grads: impl Fn(u64) -> Vec<Vec<f32>>,
+    mut before: impl FnMut(&Optimizer, u64),
     mut each: impl FnMut(&Optimizer, u64, usize, &Mat, f64),
 ) -> (ParamStore, Optimizer) {
     let (store, dev) = build(opt.clone()).unwrap();
@@ -79,10 +89,11 @@ pub(super) fn drive(
     for call in 0..STEPS {
         let g = grads(call);
         write(&store, &g);
-        let before = if call == NAN_AT { state(&dev) } else { Vec::new() };
+        before(&dev, call);
+        let kept = if call == NAN_AT { state(&dev) } else { Vec::new() };
         dev.step().unwrap();
         if call == NAN_AT {
-            assert_eq!(before, state(&dev), "{}: the skipped step changed the state", opt.name());
+            assert_eq!(kept, state(&dev), "{}: the skipped step changed the state", opt.name());
             continue;
         }
         applied += 1;
@@ -464,6 +475,10 @@ fn whitening_resume_is_bit_exact_across_refreshes() {
             ..WhitenConfig::cell(Basis::Eigen, Normalization::VarianceFactorized)
         }),
         OptimizerConfig::Whiten(WhitenConfig::cell(Basis::NewtonSchulz, Normalization::VarianceFull)),
+        OptimizerConfig::PsgdKron(PsgdKronConfig {
+            update_schedule: UpdateSchedule { flat_start: 2, decay: 0.5, ..UpdateSchedule::default() },
+            ..PsgdKronConfig::default()
+        }),
     ];
     for opt in [soap, shampoo].into_iter().chain(family) {
         let (store, dev) = build(opt.clone()).unwrap();
@@ -620,6 +635,7 @@ fn rank_deficient_least_squares_converges_for_10000_steps() {
             lr: 0.01,
             ..WhitenConfig::cell(Basis::Eigen, Normalization::VarianceFactorized)
         }),
+        OptimizerConfig::PsgdKron(PsgdKronConfig { lr: 0.003, ..PsgdKronConfig::default() }),
     ];
     for opt in runs {
         let (first, last, finite) = least_squares(opt.clone(), 10_000);
@@ -652,6 +668,7 @@ fn zero_gradients_never_produce_nan() {
         }),
         OptimizerConfig::Whiten(WhitenConfig::cell(Basis::Identity, Normalization::VarianceFactorized)),
         OptimizerConfig::Whiten(WhitenConfig::cell(Basis::NewtonSchulz, Normalization::VarianceFull)),
+        OptimizerConfig::PsgdKron(PsgdKronConfig::default()),
     ] {
         let (store, dev) = build_on(&gpu, opt.clone()).unwrap();
         for call in 0..12 {
@@ -686,6 +703,8 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
         ("fismo", r#"{"root_every": 3, "stagger": true}"#),
         ("fismo_diag", r#"{"lr": 0.01}"#),
         ("whiten", r#"{"normalization": "variance_factorized", "precondition_frequency": 3}"#),
+        ("psgd_kron", r#"{"lr": 0.01}"#),
+        ("psgd_kron", r#"{"probes": {"kind": "external"}}"#),
     ] {
         let mut blobs: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (i, (n, s)) in params.iter().enumerate() {
@@ -697,6 +716,12 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
                     format!("grad/{t:04}/{n}"),
                     s.to_vec(),
                     noise(900 + 10 * t + i as u64, s.iter().product()),
+                ));
+                // Random probes: read by PSGD-Kron with external probes, ignored by the rest.
+                blobs.push((
+                    format!("rand/{t:04}/{n}"),
+                    s.to_vec(),
+                    noise(5000 + 10 * t + i as u64, s.iter().product()),
                 ));
             }
         }
@@ -717,6 +742,10 @@ fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
             for (n, _) in &params {
                 let g = blobs.iter().find(|(k, _, _)| *k == format!("grad/{t:04}/{n}")).unwrap();
                 store.grad(n).unwrap().write(&g.2).unwrap();
+                if dev.state_names(n).unwrap().iter().any(|s| s == "probe") {
+                    let r = blobs.iter().find(|(k, _, _)| *k == format!("rand/{t:04}/{n}")).unwrap();
+                    dev.state(n, "probe").unwrap().write(&r.2).unwrap();
+                }
             }
             dev.step().unwrap();
             for (n, _) in &params {

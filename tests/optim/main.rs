@@ -10,6 +10,7 @@ mod embed;
 mod fismo;
 mod kron;
 mod kron_family;
+mod psgd;
 mod reference;
 mod replay;
 mod sfplus;

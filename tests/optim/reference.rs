@@ -85,6 +85,7 @@ impl RefGroup {
             OptimizerConfig::Fismo(ref c) => c.beta,
             OptimizerConfig::FismoDiag(ref c) => c.beta,
             OptimizerConfig::Whiten(ref c) => c.beta1,
+            OptimizerConfig::PsgdKron(ref c) => c.beta1,
         };
         let b1 = self.group.momentum.map_or(beta1, |m| m.beta1(beta1, k));
         ((cfg.lr() * self.group.schedule.factor(k)) as f64 * self.ratio, b1 as f64)
@@ -140,6 +141,7 @@ impl RefGroup {
             OptimizerConfig::Whiten(_) => {
                 unreachable!("the whitening grid has its own reference (tests/optim/whiten.rs)")
             }
+            OptimizerConfig::PsgdKron(_) => unreachable!("PSGD-Kron has its own reference (tests/optim/psgd.rs)"),
             OptimizerConfig::Fismo(_) | OptimizerConfig::FismoDiag(_) => {
                 unreachable!("FISMO has its own reference (tests/optim/fismo.rs)")
             }

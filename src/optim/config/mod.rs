@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 mod elementwise;
 mod fismo;
 mod muon;
+mod psgd;
 mod schedule_free;
 mod step_size;
 mod whiten;
@@ -16,6 +17,8 @@ mod whitening;
 pub use elementwise::*;
 pub use fismo::*;
 pub use muon::*;
+pub(crate) use psgd::UpdateCounter;
+pub use psgd::{Probes, PsgdKronConfig, UpdateSchedule};
 pub use schedule_free::*;
 pub use step_size::StepSizeRule;
 pub use whiten::*;
@@ -75,6 +78,8 @@ pub enum OptimizerConfig {
     FismoDiag(FismoDiagConfig),
     /// [`WhitenConfig`]: a basis × normalization cell of the matrix-whitening grid (2-D parameters).
     Whiten(WhitenConfig),
+    /// [`PsgdKronConfig`] (2-D parameters).
+    PsgdKron(PsgdKronConfig),
 }
 
 /// How an optimizer maps onto the fused update kernel.
@@ -159,6 +164,7 @@ impl OptimizerConfig {
         "fismo",
         "fismo_diag",
         "whiten",
+        "psgd_kron",
     ];
 
     /// The optimizer's name as `wgoptim replay` and checkpoints spell it.
@@ -185,6 +191,7 @@ impl OptimizerConfig {
             OptimizerConfig::Fismo(_) => "fismo",
             OptimizerConfig::FismoDiag(_) => "fismo_diag",
             OptimizerConfig::Whiten(_) => "whiten",
+            OptimizerConfig::PsgdKron(_) => "psgd_kron",
         }
     }
 
@@ -212,6 +219,7 @@ impl OptimizerConfig {
             OptimizerConfig::Fismo(c) => c.lr,
             OptimizerConfig::FismoDiag(c) => c.lr,
             OptimizerConfig::Whiten(c) => c.lr,
+            OptimizerConfig::PsgdKron(c) => c.lr,
         }
     }
 
@@ -284,6 +292,7 @@ impl OptimizerConfig {
                 | OptimizerConfig::Fismo(_)
                 | OptimizerConfig::FismoDiag(_)
                 | OptimizerConfig::Whiten(_)
+                | OptimizerConfig::PsgdKron(_)
         )
     }
 
@@ -326,6 +335,7 @@ impl OptimizerConfig {
             "fismo" => OptimizerConfig::Fismo(serde_json::from_str(json).map_err(bad)?),
             "fismo_diag" => OptimizerConfig::FismoDiag(serde_json::from_str(json).map_err(bad)?),
             "whiten" => OptimizerConfig::Whiten(serde_json::from_str(json).map_err(bad)?),
+            "psgd_kron" => OptimizerConfig::PsgdKron(serde_json::from_str(json).map_err(bad)?),
             other => {
                 return Err(Error::InvalidArgument {
                     op: "optimizer config",
@@ -563,6 +573,17 @@ impl OptimizerConfig {
                     check("polar.steps", false, c.polar.steps as f32, "in 1..=100")?;
                 }
             }
+            OptimizerConfig::PsgdKron(ref c) => {
+                beta("beta1", c.beta1)?;
+                nonneg("weight_decay", c.weight_decay)?;
+                check("precond_lr", c.precond_lr > 0.0, c.precond_lr, "> 0")?;
+                check("precond_init_scale", c.precond_init_scale > 0.0, c.precond_init_scale, "> 0")?;
+                check("rms_clip", c.rms_clip > 0.0, c.rms_clip, "> 0")?;
+                let s = c.update_schedule;
+                check("update_schedule.max_prob", s.max_prob > 0.0 && s.max_prob <= 1.0, s.max_prob, "in (0, 1]")?;
+                check("update_schedule.min_prob", s.min_prob > 0.0 && s.min_prob <= 1.0, s.min_prob, "in (0, 1]")?;
+                nonneg("update_schedule.decay", s.decay)?;
+            }
             OptimizerConfig::Ona(c) => {
                 beta("beta", c.beta)?;
                 beta("beta_h", c.beta_h)?;
@@ -739,6 +760,15 @@ impl OptimizerConfig {
                 },
                 beta1: c.beta1,
                 beta2: c.beta2,
+                ..none
+            },
+            OptimizerConfig::PsgdKron(ref c) => KernelSpec {
+                define: "OPT_PSGD_KRON",
+                states: match c.probes {
+                    Probes::Hash { .. } => &["exp_avg"],
+                    Probes::External => &["exp_avg", "probe"],
+                },
+                beta1: c.beta1,
                 ..none
             },
             // Adafactor has its own kernel and state layout (src/optim/builder.rs); this spec only names it.

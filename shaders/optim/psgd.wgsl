@@ -1,0 +1,170 @@
+// PSGD-Kron (docs/optimizers.md §6): the elementwise and per-matrix kernels around the batched matmuls and
+// triangular solves recorded by src/optim/kron/psgd.rs. Bindings: 0 the uniforms (kron.wgsl's layout), then the
+// step scalars (group g's at 8 + 16g: lr, β1_t, 1 − β1^t, 1 − β2^t, t, …), then the phase's tensors. Kernels that
+// write optimizer state store nothing on a skipped step (scalars[0] == 0); the rest skip their work then too.
+//
+// MH:      out = M[dst_off + i] / (1 − β1^t) (the debiased momentum; a scratch).
+// NOISE:   out = a standard normal from the hash of (seed = flags, applied step t, dst_off + i) (Box–Muller).
+// GIN:     x[i] ← x[i] + a·(l1[b]/(rows·cols))·v[src_off + i] in place (a = sqrt(ε_f32); l1: Σ|x| per matrix).
+// LB:      per matrix (one workgroup each) of d×d: kron_torch's lower bound on the spectral norm (normalize by
+//          max|A|, the column of largest norm, one power step), 0 for a zero matrix.
+// TRIU:    out = triu(x)·a/max(lb[b], 1.17549435e-38) (a = precond_lr).
+// BALANCE: in place on one side's factors q: q ← q·sqrt(n_other[b]/n_self[b]) (the max-norms; skipped at 0).
+// CLIP:    out[dst_off + i] = x[i]·min(1, a/(‖x_b‖/sqrt(rows·cols) + 1e-12)) (a = the RMS clip).
+struct U {
+    total: u32, dst_off: u32, src_off: u32, group: u32,
+    a: f32, b: f32, c: f32, flags: u32,
+    d: u32, rows: u32, cols: u32, side: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+//#if LB
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> lb: array<f32>;
+var<workgroup> red: array<f32, 64>;
+var<workgroup> arg: array<u32, 64>;
+var<workgroup> y: array<f32, {{D}}>;
+//#else
+@group(0) @binding(1) var<storage, read> scalars: array<f32>;
+//#endif
+//#if MH
+@group(0) @binding(2) var<storage, read> mom: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+//#endif
+//#if NOISE
+//#include "nn/dropout_mask.wgsl"
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+//#endif
+//#if GIN
+@group(0) @binding(2) var<storage, read> l1: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> x: array<f32>;
+//#endif
+//#if TRIU
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> lb: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+//#endif
+//#if BALANCE
+@group(0) @binding(2) var<storage, read> n_self: array<f32>;
+@group(0) @binding(3) var<storage, read> n_other: array<f32>;
+@group(0) @binding(4) var<storage, read_write> q: array<f32>;
+//#endif
+//#if CLIP
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> norms: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+//#endif
+
+//#if LB
+fn reduce_sum(li: u32, v: f32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { red[li] = red[li] + red[li + s]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+//#endif
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+//#if LB
+    let d = u.d;
+    let base = wg.x * d * d;
+    // max |A|
+    var mx = 0.0;
+    for (var k = li; k < d * d; k += 64u) { mx = max(mx, abs(a[base + k])); }
+    red[li] = mx;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s) { red[li] = max(red[li], red[li + s]); }
+        workgroupBarrier();
+    }
+    let amax = red[0];
+    let inv = 1.0 / max(amax, 1e-38);
+    workgroupBarrier();
+    // The column of largest norm (the first on ties).
+    var best = -1.0;
+    var bj = 0u;
+    for (var j = li; j < d; j += 64u) {
+        var s = 0.0;
+        for (var i = 0u; i < d; i++) { let e = a[base + i * d + j] * inv; s += e * e; }
+        if (s > best) { best = s; bj = j; }
+    }
+    red[li] = best;
+    arg[li] = bj;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (li < s && (red[li + s] > red[li] || (red[li + s] == red[li] && arg[li + s] < arg[li]))) {
+            red[li] = red[li + s];
+            arg[li] = arg[li + s];
+        }
+        workgroupBarrier();
+    }
+    let j0 = arg[0];
+    workgroupBarrier();
+    // y = xᵀA with x that column, then z = A·y/‖y‖.
+    var yy = 0.0;
+    for (var j = li; j < d; j += 64u) {
+        var s = 0.0;
+        for (var i = 0u; i < d; i++) { s += a[base + i * d + j0] * a[base + i * d + j]; }
+        let e = s * inv * inv;
+        y[j] = e;
+        yy += e * e;
+    }
+    let ny = max(sqrt(reduce_sum(li, yy)), 1e-38);
+    var zz = 0.0;
+    for (var k = li; k < d; k += 64u) {
+        var s = 0.0;
+        for (var j = 0u; j < d; j++) { s += y[j] * a[base + k * d + j]; }
+        let e = s * inv / ny;
+        zz += e * e;
+    }
+    let nz = sqrt(reduce_sum(li, zz));
+    if (li == 0u) { lb[wg.x] = select(nz * amax, 0.0, amax == 0.0); }
+//#else
+    let i = (wg.y * nw.x + wg.x) * 64u + li;
+    if (i >= u.total) { return; }
+    let o = 8u + 16u * u.group;
+//#if MH
+    out[i] = mom[u.dst_off + i] / scalars[o + 2u];
+//#endif
+//#if NOISE
+    // Two uniforms in (0, 1] from one key per element, then Box–Muller.
+    let key = hash(hash(u.flags) + u32(scalars[o + 4u]));
+    let k = u.dst_off + i;
+    let u1 = (f32(hash(key ^ (2u * k)) >> 8u) + 1.0) * (1.0 / 16777216.0);
+    let u2 = f32(hash(key ^ (2u * k + 1u)) >> 8u) * (1.0 / 16777216.0);
+    out[i] = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+//#endif
+//#if GIN
+    if (scalars[0] == 0.0) { return; }
+    let b = i / (u.rows * u.cols);
+    x[i] = x[i] + u.a * (l1[b] / f32(u.rows * u.cols)) * v[u.src_off + i];
+//#endif
+//#if TRIU
+    if (scalars[0] == 0.0) { return; }
+    let dd = u.d * u.d;
+    let w = i % dd;
+    let keep = (w / u.d) <= (w % u.d);
+    out[i] = select(0.0, x[i] * u.a / max(lb[i / dd], 1.17549435e-38), keep);
+//#endif
+//#if BALANCE
+    if (scalars[0] == 0.0) { return; }
+    let b = i / (u.d * u.d);
+    let s = n_self[b];
+    let t = n_other[b];
+    if (s > 0.0 && t > 0.0) { q[i] = q[i] * sqrt(t / s); }
+//#endif
+//#if CLIP
+    if (scalars[0] == 0.0) { return; }
+    let mn = u.rows * u.cols;
+    let rms = norms[i / mn] / sqrt(f32(mn));
+    out[u.dst_off + i] = x[i] * min(1.0, u.a / (rms + 1e-12));
+//#endif
+//#endif
+}
