@@ -95,6 +95,7 @@ pub fn eigh(
             detail: format!("vals {:?} / vecs {:?} for {b} matrices of {n}×{n}", vals.shape(), vecs.shape()),
         });
     }
+    super::whole("eigh", &[("vals", vals), ("vecs", vecs)])?;
     if !(cfg.tol >= 0.0 && cfg.skip >= 0.0) {
         return Err(Error::InvalidArgument { op: "eigh", name: "tol", detail: "tolerances must be ≥ 0".into() });
     }
@@ -223,6 +224,7 @@ pub fn eig_apply(
     floor: f32,
 ) -> Result<()> {
     let (b, n) = square(vecs, "eig_apply")?;
+    super::whole("eig_apply", &[("vals", vals), ("vecs", vecs)])?;
     if vals.numel() != b * n || out.numel() != b * n * n {
         return Err(Error::Shape {
             op: "eig_apply",

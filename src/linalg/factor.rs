@@ -114,6 +114,7 @@ pub fn cholesky(plan: &mut PlanBuilder, a: &Tensor, l: &Tensor, info: &Tensor, j
             detail: format!("a {:?}, l {:?}, info {:?}", a.shape(), l.shape(), info.shape()),
         });
     }
+    super::whole("cholesky", &[("l", l), ("info", info)])?;
     if !jitter.is_finite() || jitter < 0.0 {
         return Err(Error::InvalidArgument {
             op: "cholesky",

@@ -24,7 +24,20 @@ pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};
 pub use roots::{inverse_root_eigh, inverse_root_newton, sqrt_newton_schulz};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Tensor};
+
+/// Kernels that address their operands from element 0 take whole tensors only: a view at an offset would be
+/// read or written in the wrong place, so it is an error naming the operand (copy it into a scratch first).
+pub(crate) fn whole(op: &'static str, operands: &[(&'static str, &Tensor)]) -> Result<()> {
+    match operands.iter().find(|(_, t)| t.offset() != 0) {
+        Some((name, t)) => Err(Error::InvalidArgument {
+            op,
+            name,
+            detail: format!("a view at offset {} is not supported here; copy it into a scratch first", t.offset()),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Arithmetic precision of matrix products (docs/optimizers.md, decisions §1 and §0.4): storage and
 /// accumulation stay f32; inputs and outputs of each product are rounded to the chosen format.

@@ -317,3 +317,23 @@ fn decompositions_reject_bad_input() {
     assert!(matches!(sqrt_newton_schulz(&mut pb, &sq, None, None, 0.0, 5), Err(Error::InvalidArgument { .. })));
     assert!(pb.is_empty());
 }
+
+#[test]
+fn kernels_without_offsets_refuse_views() {
+    let gpu = gpu();
+    let big = Tensor::zeros(&gpu, &[2, 4, 4]).unwrap();
+    let view = Tensor::from_buffer(&gpu, big.buffer().clone(), 16, &[1, 4, 4]).unwrap();
+    let (vals, out, info) = (
+        Tensor::zeros(&gpu, &[1, 4]).unwrap(),
+        Tensor::zeros(&gpu, &[1, 4, 4]).unwrap(),
+        Tensor::zeros(&gpu, &[1]).unwrap(),
+    );
+    let mut plan = wgoptim::gpu::PlanBuilder::new(&gpu);
+    for r in [
+        eig_apply(&mut plan, &vals, &view, &out, 1.0, 0.0, 0.0),
+        eigh(&mut plan, &out, &vals, &view, None, &EighConfig::default()),
+        cholesky(&mut plan, &out, &view, &info, 0.0),
+    ] {
+        assert!(matches!(r, Err(wgoptim::Error::InvalidArgument { .. })), "{r:?}");
+    }
+}
