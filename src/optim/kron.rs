@@ -20,7 +20,8 @@ use crate::linalg::{
     copy, eig_apply, eigh, gram, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans,
 };
 use crate::optim::config::{
-    sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig, UpdateCounter, UpdateSchedule,
+    sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig, SpaConfig, UpdateCounter, UpdateSchedule,
+    WhitenConfig,
 };
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
 use crate::optim::stages::{grid, StackUniform};
@@ -939,22 +940,15 @@ pub(crate) fn plans(
                         offset: stagger(c.stagger, c.inverse_every),
                     },
                 }),
-                OptimizerConfig::Spa(c) => refreshes.push(Refresh {
-                    init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
-                    plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
-                    cadence: Cadence::Eigen {
-                        period: c.precondition_frequency as u64,
-                        offset: stagger(c.stagger, c.precondition_frequency),
-                    },
-                }),
-                OptimizerConfig::Whiten(c) => refreshes.push(Refresh {
-                    init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
-                    plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
-                    cadence: Cadence::Eigen {
-                        period: c.precondition_frequency as u64,
-                        offset: stagger(c.stagger, c.precondition_frequency),
-                    },
-                }),
+                // The grid's eigenbasis is SPA's.
+                OptimizerConfig::Spa(SpaConfig { precondition_frequency: period, stagger: on, .. })
+                | OptimizerConfig::Whiten(WhitenConfig { precondition_frequency: period, stagger: on, .. }) => {
+                    refreshes.push(Refresh {
+                        init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
+                        plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
+                        cadence: Cadence::Eigen { period: *period as u64, offset: stagger(*on, *period) },
+                    })
+                }
                 OptimizerConfig::PsgdKron(c) => refreshes.push(Refresh {
                     init: None,
                     plan: psgd::psgd_refresh(gpu, c, st, b, scalars)?,
