@@ -35,12 +35,7 @@
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
 // SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
 //          descending order, columns of Q permuted, and V permuted along the factor's dimension.
-struct U {
-    total: u32, dst_off: u32, src_off: u32, group: u32,
-    a: f32, b: f32, c: f32, flags: u32,
-    d: u32, rows: u32, cols: u32, side: u32,
-}
-@group(0) @binding(0) var<uniform> u: U;
+//#include "optim/kron_uniforms.wgsl"
 //#if ELEMENTWISE
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
 //#endif

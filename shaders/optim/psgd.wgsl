@@ -1,5 +1,5 @@
 // PSGD-Kron (docs/optimizers.md §6): the elementwise and per-matrix kernels around the batched matmuls and
-// triangular solves recorded by src/optim/kron/psgd.rs. Bindings: 0 the uniforms (kron.wgsl's layout), then the
+// triangular solves recorded by src/optim/kron/psgd.rs. Bindings: 0 the uniforms (kron_uniforms.wgsl), then the
 // step scalars (group g's at 8 + 16g: lr, β1_t, 1 − β1^t, 1 − β2^t, t, …), then the phase's tensors. Kernels that
 // write optimizer state store nothing on a skipped step (scalars[0] == 0); the rest skip their work then too.
 //
@@ -11,12 +11,7 @@
 // TRIU:    out = triu(x)·a/max(lb[b], 1.17549435e-38) (a = precond_lr).
 // BALANCE: in place on one side's factors q: q ← q·sqrt(n_other[b]/n_self[b]) (the max-norms; skipped at 0).
 // CLIP:    out[dst_off + i] = x[i]·min(1, a/(‖x_b‖/sqrt(rows·cols) + 1e-12)) (a = the RMS clip).
-struct U {
-    total: u32, dst_off: u32, src_off: u32, group: u32,
-    a: f32, b: f32, c: f32, flags: u32,
-    d: u32, rows: u32, cols: u32, side: u32,
-}
-@group(0) @binding(0) var<uniform> u: U;
+//#include "optim/kron_uniforms.wgsl"
 //#if LB
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> lb: array<f32>;

@@ -40,6 +40,7 @@ shader_table!(
     "optim/adamuon.wgsl",
     "optim/kron.wgsl",
     "optim/psgd.wgsl",
+    "optim/kron_uniforms.wgsl",
     "nn/embedding.wgsl",
     "nn/layernorm.wgsl",
     "nn/pointwise.wgsl",

@@ -161,11 +161,11 @@ pub(crate) fn attach(
         _ => return Ok(()),
     };
     let shampoo = matches!(opt, OptimizerConfig::Shampoo(_));
-    let fismo = matches!(opt, OptimizerConfig::Fismo(_));
     let diagonal = matches!(opt, OptimizerConfig::FismoDiag(_));
     let factored = matches!(opt, OptimizerConfig::Whiten(c) if c.normalization == Normalization::VarianceFactorized);
-    // PSGD's factors start at sqrt(precond_init_scale)·I.
+    // Factors that start at a multiple of the identity: FISMO's at I, PSGD's at sqrt(precond_init_scale)·I.
     let identity_scale = match opt {
+        OptimizerConfig::Fismo(_) => Some(1.0),
         OptimizerConfig::PsgdKron(c) => Some(c.precond_init_scale.sqrt()),
         _ => None,
     };
@@ -209,11 +209,9 @@ pub(crate) fn attach(
             if !present {
                 continue;
             }
-            // FISMO's factors start at the identity (fismo_diag's at ones), the others' at zero.
+            // fismo_diag's factors start at ones, FISMO's and PSGD's at a multiple of I, the others' at zero.
             st.factors[s] = Some(if diagonal {
                 Tensor::from_slice(gpu, &[count, d], &vec![1.0; count * d])?
-            } else if fismo {
-                eye(gpu, count, d, 1.0)?
             } else if let Some(scale) = identity_scale {
                 eye(gpu, count, d, scale)?
             } else {
@@ -270,6 +268,7 @@ pub(crate) fn attach(
     Ok(())
 }
 
+/// The uniforms of kron.wgsl and psgd.wgsl (shaders/optim/kron_uniforms.wgsl).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
 struct KronU {
@@ -289,9 +288,21 @@ struct KronU {
 
 /// One elementwise kron.wgsl phase over `u.total` elements.
 fn elementwise(plan: &mut PlanBuilder, phase: &str, defines: &[(&str, String)], u: KronU, t: &[&Tensor]) -> Result<()> {
+    elementwise_in(plan, "optim/kron.wgsl", phase, defines, u, t)
+}
+
+/// One elementwise phase of `file` (kron.wgsl's uniform layout and grid) over `u.total` elements.
+fn elementwise_in(
+    plan: &mut PlanBuilder,
+    file: &str,
+    phase: &str,
+    defines: &[(&str, String)],
+    u: KronU,
+    t: &[&Tensor],
+) -> Result<()> {
     let mut all = vec![(phase, "1".to_string()), ("ELEMENTWISE", "1".to_string()), ("D", "1".to_string())];
     all.extend(defines.iter().cloned());
-    let kernel = plan.gpu().kernel("optim/kron.wgsl", "main", &all)?;
+    let kernel = plan.gpu().kernel(file, "main", &all)?;
     let (gx, gy) = grid(u.total.div_ceil(64) as usize);
     plan.dispatch(&kernel, &u, t, [gx, gy, 1])
 }

@@ -82,10 +82,12 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
     };
     let opt = b.build()?;
     // Optimizers with random probes (PSGD-Kron with `probes: external`) read `rand/<t>/<name>` each step.
-    let probes = match specs.first() {
-        Some(s) => opt.state_names(&s.name)?.iter().any(|n| n == "probe"),
-        None => false,
-    };
+    let mut probed = Vec::new();
+    for s in &specs {
+        if opt.state_names(&s.name)?.iter().any(|n| n == "probe") {
+            probed.push(s);
+        }
+    }
     let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for t in 0..steps {
         for s in &specs {
@@ -94,10 +96,8 @@ pub async fn replay(gpu: &Gpu, trace: &[u8]) -> Result<Vec<u8>> {
         if takes_loss {
             loss.write(&load(&format!("loss/{t:04}"), &[1])?)?;
         }
-        if probes {
-            for s in &specs {
-                opt.state(&s.name, "probe")?.write(&load(&format!("rand/{t:04}/{}", s.name), &s.shape)?)?;
-            }
+        for s in &probed {
+            opt.state(&s.name, "probe")?.write(&load(&format!("rand/{t:04}/{}", s.name), &s.shape)?)?;
         }
         opt.step()?;
         for s in &specs {

@@ -3,12 +3,11 @@
 //! `A`, `B` by triangular solves, both factors' steps from the old factors, committed on an applied step); the
 //! direction `Q_Lᵀ·Q_L·M̂·Q_Rᵀ·Q_R`, its RMS clip and the apply run in the post plan after it, like Shampoo's.
 
-use super::{chunked, ema, momentum, parts, KronStack, KronU};
+use super::{chunked, elementwise_in, ema, momentum, parts, KronStack, KronU};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{copy, gram, reduce, trsm, GramSide, Matmul, ReduceOp, Side, Trans};
 use crate::optim::optimizer::Bucket;
-use crate::optim::stages::grid;
 use crate::optim::{Probes, PsgdKronConfig};
 
 /// `sqrt(ε_f32)`: the scale of the probe added to the fitted momentum (kron_torch).
@@ -16,9 +15,7 @@ const PROBE_SCALE: f32 = 3.4526698e-4;
 
 /// One elementwise psgd.wgsl phase over `u.total` elements.
 fn phase(plan: &mut PlanBuilder, name: &str, u: KronU, t: &[&Tensor]) -> Result<()> {
-    let kernel = plan.gpu().kernel("optim/psgd.wgsl", "main", &[(name, "1".to_string()), ("D", "1".to_string())])?;
-    let (gx, gy) = grid(u.total.div_ceil(64) as usize);
-    plan.dispatch(&kernel, &u, t, [gx, gy, 1])
+    elementwise_in(plan, "optim/psgd.wgsl", name, &[], u, t)
 }
 
 fn missing() -> Error {
