@@ -1,5 +1,6 @@
-// Batched out = alpha * op(A) op(B) + beta * C, f32 accumulation, one register tile per invocation.
-// The tile body is generated unrolled (named accumulators) by src/linalg/matmul.rs.
+// Batched out = alpha * op(A) op(B) + beta * C, f32 accumulation, one register tile per invocation; variants load
+// operands straight from storage (scalar or vec4), share A by subgroup broadcast (CPU adapters) or stage blocks
+// of A and B in workgroup memory (GPUs). Tile bodies are generated unrolled (named accumulators) by src/linalg/matmul.rs.
 // Indices of loads are clamped into range and stores are guarded, so no access leaves its matrix.
 struct U {
     m: u32, n: u32, k: u32, tiles_n: u32,
@@ -78,6 +79,70 @@ fn store(batch: u32, r: u32, cidx: u32, v: f32) {
 //#endif
 }
 
+//#if SHARED
+// Operand blocks staged in workgroup memory: sa[kk][row] (TILE_M rows, BK deep), sb[kk][col]; strides padded by one.
+var<workgroup> sa: array<f32, {{SA_LEN}}>;
+var<workgroup> sb: array<f32, {{SB_LEN}}>;
+
+@compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let batch = wg.z;
+    let tile_r = wg.y * {{TILE_M}}u;
+    let tile_c = wg.x * {{TILE_N}}u;
+//#if SYM
+    // Symmetric output: tiles wholly below the diagonal have nothing to do (uniform per workgroup).
+    if (tile_c + {{TILE_N}}u <= tile_r) { return; }
+//#endif
+    let row0 = tile_r + lid.y * {{TM}}u;
+    let col0 = tile_c + lid.x;
+    let arow = lid.y * {{TM}}u;
+    let mlast = u.m - 1u;
+    let nlast = u.n - 1u;
+{{DECL}}
+    for (var k0 = 0u; k0 < u.k; k0 += {{BK}}u) {
+        let klast = u.k - 1u;
+        for (var l = 0u; l < {{LOADS_A}}u; l++) {
+            let e = tid + l * {{THREADS}}u;
+//#if TRANS_A
+            let r = e % {{TILE_M}}u;
+            let kk = e / {{TILE_M}}u;
+//#else
+            let kk = e % {{BK}}u;
+            let r = e / {{BK}}u;
+//#endif
+            let gr = tile_r + r;
+            let gk = k0 + kk;
+            if (kk < {{BK}}u && r < {{TILE_M}}u) {
+                let v = la(batch, min(gr, mlast), min(gk, klast));
+                sa[kk * {{SA_STRIDE}}u + r] = select(0.0, v, gr < u.m && gk < u.k);
+            }
+        }
+        for (var l = 0u; l < {{LOADS_B}}u; l++) {
+            let e = tid + l * {{THREADS}}u;
+//#if TRANS_B
+            let kk = e % {{BK}}u;
+            let cc = e / {{BK}}u;
+//#else
+            let cc = e % {{TILE_N}}u;
+            let kk = e / {{TILE_N}}u;
+//#endif
+            let gc = tile_c + cc;
+            let gk = k0 + kk;
+            if (kk < {{BK}}u && cc < {{TILE_N}}u) {
+                let v = lb(batch, min(gk, klast), min(gc, nlast));
+                sb[kk * {{SB_STRIDE}}u + cc] = select(0.0, v, gc < u.n && gk < u.k);
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < {{BK}}u; kk++) {
+{{BODY}}
+        }
+        workgroupBarrier();
+    }
+{{STORE}}
+}
+//#else
 //#if SUBGROUP
 // Subgroup builtins need a one-dimensional workgroup: rows of WG_X lanes are recovered from the index.
 @compute @workgroup_size({{WG_N}}, 1, 1)
@@ -125,3 +190,4 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 //#endif
 {{STORE}}
 }
+//#endif

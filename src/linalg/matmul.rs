@@ -31,9 +31,15 @@ pub struct MatmulTile {
 }
 
 impl MatmulTile {
-    /// The variant measured fastest on this kind of adapter (see `wgoptim bench matmul`).
-    /// `WGOPTIM_MATMUL_TILE=tm,tn,wg_x,wg_y` overrides it (for tuning with `wgoptim bench matmul`).
-    pub fn for_gpu(gpu: &Gpu) -> MatmulTile {
+    /// The tile for a product with `outputs` (= batch·m·n) output elements on this adapter (see `wgoptim bench
+    /// matmul`). `WGOPTIM_MATMUL_TILE=tm,tn,wg_x,wg_y` overrides it (for tuning).
+    ///
+    /// CPU adapters take one tile for every size. GPUs take the largest tile (most reuse per load) that still
+    /// gives [`GPU_FILL`] invocations, so small products spread over the whole device: on an H100 (f32 NN,
+    /// register tiles, GFLOPS) a fixed 4×4 tile ran 128×128×384 at 376, n = 512 at 2,133 and n = 4096 at 12,144,
+    /// where the tile picked here ran them at 924 (1×1), 3,662 (2×2) and 16,561 (8×8); staged through workgroup
+    /// memory, n = 1024 ran at 11,808 with the 64×64 tile this picks against 9,238 with 32×32.
+    pub fn choose(gpu: &Gpu, outputs: usize) -> MatmulTile {
         if let Some(t) = Self::from_env() {
             return t;
         }
@@ -44,7 +50,8 @@ impl MatmulTile {
         } else if gpu.is_cpu() {
             MatmulTile { tm: 8, tn: 8, wg_x: 8, wg_y: 8 }
         } else {
-            MatmulTile { tm: 4, tn: 4, wg_x: 16, wg_y: 16 }
+            let fills = |t: &MatmulTile| outputs.div_ceil((t.tm * t.tn) as usize) >= GPU_FILL;
+            GPU_TILES.into_iter().find(fills).unwrap_or(GPU_TILES[GPU_TILES.len() - 1])
         }
     }
     fn from_env() -> Option<MatmulTile> {
@@ -64,6 +71,18 @@ impl MatmulTile {
         self.tn * self.wg_x
     }
 }
+
+/// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
+/// 65,536 was the crossover measured there between neighbouring tiles of `GPU_TILES`).
+pub const GPU_FILL: usize = 1 << 16;
+
+/// GPU tiles from the most to the least work per invocation.
+const GPU_TILES: [MatmulTile; 4] = [
+    MatmulTile { tm: 8, tn: 8, wg_x: 16, wg_y: 16 },
+    MatmulTile { tm: 4, tn: 4, wg_x: 16, wg_y: 16 },
+    MatmulTile { tm: 2, tn: 2, wg_x: 8, wg_y: 8 },
+    MatmulTile { tm: 1, tn: 1, wg_x: 16, wg_y: 16 },
+];
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -225,6 +244,49 @@ fn tile_defines_subgroup(t: MatmulTile) -> Vec<(&'static str, String)> {
     defines
 }
 
+/// Depth of the shared variant's k-blocks: each lane stages about 4 values of A per block.
+fn shared_depth(t: MatmulTile) -> u32 {
+    (4 * t.wg_x * t.wg_y / t.rows()).clamp(4, 32)
+}
+
+/// Workgroup memory the shared variant needs.
+fn shared_bytes(t: MatmulTile) -> u32 {
+    4 * shared_depth(t) * (t.rows() + t.cols() + 2)
+}
+
+/// The workgroup-memory variant for GPUs: per k-block of `BK`, the workgroup stages a `TILE_M × BK` block of A and
+/// a `BK × TILE_N` block of B (loads coalesced along each operand's contiguous dimension, zero outside the
+/// matrices; rows padded by one against bank conflicts), then every lane runs its register tile from there.
+fn tile_defines_shared(t: MatmulTile) -> Vec<(&'static str, String)> {
+    let (threads, bk) = (t.wg_x * t.wg_y, shared_depth(t));
+    let col = |j: u32| j * t.wg_x;
+    let mut body = String::new();
+    for i in 0..t.tm {
+        body += &format!("            let a{i} = sa[kk * {}u + arow + {i}u];\n", t.rows() + 1);
+    }
+    for j in 0..t.tn {
+        body += &format!("            let b{j} = sb[kk * {}u + lid.x + {}u];\n", t.cols() + 1, col(j));
+    }
+    for i in 0..t.tm {
+        for j in 0..t.tn {
+            body += &format!("            acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
+        }
+    }
+    let mut defines = skeleton(t, "lid.x", (String::new(), String::new()), body, col);
+    defines.extend([
+        ("SHARED", "1".to_string()),
+        ("BK", bk.to_string()),
+        ("THREADS", threads.to_string()),
+        ("SA_STRIDE", (t.rows() + 1).to_string()),
+        ("SB_STRIDE", (t.cols() + 1).to_string()),
+        ("SA_LEN", (bk * (t.rows() + 1)).to_string()),
+        ("SB_LEN", (bk * (t.cols() + 1)).to_string()),
+        ("LOADS_A", (t.rows() * bk).div_ceil(threads).to_string()),
+        ("LOADS_B", (t.cols() * bk).div_ceil(threads).to_string()),
+    ]);
+    defines
+}
+
 /// One batched matmul call's operands. `c` may be the same tensor as `out` (accumulate in place).
 pub struct Matmul<'a> {
     /// Left operand, `[b?, m, k]` (or `[b?, k, m]` when `ta = T`).
@@ -248,6 +310,8 @@ pub struct Matmul<'a> {
     /// Elements between consecutive matrices of `a`, `b` and `out` (`c` uses `out`'s) when the stacks are not
     /// packed, e.g. row ranges `[j.., :]` of each matrix of a larger stack; `None`: packed.
     pub batch_strides: Option<[usize; 3]>,
+    /// The kernel variant; `None`: chosen per adapter and product size.
+    pub variant: Option<MatmulVariant>,
 }
 
 impl<'a> Matmul<'a> {
@@ -264,6 +328,7 @@ impl<'a> Matmul<'a> {
             beta: 0.0,
             precision: Precision::F32,
             batch_strides: None,
+            variant: None,
         }
     }
     /// Set the transposes.
@@ -287,6 +352,11 @@ impl<'a> Matmul<'a> {
     /// Unpacked stacks: see [`Matmul::batch_strides`](Matmul#structfield.batch_strides).
     pub fn batch_strides(mut self, a: usize, b: usize, out: usize) -> Self {
         self.batch_strides = Some([a, b, out]);
+        self
+    }
+    /// Run this kernel variant instead of the adapter's choice (for tests and measurements).
+    pub fn variant(mut self, v: MatmulVariant) -> Self {
+        self.variant = Some(v);
         self
     }
 
@@ -378,14 +448,41 @@ fn check_batch(op: &'static str, b: usize, out: usize) -> Result<()> {
     }
 }
 
-/// Whether the vector-load variant is used: opted in with `WGOPTIM_MATMUL_VEC4=1` (on lavapipe it measured no
-/// faster than scalar loads, within this machine's noise; GPUs are unmeasured), f32, tile sides multiples of 4, and
-/// every operand's contiguous dimension, offset and batch stride multiples of 4.
-fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) -> bool {
-    let off = !std::env::var("WGOPTIM_MATMUL_VEC4").is_ok_and(|v| v == "1");
+/// The kernel family a matmul runs. Every variant computes each output's sum in the same order, so they agree
+/// bit for bit; they differ in speed per adapter. By default one is chosen per adapter and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulVariant {
+    /// Scalar loads straight from storage into a register tile.
+    Registers,
+    /// `vec4` loads along the operands' contiguous dimensions.
+    Vec4,
+    /// A shared across a CPU subgroup by broadcast.
+    Subgroup,
+    /// Operand blocks staged through workgroup memory.
+    Shared,
+}
+
+/// The tile and variant for one product. The variant is [`Matmul::variant`], else `WGOPTIM_MATMUL_VARIANT`
+/// (`registers`, `vec4`, `subgroup` or `shared`; for measuring), else the adapter's: workgroup-memory staging on
+/// GPUs (H100, f32 NN GFLOPS, register tiles → staged: 128×128×384 973 → 1,579; n = 512 3,650 → 6,238;
+/// n = 4096 14,902 → 28,390), the subgroup variant on CPU adapters whose subgroups are exactly one workgroup row
+/// (lavapipe), scalar registers elsewhere. A variant that cannot run the product is an error.
+fn choose(
+    gpu: &Gpu,
+    mm: &Matmul<'_>,
+    (batch, m, n, k): (usize, usize, usize, usize),
+) -> Result<(MatmulTile, MatmulVariant)> {
+    let requested = match mm.variant {
+        Some(v) => Some(v),
+        None => env_variant()?,
+    };
+    let mut tile = MatmulTile::choose(gpu, batch * m * n);
+    if requested == Some(MatmulVariant::Vec4) && !(tile.tm.is_multiple_of(4) && tile.tn.is_multiple_of(4)) {
+        tile = GPU_TILES[1];
+    }
     let along_a = if mm.ta == Trans::N { k } else { m };
     let along_b = if mm.tb == Trans::N { n } else { k };
-    !off && mm.precision == Precision::F32
+    let vec4_fits = mm.precision == Precision::F32
         && tile.tm.is_multiple_of(4)
         && tile.tn.is_multiple_of(4)
         && k.is_multiple_of(4)
@@ -393,26 +490,68 @@ fn vec4_ok(mm: &Matmul<'_>, tile: MatmulTile, (m, n, k): (usize, usize, usize)) 
         && along_b.is_multiple_of(4)
         && mm.a.offset().is_multiple_of(4)
         && mm.b.offset().is_multiple_of(4)
-        && mm.batch_strides.is_none_or(|s| s[..2].iter().all(|x| x.is_multiple_of(4)))
+        && mm.batch_strides.is_none_or(|s| s[..2].iter().all(|x| x.is_multiple_of(4)));
+    let subgroup_fits = gpu.cpu_subgroup_size() == Some(tile.wg_x) && mm.precision == Precision::F32;
+    let shared_fits = shared_bytes(tile) <= gpu.limits().max_compute_workgroup_storage_size;
+    let chosen = match requested {
+        Some(v) => v,
+        None if !gpu.is_cpu() && shared_fits => MatmulVariant::Shared,
+        None if subgroup_fits => MatmulVariant::Subgroup,
+        None => MatmulVariant::Registers,
+    };
+    let fits = match chosen {
+        MatmulVariant::Registers => true,
+        MatmulVariant::Vec4 => vec4_fits,
+        MatmulVariant::Subgroup => subgroup_fits,
+        MatmulVariant::Shared => shared_fits,
+    };
+    if !fits {
+        let detail = format!(
+            "the {chosen:?} variant cannot run this product on {} (tile {tile:?}, {m}×{k}·{k}×{n}, {:?}; Vec4 needs \
+             f32, tile sides and contiguous dimensions, offsets and strides multiples of 4; Subgroup a CPU adapter \
+             with fixed subgroups of the tile's width; Shared its blocks within the workgroup-memory limit)",
+            gpu.describe(),
+            mm.precision
+        );
+        return Err(Error::InvalidArgument { op: "matmul", name: "variant", detail });
+    }
+    Ok((tile, chosen))
 }
 
-/// Whether the subgroup-broadcast variant applies: a CPU adapter whose subgroups are exactly one workgroup row
-/// (`WGOPTIM_MATMUL_SUBGROUP=0` turns it off, for measuring).
-fn subgroup_ok(gpu: &Gpu, mm: &Matmul<'_>, tile: MatmulTile) -> bool {
-    let off = std::env::var("WGOPTIM_MATMUL_SUBGROUP").is_ok_and(|v| v == "0");
-    !off && gpu.cpu_subgroup_size() == Some(tile.wg_x) && mm.precision == Precision::F32
+/// `WGOPTIM_MATMUL_VARIANT`, if set.
+fn env_variant() -> Result<Option<MatmulVariant>> {
+    let Ok(v) = std::env::var("WGOPTIM_MATMUL_VARIANT") else { return Ok(None) };
+    let known = [
+        ("registers", MatmulVariant::Registers),
+        ("vec4", MatmulVariant::Vec4),
+        ("subgroup", MatmulVariant::Subgroup),
+        ("shared", MatmulVariant::Shared),
+    ];
+    match known.iter().find(|(name, _)| *name == v.trim()) {
+        Some((_, variant)) => Ok(Some(*variant)),
+        None => Err(Error::InvalidArgument {
+            op: "matmul",
+            name: "WGOPTIM_MATMUL_VARIANT",
+            detail: format!("`{v}` (known: registers, vec4, subgroup, shared)"),
+        }),
+    }
 }
 
-fn kernel(gpu: &Gpu, mm: &Matmul<'_>, has_c: bool, inplace: bool, sym: bool, vec4: bool) -> Result<Kernel> {
+fn kernel(
+    gpu: &Gpu,
+    mm: &Matmul<'_>,
+    (tile, variant): (MatmulTile, MatmulVariant),
+    has_c: bool,
+    inplace: bool,
+    sym: bool,
+) -> Result<Kernel> {
     let flag = |b: bool| (if b { "1" } else { "0" }).to_string();
     mm.precision.check(gpu, "matmul")?;
-    let tile = MatmulTile::for_gpu(gpu);
-    let mut defines = if vec4 {
-        tile_defines_vec4(tile, mm.ta, mm.tb)
-    } else if subgroup_ok(gpu, mm, tile) {
-        tile_defines_subgroup(tile)
-    } else {
-        tile_defines(tile)
+    let mut defines = match variant {
+        MatmulVariant::Registers => tile_defines(tile),
+        MatmulVariant::Vec4 => tile_defines_vec4(tile, mm.ta, mm.tb),
+        MatmulVariant::Subgroup => tile_defines_subgroup(tile),
+        MatmulVariant::Shared => tile_defines_shared(tile),
     };
     defines.extend([
         ("TRANS_A", flag(mm.ta == Trans::T)),
@@ -435,10 +574,10 @@ fn record_matmul(
     sym: bool,
 ) -> Result<()> {
     let gpu = plan.gpu().clone();
-    let tile = MatmulTile::for_gpu(&gpu);
+    let (tile, variant) = choose(&gpu, mm, (batch, m, n, k))?;
     let has_c = mm.c.is_some() && !inplace && mm.beta != 0.0;
     let inplace = inplace && mm.beta != 0.0;
-    let kern = kernel(&gpu, mm, has_c, inplace, sym, vec4_ok(mm, tile, (m, n, k)))?;
+    let kern = kernel(&gpu, mm, (tile, variant), has_c, inplace, sym)?;
     let tiles_m = (m as u32).div_ceil(tile.rows());
     let tiles_n = (n as u32).div_ceil(tile.cols());
     let c = mm.c.unwrap_or(mm.out);
@@ -496,7 +635,7 @@ pub fn gram(
         GramSide::Rows => (Trans::N, Trans::T),
         GramSide::Cols => (Trans::T, Trans::N),
     };
-    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision, batch_strides: None };
+    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision, batch_strides: None, variant: None };
     let (bx, r, cdim) = x.matrices("gram X")?;
     let (bo, m, n) = out.matrices("gram out")?;
     let s = if side == GramSide::Rows { r } else { cdim };

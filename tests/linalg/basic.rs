@@ -12,6 +12,8 @@ fn op(m: &Mat, t: Trans) -> Mat {
     }
 }
 
+/// Every variant on awkward shapes (the adapter's own choice, scalar registers, workgroup-memory staging), each
+/// bit-identical to the others: they sum every output in the same order.
 #[test]
 fn matmul_all_transposes_and_shapes() {
     let gpu = gpu();
@@ -24,15 +26,26 @@ fn matmul_all_transposes_and_shapes() {
                 let b: Vec<Mat> = (0..batch).map(|_| op(&rng.mat(k, n), tb)).collect();
                 let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
                 let (ga, gb, gc) = (upload(&gpu, &a), upload(&gpu, &b), upload(&gpu, &c));
-                let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
-                run(&gpu, |p| {
-                    Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap()
-                });
-                let got = out.read_blocking().unwrap();
-                for (i, g) in split(&got, batch).iter().enumerate() {
-                    let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
-                    let e = rel_err(g, &want.d);
-                    assert!(e < 1e-5, "{m}x{k}x{n} {ta:?}{tb:?} batch {i}: rel err {e}");
+                let mut first: Option<Vec<f32>> = None;
+                for variant in [None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)] {
+                    let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
+                    run(&gpu, |p| {
+                        let mut mm = Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0);
+                        mm.variant = variant;
+                        mm.record(p).unwrap()
+                    });
+                    let got = out.read_blocking().unwrap();
+                    for (i, g) in split(&got, batch).iter().enumerate() {
+                        let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
+                        let e = rel_err(g, &want.d);
+                        assert!(e < 1e-5, "{m}x{k}x{n} {ta:?}{tb:?} {variant:?} batch {i}: rel err {e}");
+                    }
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => {
+                            assert_eq!(f, &got, "{m}x{k}x{n} {ta:?}{tb:?}: {variant:?} differs from the default")
+                        }
+                    }
                 }
             }
         }
@@ -41,19 +54,33 @@ fn matmul_all_transposes_and_shapes() {
 
 #[test]
 fn matmul_vector_load_variant() {
-    // Opt in to the vec4 variant (other tests running meanwhile may pick it up too: every variant is exact).
-    std::env::set_var("WGOPTIM_MATMUL_VEC4", "1");
-    aligned_shapes_all_transposes();
+    aligned_shapes_all_transposes(MatmulVariant::Vec4);
 }
 
 #[test]
-fn matmul_scalar_variant() {
-    // Opt out of the subgroup variant that CPU adapters with 8-lane subgroups use (lavapipe in CI).
-    std::env::set_var("WGOPTIM_MATMUL_SUBGROUP", "0");
-    aligned_shapes_all_transposes();
+fn matmul_scalar_and_shared_variants() {
+    aligned_shapes_all_transposes(MatmulVariant::Registers);
+    aligned_shapes_all_transposes(MatmulVariant::Shared);
 }
 
-fn aligned_shapes_all_transposes() {
+/// A variant that cannot run a product is refused with a clear error, before anything is recorded.
+#[test]
+fn matmul_refuses_a_variant_that_does_not_fit() {
+    let gpu = gpu();
+    let a = Tensor::zeros(&gpu, &[6, 5]).unwrap();
+    let b = Tensor::zeros(&gpu, &[5, 7]).unwrap();
+    let o = Tensor::zeros(&gpu, &[6, 7]).unwrap();
+    let mut p = PlanBuilder::new(&gpu);
+    match Matmul::new(&a, &b, &o).variant(MatmulVariant::Vec4).record(&mut p) {
+        Err(Error::InvalidArgument { op: "matmul", name: "variant", detail }) => {
+            assert!(detail.contains("multiples of 4"), "{detail}")
+        }
+        other => panic!("expected a variant error, got {other:?}"),
+    }
+    assert_eq!(p.len(), 0);
+}
+
+fn aligned_shapes_all_transposes(variant: MatmulVariant) {
     let gpu = gpu();
     let mut rng = Rng::new(11);
     for &(m, k, n) in &[(4usize, 4usize, 4usize), (12, 8, 20), (68, 36, 132), (64, 128, 72)] {
@@ -68,12 +95,19 @@ fn aligned_shapes_all_transposes() {
             let gb = Tensor::from_buffer(&gpu, gb_buf.buffer().clone(), 4, &[batch, b[0].r, b[0].c]).unwrap();
             let (ga, gc) = (upload(&gpu, &a), upload(&gpu, &c));
             let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
-            run(&gpu, |p| Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0).record(p).unwrap());
+            run(&gpu, |p| {
+                Matmul::new(&ga, &gb, &out)
+                    .trans(ta, tb)
+                    .scaled(0.5, Some(&gc), -2.0)
+                    .variant(variant)
+                    .record(p)
+                    .unwrap()
+            });
             let got = out.read_blocking().unwrap();
             for (i, g) in split(&got, batch).iter().enumerate() {
                 let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
                 let e = rel_err(g, &want.d);
-                assert!(e < 1e-5, "vec4 {m}x{k}x{n} {ta:?}{tb:?} batch {i}: rel err {e}");
+                assert!(e < 1e-5, "{variant:?} {m}x{k}x{n} {ta:?}{tb:?} batch {i}: rel err {e}");
             }
         }
     }
@@ -139,6 +173,19 @@ fn matmul_over_row_ranges_of_a_stack() {
 
 #[test]
 fn gram_both_sides_exactly_symmetric() {
+    gram_checks();
+}
+
+/// Gram products staged through workgroup memory (GPUs choose it by size; here it is forced for the process
+/// for the duration of this test: other tests running meanwhile stay exact, only slower).
+#[test]
+fn gram_shared_variant() {
+    std::env::set_var("WGOPTIM_MATMUL_VARIANT", "shared");
+    gram_checks();
+    std::env::remove_var("WGOPTIM_MATMUL_VARIANT");
+}
+
+fn gram_checks() {
     let gpu = gpu();
     let mut rng = Rng::new(3);
     for &(m, n) in SHAPES.iter().chain(&[(384, 96)]) {
