@@ -1,9 +1,9 @@
 // LayerNorm over the last dimension: y = (x − mean)·rstd·w (+ b), rstd = 1/sqrt(var + eps). Forward and the
-// input gradient run one invocation per row; the weight/bias gradients one invocation per column.
+// input gradient run one invocation per row; the weight/bias gradients sum chunks of rows, then the chunks.
 struct U {
     rows: u32, c: u32, x_off: u32, w_off: u32,
     b_off: u32, o_off: u32, g_off: u32, acc: u32,
-    eps: f32, has_b: u32, acc_b: u32, _p: u32,
+    eps: f32, has_b: u32, acc_b: u32, chunk_rows: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
 
@@ -68,23 +68,46 @@ fn input_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
 }
 
-// weight and bias gradients: dw[j] = Σ_r g·x̂, db[j] = Σ_r g (o_off: dw, b_off: db)
+// weight and bias gradients: dw[j] = Σ_r g·x̂, db[j] = Σ_r g, in two deterministic passes so long row counts spread
+// over the device: partial sums over chunks of `chunk_rows` rows, one invocation per (chunk, column), into
+// part [chunks, 2, C]; then one invocation per column adds its chunks in order (o_off: dw, b_off: db).
 @group(0) @binding(1) var<storage, read> px: array<f32>;
 @group(0) @binding(2) var<storage, read> pstats: array<f32>;
 @group(0) @binding(3) var<storage, read> pg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
-@group(0) @binding(5) var<storage, read_write> db: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+@compute @workgroup_size(64)
+fn param_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let id = linear_id(gid, nw);
+    let chunks = (u.rows + u.chunk_rows - 1u) / u.chunk_rows;
+    if (id >= chunks * u.c) { return; }
+    let chunk = id / u.c;
+    let j = id % u.c;
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var r = chunk * u.chunk_rows; r < min(u.rows, (chunk + 1u) * u.chunk_rows); r++) {
+        let g = pg[u.g_off + r * u.c + j];
+        sw += g * (px[u.x_off + r * u.c + j] - pstats[2u * r]) * pstats[2u * r + 1u];
+        sb += g;
+    }
+    part[chunk * 2u * u.c + j] = sw;
+    part[chunk * 2u * u.c + u.c + j] = sb;
+}
+
+@group(0) @binding(1) var<storage, read> sums: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> db: array<f32>;
 
 @compute @workgroup_size(64)
 fn param_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
     let j = linear_id(gid, nw);
     if (j >= u.c) { return; }
+    let chunks = (u.rows + u.chunk_rows - 1u) / u.chunk_rows;
     var sw = 0.0;
     var sb = 0.0;
-    for (var r = 0u; r < u.rows; r++) {
-        let g = pg[u.g_off + r * u.c + j];
-        sw += g * (px[u.x_off + r * u.c + j] - pstats[2u * r]) * pstats[2u * r + 1u];
-        sb += g;
+    for (var k = 0u; k < chunks; k++) {
+        sw += sums[k * 2u * u.c + j];
+        sb += sums[k * 2u * u.c + u.c + j];
     }
     if (u.acc != 0u) { sw += dw[u.o_off + j]; }
     dw[u.o_off + j] = sw;

@@ -131,23 +131,25 @@ fn gelu_and_residual_accumulation() {
 
 #[test]
 fn layer_norm_with_and_without_bias() {
-    let (rows, c) = (7, 13);
-    let x: Vec<f32> = noise(8, rows * c).iter().enumerate().map(|(i, v)| v * 2.0 + (i / c) as f32).collect();
-    let w: Vec<f32> = noise(9, c).iter().map(|v| 1.0 + 0.5 * v).collect();
-    check(
-        "layer_norm bias",
-        &[(&[rows, c], x.clone()), (&[c], w.clone()), (&[c], noise(10, c))],
-        &|g, v| g.layer_norm(v[0], v[1], Some(v[2]), 1e-5),
-        &move |x| reference::layer_norm(&x[0], &x[1], Some(&x[2]), c, 1e-5),
-        1e-4,
-    );
-    check(
-        "layer_norm",
-        &[(&[rows, c], x), (&[c], w)],
-        &|g, v| g.layer_norm(v[0], v[1], None, 1e-5),
-        &move |x| reference::layer_norm(&x[0], &x[1], None, c, 1e-5),
-        1e-4,
-    );
+    // 150 rows: the weight/bias gradients sum three chunks of rows (the last one partial).
+    for (rows, c) in [(7, 13), (150, 5)] {
+        let x: Vec<f32> = noise(8, rows * c).iter().enumerate().map(|(i, v)| v * 2.0 + (i / c) as f32).collect();
+        let w: Vec<f32> = noise(9, c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        check(
+            "layer_norm bias",
+            &[(&[rows, c], x.clone()), (&[c], w.clone()), (&[c], noise(10, c))],
+            &|g, v| g.layer_norm(v[0], v[1], Some(v[2]), 1e-5),
+            &move |x| reference::layer_norm(&x[0], &x[1], Some(&x[2]), c, 1e-5),
+            1e-4,
+        );
+        check(
+            "layer_norm",
+            &[(&[rows, c], x), (&[c], w)],
+            &|g, v| g.layer_norm(v[0], v[1], None, 1e-5),
+            &move |x| reference::layer_norm(&x[0], &x[1], None, c, 1e-5),
+            1e-4,
+        );
+    }
 }
 
 #[test]

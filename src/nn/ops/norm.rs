@@ -21,8 +21,11 @@ struct U {
     eps: f32,
     has_b: u32,
     acc_b: u32,
-    _p: u32,
+    chunk_rows: u32,
 }
+
+/// Rows per partial sum of the weight/bias gradients.
+const CHUNK_ROWS: usize = 64;
 
 impl Graph {
     /// LayerNorm over the last dimension of `x [N, C]` with weight `[C]` and optional bias `[C]`
@@ -41,6 +44,8 @@ impl Graph {
         inputs.extend(bias);
         let out = self.output("layer_norm", &[rows, c], &inputs)?;
         let stats = Tensor::zeros(self.gpu(), &[rows, 2])?;
+        let chunks = rows.div_ceil(CHUNK_ROWS);
+        let part = Tensor::zeros(self.gpu(), &[chunks, 2, c])?;
         let (vx, vw, vo) = (self.value(x).clone(), self.value(weight).clone(), self.value(out).clone());
         let vb = bias.map(|b| self.value(b).clone());
         let u = U {
@@ -55,7 +60,7 @@ impl Graph {
             eps,
             has_b: bias.is_some() as u32,
             acc_b: 0,
-            _p: 0,
+            chunk_rows: CHUNK_ROWS as u32,
         };
         let fwd = [&vx, &vw, vb.as_ref().unwrap_or(&vw), &vo, &stats];
         launch(&mut self.plan, "nn/layernorm.wgsl", "forward", &[], &u, &fwd, rows)?;
@@ -77,7 +82,16 @@ impl Graph {
                     has_b: gb.is_some() as u32,
                     ..u
                 };
-                launch(bw.plan(), "nn/layernorm.wgsl", "param_grad", &[], &u, &[&vx, &stats, &g, dw, db], c)?;
+                launch(
+                    bw.plan(),
+                    "nn/layernorm.wgsl",
+                    "param_partial",
+                    &[],
+                    &u,
+                    &[&vx, &stats, &g, &part],
+                    chunks * c,
+                )?;
+                launch(bw.plan(), "nn/layernorm.wgsl", "param_grad", &[], &u, &[&part, dw, db], c)?;
             }
             if let Some((dx, acc)) = bw.grad_in(x)? {
                 let u = U { o_off: dx.offset() as u32, acc: acc as u32, ..u };
