@@ -119,7 +119,8 @@ mod cli {
             /// Number of matrices in the stack.
             #[arg(long, default_value_t = 4)]
             batch: usize,
-            /// Comma-separated subset of qr, eigh_cold, eigh_warm, inverse_root_newton (default: all).
+            /// Comma-separated subset of qr, eigh_cold, eigh_warm (from the exact basis), eigh_drift (from
+            /// a nearby matrix's basis), inverse_root_newton (default: all).
             #[arg(long)]
             ops: Option<String>,
             /// Jacobi schedule: auto, workgroup or rounds.
@@ -565,19 +566,31 @@ mod cli {
         let (out, out2) = (Tensor::zeros(&gpu, &[batch, n, n])?, Tensor::zeros(&gpu, &[batch, n, n])?);
         let vals = Tensor::zeros(&gpu, &[batch, n])?;
         let wanted = |op: &str| ops.is_none_or(|o| o.split(',').any(|x| x == op));
-        // The warm start's basis: the matrix's own eigenvectors (untimed).
+        // The warm starts' bases (untimed): the matrix's own eigenvectors, and those of a matrix 1e-3 away (a
+        // factor EMA a few steps earlier).
         let basis = Tensor::zeros(&gpu, &[batch, n, n])?;
-        if wanted("eigh_warm") {
+        let drifted = Tensor::zeros(&gpu, &[batch, n, n])?;
+        if wanted("eigh_warm") || wanted("eigh_drift") {
+            let x2 = Tensor::from_slice(
+                &gpu,
+                &[batch, n, 2 * n],
+                &(0..batch * 2 * n * n).map(|i| ((i * 6007 + 11) % 997) as f32 * 1e-3 - 0.5).collect::<Vec<_>>(),
+            )?;
+            let near = Tensor::zeros(&gpu, &[batch, n, n])?;
             let mut pb = PlanBuilder::new(&gpu);
             eigh(&mut pb, &spd, &vals, &basis, None, &cfg)?;
+            gram(&mut pb, &x2, GramSide::Rows, &near, 1e-3 / n as f32, Some(&spd), 1.0, Default::default())?;
+            eigh(&mut pb, &near, &vals, &drifted, None, &cfg)?;
             pb.build()?.run();
         }
         type Record<'a> = Box<dyn Fn(&mut PlanBuilder) -> Result<()> + 'a>;
-        let cases: [(&str, Record); 4] = [
+        let cases: [(&str, Record); 5] = [
             ("qr", Box::new(|pb| qr(pb, &spd, &out, &out2))),
             ("eigh_cold", Box::new(|pb| eigh(pb, &spd, &vals, &out, None, &cfg))),
             // Warm start from the exact basis: the cost of a refresh when the factor barely moved.
             ("eigh_warm", Box::new(|pb| eigh(pb, &spd, &vals, &out2, Some(&basis), &cfg))),
+            // Warm start from a nearby matrix's basis: a refresh in training, where the factor moved.
+            ("eigh_drift", Box::new(|pb| eigh(pb, &spd, &vals, &out2, Some(&drifted), &cfg))),
             ("inverse_root_newton", Box::new(|pb| inverse_root_newton(pb, &spd, &out2, 4, 1e-6, 20))),
         ];
         let mut rows = Vec::new();
