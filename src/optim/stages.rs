@@ -151,24 +151,26 @@ pub(crate) fn record_muon(
                 beta2: f32,
                 paper: u32,
                 group: u32,
-                _p: u32,
+                total: u32,
             }
+            // Normalization groups: each matrix, or each (out, in) kernel of a convolution (rows kh × kw).
+            let (rows, cols) = match shape[..] {
+                [_, _, kh, kw] => (kh, kw),
+                _ => (m, n),
+            };
+            let total = count * m * n / (rows * cols);
             let u = N {
-                rows: m as u32,
-                cols: n as u32,
+                rows: rows as u32,
+                cols: cols as u32,
                 o_off: offset as u32,
                 v_off: v_off as u32,
                 beta2: nm.beta2,
                 paper,
                 group: b.group as u32,
-                _p: 0,
+                total: total as u32,
             };
-            plan.dispatch(
-                &kernel,
-                &u,
-                &[scalars, &parts.ns_out, state("second_momentum_buffer")?],
-                [count as u32, 1, 1],
-            )?;
+            let (gx, gy) = grid(total);
+            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, state("second_momentum_buffer")?], [gx, gy, 1])?;
         }
         if let Some(am) = adamuon {
             let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
@@ -450,9 +452,11 @@ pub(crate) fn layout_bucket(
     // Muon, SOAP, Shampoo: same-shape matrices next to each other so each shape is one batched call.
     let mut idx = idx.to_vec();
     if stacked {
-        // NorMuon's official 4-D statistics differ (§3.1 quirks): it takes 2-D matrices only for now.
+        // SF-NorMuon and the Kronecker family take 2-D matrices; Muon, NorMuon and AdaMuon also batches (3-D)
+        // and convolutions (4-D).
+        let two_d = kron || matches!(groups[group].optimizer, OptimizerConfig::SfNorMuon(_));
         let takes = |shape: &[usize]| {
-            if normuon || kron {
+            if two_d {
                 shape.len() == 2
             } else {
                 crate::optim::config::muon_matrices(shape).is_some()
@@ -460,7 +464,7 @@ pub(crate) fn layout_bucket(
         };
         if let Some(&i) = idx.iter().find(|&&i| !takes(params[i].param.shape())) {
             let p = &params[i];
-            let what = if normuon || kron { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
+            let what = if two_d { "2-D matrices" } else { "2-D, 3-D or 4-D (convolution) tensors" };
             return Err(Error::InvalidArgument {
                 op: "OptimizerBuilder::build",
                 name: "rules",
@@ -546,15 +550,19 @@ pub(crate) fn layout_bucket(
                 .collect(),
         };
         if normuon {
-            // One second-moment value per row (output neuron), shaped like the official p[..., 0:1].
-            let m = p.param.shape()[0];
+            // One second-moment value per row over the last dimension, shaped like the official p[..., 0:1]
+            // (a convolution's rows are its (out, in, kh) kernel rows, §3.1 gotcha 3).
+            let shape = p.param.shape();
+            let rows = n / shape[shape.len() - 1];
+            let mut v_shape = shape.to_vec();
+            *v_shape.last_mut().expect("a matrix has dimensions") = 1;
             states.push(StateView {
                 name: "second_momentum_buffer".into(),
                 buffer: spec.states.len(),
                 offset: row_off,
-                shape: vec![m, 1],
+                shape: v_shape,
             });
-            row_off += m;
+            row_off += rows;
         }
         slots.push((
             i,

@@ -601,18 +601,28 @@ fn polyak_clamp_step_size_is_shared_and_skips_bad_losses() {
 fn muon_takes_convolutions_and_batched_matrices() {
     let gpu = gpu();
     let specs: &[(&str, &[usize])] =
-        &[("conv.weight", &[4, 2, 3, 3]), ("stack", &[2, 3, 5]), ("w", &[5, 6]), ("bias", &[5])];
-    for placement in [MomentumPlacement::Inside, MomentumPlacement::Outside] {
+        &[("conv.weight", &[4, 2, 3, 2]), ("stack", &[2, 3, 5]), ("w", &[5, 6]), ("bias", &[5])];
+    let muon = |placement| MuonConfig {
+        momentum_placement: placement,
+        adjust_lr: AdjustLr::TorchOriginal,
+        ..Default::default()
+    };
+    let configs = [
+        OptimizerConfig::Muon(muon(MomentumPlacement::Inside)),
+        OptimizerConfig::Muon(muon(MomentumPlacement::Outside)),
+        // NorMuon's statistics per kernel row over kw, its norm per (out, in) kernel (§3.1 gotcha 3).
+        OptimizerConfig::NorMuon(NorMuonConfig { beta2: 0.9, ..Default::default() }),
+        OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, ..Default::default() }),
+    ];
+    for cfg in configs {
         let store = ParamStore::new(&gpu, specs).unwrap();
         for (i, (name, shape)) in specs.iter().enumerate() {
             store.param(name).unwrap().write(&noise(7 + i as u64, shape.iter().product())).unwrap();
         }
-        let muon =
-            MuonConfig { momentum_placement: placement, adjust_lr: AdjustLr::TorchOriginal, ..Default::default() };
         let mut b = OptimizerBuilder::new(&gpu);
         b.params_from(&store).unwrap();
         b.rule(Matcher::Rank(1), Group::new(OptimizerConfig::AdamW(AdamWConfig::default())));
-        b.rule(Matcher::All, Group::new(OptimizerConfig::Muon(muon)));
+        b.rule(Matcher::All, Group::new(cfg.clone()));
         let opt = b.build().unwrap();
         let mut groups = RefGroup::all(opt.groups());
         let init: Vec<Vec<f32>> = specs.iter().map(|(n, _)| store.param(n).unwrap().read_blocking().unwrap()).collect();
@@ -630,7 +640,12 @@ fn muon_takes_convolutions_and_batched_matrices() {
         }
         for ((name, _), (_, r)) in specs.iter().zip(&refs) {
             let got = store.param(name).unwrap().read_blocking().unwrap();
-            assert!(rel(&got, &r.p) < 1e-5, "{placement:?} {name}: {}", rel(&got, &r.p));
+            assert!(rel(&got, &r.p) < 1e-5, "{} {name}: {}", cfg.name(), rel(&got, &r.p));
+        }
+        if let OptimizerConfig::NorMuon(_) = cfg {
+            let v = |p: &str| opt.state(p, "second_momentum_buffer").unwrap().shape().to_vec();
+            assert_eq!(v("conv.weight"), [4, 2, 3, 1]);
+            assert_eq!(v("stack"), [2, 3, 1]);
         }
     }
     // A 5-D tensor is no matrix: a routing error that names it.

@@ -156,6 +156,7 @@ impl RefGroup {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
                 let mut o = newton_schulz(&x.s[0], m, n, &c.polar);
+                x.s[1].resize(m, 0.0);
                 normalize_rows(&mut o, &mut x.s[1], (m, n), c.beta2 as f64);
                 let factor = 0.2 * ((m * n) as f64).sqrt() / o.iter().map(|v| v * v).sum::<f64>().sqrt();
                 let cc = self.sf_c();
@@ -214,7 +215,13 @@ impl RefGroup {
                 }
             }
             OptimizerConfig::NorMuon(c) => {
-                let (m, n) = (x.shape[0], x.shape[1]);
+                // Matrices as Muon's (3-D: a batch; 4-D: out × in·kh·kw); statistics per normalization group:
+                // the matrix, or each (out, in) kernel of kh rows × kw for a convolution (§3.1 gotcha 3).
+                let (count, m, n) = muon_matrices(&x.shape);
+                let (rows, cols) = match x.shape[..] {
+                    [_, _, kh, kw] => (kh, kw),
+                    _ => (m, n),
+                };
                 for i in 0..x.p.len() {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
@@ -223,25 +230,26 @@ impl RefGroup {
                 } else {
                     x.s[0].clone()
                 };
-                let mut o = newton_schulz(&u, m, n, &c.polar);
-                let vnorm = o.iter().map(|v| v * v).sum::<f64>().sqrt();
-                normalize_rows(&mut o, &mut x.s[1], (m, n), c.beta2 as f64);
-                let after = o.iter().map(|v| v * v).sum::<f64>().sqrt();
-                let (factor, scale) = match c.scaling {
-                    NorMuonScaling::Official => (vnorm / (after + 1e-10), AdjustLr::Keller.scale(m, n) as f64),
-                    NorMuonScaling::PaperRms02 => (0.2 * ((m * n) as f64).sqrt() / after, 1.0),
-                };
+                let mut o: Vec<f64> =
+                    (0..count).flat_map(|k| newton_schulz(&u[k * m * n..(k + 1) * m * n], m, n, &c.polar)).collect();
+                x.s[1].resize(o.len() / cols, 0.0);
+                let keller = AdjustLr::Keller.scale_for(&x.shape) as f64;
+                for (og, vg) in o.chunks_mut(rows * cols).zip(x.s[1].chunks_mut(rows)) {
+                    let vnorm = og.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    normalize_rows(og, vg, (rows, cols), c.beta2 as f64);
+                    let after = og.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    let factor = match c.scaling {
+                        NorMuonScaling::Official => keller * vnorm / (after + 1e-10),
+                        NorMuonScaling::PaperRms02 => 0.2 * ((rows * cols) as f64).sqrt() / after,
+                    };
+                    og.iter_mut().for_each(|v| *v *= factor);
+                }
                 for i in 0..x.p.len() {
-                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * scale * factor * o[i];
+                    x.p[i] = x.p[i] * (1.0 - lr * c.weight_decay as f64) - lr * o[i];
                 }
             }
             OptimizerConfig::Muon(c) => {
-                // 3-D: a batch of matrices; 4-D: one out × in·kh·kw matrix.
-                let (count, m, n) = match x.shape[..] {
-                    [b, m, n] => (b, m, n),
-                    [o, i, h, w] => (1, o, i * h * w),
-                    _ => (1, x.shape[0], x.shape[1]),
-                };
+                let (count, m, n) = muon_matrices(&x.shape);
                 let sum = c.momentum_kind == MomentumKind::Sum;
                 let accumulate = |mom: &mut Vec<f64>, v: &[f64]| -> Vec<f64> {
                     for i in 0..v.len() {
@@ -517,9 +525,17 @@ pub fn newton_schulz(u: &[f64], m: usize, n: usize, cfg: &wgoptim::linalg::Polar
     }
 }
 
+/// The matrices Muon orthogonalizes: `(count, rows, cols)`; 3-D: a batch; 4-D: one out × in·kh·kw matrix.
+fn muon_matrices(shape: &[usize]) -> (usize, usize, usize) {
+    match *shape {
+        [b, m, n] => (b, m, n),
+        [o, i, h, w] => (1, o, i * h * w),
+        _ => (1, shape[0], shape[1]),
+    }
+}
+
 /// NorMuon's row statistic (§3.1): `v_r ← β2 v_r + (1−β2) mean_j O_rj²`, then `O_r ← O_r / (sqrt(v_r) + 1e-10)`.
-fn normalize_rows(o: &mut [f64], v: &mut Vec<f64>, (m, n): (usize, usize), b2: f64) {
-    v.resize(m, 0.0);
+fn normalize_rows(o: &mut [f64], v: &mut [f64], (m, n): (usize, usize), b2: f64) {
     for r in 0..m {
         let vmean = (0..n).map(|j| o[r * n + j].powi(2)).sum::<f64>() / n as f64;
         v[r] = b2 * v[r] + (1.0 - b2) * vmean;

@@ -136,6 +136,9 @@ pub enum NorMuonScaling {
 
 /// NorMuon (zichongli5/NorMuon official code, §3.1): Muon (EMA momentum, Nesterov) whose polar factor is
 /// normalized per row (output neuron) by an EMA of the row's mean square, `1/(sqrt(V2) + 1e-10)`, in f32.
+/// Takes matrices, batches of matrices (3-D) and convolutions (4-D, orthogonalized as `out × in·kh·kw`); for a
+/// convolution the official code's statistics are kept: a row is a kernel row of `kw` values (state
+/// `[out, in, kh, 1]`) and the norm restored (or the paper's RMS 0.2) is that of each `(out, in)` kernel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NorMuonConfig {
