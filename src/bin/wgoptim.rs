@@ -22,7 +22,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use serde_json::json;
-    use wgoptim::linalg::{polar, Matmul, PolarConfig, Trans};
+    use wgoptim::linalg::{polar, Matmul, MatmulVariant, PolarConfig, Trans};
     use wgoptim::{Error, Gpu, GpuOptions, PlanBuilder, Result, Tensor};
 
     /// wgoptim: WebGPU optimizer kernels. Adapter choice: WGPU_BACKEND, WGPU_ADAPTER_NAME.
@@ -106,6 +106,9 @@ mod cli {
             /// Transposes of A and B: NN, NT, TN or TT.
             #[arg(long, default_value = "NN")]
             trans: String,
+            /// Kernel variant: auto (the adapter's choice), registers, vec4, subgroup or shared.
+            #[arg(long, default_value = "auto")]
+            variant: String,
             /// Print JSON instead of a table.
             #[arg(long)]
             json: bool,
@@ -147,7 +150,9 @@ mod cli {
     pub fn run(cli: Cli) -> Result<()> {
         match cli.cmd {
             Cmd::Info => info(),
-            Cmd::Bench { what: Bench::Matmul { sizes, trans, json } } => bench_matmul(&sizes, &trans, json),
+            Cmd::Bench { what: Bench::Matmul { sizes, trans, variant, json } } => {
+                bench_matmul(&sizes, &trans, &variant, json)
+            }
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
             Cmd::Bench { what: Bench::Decomp { n, batch, ops, schedule, json } } => {
                 bench_decomp(n, batch, ops.as_deref(), &schedule, json)
@@ -461,11 +466,21 @@ mod cli {
 
     /// Measured matmul GFLOPS for an n×n×n product, and the first-call seconds (compile + run).
     pub fn matmul_gflops(gpu: &Gpu, n: usize) -> Result<(f64, f64)> {
-        matmul_shape_gflops(gpu, [n, n, n], (Trans::N, Trans::N))
+        matmul_shape_gflops(gpu, [n, n, n], (Trans::N, Trans::N), None)
     }
 
     /// Measured GFLOPS of `op(A)·op(B)` with op(A) m×k and op(B) k×n, and the first-call seconds.
-    fn matmul_shape_gflops(gpu: &Gpu, [m, k, n]: [usize; 3], (ta, tb): (Trans, Trans)) -> Result<(f64, f64)> {
+    fn matmul_shape_gflops(
+        gpu: &Gpu,
+        [m, k, n]: [usize; 3],
+        (ta, tb): (Trans, Trans),
+        variant: Option<MatmulVariant>,
+    ) -> Result<(f64, f64)> {
+        let product = |a, b, o| {
+            let mut mm = Matmul::new(a, b, o).trans(ta, tb);
+            mm.variant = variant;
+            mm
+        };
         let a = Tensor::from_slice(
             gpu,
             &if ta == Trans::N { [m, k] } else { [k, m] },
@@ -479,7 +494,7 @@ mod cli {
         let o = Tensor::zeros(gpu, &[m, n])?;
         let t = Instant::now();
         let mut pb = PlanBuilder::new(gpu);
-        Matmul::new(&a, &b, &o).trans(ta, tb).record(&mut pb)?;
+        product(&a, &b, &o).record(&mut pb)?;
         pb.build()?.run();
         gpu.wait()?;
         let first = t.elapsed().as_secs_f64();
@@ -488,14 +503,15 @@ mod cli {
         let reps = (2e9 / flops).clamp(1.0, 64.0) as usize;
         let mut pb = PlanBuilder::new(gpu);
         for _ in 0..reps {
-            Matmul::new(&a, &b, &o).trans(ta, tb).record(&mut pb)?;
+            product(&a, &b, &o).record(&mut pb)?;
         }
         let plan = pb.build()?;
         let secs = time_plan(gpu, &plan, 3)? / reps as f64;
         Ok((flops / secs / 1e9, first))
     }
 
-    fn bench_matmul(sizes: &[String], trans: &str, json: bool) -> Result<()> {
+    fn bench_matmul(sizes: &[String], trans: &str, variant: &str, json: bool) -> Result<()> {
+        let variant: Option<MatmulVariant> = if variant == "auto" { None } else { Some(variant.parse()?) };
         let bad = |detail: String| Error::InvalidArgument { op: "bench matmul", name: "sizes", detail };
         let t = |c: char| if c == 'T' || c == 't' { Trans::T } else { Trans::N };
         let tr: Vec<char> = trans.chars().collect();
@@ -515,15 +531,16 @@ mod cli {
                 [m, k, n] if m * k * n > 0 => [m, k, n],
                 _ => return Err(bad(format!("`{size}` is not N or MxKxN with positive sizes"))),
             };
-            let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])))?;
+            let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])), variant)?;
             if !json {
                 println!(
-                    "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms)   on {}",
+                    "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms, {})   on {}",
                     first * 1e3,
+                    variant.map_or("auto".to_string(), |v| format!("{v:?}")),
                     gpu.describe()
                 );
             }
-            rows.push(json!({"size": size, "trans": trans, "gflops": gflops, "first_call_s": first}));
+            rows.push(json!({"size": size, "trans": trans, "variant": format!("{variant:?}"), "gflops": gflops, "first_call_s": first}));
         }
         if json {
             println!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));

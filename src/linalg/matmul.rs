@@ -50,9 +50,13 @@ impl MatmulTile {
         } else if gpu.is_cpu() {
             MatmulTile { tm: 8, tn: 8, wg_x: 8, wg_y: 8 }
         } else {
-            let fills = |t: &MatmulTile| outputs.div_ceil((t.tm * t.tn) as usize) >= GPU_FILL;
-            GPU_TILES.into_iter().find(fills).unwrap_or(GPU_TILES[GPU_TILES.len() - 1])
+            Self::for_gpu_product(outputs)
         }
+    }
+    /// The GPU rule of [`MatmulTile::choose`].
+    fn for_gpu_product(outputs: usize) -> MatmulTile {
+        let fills = |t: &MatmulTile| outputs.div_ceil((t.tm * t.tn) as usize) >= GPU_FILL;
+        GPU_TILES.into_iter().find(fills).unwrap_or(GPU_TILES[GPU_TILES.len() - 1])
     }
     fn from_env() -> Option<MatmulTile> {
         let v: Vec<u32> =
@@ -520,20 +524,24 @@ fn choose(
 
 /// `WGOPTIM_MATMUL_VARIANT`, if set.
 fn env_variant() -> Result<Option<MatmulVariant>> {
-    let Ok(v) = std::env::var("WGOPTIM_MATMUL_VARIANT") else { return Ok(None) };
-    let known = [
-        ("registers", MatmulVariant::Registers),
-        ("vec4", MatmulVariant::Vec4),
-        ("subgroup", MatmulVariant::Subgroup),
-        ("shared", MatmulVariant::Shared),
-    ];
-    match known.iter().find(|(name, _)| *name == v.trim()) {
-        Some((_, variant)) => Ok(Some(*variant)),
-        None => Err(Error::InvalidArgument {
-            op: "matmul",
-            name: "WGOPTIM_MATMUL_VARIANT",
-            detail: format!("`{v}` (known: registers, vec4, subgroup, shared)"),
-        }),
+    std::env::var("WGOPTIM_MATMUL_VARIANT").ok().map(|v| v.parse()).transpose()
+}
+
+impl std::str::FromStr for MatmulVariant {
+    type Err = Error;
+    /// `registers`, `vec4`, `subgroup` or `shared`.
+    fn from_str(s: &str) -> Result<MatmulVariant> {
+        match s.trim() {
+            "registers" => Ok(MatmulVariant::Registers),
+            "vec4" => Ok(MatmulVariant::Vec4),
+            "subgroup" => Ok(MatmulVariant::Subgroup),
+            "shared" => Ok(MatmulVariant::Shared),
+            other => Err(Error::InvalidArgument {
+                op: "matmul",
+                name: "variant",
+                detail: format!("`{other}` (known: registers, vec4, subgroup, shared)"),
+            }),
+        }
     }
 }
 
@@ -661,4 +669,34 @@ pub fn gram(
         }
     }
     record_matmul(plan, &mm, (bo, s, s, k), (bx, bx), inplace, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_tiles_grow_with_the_product() {
+        let tile = |n: usize| {
+            let t = MatmulTile::for_gpu_product(n * n);
+            (t.tm, t.tn, t.wg_x, t.wg_y)
+        };
+        // Measured on an H100: 1×1 for n ≤ 256, 2×2 at 512, 4×4 (64×64 per workgroup) at 1024, 8×8 from 2048.
+        assert_eq!(tile(128), (1, 1, 16, 16));
+        assert_eq!(tile(256), (1, 1, 16, 16));
+        assert_eq!(tile(512), (2, 2, 8, 8));
+        assert_eq!(tile(1024), (4, 4, 16, 16));
+        assert_eq!(tile(2048), (8, 8, 16, 16));
+        assert_eq!(tile(8192), (8, 8, 16, 16));
+        for t in GPU_TILES {
+            assert!(shared_bytes(t) <= 16384, "{t:?} must fit WebGPU's default workgroup memory");
+        }
+    }
+
+    #[test]
+    fn variants_parse_by_name() {
+        assert_eq!("shared".parse::<MatmulVariant>().unwrap(), MatmulVariant::Shared);
+        assert_eq!(" vec4".parse::<MatmulVariant>().unwrap(), MatmulVariant::Vec4);
+        assert!("tiles".parse::<MatmulVariant>().unwrap_err().to_string().contains("registers"));
+    }
 }
