@@ -48,13 +48,17 @@ fn rotation(base: u32, p: u32, q: u32, abs_thr: f32) -> vec2<f32> {
 //#if CHECK
 var<workgroup> red_off: array<f32, 256>;
 var<workgroup> red_tot: array<f32, 256>;
+var<workgroup> finished: u32;
 
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = u.n;
     let base = wg.x * n * n;
     let f = wg.x * 4u;
-    if (atomicLoad(&flags[f]) == 1u) { return; }
+    // A finished matrix skips the check; the flag goes through workgroup memory so the return is uniform (an
+    // atomic load is not, and the barriers below need uniform control flow).
+    if (li == 0u) { finished = atomicLoad(&flags[f]); }
+    if (workgroupUniformLoad(&finished) == 1u) { return; }
     var off = 0.0;
     var tot = 0.0;
     for (var i = li; i < n * n; i += 256u) {
