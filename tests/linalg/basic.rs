@@ -63,6 +63,33 @@ fn matmul_scalar_and_shared_variants() {
     aligned_shapes_all_transposes(MatmulVariant::Shared);
 }
 
+/// Rounded precisions go through each variant's loads and stores the same way: bf16-emulated products agree bit for
+/// bit between scalar registers, workgroup-memory staging and the adapter's choice, and differ from f32.
+#[test]
+fn matmul_variants_agree_in_bf16() {
+    let gpu = gpu();
+    let mut rng = Rng::new(21);
+    for &(m, k, n) in &[(7usize, 13usize, 9usize), (33, 70, 20)] {
+        for (ta, tb) in [(Trans::N, Trans::N), (Trans::T, Trans::T)] {
+            let a = upload(&gpu, &[op(&rng.mat(m, k), ta)]);
+            let b = upload(&gpu, &[op(&rng.mat(k, n), tb)]);
+            let product = |variant: Option<MatmulVariant>, precision: Precision| {
+                let out = Tensor::zeros(&gpu, &[m, n]).unwrap();
+                run(&gpu, |p| {
+                    let mut mm = Matmul::new(&a, &b, &out).trans(ta, tb).precision(precision);
+                    mm.variant = variant;
+                    mm.record(p).unwrap()
+                });
+                out.read_blocking().unwrap()
+            };
+            let auto = product(None, Precision::Bf16Emulated);
+            assert_eq!(auto, product(Some(MatmulVariant::Registers), Precision::Bf16Emulated), "{m}x{k}x{n}");
+            assert_eq!(auto, product(Some(MatmulVariant::Shared), Precision::Bf16Emulated), "{m}x{k}x{n}");
+            assert_ne!(auto, product(None, Precision::F32), "bf16 rounding must show");
+        }
+    }
+}
+
 /// A variant that cannot run a product is refused with a clear error, before anything is recorded.
 #[test]
 fn matmul_refuses_a_variant_that_does_not_fit() {
