@@ -286,6 +286,19 @@ struct KronU {
     side: u32,
 }
 
+impl KronU {
+    /// Uniforms over a whole stack: every element of its `count` matrices, state at the stack's offset, `group`'s
+    /// step scalars; the rest zero.
+    fn stack(st: &KronStack, group: usize) -> KronU {
+        KronU {
+            total: (st.count * st.m * st.n) as u32,
+            dst_off: st.offset as u32,
+            group: group as u32,
+            ..Default::default()
+        }
+    }
+}
+
 /// One elementwise kron.wgsl phase over `u.total` elements.
 fn elementwise(plan: &mut PlanBuilder, phase: &str, defines: &[(&str, String)], u: KronU, t: &[&Tensor]) -> Result<()> {
     elementwise_in(plan, "optim/kron.wgsl", phase, defines, u, t)
@@ -599,7 +612,7 @@ fn record_sign(
         };
         // `look` is free again: it takes the sign direction in the original basis.
         sandwich(plan, KronStack::side(&st.bases), BACK, &rot, &look)?;
-        let u = KronU { total, dst_off: st.offset as u32, group: b.group as u32, a: eps, ..Default::default() };
+        let u = KronU { a: eps, ..KronU::stack(st, b.group) };
         elementwise(plan, "VARIANCE", &[], u, &[scalars, &look, b.state("exp_avg_sq")?, &p.ns_out])?;
     }
     Ok(())
@@ -616,14 +629,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                 let gp = plan.scratch(g.shape())?;
                 sandwich(plan, KronStack::side(&st.bases), PROJECT, &g, &gp)?;
                 let n = plan.scratch(g.shape())?;
-                let u = KronU {
-                    total: g.numel() as u32,
-                    dst_off: st.offset as u32,
-                    group: b.group as u32,
-                    a: c.eps,
-                    flags: c.correct_bias as u32,
-                    ..Default::default()
-                };
+                let u = KronU { a: c.eps, flags: c.correct_bias as u32, ..KronU::stack(st, b.group) };
                 let (m, v) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
                 elementwise(plan, "MOMENTS", &[], u, &[scalars, &gp, m, v, &n])?;
                 sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
@@ -692,14 +698,11 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
         let g = st.view(&p.ns_in)?;
         let (gbar, graft) = (plan.scratch(g.shape())?, plan.scratch(g.shape())?);
         let u = KronU {
-            total: g.numel() as u32,
-            dst_off: st.offset as u32,
             src_off: st.offset as u32,
-            group: b.group as u32,
             a: c.beta3.unwrap_or(-1.0),
             b: graft_eps,
             flags: c.use_bias_correction as u32 | graft_kind << 1,
-            ..Default::default()
+            ..KronU::stack(st, b.group)
         };
         let mut t: Vec<&Tensor> = vec![scalars, &g, &gbar, &graft];
         // Then the filtered-gradient EMA and the grafting state, when present (bindings 5, 6 in that order).
@@ -717,13 +720,10 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
             reduce(plan, &pre, ReduceOp::Norm, st.count, &np)?;
         }
         let u = KronU {
-            total: g.numel() as u32,
-            dst_off: st.offset as u32,
-            group: b.group as u32,
             a: c.start() as f32,
             flags: (graft_kind > 0) as u32,
             d: (st.m * st.n) as u32,
-            ..Default::default()
+            ..KronU::stack(st, b.group)
         };
         elementwise(plan, "COMBINE", &[], u, &[scalars, &pre, &graft, &ng, &np, &p.ns_out])?;
     }

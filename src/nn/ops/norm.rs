@@ -44,8 +44,6 @@ impl Graph {
         inputs.extend(bias);
         let out = self.output("layer_norm", &[rows, c], &inputs)?;
         let stats = Tensor::zeros(self.gpu(), &[rows, 2])?;
-        let chunks = rows.div_ceil(CHUNK_ROWS);
-        let part = Tensor::zeros(self.gpu(), &[chunks, 2, c])?;
         let (vx, vw, vo) = (self.value(x).clone(), self.value(weight).clone(), self.value(out).clone());
         let vb = bias.map(|b| self.value(b).clone());
         let u = U {
@@ -82,6 +80,9 @@ impl Graph {
                     has_b: gb.is_some() as u32,
                     ..u
                 };
+                // Partial sums only where a backward pass is built (not in forward-only graphs).
+                let chunks = rows.div_ceil(CHUNK_ROWS);
+                let part = bw.plan().scratch(&[chunks, 2, c])?;
                 launch(
                     bw.plan(),
                     "nn/layernorm.wgsl",

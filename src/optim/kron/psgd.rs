@@ -167,15 +167,7 @@ pub(super) fn record_post(
         Matmul::new(&t1, qr, &t2).record(plan)?;
         let norms = plan.scratch(&[st.count])?;
         reduce(plan, &t2, ReduceOp::Norm, st.count, &norms)?;
-        let u = KronU {
-            total: t2.numel() as u32,
-            dst_off: st.offset as u32,
-            group: b.group as u32,
-            a: c.rms_clip,
-            rows: st.m as u32,
-            cols: st.n as u32,
-            ..Default::default()
-        };
+        let u = KronU { a: c.rms_clip, rows: st.m as u32, cols: st.n as u32, ..KronU::stack(st, b.group) };
         phase(plan, "CLIP", u, &[scalars, &t2, &norms, &p.ns_out])?;
     }
     chunked(plan, b, scalars, wg, Some(super::Apply::new(0, c.weight_decay)))

@@ -63,20 +63,17 @@ fn normalize(
     stat: &Tensor,
     x: &Tensor,
 ) -> Result<Tensor> {
-    let total = x.numel() as u32;
     // The momentum's bias shows through a variance normalization, except after Newton–Schulz.
     let flags = (c.basis != Basis::NewtonSchulz) as u32;
     let u = KronU {
-        total,
-        dst_off: st.offset as u32,
         src_off: stat.offset() as u32,
-        group: b.group as u32,
         a: c.eps,
         flags,
         rows: st.m as u32,
         cols: st.n as u32,
-        ..Default::default()
+        ..KronU::stack(st, b.group)
     };
+    let total = u.total;
     match c.normalization {
         Normalization::Sign | Normalization::SignLookahead => {
             if c.basis != Basis::NewtonSchulz {
