@@ -452,9 +452,8 @@ pub(crate) fn layout_bucket(
     // Muon, SOAP, Shampoo: same-shape matrices next to each other so each shape is one batched call.
     let mut idx = idx.to_vec();
     if stacked {
-        // SF-NorMuon and the Kronecker family take 2-D matrices; Muon, NorMuon and AdaMuon also batches (3-D)
-        // and convolutions (4-D).
-        let two_d = kron || matches!(groups[group].optimizer, OptimizerConfig::SfNorMuon(_));
+        // The Kronecker family takes 2-D matrices; the Muon family also batches (3-D) and convolutions (4-D).
+        let two_d = kron;
         let takes = |shape: &[usize]| {
             if two_d {
                 shape.len() == 2

@@ -613,6 +613,8 @@ fn muon_takes_convolutions_and_batched_matrices() {
         // NorMuon's statistics per kernel row over kw, its norm per (out, in) kernel (§3.1 gotcha 3).
         OptimizerConfig::NorMuon(NorMuonConfig { beta2: 0.9, ..Default::default() }),
         OptimizerConfig::NorMuon(NorMuonConfig { scaling: NorMuonScaling::PaperRms02, ..Default::default() }),
+        // SF-NorMuon: NorMuon's groups (paper scaling) inside the Schedule-Free sequences.
+        OptimizerConfig::SfNorMuon(SfNorMuonConfig { weight_decay: 0.1, beta2: 0.9, ..Default::default() }),
     ];
     for cfg in configs {
         let store = ParamStore::new(&gpu, specs).unwrap();
@@ -642,7 +644,7 @@ fn muon_takes_convolutions_and_batched_matrices() {
             let got = store.param(name).unwrap().read_blocking().unwrap();
             assert!(rel(&got, &r.p) < 1e-5, "{} {name}: {}", cfg.name(), rel(&got, &r.p));
         }
-        if let OptimizerConfig::NorMuon(_) = cfg {
+        if let OptimizerConfig::NorMuon(_) | OptimizerConfig::SfNorMuon(_) = cfg {
             let v = |p: &str| opt.state(p, "second_momentum_buffer").unwrap().shape().to_vec();
             assert_eq!(v("conv.weight"), [4, 2, 3, 1]);
             assert_eq!(v("stack"), [2, 3, 1]);

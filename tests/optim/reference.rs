@@ -146,8 +146,9 @@ impl RefGroup {
                 unreachable!("FISMO has its own reference (tests/optim/fismo.rs)")
             }
             OptimizerConfig::SfNorMuon(c) => {
-                // s = [m, v (rows), z], e = x; p holds y.
-                let (m, n) = (x.shape[0], x.shape[1]);
+                // s = [m, v (rows), z], e = x; p holds y. Matrices and normalization groups as NorMuon's.
+                let (count, m, n) = muon_matrices(&x.shape);
+                let (rows, cols) = norm_groups(&x.shape, m, n);
                 if t == 1 {
                     x.s[2] = x.p.clone();
                     x.e = x.p.clone();
@@ -155,14 +156,19 @@ impl RefGroup {
                 for i in 0..x.p.len() {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
-                let mut o = newton_schulz(&x.s[0], m, n, &c.polar);
-                x.s[1].resize(m, 0.0);
-                normalize_rows(&mut o, &mut x.s[1], (m, n), c.beta2 as f64);
-                let factor = 0.2 * ((m * n) as f64).sqrt() / o.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let mut o: Vec<f64> = (0..count)
+                    .flat_map(|k| newton_schulz(&x.s[0][k * m * n..(k + 1) * m * n], m, n, &c.polar))
+                    .collect();
+                x.s[1].resize(o.len() / cols, 0.0);
+                for (og, vg) in o.chunks_mut(rows * cols).zip(x.s[1].chunks_mut(rows)) {
+                    normalize_rows(og, vg, (rows, cols), c.beta2 as f64);
+                    let factor = 0.2 * ((rows * cols) as f64).sqrt() / og.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    og.iter_mut().for_each(|v| *v *= factor);
+                }
                 let cc = self.sf_c();
                 let beta = c.beta1 as f64;
                 for i in 0..x.p.len() {
-                    x.s[2][i] = x.s[2][i] - lr * c.weight_decay as f64 * x.s[2][i] - lr * factor * o[i];
+                    x.s[2][i] = x.s[2][i] - lr * c.weight_decay as f64 * x.s[2][i] - lr * o[i];
                     x.e[i] = (1.0 - cc) * x.e[i] + cc * x.s[2][i];
                     x.p[i] = (1.0 - beta) * x.s[2][i] + beta * x.e[i];
                 }
@@ -218,10 +224,7 @@ impl RefGroup {
                 // Matrices as Muon's (3-D: a batch; 4-D: out × in·kh·kw); statistics per normalization group:
                 // the matrix, or each (out, in) kernel of kh rows × kw for a convolution (§3.1 gotcha 3).
                 let (count, m, n) = muon_matrices(&x.shape);
-                let (rows, cols) = match x.shape[..] {
-                    [_, _, kh, kw] => (kh, kw),
-                    _ => (m, n),
-                };
+                let (rows, cols) = norm_groups(&x.shape, m, n);
                 for i in 0..x.p.len() {
                     x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * g[i];
                 }
@@ -531,6 +534,14 @@ fn muon_matrices(shape: &[usize]) -> (usize, usize, usize) {
         [b, m, n] => (b, m, n),
         [o, i, h, w] => (1, o, i * h * w),
         _ => (1, shape[0], shape[1]),
+    }
+}
+
+/// NorMuon's normalization groups: the matrix, or each (out, in) kernel of kh rows × kw of a convolution.
+fn norm_groups(shape: &[usize], m: usize, n: usize) -> (usize, usize) {
+    match *shape {
+        [_, _, kh, kw] => (kh, kw),
+        _ => (m, n),
     }
 }
 

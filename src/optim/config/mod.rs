@@ -50,15 +50,15 @@ pub enum OptimizerConfig {
     /// [`ScheduleFreePlusConfig`].
     #[serde(rename = "schedulefree_plus")]
     ScheduleFreePlus(ScheduleFreePlusConfig),
-    /// [`MuonConfig`] (2-D parameters).
+    /// [`MuonConfig`] (matrices, batches of matrices, convolutions).
     Muon(MuonConfig),
-    /// [`NorMuonConfig`] (2-D parameters).
+    /// [`NorMuonConfig`] (matrices, batches of matrices, convolutions).
     #[serde(rename = "normuon")]
     NorMuon(NorMuonConfig),
     /// [`AdaMuonConfig`].
     #[serde(rename = "adamuon")]
     AdaMuon(AdaMuonConfig),
-    /// [`SfNorMuonConfig`] (2-D parameters).
+    /// [`SfNorMuonConfig`] (matrices, batches of matrices, convolutions).
     #[serde(rename = "sf_normuon")]
     SfNorMuon(SfNorMuonConfig),
     /// [`SoapConfig`] (2-D parameters).

@@ -268,7 +268,8 @@ mod tests {
 /// `c = η_t²/Σ η_t²`, `x ← (1−c)x + c z`, parameters hold `y = (1−β1) z + β1 x`. η_t follows the group's schedule
 /// (use `Schedule::Warmup` for the paper's linear warmup); the WD coefficient uses η_t too (the paper's η/η_t
 /// ambiguity, decided here). Defaults are ours (the paper gives none): lr 0.02, μ 0.95, β1 0.9, β2 0.95.
-/// The evaluation point x is a state: read it with `Optimizer::eval_params`.
+/// The evaluation point x is a state: read it with `Optimizer::eval_params`. Takes what NorMuon takes (3-D batches,
+/// 4-D convolutions with NorMuon's per-kernel-row statistics and the RMS 0.2 per (out, in) kernel).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SfNorMuonConfig {
