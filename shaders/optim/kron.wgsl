@@ -34,7 +34,8 @@
 // WHITEN_FACTORED: out = (x / bc1) / (sqrt(r_i·c_j / mean(r) / (1−β2^t)) + a) (flags as WHITEN_FULL).
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
 // SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
-//          descending order, columns of Q permuted, and V permuted along the factor's dimension.
+//          descending order, columns of Q permuted (and of T = F·Q: the power step), and V permuted along the
+//          factor's dimension.
 //#include "optim/kron_uniforms.wgsl"
 //#if ELEMENTWISE
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
@@ -154,6 +155,10 @@ var<workgroup> low: array<f32, 64>;
 @group(0) @binding(4) var<storage, read> v_in: array<f32>;
 @group(0) @binding(5) var<storage, read_write> v_out: array<f32>;
 //#endif
+//#if POWER
+// The power step F·Q_sorted is T with its columns permuted like Q's (the same sums, so bit for bit).
+@group(0) @binding({{POWER_BINDING}}) var<storage, read_write> power_out: array<f32>;
+//#endif
 var<workgroup> est: array<f32, {{D}}>;
 var<workgroup> rank: array<u32, {{D}}>;
 //#endif
@@ -198,6 +203,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         let r = idx / d;
         let c = idx % d;
         q_out[b * d * d + r * d + rank[c]] = q[b * d * d + idx];
+//#if POWER
+        power_out[b * d * d + r * d + rank[c]] = est_src[b * d * d + idx];
+//#endif
     }
 //#if PERMUTE_V
     let mn = u.rows * u.cols;

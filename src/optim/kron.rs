@@ -731,7 +731,8 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
 }
 
 /// SOAP's basis sort: new columns of `q` in descending order of `est` (eigh's values, or diag(Qᵀ·T) with
-/// T = F·Q), into `q_out`; with `v = Some((v_in, v_out, side))` the second moment follows along that side.
+/// T = F·Q), into `q_out`; with `v = Some((v_in, v_out, side))` the second moment follows along that side; with
+/// `power = Some(p)` (estimates from T) the columns of T follow into `p`: the power step `F·Q_sorted`.
 #[allow(clippy::too_many_arguments)]
 fn sort_basis(
     plan: &mut PlanBuilder,
@@ -742,12 +743,15 @@ fn sort_basis(
     q: &Tensor,
     q_out: &Tensor,
     v: Option<(&Tensor, &Tensor, usize)>,
+    power: Option<&Tensor>,
 ) -> Result<()> {
     let defines = [
         ("SORT", "1".to_string()),
         ("D", d.to_string()),
         ("FROM_VALS", (from_vals as u32).to_string()),
         ("PERMUTE_V", (v.is_some() as u32).to_string()),
+        ("POWER", (power.is_some() as u32).to_string()),
+        ("POWER_BINDING", if v.is_some() { "6" } else { "4" }.to_string()),
     ];
     let kernel = plan.gpu().kernel("optim/kron.wgsl", "main", &defines)?;
     let u = KronU {
@@ -762,6 +766,7 @@ fn sort_basis(
     if let Some((vi, vo, _)) = v {
         t.extend([vi, vo]);
     }
+    t.extend(power);
     plan.dispatch(&kernel, &u, &t, [st.count as u32, 1, 1])
 }
 
@@ -772,14 +777,15 @@ fn soap_init(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
         let d = f.shape()[1];
         let (vals, vecs, q_new) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?, plan.scratch(f.shape())?);
         eigh(&mut plan, f, &vals, &vecs, None, &EighConfig::default())?;
-        sort_basis(&mut plan, st, d, &vals, true, &vecs, &q_new, None)?;
+        sort_basis(&mut plan, st, d, &vals, true, &vecs, &q_new, None, None)?;
         ema(&mut plan, scalars, &q_new, q, 0.0, 1.0)?;
     }
     plan.build()
 }
 
 /// SOAP's refresh (§4.6 QR_refresh): M back to the original basis, per side sort by the eigenvalue estimates (V
-/// follows), one power step `F·Q` and Householder QR, M into the new basis; committed only on an applied step.
+/// follows), one power step `F·Q` (the sort's product with permuted columns) and Householder QR, M into the new
+/// basis; committed only on an applied step.
 fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Result<Plan> {
     let mut plan = PlanBuilder::new(gpu);
     let (m_state, v_state) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
@@ -793,10 +799,8 @@ fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Resu
         let d = f.shape()[1];
         let t = plan.scratch(f.shape())?;
         Matmul::new(f, q, &t).record(&mut plan)?;
-        let (q_sorted, v_next) = (plan.scratch(f.shape())?, plan.scratch(m.shape())?);
-        sort_basis(&mut plan, st, d, &t, false, q, &q_sorted, Some((&v_cur, &v_next, s)))?;
-        let power = plan.scratch(f.shape())?;
-        Matmul::new(f, &q_sorted, &power).record(&mut plan)?;
+        let (q_sorted, v_next, power) = (plan.scratch(f.shape())?, plan.scratch(m.shape())?, plan.scratch(f.shape())?);
+        sort_basis(&mut plan, st, d, &t, false, q, &q_sorted, Some((&v_cur, &v_next, s)), Some(&power))?;
         let (q_new, r) = (plan.scratch(f.shape())?, plan.scratch(f.shape())?);
         qr(&mut plan, &power, &q_new, &r)?;
         new_bases[s] = Some(q_new);
