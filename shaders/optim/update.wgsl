@@ -3,9 +3,10 @@
 // The whole step is skipped when the prologue found a non-finite gradient (scalars[0] == 0).
 // T is f32, or vec4<f32> for tables whose offsets and lengths are multiples of 4 (4× fewer per-lane memory
 // operations on CPU adapters); the same expressions serve both.
-// Semantics per optimizer: docs/optimizers.md §7 (AdamW §7.1, Lion §7.4, Signum §7.5) and torch.optim.SGD.
+// Semantics per optimizer: docs/optimizers.md §7 (AdamW §7.1, Lion §7.4, Signum §7.5) and torch.optim.SGD — those four
+// are compositions of stages (OPT_COMPOSED), the Schedule-Free family and ONA have their own blocks.
 struct U {
-    chunks: u32, group: u32, groups_x: u32, flags: u32,     // flags: 1 amsgrad / nesterov, 2 maximize
+    chunks: u32, group: u32, groups_x: u32, flags: u32,     // flags: 2 maximize
     h0: f32, h1: f32, h2: f32, h3: f32,                      // per-optimizer hyper-parameters (see src/optim)
 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -50,46 +51,62 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let si = ch.z + i;
         let g = neg * clip * grad[ch.y + i];
         var p = param[pi];
-//#if OPT_SGD
-        // h0 weight decay, h1 dampening. torch.optim.SGD: coupled decay, first step buf = g.
-        var d = g + u.h0 * p;
-//#if STATES_1
-        if (b1 != 0.0) {
-            var buf = d;
-            if (t > 1.0) { buf = b1 * s0[si] + (1.0 - u.h1) * d; }
-            s0[si] = buf;
-            d = select(buf, d + b1 * buf, (u.flags & 1u) != 0u);
-        }
+//#if OPT_COMPOSED
+        // Stages (src/optim/config/composed.rs), fused: weight decay → momentum → lookahead → normalization →
+        // apply. h0 λ, h1 β2, h2 ε, h3 dampening / lookahead weight / Lion's EMA β; b1 the scheduled β1.
+        var gg = g;
+//#if WD_COUPLED
+        gg += u.h0 * p;
 //#endif
-        p -= lr * d;
+//#if WD_DECOUPLED
+        p *= 1.0 - lr * u.h0;
 //#endif
-//#if OPT_ADAMW
-        // h0 beta2, h1 eps, h2 weight decay. torch.optim.AdamW (§7.1).
-        p *= 1.0 - lr * u.h2;
-        let m = mix(s0[si], g, 1.0 - b1);
-        let v = u.h0 * s1[si] + (1.0 - u.h0) * g * g;
+        var d = gg;
+//#if MOM_EMA
+//#if LOOK_LION
+        // Lion (§7.4): the sign of β1·m + (1−β1)·g with the momentum before its update.
+        let m_prev = s0[si];
+        d = b1 * m_prev + (1.0 - b1) * gg;
+        s0[si] = u.h3 * m_prev + (1.0 - u.h3) * gg;
+//#else
+        let m = mix(s0[si], gg, 1.0 - b1);
         s0[si] = m;
-        s1[si] = v;
+        d = m;
+//#if LOOK_MIX
+        d = (1.0 - u.h3) * m + u.h3 * gg;
+//#endif
+//#endif
+//#endif
+//#if MOM_HEAVY
+        // torch.optim.SGD: the first step's buffer is the gradient.
+        var buf = gg;
+        if (t > 1.0) { buf = b1 * s0[si] + (1.0 - u.h3) * gg; }
+        s0[si] = buf;
+        d = buf;
+//#if NESTEROV
+        d = gg + b1 * buf;
+//#endif
+//#endif
+//#if NORM_SIGN
+        d = sign(d);
+//#endif
+//#if NORM_ADAM
+        // torch Adam (§7.1): eps outside the square root, both moments bias-corrected.
+        let v = u.h1 * {{V_STATE}}[si] + (1.0 - u.h1) * gg * gg;
+        {{V_STATE}}[si] = v;
         var vv = v;
 //#if AMSGRAD
-        vv = max(s2[si], v);
-        s2[si] = vv;
+        vv = max({{VMAX_STATE}}[si], v);
+        {{VMAX_STATE}}[si] = vv;
 //#endif
-        let denom = sqrt(vv) / sqrt(bc2) + u.h1;
-        p -= (lr / bc1) * m / denom;
+        let denom = sqrt(vv) / sqrt(bc2) + u.h2;
+//#if BIAS_CORRECT
+        d = (d / bc1) / denom;
+//#else
+        d = d / denom;
 //#endif
-//#if OPT_LION
-        // h0 beta2, h2 weight decay. google/automl Lion (§7.4).
-        p *= 1.0 - lr * u.h2;
-        let m = s0[si];
-        p -= lr * sign(b1 * m + (1.0 - b1) * g);
-        s0[si] = u.h0 * m + (1.0 - u.h0) * g;
 //#endif
-//#if OPT_SIGNUM
-        // h0 lookahead λ, h2 weight decay. matrix-whitening signum (§7.5): p ← p − lr(sign((1−λ)m + λg) + wd·p).
-        let m = b1 * s0[si] + (1.0 - b1) * g;
-        s0[si] = m;
-        p -= lr * (sign((1.0 - u.h0) * m + u.h0 * g) + u.h2 * p);
+        p -= lr * d;
 //#endif
 //#if OPT_SF_SGD
         // h0 weight decay. SGDScheduleFree (§8.1, efficient form): the buffer holds y; z starts as the first y.

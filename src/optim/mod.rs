@@ -13,11 +13,12 @@ mod stages;
 
 pub use builder::{FusionOptConfig, Group, Matcher, NonFinitePolicy, OptimizerBuilder};
 pub use config::{
-    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Basis, FismoConfig, FismoDiagConfig,
-    Grafting, KlShampooConfig, LionConfig, MomentumKind, MomentumPlacement, MuonConfig, NorMuonConfig, NorMuonScaling,
-    Normalization, OnaConfig, OptimizerConfig, Probes, PsgdKronConfig, RootMethod, ScheduleFreeAdamWConfig,
-    ScheduleFreePlusConfig, ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig,
-    SoapConfig, SpaConfig, SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig,
+    AdaMuonConfig, AdaMuonVariant, AdafactorConfig, AdamWConfig, AdjustLr, Basis, ComposedConfig, DecayStage,
+    FismoConfig, FismoDiagConfig, Grafting, KlShampooConfig, LionConfig, LookaheadStage, MomentumKind,
+    MomentumPlacement, MomentumStage, MuonConfig, NorMuonConfig, NorMuonScaling, Normalization, NormalizeStage,
+    OnaConfig, OptimizerConfig, Probes, PsgdKronConfig, RootMethod, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig,
+    ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig, SoapConfig, SpaConfig,
+    SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

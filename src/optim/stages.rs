@@ -830,8 +830,9 @@ pub(crate) fn record_updates(
                 ("STATES_2", flag(n == 2)),
                 ("STATES_3", flag(n == 3)),
                 ("STATES_4", flag(n == 4)),
-                ("AMSGRAD", flag(spec.define == "OPT_ADAMW" && spec.flags & 1 == 1)),
             ];
+            // A composed optimizer's stages are switched on in the fused kernel.
+            defines.extend(spec.stages.map(|c| c.plan().defines).unwrap_or_default());
             defines.extend(kernel_types(t.vec4, wg));
             let kernel = plan.gpu().clone().kernel("optim/update.wgsl", "main", &defines)?;
             let (gx, gy) = grid(t.chunks);

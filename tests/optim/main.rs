@@ -166,6 +166,36 @@ fn every_config() -> Vec<OptimizerConfig> {
         OptimizerConfig::Lion(LionConfig { lr: 1e-3, weight_decay: 0.1, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, ..Default::default() }),
         OptimizerConfig::Signum(SignumConfig { lr: 1e-3, lookahead: 0.5, weight_decay: 0.1, ..Default::default() }),
+        // Compositions no named optimizer covers: Adam with Nesterov's lookahead and L2 decay, RMSprop with amsgrad
+        // (no momentum), Nesterov heavy ball normalized by its sign with decoupled decay, Lion with maximize.
+        OptimizerConfig::Composed(ComposedConfig {
+            lr: 2e-3,
+            weight_decay: DecayStage::Coupled(0.05),
+            momentum: MomentumStage::Ema { beta: 0.9 },
+            lookahead: LookaheadStage::Mix { weight: 0.1 },
+            normalize: NormalizeStage::Adam { beta2: 0.99, eps: 1e-7, amsgrad: false },
+            maximize: false,
+        }),
+        OptimizerConfig::Composed(ComposedConfig {
+            lr: 1e-3,
+            normalize: NormalizeStage::Adam { beta2: 0.95, eps: 1e-6, amsgrad: true },
+            ..Default::default()
+        }),
+        OptimizerConfig::Composed(ComposedConfig {
+            lr: 1e-3,
+            weight_decay: DecayStage::Decoupled(0.1),
+            momentum: MomentumStage::HeavyBall { beta: 0.8, dampening: 0.0, nesterov: true },
+            normalize: NormalizeStage::Sign,
+            ..Default::default()
+        }),
+        OptimizerConfig::Composed(ComposedConfig {
+            lr: 1e-3,
+            momentum: MomentumStage::Ema { beta: 0.99 },
+            lookahead: LookaheadStage::Lion { beta: 0.9 },
+            normalize: NormalizeStage::Sign,
+            maximize: true,
+            ..Default::default()
+        }),
         OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig { lr: 0.05, weight_decay: 0.01, ..Default::default() }),
         OptimizerConfig::ScheduleFreeSgd(ScheduleFreeSgdConfig {
             lr: 0.05,
@@ -283,6 +313,7 @@ fn every_optimizer_matches_its_reference() {
         let momentum = MomentumSchedule { start: 0.5, warmup: 8, cooldown: 5, total: 30 };
         let no_momentum = matches!(cfg, OptimizerConfig::Sgd(SgdConfig { momentum, .. }) if momentum == 0.0)
             || matches!(cfg, OptimizerConfig::Adafactor(AdafactorConfig { beta1: None, .. }))
+            || matches!(cfg, OptimizerConfig::Composed(ComposedConfig { momentum: MomentumStage::None, .. }))
             || cfg.is_schedule_free();
         let group = Group::new(cfg.clone()).schedule(wsd);
         if no_momentum {
@@ -408,6 +439,46 @@ fn bad_configs_and_params_are_rejected() {
         let e = build(&[(Matcher::All, Group::new(cfg.clone()))], None).err().expect("must be rejected");
         assert!(matches!(e, Error::InvalidArgument { .. }), "{cfg:?}: {e}");
     }
+    // Bad stages name the stage's field.
+    let composed = |c: ComposedConfig| OptimizerConfig::Composed(ComposedConfig { lr: 1e-3, ..c });
+    for (cfg, field) in [
+        (composed(ComposedConfig { weight_decay: DecayStage::Coupled(-0.1), ..Default::default() }), "weight_decay"),
+        (
+            composed(ComposedConfig { momentum: MomentumStage::Ema { beta: 1.0 }, ..Default::default() }),
+            "momentum.beta",
+        ),
+        (
+            composed(ComposedConfig {
+                momentum: MomentumStage::HeavyBall { beta: 0.9, dampening: 0.1, nesterov: true },
+                ..Default::default()
+            }),
+            "momentum.nesterov",
+        ),
+        (
+            composed(ComposedConfig { lookahead: LookaheadStage::Mix { weight: 0.5 }, ..Default::default() }),
+            "lookahead",
+        ),
+        (
+            composed(ComposedConfig {
+                normalize: NormalizeStage::Adam { beta2: 0.999, eps: 0.0, amsgrad: false },
+                ..Default::default()
+            }),
+            "normalize.eps",
+        ),
+    ] {
+        let e = build(&[(Matcher::All, Group::new(cfg.clone()))], None).err().expect("must be rejected");
+        assert!(matches!(&e, Error::InvalidArgument { name, .. } if *name == field), "{cfg:?}: {e}");
+    }
+    // The JSON form names stages by their snake_case variants.
+    let json = r#"{"lr": 0.01, "weight_decay": {"decoupled": 0.1}, "momentum": {"ema": {"beta": 0.9}},
+                   "normalize": {"adam": {"beta2": 0.99, "eps": 1e-8, "amsgrad": false}}}"#;
+    assert_eq!(
+        OptimizerConfig::from_json("composed", json).unwrap(),
+        OptimizerConfig::Composed(ComposedConfig {
+            lr: 0.01,
+            ..AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() }.into()
+        })
+    );
     let e = build(
         &[(
             Matcher::All,

@@ -68,6 +68,12 @@ impl RefGroup {
             OptimizerConfig::AdamW(c) => c.beta1,
             OptimizerConfig::Lion(c) => c.beta1,
             OptimizerConfig::Signum(c) => c.beta1,
+            // The scheduled β: Lion's interpolation when there is one, else the momentum's.
+            OptimizerConfig::Composed(c) => match (c.lookahead, c.momentum) {
+                (LookaheadStage::Lion { beta }, _) => beta,
+                (_, MomentumStage::Ema { beta } | MomentumStage::HeavyBall { beta, .. }) => beta,
+                (_, MomentumStage::None) => 0.0,
+            },
             OptimizerConfig::ScheduleFreeSgd(c) => c.momentum,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.beta1,
             OptimizerConfig::Ona(c) => c.beta,
@@ -422,6 +428,60 @@ impl RefGroup {
                     } else {
                         x.p[i] -= lr * x.s[2][i];
                     }
+                }
+            }
+            // Stages in order: weight decay, momentum, lookahead, normalization, apply (s = [momentum?, v, v_max]).
+            OptimizerConfig::Composed(c) => {
+                let sign = if c.maximize { -1.0 } else { 1.0 };
+                let vs = usize::from(c.momentum != MomentumStage::None);
+                for i in 0..x.p.len() {
+                    let mut gi = sign * g[i];
+                    match c.weight_decay {
+                        DecayStage::Coupled(l) => gi += f(l) * x.p[i],
+                        DecayStage::Decoupled(l) => x.p[i] *= 1.0 - lr * f(l),
+                        DecayStage::None => {}
+                    }
+                    let mut bc1 = 1.0;
+                    let mut d = match (c.momentum, c.lookahead) {
+                        (MomentumStage::None, _) => gi,
+                        (MomentumStage::Ema { beta }, LookaheadStage::Lion { .. }) => {
+                            let prev = x.s[0][i];
+                            x.s[0][i] = f(beta) * prev + (1.0 - f(beta)) * gi;
+                            b1 * prev + (1.0 - b1) * gi
+                        }
+                        (MomentumStage::Ema { .. }, look) => {
+                            x.s[0][i] = b1 * x.s[0][i] + (1.0 - b1) * gi;
+                            bc1 = 1.0 - b1.powi(t);
+                            match look {
+                                LookaheadStage::Mix { weight } => (1.0 - f(weight)) * x.s[0][i] + f(weight) * gi,
+                                _ => x.s[0][i],
+                            }
+                        }
+                        (MomentumStage::HeavyBall { dampening, nesterov, .. }, _) => {
+                            let buf = if t > 1 { b1 * x.s[0][i] + (1.0 - f(dampening)) * gi } else { gi };
+                            x.s[0][i] = buf;
+                            if nesterov {
+                                gi + b1 * buf
+                            } else {
+                                buf
+                            }
+                        }
+                    };
+                    match c.normalize {
+                        NormalizeStage::None => {}
+                        NormalizeStage::Sign => d = sgn(d),
+                        NormalizeStage::Adam { beta2, eps, amsgrad } => {
+                            let b2 = f(beta2);
+                            x.s[vs][i] = b2 * x.s[vs][i] + (1.0 - b2) * gi * gi;
+                            let mut v = x.s[vs][i];
+                            if amsgrad {
+                                x.s[vs + 1][i] = x.s[vs + 1][i].max(v);
+                                v = x.s[vs + 1][i];
+                            }
+                            d = (d / bc1) / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + f(eps));
+                        }
+                    }
+                    x.p[i] -= lr * d;
                 }
             }
             OptimizerConfig::Signum(c) => {

@@ -100,6 +100,13 @@ fn replay_reproduces_the_reference() {
         ("sgd", r#"{"lr": 0.1, "momentum": 0.9, "nesterov": true}"#),
         ("lion", "{}"),
         ("signum", r#"{"lookahead": 0.25}"#),
+        // Heavy-ball momentum under an Adam denominator (no bias correction of the buffer), L2 decay.
+        (
+            "composed",
+            r#"{"lr": 0.01, "weight_decay": {"coupled": 0.01},
+                "momentum": {"heavy_ball": {"beta": 0.9, "dampening": 0.0, "nesterov": false}},
+                "normalize": {"adam": {"beta2": 0.99, "eps": 1e-8, "amsgrad": false}}}"#,
+        ),
         ("sgd_schedulefree", r#"{"lr": 0.1}"#),
         ("adamw_schedulefree", r#"{"lr": 0.01, "inner_momentum": 0.3}"#),
     ];

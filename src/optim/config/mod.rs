@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod composed;
 mod elementwise;
 mod fismo;
 mod muon;
@@ -14,6 +15,7 @@ mod step_size;
 mod whiten;
 mod whitening;
 
+pub use composed::*;
 pub use elementwise::*;
 pub use fismo::*;
 pub use muon::*;
@@ -37,6 +39,8 @@ pub enum OptimizerConfig {
     Lion(LionConfig),
     /// [`SignumConfig`].
     Signum(SignumConfig),
+    /// [`ComposedConfig`]: an elementwise optimizer from stages.
+    Composed(ComposedConfig),
     /// [`ScheduleFreeSgdConfig`].
     #[serde(rename = "sgd_schedulefree")]
     ScheduleFreeSgd(ScheduleFreeSgdConfig),
@@ -92,6 +96,24 @@ pub(crate) struct KernelSpec {
     pub beta2: f32,
     /// Schedule-Free averaging `(r, weight_lr_power)`.
     pub schedule_free: Option<(f32, f32)>,
+    /// The stages of a composed optimizer (`define` = `OPT_COMPOSED`).
+    pub stages: Option<ComposedConfig>,
+}
+
+/// The kernel spec of a composition of stages, with the state names it keeps.
+fn composed_spec(c: ComposedConfig, states: &'static [&'static str]) -> KernelSpec {
+    let plan = c.plan();
+    debug_assert_eq!(plan.states, states.len());
+    KernelSpec {
+        define: "OPT_COMPOSED",
+        states,
+        flags: (c.maximize as u32) << 1,
+        h: plan.h,
+        beta1: plan.beta1,
+        beta2: plan.beta2,
+        schedule_free: None,
+        stages: Some(c),
+    }
 }
 
 /// Checks shared by the whitening optimizers.
@@ -147,6 +169,7 @@ impl OptimizerConfig {
         "adamw",
         "lion",
         "signum",
+        "composed",
         "sgd_schedulefree",
         "adamw_schedulefree",
         "ona",
@@ -174,6 +197,7 @@ impl OptimizerConfig {
             OptimizerConfig::AdamW(_) => "adamw",
             OptimizerConfig::Lion(_) => "lion",
             OptimizerConfig::Signum(_) => "signum",
+            OptimizerConfig::Composed(_) => "composed",
             OptimizerConfig::ScheduleFreeSgd(_) => "sgd_schedulefree",
             OptimizerConfig::ScheduleFreeAdamW(_) => "adamw_schedulefree",
             OptimizerConfig::Ona(_) => "ona",
@@ -202,6 +226,7 @@ impl OptimizerConfig {
             OptimizerConfig::AdamW(c) => c.lr,
             OptimizerConfig::Lion(c) => c.lr,
             OptimizerConfig::Signum(c) => c.lr,
+            OptimizerConfig::Composed(c) => c.lr,
             OptimizerConfig::ScheduleFreeSgd(c) => c.lr,
             OptimizerConfig::ScheduleFreeAdamW(c) => c.lr,
             OptimizerConfig::Ona(c) => c.lr,
@@ -318,6 +343,7 @@ impl OptimizerConfig {
             "adamw" => OptimizerConfig::AdamW(serde_json::from_str(json).map_err(bad)?),
             "lion" => OptimizerConfig::Lion(serde_json::from_str(json).map_err(bad)?),
             "signum" => OptimizerConfig::Signum(serde_json::from_str(json).map_err(bad)?),
+            "composed" => OptimizerConfig::Composed(serde_json::from_str(json).map_err(bad)?),
             "sgd_schedulefree" => OptimizerConfig::ScheduleFreeSgd(serde_json::from_str(json).map_err(bad)?),
             "adamw_schedulefree" => OptimizerConfig::ScheduleFreeAdamW(serde_json::from_str(json).map_err(bad)?),
             "ona" => OptimizerConfig::Ona(serde_json::from_str(json).map_err(bad)?),
@@ -394,6 +420,11 @@ impl OptimizerConfig {
                 beta("beta1", c.beta1)?;
                 check("lookahead", (0.0..=1.0).contains(&c.lookahead), c.lookahead, "in [0, 1]")?;
                 nonneg("weight_decay", c.weight_decay)?;
+            }
+            OptimizerConfig::Composed(c) => {
+                if let Err((field, v, want)) = c.check() {
+                    check(field, false, v, want)?;
+                }
             }
             OptimizerConfig::ScheduleFreeSgd(c) => {
                 check("momentum", c.momentum > 0.0 && c.momentum < 1.0, c.momentum, "in (0, 1)")?;
@@ -597,49 +628,25 @@ impl OptimizerConfig {
     }
 
     pub(crate) fn kernel(&self) -> KernelSpec {
-        let none =
-            KernelSpec { define: "", states: &[], flags: 0, h: [0.0; 4], beta1: 0.0, beta2: 0.0, schedule_free: None };
+        let none = KernelSpec {
+            define: "",
+            states: &[],
+            flags: 0,
+            h: [0.0; 4],
+            beta1: 0.0,
+            beta2: 0.0,
+            schedule_free: None,
+            stages: None,
+        };
         match *self {
-            OptimizerConfig::Sgd(c) => KernelSpec {
-                define: "OPT_SGD",
-                states: if c.momentum > 0.0 { &["momentum_buffer"] } else { &[] },
-                flags: c.nesterov as u32 | (c.maximize as u32) << 1,
-                h: [c.weight_decay, c.dampening, 0.0, 0.0],
-                beta1: c.momentum,
-                beta2: 0.0,
-                schedule_free: None,
-            },
-            OptimizerConfig::AdamW(c) => KernelSpec {
-                define: "OPT_ADAMW",
-                states: if c.amsgrad {
-                    &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
-                } else {
-                    &["exp_avg", "exp_avg_sq"]
-                },
-                flags: c.amsgrad as u32 | (c.maximize as u32) << 1,
-                h: [c.beta2, c.eps, c.weight_decay, 0.0],
-                beta1: c.beta1,
-                beta2: c.beta2,
-                schedule_free: None,
-            },
-            OptimizerConfig::Lion(c) => KernelSpec {
-                define: "OPT_LION",
-                states: &["exp_avg"],
-                flags: 0,
-                h: [c.beta2, 0.0, c.weight_decay, 0.0],
-                beta1: c.beta1,
-                beta2: c.beta2,
-                schedule_free: None,
-            },
-            OptimizerConfig::Signum(c) => KernelSpec {
-                define: "OPT_SIGNUM",
-                states: &["momentum"],
-                flags: 0,
-                h: [c.lookahead, 0.0, c.weight_decay, 0.0],
-                beta1: c.beta1,
-                beta2: 0.0,
-                schedule_free: None,
-            },
+            // The first-order family: compositions of stages, each preset keeping its reference's state names.
+            OptimizerConfig::Sgd(c) => {
+                composed_spec(c.into(), if c.momentum > 0.0 { &["momentum_buffer"] } else { &[] })
+            }
+            OptimizerConfig::AdamW(c) => composed_spec(c.into(), ComposedConfig::from(c).state_names()),
+            OptimizerConfig::Lion(c) => composed_spec(c.into(), &["exp_avg"]),
+            OptimizerConfig::Signum(c) => composed_spec(c.into(), &["momentum"]),
+            OptimizerConfig::Composed(c) => composed_spec(c, c.state_names()),
             OptimizerConfig::ScheduleFreeSgd(c) => KernelSpec {
                 define: "OPT_SF_SGD",
                 states: &["z"],
@@ -648,6 +655,7 @@ impl OptimizerConfig {
                 beta1: c.momentum,
                 beta2: 0.0,
                 schedule_free: Some((c.r, c.weight_lr_power)),
+                stages: None,
             },
             OptimizerConfig::ScheduleFreeAdamW(c) => KernelSpec {
                 define: "OPT_SF_ADAMW",
@@ -661,6 +669,7 @@ impl OptimizerConfig {
                 beta1: c.beta1,
                 beta2: c.beta2,
                 schedule_free: Some((c.r, c.weight_lr_power)),
+                stages: None,
             },
             OptimizerConfig::Ona(c) => KernelSpec {
                 define: "OPT_ONA",
@@ -674,6 +683,7 @@ impl OptimizerConfig {
                 beta1: c.beta,
                 beta2: c.beta2,
                 schedule_free: None,
+                stages: None,
             },
             OptimizerConfig::ScheduleFreePlus(c) => KernelSpec {
                 define: "OPT_SF_PLUS",
@@ -683,6 +693,7 @@ impl OptimizerConfig {
                 beta1: c.beta1,
                 beta2: c.beta2,
                 schedule_free: None,
+                stages: None,
             },
             // Muon has its own kernels around the polar factor (src/optim/builder.rs).
             OptimizerConfig::Muon(ref c) => KernelSpec {
@@ -693,6 +704,7 @@ impl OptimizerConfig {
                 beta1: c.momentum,
                 beta2: 0.0,
                 schedule_free: None,
+                stages: None,
             },
             OptimizerConfig::NorMuon(ref c) => {
                 KernelSpec { states: &["momentum_buffer"], ..OptimizerConfig::Muon(c.muon()).kernel() }
@@ -701,6 +713,7 @@ impl OptimizerConfig {
                 states: &["momentum_buffer", "z", "x"],
                 // Schedule-Free weights (r = 0, power 2) from the current lr: see `encode_group`.
                 schedule_free: Some((0.0, 2.0)),
+                stages: None,
                 ..OptimizerConfig::Muon(c.normuon().muon()).kernel()
             },
             OptimizerConfig::AdaMuon(_) => KernelSpec {
@@ -783,6 +796,7 @@ impl OptimizerConfig {
                 beta1: c.beta1.unwrap_or(0.0),
                 beta2: 0.0,
                 schedule_free: None,
+                stages: None,
             },
         }
     }
