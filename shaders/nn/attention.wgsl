@@ -7,6 +7,11 @@
 // subgroup broadcasts them (a per-lane load costs ~10 FMAs on llvmpipe).
 // DROPOUT (nanoGPT's attn_dropout): the probabilities multiplying v are P·mask/(1 − p), the mask hashed from the
 // step block (bound last) and the element's index in P; P itself is stored undropped for the backward.
+//#if SUBGROUP
+// Subgroups stay converged by construction (T is a multiple of 8, so whole subgroups return together, and every
+// loop bound is the subgroup's: rows up to i | 7); WGSL's uniformity analysis cannot see it from invocation ids.
+diagnostic(off, subgroup_uniformity);
+//#endif
 struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32,
            p: f32, salt: u32 }
 @group(0) @binding(0) var<uniform> u: U;

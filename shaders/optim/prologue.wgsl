@@ -96,7 +96,8 @@ fn main() {
     if (!apply) { counters[0] += 1u; }
     scalars[0] = select(0.0, 1.0, apply);
     scalars[1] = select(1.0, min(1.0, u.max_norm / (norm + 1e-6)), u.clip == 1u);
-    scalars[2] = select(norm, bitcast<f32>(0x7fc00000u), !apply);
+    // A skipped step reports NaN as its norm, selected as bits: WGSL has no NaN constants (Tint rejects them).
+    scalars[2] = bitcast<f32>(select(bitcast<u32>(norm), 0x7fc00000u, !apply));
     // ScheduleFree+ Polyak step: max(0, f + β_sf·Σ⟨g, z − x⟩) / ê, ê the bias-corrected EMA of ‖g‖₁·sqrt(π/2).
     var polyak = 0.0;
     var bsf = 0.0;

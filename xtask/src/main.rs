@@ -14,8 +14,11 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask test\n  installs lavapipe (if no Vulkan driver) and Rust targets, then runs the native \
-                       suite on the present adapter, a wasm32 build, and DX12/Metal type checks");
+            eprintln!(
+                "usage: cargo xtask test\n  installs what is missing (lavapipe if no Vulkan driver, Rust targets, \
+                 Chromium, Node.js, playwright-core), then runs the native suite on the present adapter, compiles \
+                 every kernel it specialized with Chromium's WebGPU, a wasm32 build, and DX12/Metal type checks"
+            );
             ExitCode::FAILURE
         }
     }
@@ -37,8 +40,13 @@ fn test() -> Result<(), String> {
     ensure_vulkan()?;
     ensure_targets()?;
     ensure_data(&root)?;
+    ensure_browser(&root)?;
     let mut summary = Vec::new();
 
+    // Every kernel source the suite specializes is dumped for the browser compile check below.
+    let dump = root.join("target/wgsl-dump");
+    let _ = std::fs::remove_dir_all(&dump);
+    std::env::set_var("WGOPTIM_DUMP_WGSL", &dump);
     let out = cargo(&root, &["test", "--release", "--workspace"], true)?;
     let (passed, failed) = count_tests(&out);
     let adapter = used_adapter(&root);
@@ -53,6 +61,7 @@ fn test() -> Result<(), String> {
         false,
     )?;
     summary.push("wasm32 build (library + wasm crate): ok".into());
+    summary.push(check_wgsl_in_browser(&root, &dump)?);
     for t in ["x86_64-pc-windows-msvc", "aarch64-apple-darwin"] {
         cargo(&root, &["check", "--target", t, "-p", "wgoptim", "--lib"], false)?;
         summary.push(format!("cargo check {t}: ok"));
@@ -81,6 +90,72 @@ fn ensure_data(root: &Path) -> Result<(), String> {
          set WGOPTIM_DATA_DIR to the folder that holds tinyshakespeare.txt",
         file.display()
     ))
+}
+
+/// Compile every dumped kernel source with Chromium's WebGPU (Tint): what the web build would hand the browser.
+fn check_wgsl_in_browser(root: &Path, dump: &Path) -> Result<String, String> {
+    let script = root.join("xtask/browser/check_wgsl.mjs");
+    println!("$ node {} {}", script.display(), dump.display());
+    let out = Command::new("node").arg(&script).arg(dump).output().map_err(|e| format!("node: {e}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    print!("{text}");
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)").to_string();
+    if out.status.success() {
+        Ok(last)
+    } else {
+        Err(format!("kernel sources fail to compile in the browser: {last}"))
+    }
+}
+
+/// Run shell commands that install system packages: as root with apt, or print them and fail.
+fn install(what: &str, cmds: &[String]) -> Result<(), String> {
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(is_root && Path::new("/usr/bin/apt-get").exists()) {
+        return Err(format!("{what} missing. Install as root:\n  {}", cmds.join("\n  ")));
+    }
+    println!("{what} missing: installing");
+    for c in cmds {
+        println!("# {c}");
+        if !Command::new("sh").args(["-c", c]).status().is_ok_and(|s| s.success()) {
+            return Err(format!("`{c}` failed"));
+        }
+    }
+    Ok(())
+}
+
+fn found(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The browser compile check needs Chromium, Node.js with npm, and playwright-core (pinned in
+/// xtask/browser/package.json, installed into xtask/browser/node_modules).
+fn ensure_browser(root: &Path) -> Result<(), String> {
+    let mut packages = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        packages.push("chromium");
+    }
+    if !found("node") || !found("npm") {
+        packages.extend(["nodejs", "npm"]);
+    }
+    if !packages.is_empty() {
+        let apt = format!("DEBIAN_FRONTEND=noninteractive apt-get install -y {}", packages.join(" "));
+        install(&packages.join(", "), &["apt-get update".to_string(), apt])?;
+    }
+    let dir = root.join("xtask/browser");
+    if dir.join("node_modules/playwright-core/package.json").is_file() {
+        return Ok(());
+    }
+    println!("$ npm install (in {})", dir.display());
+    let ok = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("npm install in {} failed", dir.display()))
+    }
 }
 
 /// Run cargo, echoing its output; return stdout+stderr when `capture`.
@@ -166,22 +241,7 @@ fn ensure_vulkan() -> Result<(), String> {
         cmds.push("apt-get update".into());
         cmds.push("DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1".into());
     }
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let has_apt = Path::new("/usr/bin/apt-get").exists();
-    if !(is_root && has_apt) {
-        return Err(format!(
-            "no Vulkan driver found. Install lavapipe as root:\n  {}\n(other systems: install your GPU's Vulkan driver or Mesa's lavapipe)",
-            cmds.join("\n  ")
-        ));
-    }
-    println!("no Vulkan driver: installing lavapipe");
-    for c in &cmds {
-        println!("# {c}");
-        let ok = Command::new("sh").args(["-c", c]).status().is_ok_and(|s| s.success());
-        if !ok {
-            return Err(format!("`{c}` failed"));
-        }
-    }
+    install("a Vulkan driver (lavapipe; other systems: your GPU's Vulkan driver or Mesa's lavapipe)", &cmds)?;
     if has_vulkan_driver() {
         Ok(())
     } else {

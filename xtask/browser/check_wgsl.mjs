@@ -1,0 +1,71 @@
+// Compiles every WGSL file of a directory (the kernels a native run specialized, dumped with WGOPTIM_DUMP_WGSL)
+// with the browser's WebGPU — Chromium's Tint, stricter than naga in places (uniformity, enable directives) — and
+// fails on any compile error. Usage: node check_wgsl.mjs DIR [CHROMIUM]
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+
+const [dir, executablePath = '/usr/bin/chromium'] = process.argv.slice(2);
+const files = fs.readdirSync(dir).filter((f) => f.endsWith('.wgsl')).sort();
+if (files.length === 0) {
+  console.error(`no .wgsl files in ${dir}: run the native suite with WGOPTIM_DUMP_WGSL=${dir} first`);
+  process.exit(1);
+}
+const sources = files.map((f) => fs.readFileSync(path.join(dir, f), 'utf8'));
+
+// WebGPU needs a secure context: a blank page served on 127.0.0.1.
+const server = http.createServer((_, res) => {
+  res.writeHead(200, { 'content-type': 'text/html' });
+  res.end('<!doctype html><title>wgoptim WGSL check</title>');
+});
+await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
+});
+let code = 1;
+try {
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${server.address().port}/`, { waitUntil: 'domcontentloaded' });
+  const r = await page.evaluate(async (sources) => {
+    if (!navigator.gpu) return { error: 'navigator.gpu is missing (WebGPU disabled?)' };
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return { error: 'requestAdapter() returned null' };
+    const subgroups = adapter.features.has('subgroups');
+    const device = await adapter.requestDevice({ requiredFeatures: subgroups ? ['subgroups'] : [] });
+    const info = adapter.info || {};
+    const failures = [];
+    const unchecked = [];
+    for (let i = 0; i < sources.length; i++) {
+      let code = sources[i];
+      // wgoptim picks its subgroup variants on CPU adapters only; naga cannot parse the `enable subgroups;`
+      // that Tint requires, so the directive is added here.
+      if (/\bsubgroup[A-Z_a-z]/.test(code)) {
+        if (!subgroups) { unchecked.push(i); continue; }
+        code = 'enable subgroups;\n' + code;
+      }
+      const m = device.createShaderModule({ code });
+      const ci = await m.getCompilationInfo();
+      const errors = ci.messages.filter((x) => x.type === 'error').map((x) => `${x.lineNum}:${x.linePos} ${x.message}`);
+      if (errors.length) failures.push({ i, errors });
+    }
+    return { adapter: `${info.vendor || '?'} ${info.architecture || ''} ${info.description || ''}`.trim(), subgroups, failures, unchecked };
+  }, sources);
+  if (r.error) {
+    console.error(`browser WGSL check: ${r.error}`);
+  } else {
+    for (const f of r.failures) {
+      console.log(`${path.join(dir, files[f.i])}:\n  ${f.errors.join('\n  ')}`);
+    }
+    const un = r.unchecked.length ? `; ${r.unchecked.length} subgroup variants not checked (the adapter has no subgroups)` : '';
+    console.log(`browser WGSL check (Chromium WebGPU, adapter: ${r.adapter}): ${files.length - r.failures.length - r.unchecked.length} of ${files.length} kernel sources compile, ${r.failures.length} fail${un}`);
+    code = r.failures.length ? 1 : 0;
+  }
+} finally {
+  await browser.close();
+  server.close();
+}
+process.exit(code);
