@@ -127,7 +127,7 @@ impl Gpu {
             .ok_or_else(|| shader_err("no such shader file".into()))?;
         let code = specialize(source, defines).map_err(&shader_err)?;
         #[cfg(not(target_arch = "wasm32"))]
-        dump_source(&code);
+        dump_source(entry, &code);
         // Validate with naga first: wgpu reports shader errors asynchronously, we want them now.
         let module = naga::front::wgsl::parse_str(&code).map_err(|e| shader_err(e.emit_to_string(&code)))?;
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
@@ -155,16 +155,17 @@ impl Gpu {
     }
 }
 
-/// `WGOPTIM_DUMP_WGSL=DIR`: every specialized kernel source is also written to DIR (one file per distinct
-/// source) so other WGSL compilers can check them: `cargo xtask test` compiles them with Chromium's Tint, which
-/// is stricter than naga in places (uniformity, `enable` directives).
+/// `WGOPTIM_DUMP_WGSL=DIR`: every specialized kernel source is also written to DIR (one file per distinct source
+/// and entry point, the entry named on the first line) so other WGSL compilers can check them: `cargo xtask test`
+/// builds them with Chromium's WebGPU, which is stricter than naga in places (uniformity, constant NaNs, limits).
 #[cfg(not(target_arch = "wasm32"))]
-fn dump_source(code: &str) {
+fn dump_source(entry: &str, code: &str) {
     let Some(dir) = std::env::var_os("WGOPTIM_DUMP_WGSL") else { return };
-    let hash = code.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let text = format!("// wgoptim entry point: {entry}\n{code}");
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
     let path = std::path::Path::new(&dir).join(format!("{hash:016x}.wgsl"));
     // A diagnostic aid: failing to write must not fail the run (the browser check counts what arrived).
-    let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(path, code));
+    let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(path, text));
 }
 
 fn poisoned() -> Error {

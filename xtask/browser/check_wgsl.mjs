@@ -1,6 +1,6 @@
 // Compiles every WGSL file of a directory (the kernels a native run specialized, dumped with WGOPTIM_DUMP_WGSL)
-// with the browser's WebGPU — Chromium's Tint, stricter than naga in places (uniformity, enable directives) — and
-// fails on any compile error. Usage: node check_wgsl.mjs DIR [CHROMIUM]
+// with the browser's WebGPU — Chromium's Tint, stricter than naga in places (uniformity, constant NaNs) — and
+// builds its compute pipeline on a device with the adapter's limits; fails on any error. Usage: node check_wgsl.mjs DIR [CHROMIUM]
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -35,23 +35,37 @@ try {
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) return { error: 'requestAdapter() returned null' };
     const subgroups = adapter.features.has('subgroups');
-    const device = await adapter.requestDevice({ requiredFeatures: subgroups ? ['subgroups'] : [] });
+    // As wgoptim does: the adapter's own limits, not WebGPU's defaults.
+    const requiredLimits = {};
+    for (const k in adapter.limits) requiredLimits[k] = adapter.limits[k];
+    const device = await adapter.requestDevice({ requiredFeatures: subgroups ? ['subgroups'] : [], requiredLimits });
     const info = adapter.info || {};
-    const failures = [];
     const unchecked = [];
-    for (let i = 0; i < sources.length; i++) {
+    const check = async (i) => {
       let code = sources[i];
+      const entryPoint = (code.match(/^\/\/ wgoptim entry point: (\S+)/) || [])[1] || 'main';
       // wgoptim picks its subgroup variants on CPU adapters only; naga cannot parse the `enable subgroups;`
       // that Tint requires, so the directive is added here.
       if (/\bsubgroup[A-Z_a-z]/.test(code)) {
-        if (!subgroups) { unchecked.push(i); continue; }
+        if (!subgroups) { unchecked.push(i); return null; }
         code = 'enable subgroups;\n' + code;
       }
-      const m = device.createShaderModule({ code });
-      const ci = await m.getCompilationInfo();
+      const module = device.createShaderModule({ code });
+      const ci = await module.getCompilationInfo();
       const errors = ci.messages.filter((x) => x.type === 'error').map((x) => `${x.lineNum}:${x.linePos} ${x.message}`);
-      if (errors.length) failures.push({ i, errors });
-    }
+      if (errors.length) return { i, errors };
+      // The pipeline too: entry point, bindings against the device's limits, workgroup size and memory.
+      device.pushErrorScope('validation');
+      try {
+        await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint } });
+      } catch (e) {
+        errors.push(`pipeline ${entryPoint}: ${e.message}`);
+      }
+      const scoped = await device.popErrorScope();
+      if (scoped) errors.push(`pipeline ${entryPoint}: ${scoped.message}`);
+      return errors.length ? { i, errors } : null;
+    };
+    const failures = (await Promise.all(sources.map((_, i) => check(i)))).filter((f) => f);
     return { adapter: `${info.vendor || '?'} ${info.architecture || ''} ${info.description || ''}`.trim(), subgroups, failures, unchecked };
   }, sources);
   if (r.error) {
@@ -61,7 +75,7 @@ try {
       console.log(`${path.join(dir, files[f.i])}:\n  ${f.errors.join('\n  ')}`);
     }
     const un = r.unchecked.length ? `; ${r.unchecked.length} subgroup variants not checked (the adapter has no subgroups)` : '';
-    console.log(`browser WGSL check (Chromium WebGPU, adapter: ${r.adapter}): ${files.length - r.failures.length - r.unchecked.length} of ${files.length} kernel sources compile, ${r.failures.length} fail${un}`);
+    console.log(`browser WGSL check (Chromium WebGPU, adapter: ${r.adapter}): ${files.length - r.failures.length - r.unchecked.length} of ${files.length} kernel sources compile into pipelines, ${r.failures.length} fail${un}`);
     code = r.failures.length ? 1 : 0;
   }
 } finally {
