@@ -68,6 +68,8 @@ pub(crate) struct GpuInner {
     pub(crate) kernels: KernelCache,
     pub(crate) counters: Counters,
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
+    /// Kernel variants are chosen as for a WebGPU GPU adapter (see [`Gpu::is_cpu`]).
+    pub(crate) as_webgpu: bool,
 }
 
 /// A device and queue ready for wgoptim's kernels. Cheap to clone (shared handle).
@@ -127,7 +129,11 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         errors: Arc<Mutex<Vec<String>>>,
     ) -> Gpu {
-        let limits = device.limits();
+        // `WGOPTIM_KERNELS_FOR=webgpu` (native): choose kernel variants as a browser's GPU adapter with WebGPU's
+        // default limits would get them, on any device; `cargo xtask test` uses it to compile the web's kernels.
+        let as_webgpu = cfg!(not(target_arch = "wasm32"))
+            && std::env::var("WGOPTIM_KERNELS_FOR").is_ok_and(|v| v.trim().eq_ignore_ascii_case("webgpu"));
+        let limits = if as_webgpu { wgpu::Limits::default() } else { device.limits() };
         let features = device.features();
         Gpu {
             inner: Arc::new(GpuInner {
@@ -139,6 +145,7 @@ impl Gpu {
                 kernels: KernelCache::default(),
                 counters: Counters::default(),
                 errors,
+                as_webgpu,
             }),
         }
     }
@@ -172,7 +179,7 @@ impl Gpu {
     pub fn info(&self) -> &wgpu::AdapterInfo {
         &self.inner.info
     }
-    /// Limits the device was created with.
+    /// Limits the device was created with (WebGPU's defaults under `WGOPTIM_KERNELS_FOR=webgpu`).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
@@ -184,10 +191,12 @@ impl Gpu {
     pub fn has_f16(&self) -> bool {
         self.inner.features.contains(wgpu::Features::SHADER_F16)
     }
-    /// Whether the device is a CPU implementation (lavapipe, SwiftShader, WARP): kernel variants differ.
+    /// Whether the device is a CPU implementation (lavapipe, SwiftShader, WARP): kernel variants differ. False
+    /// under `WGOPTIM_KERNELS_FOR=webgpu`, which picks the variants a browser's GPU adapter gets.
     pub fn is_cpu(&self) -> bool {
-        self.inner.info.device_type == wgpu::DeviceType::Cpu
-            || self.inner.info.name.to_lowercase().contains("swiftshader")
+        !self.inner.as_webgpu
+            && (self.inner.info.device_type == wgpu::DeviceType::Cpu
+                || self.inner.info.name.to_lowercase().contains("swiftshader"))
     }
     /// The subgroup size when the adapter is a CPU device with subgroups of one fixed size (lavapipe: 8); the
     /// subgroup-broadcast kernel variants need it. None otherwise.
