@@ -532,15 +532,16 @@ mod cli {
                 _ => return Err(bad(format!("`{size}` is not N or MxKxN with positive sizes"))),
             };
             let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])), variant)?;
+            let label = variant.map_or("auto".to_string(), |v| format!("{v:?}").to_lowercase());
             if !json {
                 println!(
                     "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms, {})   on {}",
                     first * 1e3,
-                    variant.map_or("auto".to_string(), |v| format!("{v:?}")),
+                    label,
                     gpu.describe()
                 );
             }
-            rows.push(json!({"size": size, "trans": trans, "variant": format!("{variant:?}"), "gflops": gflops, "first_call_s": first}));
+            rows.push(json!({"size": size, "trans": trans, "variant": label, "gflops": gflops, "first_call_s": first}));
         }
         if json {
             println!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));

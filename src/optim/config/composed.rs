@@ -187,13 +187,12 @@ fn decay(wd: f32, form: fn(f32) -> DecayStage) -> DecayStage {
 }
 
 /// The kernel's view of a composition: `//#if` switches, the four hyper-parameter slots `h` (λ, β2, ε, and the
-/// dampening / lookahead weight / Lion's EMA β), the scheduled β1, Adam's β2, and the number of states.
+/// dampening / lookahead weight / Lion's EMA β), the scheduled β1 and Adam's β2.
 pub(crate) struct StagePlan {
     pub defines: Vec<(&'static str, String)>,
     pub h: [f32; 4],
     pub beta1: f32,
     pub beta2: f32,
-    pub states: usize,
 }
 
 impl ComposedConfig {
@@ -213,12 +212,10 @@ impl ComposedConfig {
             }
         }
         let mut beta1 = 0.0;
-        let mut states = 0;
         match self.momentum {
             MomentumStage::None => {}
             MomentumStage::Ema { beta } => {
                 on.push("MOM_EMA");
-                states += 1;
                 beta1 = beta;
                 match self.lookahead {
                     LookaheadStage::None => on.push("BIAS_CORRECT"),
@@ -240,7 +237,6 @@ impl ComposedConfig {
                 if nesterov {
                     on.push("NESTEROV");
                 }
-                states += 1;
                 h[3] = dampening;
                 beta1 = beta;
             }
@@ -255,7 +251,6 @@ impl ComposedConfig {
                     on.push("AMSGRAD");
                 }
                 (h[1], h[2], beta2) = (b2, eps, b2);
-                states += 1 + amsgrad as usize;
             }
         }
         // Second-moment states follow the momentum state when there is one.
@@ -263,7 +258,7 @@ impl ComposedConfig {
         let mut defines: Vec<(&'static str, String)> = on.into_iter().map(|d| (d, "1".to_string())).collect();
         defines.push(("V_STATE", format!("s{first}")));
         defines.push(("VMAX_STATE", format!("s{}", first + 1)));
-        StagePlan { defines, h, beta1, beta2, states }
+        StagePlan { defines, h, beta1, beta2 }
     }
 
     /// Canonical state names of this composition (the presets keep their reference names).

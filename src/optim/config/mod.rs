@@ -103,7 +103,6 @@ pub(crate) struct KernelSpec {
 /// The kernel spec of a composition of stages, with the state names it keeps.
 fn composed_spec(c: ComposedConfig, states: &'static [&'static str]) -> KernelSpec {
     let plan = c.plan();
-    debug_assert_eq!(plan.states, states.len());
     KernelSpec {
         define: "OPT_COMPOSED",
         states,
