@@ -5,10 +5,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use wgoptim::nn::data::{TINY_SHAKESPEARE_SHA256 as SHA256, TINY_SHAKESPEARE_URL as URL};
 
 const FILE: &str = "tinyshakespeare.txt";
-const URL: &str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
-const SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
 
 fn cache_dir() -> PathBuf {
     let set = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());

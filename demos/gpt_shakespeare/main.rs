@@ -155,8 +155,8 @@ fn apply_overrides(mut p: Preset, a: &Args) -> Preset {
     m.heads = a.heads.unwrap_or(m.heads);
     m.dropout = a.dropout.unwrap_or(m.dropout);
     p.batch = a.batch.unwrap_or(p.batch);
-    p.iters = a.iters.unwrap_or(p.iters);
-    p.warmup = p.warmup.min(p.iters / 10);
+    let iters = a.iters.unwrap_or(p.iters);
+    let mut p = p.with_iters(iters);
     p.eval_interval = a.eval_interval.unwrap_or(p.eval_interval).max(1);
     p.eval_iters = a.eval_iters.unwrap_or(p.eval_iters).max(1);
     p

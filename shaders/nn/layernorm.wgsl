@@ -96,7 +96,11 @@ fn param_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 
 @group(0) @binding(1) var<storage, read> sums: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dw: array<f32>;
+// The bias gradient usually lives in dw's buffer (the flat gradients): binding it twice would be writable
+// aliasing, which WebGPU rejects, so a separate db binding exists only when it is another buffer.
+//#if SEPARATE_DB
 @group(0) @binding(3) var<storage, read_write> db: array<f32>;
+//#endif
 
 @compute @workgroup_size(64)
 fn param_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
@@ -112,7 +116,12 @@ fn param_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (u.acc != 0u) { sw += dw[u.o_off + j]; }
     dw[u.o_off + j] = sw;
     if (u.has_b != 0u) {
+//#if SEPARATE_DB
         if (u.acc_b != 0u) { sb += db[u.b_off + j]; }
         db[u.b_off + j] = sb;
+//#else
+        if (u.acc_b != 0u) { sb += dw[u.b_off + j]; }
+        dw[u.b_off + j] = sb;
+//#endif
     }
 }

@@ -209,10 +209,11 @@ impl Gpu {
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }
-    /// A one-line description: `name (backend, type)`.
+    /// A one-line description: `name (backend, type)`; browsers often keep the name to themselves (`unnamed`).
     pub fn describe(&self) -> String {
         let i = &self.inner.info;
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        let name = if i.name.is_empty() { "unnamed adapter" } else { &i.name };
+        format!("{name} ({:?}, {:?})", i.backend, i.device_type)
     }
 
     /// Errors the device reported since the last call (validation, out of memory), as an `Err`.

@@ -56,6 +56,8 @@ pub struct Kernel {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) name: String,
+    /// Storage bindings the kernel writes (WebGPU forbids binding a buffer there and anywhere else at once).
+    pub(crate) writable: Vec<u32>,
 }
 
 /// Pipelines keyed by file and defines.
@@ -130,9 +132,10 @@ impl Gpu {
         dump_source(entry, &code);
         // Validate with naga first: wgpu reports shader errors asynchronously, we want them now.
         let module = naga::front::wgsl::parse_str(&code).map_err(|e| shader_err(e.emit_to_string(&code)))?;
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
             .validate(&module)
             .map_err(|e| shader_err(e.emit_to_string(&code)))?;
+        let entries = layout_entries(&module, &info, entry).map_err(&shader_err)?;
         let desc = wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(code.into()) };
         let device = &self.inner.device;
         // SAFETY: every wgoptim kernel guards its indices against the sizes in its uniforms (audited, and tested
@@ -142,17 +145,75 @@ impl Gpu {
         let shader = unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) };
         #[cfg(target_arch = "wasm32")]
         let shader = device.create_shader_module(desc);
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(key), entries: &entries });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(key),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(key),
-            layout: None,
+            layout: Some(&pipeline_layout),
             module: &shader,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
         });
-        let layout = pipeline.get_bind_group_layout(0);
-        Ok(Kernel { pipeline, layout, name: key.to_string() })
+        let writable = entries
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.ty,
+                    wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: false }, .. }
+                )
+            })
+            .map(|e| e.binding)
+            .collect();
+        Ok(Kernel { pipeline, layout, name: key.to_string(), writable })
     }
+}
+
+/// The bind-group layout of `entry`: the group-0 buffers it uses, as it declares them. The uniform block takes a
+/// dynamic offset, so a plan binds one bind group per (kernel, tensors) however many uniform blocks it has —
+/// Jacobi's rounds alone are thousands of dispatches that differ only in their round number.
+fn layout_entries(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> std::result::Result<Vec<wgpu::BindGroupLayoutEntry>, String> {
+    let index =
+        module.entry_points.iter().position(|e| e.name == entry).ok_or_else(|| format!("no entry point {entry}"))?;
+    let uses = info.get_entry_point(index);
+    let mut entries = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let Some(binding) = &var.binding else { continue };
+        if uses[handle].is_empty() {
+            continue;
+        }
+        if binding.group != 0 {
+            return Err(format!("binding group {} (wgoptim kernels use group 0 only)", binding.group));
+        }
+        let ty = match var.space {
+            naga::AddressSpace::Uniform => wgpu::BufferBindingType::Uniform,
+            naga::AddressSpace::Storage { access } => {
+                wgpu::BufferBindingType::Storage { read_only: !access.contains(naga::StorageAccess::STORE) }
+            }
+            other => return Err(format!("binding {} in address space {other:?} (buffers only)", binding.binding)),
+        };
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: binding.binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                has_dynamic_offset: ty == wgpu::BufferBindingType::Uniform,
+                ty,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    entries.sort_by_key(|e| e.binding);
+    Ok(entries)
 }
 
 /// `WGOPTIM_DUMP_WGSL=DIR`: every specialized kernel source is also written to DIR (one file per distinct source

@@ -1,6 +1,8 @@
 //! The step plan: dispatches whose bind groups are created once at build time, recorded into
 //! one compute pass (one per stage when timing) of one encoder, and submitted once per run.
 
+use std::collections::HashMap;
+
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -16,11 +18,13 @@ struct Pending {
 ///
 /// Every kernel takes its static arguments (sizes, offsets, alpha/beta) in a small uniform block at
 /// binding 0 and its tensors as storage buffers at bindings 1, 2, …; all uniform blocks of a plan share
-/// one buffer, written once at build time.
+/// one buffer (identical blocks stored once), written once at build time, and bound by dynamic offset: one bind
+/// group serves every dispatch of a kernel on the same tensors.
 pub struct PlanBuilder {
     gpu: Gpu,
     items: Vec<Pending>,
     uniforms: Vec<u8>,
+    uniform_offsets: HashMap<Vec<u8>, u64>,
     stages: Vec<String>,
     timing: bool,
     params: Option<Tensor>,
@@ -33,6 +37,7 @@ impl PlanBuilder {
             gpu: gpu.clone(),
             items: Vec::new(),
             uniforms: Vec::new(),
+            uniform_offsets: HashMap::new(),
             stages: vec!["main".into()],
             timing: false,
             params: None,
@@ -106,6 +111,24 @@ impl PlanBuilder {
                 });
             }
         }
+        for (i, a) in tensors.iter().enumerate() {
+            for (j, b) in tensors.iter().enumerate().skip(i + 1) {
+                let writes = kernel.writable.contains(&(i as u32 + 1)) || kernel.writable.contains(&(j as u32 + 1));
+                if writes && a.buffer == b.buffer {
+                    return Err(Error::InvalidArgument {
+                        op: "PlanBuilder::dispatch",
+                        name: "tensors",
+                        detail: format!(
+                            "bindings {} and {} of {} share one buffer and one of them is written: WebGPU rejects \
+                             such aliasing (pass the buffer once)",
+                            i + 1,
+                            j + 1,
+                            kernel.name
+                        ),
+                    });
+                }
+            }
+        }
         let max = limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max) {
             return Err(Error::InvalidArgument {
@@ -115,13 +138,27 @@ impl PlanBuilder {
             });
         }
         let align = limits.min_uniform_buffer_offset_alignment.max(16) as usize;
-        let offset = self.uniforms.len().div_ceil(align) * align;
         let bytes = bytemuck::bytes_of(uniforms);
-        self.uniforms.resize(offset, 0);
-        self.uniforms.extend_from_slice(bytes);
+        let offset = match self.uniform_offsets.get(bytes) {
+            Some(&o) => o,
+            None => {
+                let o = self.uniforms.len().div_ceil(align) * align;
+                self.uniforms.resize(o, 0);
+                self.uniforms.extend_from_slice(bytes);
+                self.uniform_offsets.insert(bytes.to_vec(), o as u64);
+                o as u64
+            }
+        };
+        if offset > u32::MAX as u64 {
+            return Err(Error::InvalidArgument {
+                op: "PlanBuilder::dispatch",
+                name: "uniforms",
+                detail: "more than 4 GiB of uniform blocks in one plan".into(),
+            });
+        }
         self.items.push(Pending {
             kernel: kernel.clone(),
-            uniform: (offset as u64, bytes.len() as u64),
+            uniform: (offset, bytes.len() as u64),
             buffers: tensors.iter().map(|t| t.buffer.clone()).collect(),
             workgroups,
             stage: self.stages.len() - 1,
@@ -143,29 +180,41 @@ impl PlanBuilder {
             data.resize(ubuf.size() as usize, 0);
             self.gpu.queue().write_buffer(&ubuf, 0, &data);
         }
-        let dispatches = self
-            .items
-            .iter()
-            .map(|p| {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &ubuf,
-                        offset: p.uniform.0,
-                        size: wgpu::BufferSize::new(p.uniform.1),
-                    }),
-                }];
-                for (i, b) in p.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-                }
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&p.kernel.name),
-                    layout: &p.kernel.layout,
-                    entries: &entries,
-                });
-                Dispatch { pipeline: p.kernel.pipeline.clone(), bind_group, workgroups: p.workgroups, stage: p.stage }
-            })
-            .collect();
+        // Buffers hash by identity, which their interior state never changes.
+        #[allow(clippy::mutable_key_type)]
+        let mut groups: HashMap<(String, u64, Vec<wgpu::Buffer>), wgpu::BindGroup> = HashMap::new();
+        let mut dispatches = Vec::with_capacity(self.items.len());
+        for p in self.items {
+            let key = (p.kernel.name.clone(), p.uniform.1, p.buffers);
+            let bind_group = groups
+                .entry(key)
+                .or_insert_with_key(|(_, size, buffers)| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &ubuf,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(*size),
+                        }),
+                    }];
+                    for (i, b) in buffers.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                    }
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(&p.kernel.name),
+                        layout: &p.kernel.layout,
+                        entries: &entries,
+                    })
+                })
+                .clone();
+            dispatches.push(Dispatch {
+                pipeline: p.kernel.pipeline.clone(),
+                bind_group,
+                offset: p.uniform.0 as u32,
+                workgroups: p.workgroups,
+                stage: p.stage,
+            });
+        }
         let timing = self.timing.then(|| Timing::new(device, self.stages.len()));
         self.gpu.take_error()?;
         Ok(Plan { gpu: self.gpu, dispatches, stages: self.stages, params: self.params, _uniforms: ubuf, timing })
@@ -175,6 +224,7 @@ impl PlanBuilder {
 struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
+    offset: u32,
     workgroups: [u32; 3],
     stage: usize,
 }
@@ -276,7 +326,7 @@ impl Plan {
     fn record_range(&self, pass: &mut wgpu::ComputePass<'_>, range: std::ops::Range<usize>) {
         for d in &self.dispatches[range] {
             pass.set_pipeline(&d.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.set_bind_group(0, &d.bind_group, &[d.offset]);
             pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
         }
     }

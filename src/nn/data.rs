@@ -4,6 +4,12 @@
 use crate::error::{Error, Result};
 use crate::nn::rng::Rng;
 
+/// Where the standard Tiny Shakespeare corpus is downloaded from (Karpathy's char-rnn repository).
+pub const TINY_SHAKESPEARE_URL: &str =
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
+/// The sha256 of that file (1,115,394 characters), checked after every download.
+pub const TINY_SHAKESPEARE_SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
+
 /// Which split a batch comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {

@@ -59,4 +59,11 @@ impl Preset {
             }
         })
     }
+
+    /// The same preset trained for `iters` steps (at least 1), its warmup clamped to a tenth of them.
+    pub fn with_iters(mut self, iters: u32) -> Preset {
+        self.iters = iters.max(1);
+        self.warmup = self.warmup.min(self.iters / 10);
+        self
+    }
 }

@@ -96,4 +96,12 @@ fn limits_and_mismatches_are_errors() {
     assert!(matches!(Matmul::new(&a, &b, &o).record(&mut pb), Err(Error::DeviceMismatch { .. })));
     assert!(matches!(a.write(&[1.0; 3]), Err(Error::Shape { .. })));
     assert!(matches!(a.reshape(&[3]), Err(Error::Shape { .. })));
+    // Reading and writing views of one buffer in one dispatch is writable aliasing, which WebGPU rejects.
+    let flat = Tensor::zeros(&gpu, &[8]).unwrap();
+    let x = Tensor::from_buffer(&gpu, flat.buffer().clone(), 0, &[2, 2]).unwrap();
+    let y = Tensor::from_buffer(&gpu, flat.buffer().clone(), 4, &[2, 1]).unwrap();
+    match reduce(&mut pb, &x, ReduceOp::Sum, 1, &y) {
+        Err(Error::InvalidArgument { detail, .. }) => assert!(detail.contains("share one buffer"), "{detail}"),
+        other => panic!("aliasing accepted: {other:?}"),
+    }
 }

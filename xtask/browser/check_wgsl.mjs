@@ -1,10 +1,9 @@
 // Compiles every WGSL file of a directory (the kernels a native run specialized, dumped with WGOPTIM_DUMP_WGSL)
 // with the browser's WebGPU — Chromium's Tint, stricter than naga in places (uniformity, constant NaNs) — and
 // builds its compute pipeline on a device with the adapter's limits; fails on any error. Usage: node check_wgsl.mjs DIR [CHROMIUM]
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
+import { launch, serve } from './chromium.mjs';
 
 const [dir, executablePath = '/usr/bin/chromium'] = process.argv.slice(2);
 const files = fs.readdirSync(dir).filter((f) => f.endsWith('.wgsl')).sort();
@@ -15,21 +14,12 @@ if (files.length === 0) {
 const sources = files.map((f) => fs.readFileSync(path.join(dir, f), 'utf8'));
 
 // WebGPU needs a secure context: a blank page served on 127.0.0.1.
-const server = http.createServer((_, res) => {
-  res.writeHead(200, { 'content-type': 'text/html' });
-  res.end('<!doctype html><title>wgoptim WGSL check</title>');
-});
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
-});
+const server = await serve(() => ({ type: 'text/html', body: '<!doctype html><title>wgoptim WGSL check</title>' }));
+const browser = await launch(executablePath);
 let code = 1;
 try {
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`, { waitUntil: 'domcontentloaded' });
+  await page.goto(`${server.base}/`, { waitUntil: 'domcontentloaded' });
   const r = await page.evaluate(async (sources) => {
     if (!navigator.gpu) return { error: 'navigator.gpu is missing (WebGPU disabled?)' };
     const adapter = await navigator.gpu.requestAdapter();

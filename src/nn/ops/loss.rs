@@ -36,7 +36,8 @@ impl Graph {
         let out = self.output("cross_entropy", &[1], &[logits])?;
         let grad = self.needs_grad(logits);
         let row_loss = Tensor::zeros(self.gpu(), &[n])?;
-        let dlogits = if grad { Tensor::zeros(self.gpu(), &[n, v])? } else { row_loss.clone() };
+        // Without a gradient the binding still needs a buffer of its own (WebGPU forbids aliasing a written one).
+        let dlogits = Tensor::zeros(self.gpu(), &if grad { vec![n, v] } else { vec![1] })?;
         let (vl, vo) = (self.value(logits).clone(), self.value(out).clone());
         let u = U {
             n: u32_of(op, n)?,

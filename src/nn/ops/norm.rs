@@ -92,7 +92,10 @@ impl Graph {
                     &[&vx, &stats, &g, &part],
                     chunks * c,
                 )?;
-                launch(bw.plan(), "nn/layernorm.wgsl", "param_grad", &[], &u, &[&part, dw, db], c)?;
+                let separate = db.buffer() != dw.buffer();
+                let outs: &[&Tensor] = if separate { &[&part, dw, db] } else { &[&part, dw] };
+                let defines = [("SEPARATE_DB", separate.to_string())];
+                launch(bw.plan(), "nn/layernorm.wgsl", "param_grad", &defines, &u, outs, c)?;
             }
             if let Some((dx, acc)) = bw.grad_in(x)? {
                 let u = U { o_off: dx.offset() as u32, acc: acc as u32, ..u };

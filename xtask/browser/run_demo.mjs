@@ -1,0 +1,79 @@
+// Runs the web demo (wasm/www + its wasm-bindgen build) in headless Chromium on WebGPU and checks it against
+// the native example's run of the same configuration: same seeds and batches, so the losses agree up to float
+// rounding (different adapters and kernel variants sum in different orders).
+// Usage: node run_demo.mjs WEB_DIR DATA_FILE NATIVE_LOSS_CSV QUERY [SCREENSHOT]
+import fs from 'node:fs';
+import path from 'node:path';
+import { launch, serve } from './chromium.mjs';
+
+// Largest loss difference tolerated at any step. Rounding differences grow slowly through training (measured:
+// 1.1e-5 over 40 tiny AdamW steps, SwiftShader against lavapipe); another seed moves them by 0.05 to 0.4.
+const TOLERANCE = 1e-3;
+
+const [webDir, dataFile, nativeCsv, query, screenshot] = process.argv.slice(2);
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.txt': 'text/plain' };
+const root = path.resolve(webDir);
+const server = await serve((p) => {
+  const file = p === '/tinyshakespeare.txt' ? dataFile : path.join(root, p);
+  if (file !== dataFile && !file.startsWith(root + path.sep)) return null;
+  if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return null;
+  return { type: TYPES[path.extname(file)] || 'application/octet-stream', body: fs.readFileSync(file) };
+});
+
+const native = { train: new Map(), val: new Map() };
+for (const line of fs.readFileSync(nativeCsv, 'utf8').trim().split('\n').slice(1)) {
+  const [step, train, val] = line.split(',');
+  native.train.set(Number(step), Number(train));
+  if (val) native.val.set(Number(step), Number(val));
+}
+
+const browser = await launch();
+const problems = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 1100 } });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+  const t0 = Date.now();
+  await page.goto(`${server.base}/index.html?${query}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null,
+    { timeout: 20 * 60 * 1000, polling: 500 });
+  const r = await page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+  if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+  if (r.error) throw new Error(`the page failed: ${r.error}`);
+  const res = r.result;
+  const worst = (pairs, reference, what) => {
+    let max = 0;
+    for (const [s, l] of pairs) {
+      if (!reference.has(s)) throw new Error(`native run has no ${what} loss at step ${s}`);
+      max = Math.max(max, Math.abs(l - reference.get(s)));
+    }
+    return max;
+  };
+  if (res.train.length !== native.train.size) {
+    problems.push(`browser trained ${res.train.length} steps, native ${native.train.size}`);
+  }
+  if (res.val.length !== native.val.size) {
+    problems.push(`browser has ${res.val.length} validation losses, native ${native.val.size}`);
+  }
+  const dTrain = worst(res.train, native.train, 'training');
+  const dVal = worst(res.val, native.val, 'validation');
+  if (!(dTrain <= TOLERANCE && dVal <= TOLERANCE)) {
+    problems.push(`losses differ from the native run by up to ${dTrain.toExponential(2)} (train) / ` +
+      `${dVal.toExponential(2)} (val); tolerance ${TOLERANCE}`);
+  }
+  const sampleLen = Number(new URLSearchParams(query).get('sample') ?? 0);
+  if ([...res.sample].length !== sampleLen) problems.push(`sample has ${[...res.sample].length} characters, expected ${sampleLen}`);
+  const [first, last] = [res.train[0][1], res.train[res.train.length - 1][1]];
+  const lastVal = res.val[res.val.length - 1][1];
+  console.log(`web demo (Chromium WebGPU, ${res.adapter}): ${res.optimizer} on the ${res.preset} preset, ` +
+    `${res.steps} steps, loss ${first.toFixed(3)} → ${last.toFixed(3)}, val ${lastVal.toFixed(3)}, ` +
+    `${res.msPerStep.toFixed(0)} ms/step, ${((Date.now() - t0) / 1000).toFixed(0)} s in all; ` +
+    `max |Δ| against native ${dTrain.toExponential(1)} (train), ${dVal.toExponential(1)} (val)`);
+} catch (e) {
+  problems.push(e.message);
+} finally {
+  await browser.close();
+  server.close();
+}
+for (const p of problems) console.error(p);
+process.exit(problems.length ? 1 : 0);
