@@ -65,6 +65,7 @@ async function download() {
 }
 
 function useText(t, source) {
+  $('resume').disabled = false;
   text = t;
   const vocab = new Set(t).size;
   $('data-status').textContent = `${t.length.toLocaleString()} characters, ${vocab} distinct (${source})`;
@@ -145,7 +146,8 @@ function formConfig() {
   return { optimizer: $('optimizer').value, preset: $('preset').value, iters, seed: Number($('seed').value) };
 }
 
-async function run() {
+// Train with the form's configuration, from a fresh initialization or from a checkpoint (safetensors bytes).
+async function run(checkpoint) {
   const cfg = formConfig();
   stopping = false;
   $('error').textContent = '';
@@ -156,6 +158,8 @@ async function run() {
   if (trainer) trainer.free();
   trainer = null;
   trainer = await WebTrainer.create(text, cfg.preset, cfg.optimizer, cfg.seed, cfg.iters);
+  if (checkpoint) await trainer.load(checkpoint);
+  const start = trainer.steps();
   $('stop').disabled = false;
   const every = Number(params.get('eval_interval')) || trainer.eval_interval;
   const evalIters = Number(params.get('eval_iters')) || trainer.eval_iters;
@@ -181,9 +185,9 @@ async function run() {
       curve.val.push([now - 1, val]);
     }
     const last = curve.train[curve.train.length - 1][1];
-    const tps = (now * trainer.tokens_per_step * 1000) / trainMs;
+    const tps = ((now - start) * trainer.tokens_per_step * 1000) / trainMs;
     $('progress').textContent = `step ${now}/${iters}: loss ${last.toFixed(4)}, val ${val.toFixed(4)}, ` +
-      `${tps.toFixed(0)} tokens/s, ${(trainMs / now).toFixed(1)} ms/step`;
+      `${tps.toFixed(0)} tokens/s, ${(trainMs / (now - start)).toFixed(1)} ms/step`;
     draw();
   }
   $('stop').disabled = true;
@@ -200,7 +204,7 @@ async function run() {
     train: curve.train,
     val: curve.val,
     sample,
-    msPerStep: trainMs / Math.max(trainer.steps(), 1),
+    msPerStep: trainMs / Math.max(trainer.steps() - start, 1),
   };
   $('start').disabled = false;
   $('save').disabled = false;
@@ -229,6 +233,11 @@ async function main() {
     if (params.has(key)) $(key).value = params.get(key);
   }
   $('start').onclick = () => run().catch(fail);
+  $('resume').onchange = async (e) => {
+    const f = e.target.files[0];
+    e.target.value = '';
+    if (f) run(new Uint8Array(await f.arrayBuffer())).catch(fail);
+  };
   $('stop').onclick = () => { stopping = true; };
   $('save').onclick = () => saveCheckpoint().catch(fail);
   $('download').onclick = () => download().then((t) => useText(t, 'downloaded')).catch(fail);

@@ -1,6 +1,7 @@
 // Runs the web demo (wasm/www + its wasm-bindgen build) in headless Chromium on WebGPU and checks it against
 // the native example's run of the same configuration: same seeds and batches, so the losses agree up to float
-// rounding (different adapters and kernel variants sum in different orders).
+// rounding (different adapters and kernel variants sum in different orders). Then the page's checkpoint round
+// trip: stop a run early, download its checkpoint, continue from the file; the continued steps must match too.
 // Usage: node run_demo.mjs WEB_DIR DATA_FILE NATIVE_LOSS_CSV QUERY [SCREENSHOT]
 import fs from 'node:fs';
 import path from 'node:path';
@@ -27,10 +28,37 @@ for (const line of fs.readFileSync(nativeCsv, 'utf8').trim().split('\n').slice(1
   if (val) native.val.set(Number(step), Number(val));
 }
 
+// Stop a fresh run of the page's form (the same configuration) early, save its checkpoint through the download
+// button, continue from that file through the file input; returns the continued run's result.
+async function roundTrip(page, iters) {
+  await page.goto(`${server.base}/index.html?${query.replace(/(^|&)auto=1/, '')}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 60000 });
+  await page.click('#start');
+  await page.waitForFunction(() => /^step [1-9]/.test(document.getElementById('progress').textContent), null,
+    { timeout: 10 * 60 * 1000 });
+  await page.click('#stop');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 60000 });
+  const stoppedAt = await page.evaluate(() => window.wgoptimResult && window.wgoptimResult.steps);
+  if (!(stoppedAt > 0 && stoppedAt < iters)) throw new Error(`stop did not stop the run early (steps: ${stoppedAt})`);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#save')]);
+  const file = path.join(root, 'checkpoint.safetensors');
+  await download.saveAs(file);
+  await page.setInputFiles('#resume', file);
+  await page.waitForFunction(() => document.body.dataset.state === 'running', null, { timeout: 60000 });
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null,
+    { timeout: 20 * 60 * 1000, polling: 500 });
+  const r = await page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+  if (r.error) throw new Error(`continuing from the checkpoint failed: ${r.error}`);
+  if (r.result.train[0][0] !== stoppedAt || r.result.steps !== iters) {
+    throw new Error(`the continued run covers steps ${r.result.train[0][0]}..${r.result.steps - 1}, not ${stoppedAt}..${iters - 1}`);
+  }
+  return { ...r.result, stoppedAt };
+}
+
 const browser = await launch();
 const problems = [];
 try {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 1100 } });
+  const page = await browser.newPage({ viewport: { width: 1000, height: 1100 }, acceptDownloads: true });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
   const t0 = Date.now();
@@ -61,6 +89,9 @@ try {
     problems.push(`losses differ from the native run by up to ${dTrain.toExponential(2)} (train) / ` +
       `${dVal.toExponential(2)} (val); tolerance ${TOLERANCE}`);
   }
+  const resumed = await roundTrip(page, res.steps);
+  const dResumed = worst(resumed.train, native.train, 'training');
+  if (!(dResumed <= TOLERANCE)) problems.push(`the continued run differs from native by ${dResumed}`);
   const sampleLen = Number(new URLSearchParams(query).get('sample') ?? 0);
   if ([...res.sample].length !== sampleLen) problems.push(`sample has ${[...res.sample].length} characters, expected ${sampleLen}`);
   const [first, last] = [res.train[0][1], res.train[res.train.length - 1][1]];
@@ -68,7 +99,8 @@ try {
   console.log(`web demo (Chromium WebGPU, ${res.adapter}): ${res.optimizer} on the ${res.preset} preset, ` +
     `${res.steps} steps, loss ${first.toFixed(3)} → ${last.toFixed(3)}, val ${lastVal.toFixed(3)}, ` +
     `${res.msPerStep.toFixed(0)} ms/step, ${((Date.now() - t0) / 1000).toFixed(0)} s in all; ` +
-    `max |Δ| against native ${dTrain.toExponential(1)} (train), ${dVal.toExponential(1)} (val)`);
+    `max |Δ| against native ${dTrain.toExponential(1)} (train), ${dVal.toExponential(1)} (val); stopped at ` +
+    `step ${resumed.stoppedAt}, continued from the downloaded checkpoint: |Δ| ${dResumed.toExponential(1)}`);
 } catch (e) {
   problems.push(e.message);
 } finally {
