@@ -135,6 +135,8 @@ impl Gpu {
             && std::env::var("WGOPTIM_KERNELS_FOR").is_ok_and(|v| v.trim().eq_ignore_ascii_case("webgpu"));
         let limits = if as_webgpu { wgpu::Limits::default() } else { device.limits() };
         let features = device.features();
+        // On the web wgpu's handles are neither Send nor Sync; one Arc keeps `Gpu` the same type on every target.
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
         Gpu {
             inner: Arc::new(GpuInner {
                 device,
