@@ -16,12 +16,26 @@ fn js_error(e: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&e.to_string()).into()
 }
 
+thread_local! {
+    // One device per page: its compiled kernels serve every later run (browsers compile shaders slowly).
+    static GPU: RefCell<Option<Gpu>> = const { RefCell::new(None) };
+}
+
+/// The page's WebGPU device, acquired on first use.
+async fn page_gpu() -> Result<Gpu, JsValue> {
+    if let Some(gpu) = GPU.with(|g| g.borrow().clone()) {
+        return Ok(gpu);
+    }
+    let gpu = Gpu::new(GpuOptions::default()).await.map_err(js_error)?;
+    GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
+    Ok(gpu)
+}
+
 /// Acquire a WebGPU device and describe it (`name (backend, type)`); rejects with a plain message when the
 /// browser has no WebGPU.
 #[wasm_bindgen]
 pub async fn describe_gpu() -> Result<String, JsValue> {
-    let gpu = Gpu::new(GpuOptions::default()).await.map_err(js_error)?;
-    Ok(gpu.describe())
+    Ok(page_gpu().await?.describe())
 }
 
 /// Where the page downloads Tiny Shakespeare from when it is not served beside it.
@@ -63,7 +77,7 @@ impl WebTrainer {
         seed: u32,
         iters: Option<u32>,
     ) -> Result<WebTrainer, JsValue> {
-        let gpu = Gpu::new(GpuOptions::default()).await.map_err(js_error)?;
+        let gpu = page_gpu().await?;
         let data = CharData::from_text(&text).map_err(js_error)?;
         let preset = Preset::named(&preset, data.vocab_size()).map_err(js_error)?;
         let preset = match iters {

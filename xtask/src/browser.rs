@@ -129,7 +129,7 @@ pub fn build_web(root: &Path) -> Result<PathBuf, String> {
 }
 
 /// Build the web demo, train with it in Chromium, and compare its losses with the native example's on the same
-/// runs (one per optimizer of [`DEMO_OPTIMIZERS`]).
+/// runs (one per optimizer of [`DEMO_OPTIMIZERS`]); then every optimizer trains a few steps in Chromium.
 pub fn web_demo(root: &Path, data: &Path) -> Result<String, String> {
     let web = build_web(root)?;
     let mut lines = Vec::new();
@@ -150,5 +150,6 @@ pub fn web_demo(root: &Path, data: &Path) -> Result<String, String> {
         let csv = native.join("loss.csv");
         lines.push(node(root, "run_demo.mjs", &[&web, data, &csv, &query, &shot], "web demo failed")?);
     }
+    lines.push(node(root, "every_optimizer.mjs", &[&web, data], "an optimizer fails in the browser")?);
     Ok(format!("{}\n(screenshots in {})", lines.join("\n"), web.display()))
 }
