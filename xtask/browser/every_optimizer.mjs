@@ -1,19 +1,10 @@
 // Every optimizer wgoptim has trains a few steps of the tiny GPT in headless Chromium (the web demo's
 // WebTrainer on WebGPU): each run's losses must be finite and fall. Usage: node every_optimizer.mjs WEB_DIR DATA_FILE
-import fs from 'node:fs';
-import path from 'node:path';
-import { launch, serve } from './chromium.mjs';
+import { launch, serveDemo } from './chromium.mjs';
 
 const STEPS = 3;
 const [webDir, dataFile] = process.argv.slice(2);
-const root = path.resolve(webDir);
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm' };
-const server = await serve((p) => {
-  const file = p === '/tinyshakespeare.txt' ? dataFile : path.join(root, p);
-  if (file !== dataFile && !file.startsWith(root + path.sep)) return null;
-  if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return null;
-  return { type: TYPES[path.extname(file)] || 'text/plain', body: fs.readFileSync(file) };
-});
+const server = await serveDemo(webDir, dataFile);
 const browser = await launch();
 const failures = [];
 let count = 0;

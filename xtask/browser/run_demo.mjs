@@ -5,21 +5,14 @@
 // Usage: node run_demo.mjs WEB_DIR DATA_FILE NATIVE_LOSS_CSV QUERY [SCREENSHOT]
 import fs from 'node:fs';
 import path from 'node:path';
-import { launch, serve } from './chromium.mjs';
+import { launch, serveDemo } from './chromium.mjs';
 
 // Largest loss difference tolerated at any step. Rounding differences grow slowly through training (measured:
 // 1.1e-5 over 40 tiny AdamW steps, SwiftShader against lavapipe); another seed moves them by 0.05 to 0.4.
 const TOLERANCE = 1e-3;
 
 const [webDir, dataFile, nativeCsv, query, screenshot] = process.argv.slice(2);
-const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.txt': 'text/plain' };
-const root = path.resolve(webDir);
-const server = await serve((p) => {
-  const file = p === '/tinyshakespeare.txt' ? dataFile : path.join(root, p);
-  if (file !== dataFile && !file.startsWith(root + path.sep)) return null;
-  if (!fs.existsSync(file) || !fs.statSync(file).isFile()) return null;
-  return { type: TYPES[path.extname(file)] || 'application/octet-stream', body: fs.readFileSync(file) };
-});
+const server = await serveDemo(webDir, dataFile);
 
 const native = { train: new Map(), val: new Map() };
 for (const line of fs.readFileSync(nativeCsv, 'utf8').trim().split('\n').slice(1)) {
@@ -41,7 +34,7 @@ async function roundTrip(page, iters) {
   const stoppedAt = await page.evaluate(() => window.wgoptimResult && window.wgoptimResult.steps);
   if (!(stoppedAt > 0 && stoppedAt < iters)) throw new Error(`stop did not stop the run early (steps: ${stoppedAt})`);
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#save')]);
-  const file = path.join(root, 'checkpoint.safetensors');
+  const file = path.join(path.resolve(webDir), 'checkpoint.safetensors');
   await download.saveAs(file);
   await page.setInputFiles('#resume', file);
   await page.waitForFunction(() => document.body.dataset.state === 'running', null, { timeout: 60000 });
