@@ -6,7 +6,8 @@ struct U {
     m: u32, n: u32, k: u32, tiles_n: u32,
     a_off: u32, a_bs: u32, b_off: u32, b_bs: u32,
     c_off: u32, c_bs: u32, o_off: u32, o_bs: u32,
-    alpha: f32, beta: f32, tiles_m: u32, _pad: u32,
+    alpha: f32, beta: f32, tiles_m: u32, lda: u32,         // ld*: elements between stored rows (submatrix views)
+    ldb: u32, ldo: u32, _p0: u32, _p1: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
 //#if VEC4
@@ -46,17 +47,17 @@ fn rnd(x: f32) -> f32 {
 //#else
 fn la(batch: u32, r: u32, kk: u32) -> f32 {
 //#if TRANS_A
-    return rnd(a[u.a_off + batch * u.a_bs + kk * u.m + r]);
+    return rnd(a[u.a_off + batch * u.a_bs + kk * u.lda + r]);
 //#else
-    return rnd(a[u.a_off + batch * u.a_bs + r * u.k + kk]);
+    return rnd(a[u.a_off + batch * u.a_bs + r * u.lda + kk]);
 //#endif
 }
 
 fn lb(batch: u32, kk: u32, cidx: u32) -> f32 {
 //#if TRANS_B
-    return rnd(b[u.b_off + batch * u.b_bs + cidx * u.k + kk]);
+    return rnd(b[u.b_off + batch * u.b_bs + cidx * u.ldb + kk]);
 //#else
-    return rnd(b[u.b_off + batch * u.b_bs + kk * u.n + cidx]);
+    return rnd(b[u.b_off + batch * u.b_bs + kk * u.ldb + cidx]);
 //#endif
 }
 //#endif
@@ -68,14 +69,14 @@ fn store(batch: u32, r: u32, cidx: u32, v: f32) {
 //#endif
     var acc = u.alpha * v;
 //#if HAS_C
-    acc += u.beta * c[u.c_off + batch * u.c_bs + r * u.n + cidx];
+    acc += u.beta * c[u.c_off + batch * u.c_bs + r * u.ldo + cidx];
 //#endif
 //#if C_INPLACE
-    acc += u.beta * o[u.o_off + batch * u.o_bs + r * u.n + cidx];
+    acc += u.beta * o[u.o_off + batch * u.o_bs + r * u.ldo + cidx];
 //#endif
-    o[u.o_off + batch * u.o_bs + r * u.n + cidx] = rnd(acc);
+    o[u.o_off + batch * u.o_bs + r * u.ldo + cidx] = rnd(acc);
 //#if SYM
-    if (r != cidx) { o[u.o_off + batch * u.o_bs + cidx * u.n + r] = rnd(acc); }
+    if (r != cidx) { o[u.o_off + batch * u.o_bs + cidx * u.ldo + r] = rnd(acc); }
 //#endif
 }
 

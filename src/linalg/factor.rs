@@ -50,21 +50,31 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
     let panel = plan.gpu().kernel("linalg/qr_panel.wgsl", "panel", &[])?;
     // x ← x − V·op(T)·(Vᵀ·x), computed transposed (xᵀV, then ·op(T)ᵀ) so that every product has the long
     // dimension as its rows: matmul tiles are tall, and 32-row products would waste most of them. V is zero
-    // above row j0, so only rows ≥ j0 of x take part (strided views of each matrix's row range).
+    // above row j0, so only rows ≥ j0 of x take part; and only columns ≥ j0: left of the panel, those rows are
+    // already reduced to zero (reducing A) or still the identity's zeros (building Q). The products run on that
+    // trailing block in place (row stride n, one block per matrix of the stack).
     // op(T) = Tᵀ reduces A, op(T) = T builds Q.
     let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, x: &Tensor| -> Result<()> {
         let j0 = p * nb;
-        let rows = |t: &Tensor, cols: usize| {
-            Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + j0 * cols, &[b, m - j0, cols])
+        let (rows, cols) = (m - j0, n - j0);
+        let at = |t: &Tensor, offset: usize, shape: &[usize]| {
+            Tensor::from_buffer(t.gpu(), t.buffer().clone(), offset, shape)
         };
-        let (xr, vr) = (rows(x, n)?, rows(&view(&vs, p, m)?, nb)?);
+        let xr = at(x, x.offset() + j0 * n + j0, &[b, rows, cols])?;
+        let vr = at(&vs, p * b * m * nb + j0 * nb, &[b, rows, nb])?;
+        let (w1, w2) = (at(&w1, w1.offset(), &[b, cols, nb])?, at(&w2, w2.offset(), &[b, cols, nb])?);
         let t = view(&ts, p, nb)?;
-        Matmul::new(&xr, &vr, &w1).trans(Trans::T, Trans::N).batch_strides(m * n, m * nb, n * nb).record(plan)?;
+        Matmul::new(&xr, &vr, &w1)
+            .trans(Trans::T, Trans::N)
+            .batch_strides(m * n, m * nb, cols * nb)
+            .row_strides(n, nb, nb)
+            .record(plan)?;
         Matmul::new(&w1, &t, &w2).trans(Trans::N, if reduce { Trans::N } else { Trans::T }).record(plan)?;
         Matmul::new(&vr, &w2, &xr)
             .trans(Trans::N, Trans::T)
             .scaled(-1.0, Some(&xr), 1.0)
-            .batch_strides(m * nb, n * nb, m * n)
+            .batch_strides(m * nb, cols * nb, m * n)
+            .row_strides(nb, nb, n)
             .record(plan)
     };
     for p in 0..panels {

@@ -106,7 +106,10 @@ struct Uniforms {
     alpha: f32,
     beta: f32,
     tiles_m: u32,
-    _pad: u32,
+    lda: u32,
+    ldb: u32,
+    ldo: u32,
+    _pad: [u32; 2],
 }
 
 /// Accumulator declarations and their stores; accumulator `j` sits at column `col0 + col(j)`.
@@ -314,6 +317,10 @@ pub struct Matmul<'a> {
     /// Elements between consecutive matrices of `a`, `b` and `out` (`c` uses `out`'s) when the stacks are not
     /// packed, e.g. row ranges `[j.., :]` of each matrix of a larger stack; `None`: packed.
     pub batch_strides: Option<[usize; 3]>,
+    /// Elements between consecutive stored rows of `a`, `b` and `out` (`c` uses `out`'s) when the operands are
+    /// submatrix views, e.g. the trailing block `[j.., j..]` of a larger matrix; `None`: each row follows the
+    /// last. The tensors' shapes are the views' shapes.
+    pub row_strides: Option<[usize; 3]>,
     /// The kernel variant; `None`: chosen per adapter and product size.
     pub variant: Option<MatmulVariant>,
 }
@@ -332,6 +339,7 @@ impl<'a> Matmul<'a> {
             beta: 0.0,
             precision: Precision::F32,
             batch_strides: None,
+            row_strides: None,
             variant: None,
         }
     }
@@ -358,27 +366,57 @@ impl<'a> Matmul<'a> {
         self.batch_strides = Some([a, b, out]);
         self
     }
+    /// Submatrix views: see [`Matmul::row_strides`](Matmul#structfield.row_strides).
+    pub fn row_strides(mut self, a: usize, b: usize, out: usize) -> Self {
+        self.row_strides = Some([a, b, out]);
+        self
+    }
     /// Run this kernel variant instead of the adapter's choice (for tests and measurements).
     pub fn variant(mut self, v: MatmulVariant) -> Self {
         self.variant = Some(v);
         self
     }
 
+    /// Elements between stored rows of `a`, `b` and `out`, checked to be at least each one's row length.
+    fn lds(&self) -> Result<[usize; 3]> {
+        let cols = |t: &Tensor| t.shape()[t.shape().len() - 1];
+        let natural = [cols(self.a), cols(self.b), cols(self.out)];
+        let lds = self.row_strides.unwrap_or(natural);
+        if lds.iter().zip(natural).any(|(&ld, c)| ld < c) {
+            return Err(Error::Shape {
+                op: "matmul",
+                detail: format!("row strides {lds:?} are shorter than the rows {natural:?} of A, B and out"),
+            });
+        }
+        Ok(lds)
+    }
+
     /// Per-operand batch strides (0 for a broadcast operand), checked against the buffers.
     fn strides(&self, (ba, bb, bo): (usize, usize, usize), m: usize, n: usize) -> Result<[u32; 3]> {
+        let lds = self.lds()?;
         let packed = |t: &Tensor| t.shape()[t.shape().len() - 2..].iter().product::<usize>();
+        // Elements from a matrix's first to its last stored element, inclusive.
+        let span = |t: &Tensor, ld: usize| {
+            let s = &t.shape()[t.shape().len() - 2..];
+            if s[0] * s[1] == 0 {
+                0
+            } else {
+                (s[0] - 1) * ld + s[1]
+            }
+        };
         let given = self.batch_strides.unwrap_or([packed(self.a), packed(self.b), m * n]);
         let mut out = [0u32; 3];
         for (i, (t, b)) in [(self.a, ba), (self.b, bb), (self.out, bo)].into_iter().enumerate() {
             let stride = if b == 1 { 0 } else { given[i] };
-            let end = t.offset() + (b - 1) * stride + packed(t);
-            if end * 4 > t.buffer().size() as usize || (i == 2 && b > 1 && stride < m * n) {
+            let end = t.offset() + (b - 1) * stride + span(t, lds[i]);
+            if end * 4 > t.buffer().size() as usize || (i == 2 && b > 1 && stride < span(t, lds[2])) {
                 return Err(Error::Shape {
                     op: "matmul",
                     detail: format!(
-                        "batch stride {stride} for a stack of {b} {:?} at offset {} does not fit its buffer \
-                         ({} elements) or overlaps the output",
+                        "batch stride {stride} for a stack of {b} {:?} (row stride {}) at offset {} does not fit \
+                         its buffer ({} elements) or overlaps the output",
                         t.shape(),
+                        lds[i],
                         t.offset(),
                         t.buffer().size() / 4
                     ),
@@ -387,7 +425,7 @@ impl<'a> Matmul<'a> {
             out[i] = stride as u32;
         }
         if let Some(c) = self.c {
-            let end = c.offset() + (bo - 1) * out[2] as usize + m * n;
+            let end = c.offset() + (bo - 1) * out[2] as usize + span(c, lds[2]);
             if c.matrices("matmul C")?.0 > 1 && end * 4 > c.buffer().size() as usize {
                 return Err(Error::Shape { op: "matmul", detail: "C's stack does not fit its buffer".into() });
             }
@@ -494,7 +532,8 @@ fn choose(
         && along_b.is_multiple_of(4)
         && mm.a.offset().is_multiple_of(4)
         && mm.b.offset().is_multiple_of(4)
-        && mm.batch_strides.is_none_or(|s| s[..2].iter().all(|x| x.is_multiple_of(4)));
+        && mm.batch_strides.is_none_or(|s| s[..2].iter().all(|x| x.is_multiple_of(4)))
+        && mm.row_strides.is_none_or(|ld| ld[0] == along_a && ld[1] == along_b);
     let subgroup_fits = gpu.cpu_subgroup_size() == Some(tile.wg_x) && mm.precision == Precision::F32;
     let shared_fits = shared_bytes(tile) <= gpu.limits().max_compute_workgroup_storage_size;
     let chosen = match requested {
@@ -512,7 +551,7 @@ fn choose(
     if !fits {
         let detail = format!(
             "the {chosen:?} variant cannot run this product on {} (tile {tile:?}, {m}×{k}·{k}×{n}, {:?}; Vec4 needs \
-             f32, tile sides and contiguous dimensions, offsets and strides multiples of 4; Subgroup a CPU adapter \
+             f32, tile sides and contiguous dimensions, offsets and strides multiples of 4, packed rows; Subgroup a CPU adapter \
              with fixed subgroups of the tile's width; Shared its blocks within the workgroup-memory limit)",
             gpu.describe(),
             mm.precision
@@ -590,6 +629,7 @@ fn record_matmul(
     let tiles_n = (n as u32).div_ceil(tile.cols());
     let c = mm.c.unwrap_or(mm.out);
     let [a_bs, b_bs, o_bs] = mm.strides((ba, bb, batch), m, n)?;
+    let [lda, ldb, ldo] = mm.lds()?;
     let c_bs = if c.matrices("matmul C")?.0 == 1 { 0 } else { o_bs };
     let u = Uniforms {
         m: m as u32,
@@ -607,7 +647,10 @@ fn record_matmul(
         alpha: mm.alpha,
         beta: mm.beta,
         tiles_m,
-        _pad: 0,
+        lda: lda as u32,
+        ldb: ldb as u32,
+        ldo: ldo as u32,
+        _pad: [0; 2],
     };
     let groups = [tiles_n, tiles_m, batch as u32];
     let mut tensors = vec![mm.a, mm.b, mm.out];
@@ -643,7 +686,20 @@ pub fn gram(
         GramSide::Rows => (Trans::N, Trans::T),
         GramSide::Cols => (Trans::T, Trans::N),
     };
-    let mm = Matmul { a: x, b: x, out, c, ta, tb, alpha, beta, precision, batch_strides: None, variant: None };
+    let mm = Matmul {
+        a: x,
+        b: x,
+        out,
+        c,
+        ta,
+        tb,
+        alpha,
+        beta,
+        precision,
+        batch_strides: None,
+        row_strides: None,
+        variant: None,
+    };
     let (bx, r, cdim) = x.matrices("gram X")?;
     let (bo, m, n) = out.matrices("gram out")?;
     let s = if side == GramSide::Rows { r } else { cdim };

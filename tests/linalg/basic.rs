@@ -198,6 +198,95 @@ fn matmul_over_row_ranges_of_a_stack() {
     assert!(p.is_empty());
 }
 
+/// The `r×c` block of `m` at `(i0, j0)`.
+fn block(m: &Mat, (i0, j0): (usize, usize), (r, c): (usize, usize)) -> Mat {
+    let mut out = Mat::zeros(r, c);
+    for i in 0..r {
+        for j in 0..c {
+            out.set(i, j, m.at(i0 + i, j0 + j));
+        }
+    }
+    out
+}
+
+/// Submatrix views through `row_strides`: blocks of larger stacks as A and B (every transpose), the trailing block
+/// of a stack accumulated in place, with every variant that takes them; elements outside the output block stay as
+/// they were. A row stride shorter than its row is an error, and the vector-load variant refuses strided operands.
+#[test]
+fn matmul_over_submatrix_views() {
+    let gpu = gpu();
+    let mut rng = Rng::new(5);
+    let (b, k) = (2usize, 9usize);
+    let (xr, xc, x0) = (23usize, 19usize, (5usize, 4usize));
+    let (m, n) = (xr - x0.0, xc - x0.1);
+    let (pr, pc) = (25usize, 30usize);
+    for (ta, tb) in [(Trans::N, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::N), (Trans::T, Trans::T)] {
+        let (a_shape, b_shape) =
+            (if ta == Trans::N { (m, k) } else { (k, m) }, if tb == Trans::N { (k, n) } else { (n, k) });
+        let (a0, b0) = ((2usize, 3usize), (1usize, 2usize));
+        let pa: Vec<Mat> = (0..b).map(|_| rng.mat(pr, pc)).collect();
+        let pb: Vec<Mat> = (0..b).map(|_| rng.mat(pr, pc)).collect();
+        let xs: Vec<Mat> = (0..b).map(|_| rng.mat(xr, xc)).collect();
+        let (gpa, gpb) = (upload(&gpu, &pa), upload(&gpu, &pb));
+        let view = |t: &Tensor, (i0, j0): (usize, usize), (r, c): (usize, usize), ld: usize| {
+            Tensor::from_buffer(&gpu, t.buffer().clone(), i0 * ld + j0, &[b, r, c]).unwrap()
+        };
+        let va = view(&gpa, a0, a_shape, pc);
+        let vb = view(&gpb, b0, b_shape, pc);
+        let mut first: Option<Vec<f32>> = None;
+        for variant in [None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)] {
+            let gx = upload(&gpu, &xs);
+            let vx = view(&gx, x0, (m, n), xc);
+            run(&gpu, |p| {
+                let mut mm = Matmul::new(&va, &vb, &vx)
+                    .trans(ta, tb)
+                    .scaled(-0.5, Some(&vx), 2.0)
+                    .batch_strides(pr * pc, pr * pc, xr * xc)
+                    .row_strides(pc, pc, xc);
+                mm.variant = variant;
+                mm.record(p).unwrap()
+            });
+            let got = gx.read_blocking().unwrap();
+            for (i, g) in split(&got, b).iter().enumerate() {
+                let prod = op(&block(&pa[i], a0, a_shape), ta).mul(&op(&block(&pb[i], b0, b_shape), tb));
+                let mut want = xs[i].clone();
+                for r in 0..m {
+                    for c in 0..n {
+                        want.set(x0.0 + r, x0.1 + c, 2.0 * xs[i].at(x0.0 + r, x0.1 + c) - 0.5 * prod.at(r, c));
+                    }
+                }
+                let e = rel_err(g, &want.d);
+                assert!(e < 1e-5, "{ta:?}{tb:?} {variant:?} matrix {i}: rel err {e}");
+            }
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert_eq!(f, &got, "{ta:?}{tb:?}: {variant:?} differs from the default"),
+            }
+        }
+    }
+    let gx = upload(&gpu, &[rng.mat(xr, xc)]);
+    let vx = Tensor::from_buffer(&gpu, gx.buffer().clone(), 0, &[m, n]).unwrap();
+    let (ga, gb) = (Tensor::zeros(&gpu, &[m, 8]).unwrap(), Tensor::zeros(&gpu, &[8, n]).unwrap());
+    let mut p = PlanBuilder::new(&gpu);
+    let short = Matmul::new(&ga, &gb, &vx).row_strides(8, n - 1, xc).record(&mut p);
+    assert!(matches!(short, Err(Error::Shape { .. })), "{short:?}");
+    let past_end = Matmul::new(&ga, &gb, &vx).row_strides(8, n, 2 * xc).record(&mut p);
+    assert!(matches!(past_end, Err(Error::Shape { .. })), "{past_end:?}");
+    // Only the strided A keeps the vector loads out (16 columns: every other condition holds).
+    let wide = Tensor::zeros(&gpu, &[m, 12]).unwrap();
+    let strided_a = Tensor::from_buffer(&gpu, wide.buffer().clone(), 0, &[m, 8]).unwrap();
+    let (gb16, out16) = (Tensor::zeros(&gpu, &[8, 16]).unwrap(), Tensor::zeros(&gpu, &[m, 16]).unwrap());
+    let vec4 =
+        Matmul::new(&strided_a, &gb16, &out16).row_strides(12, 16, 16).variant(MatmulVariant::Vec4).record(&mut p);
+    assert!(matches!(vec4, Err(Error::InvalidArgument { .. })), "{vec4:?}");
+    Matmul::new(&strided_a, &gb16, &out16)
+        .row_strides(12, 16, 16)
+        .variant(MatmulVariant::Registers)
+        .record(&mut p)
+        .unwrap();
+    assert_eq!(p.len(), 1);
+}
+
 #[test]
 fn gram_both_sides_exactly_symmetric() {
     gram_checks();
