@@ -161,7 +161,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     // Symmetric output: tiles wholly below the diagonal have nothing to do (the upper tiles mirror into them).
     if ((tj + 1u) * {{TILE_N}}u <= ti * {{TILE_M}}u) { return; }
 //#endif
-    let row0 = ti * {{TILE_M}}u + lid.y * {{TM}}u;
+    let row0 = ti * {{TILE_M}}u + {{ROW_LANE}};
     let col0 = tj * {{TILE_N}}u + {{LANE_COL}};
     let mlast = u.m - 1u;
     let nlast = u.n - 1u;

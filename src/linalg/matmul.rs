@@ -34,7 +34,7 @@ impl MatmulTile {
     /// The tile for a product with `outputs` (= batch·m·n) output elements on this adapter (see `wgoptim bench
     /// matmul`). `WGOPTIM_MATMUL_TILE=tm,tn,wg_x,wg_y` overrides it (for tuning).
     ///
-    /// CPU adapters take one tile for every size. GPUs take the largest tile (most reuse per load) that still
+    /// CPU adapters take [`CPU_TILE`] for every size. GPUs take the largest tile (most reuse per load) that still
     /// gives [`GPU_FILL`] invocations, so small products spread over the whole device: on an H100 (f32 NN,
     /// register tiles, GFLOPS) a fixed 4×4 tile ran 128×128×384 at 376, n = 512 at 2,133 and n = 4096 at 12,144,
     /// where the tile picked here ran them at 924 (1×1), 3,662 (2×2) and 16,561 (8×8); staged through workgroup
@@ -43,12 +43,8 @@ impl MatmulTile {
         if let Some(t) = Self::from_env() {
             return t;
         }
-        if gpu.cpu_subgroup_size() == Some(8) {
-            // The subgroup-broadcast variant makes A nearly free, so tall tiles win: on lavapipe (2 cores)
-            // 16×4 measured 7.5–10.4 GFLOPS at n = 512 against 4.5–5.7 for the scalar 8×8.
-            MatmulTile { tm: 16, tn: 4, wg_x: 8, wg_y: 8 }
-        } else if gpu.is_cpu() {
-            MatmulTile { tm: 8, tn: 8, wg_x: 8, wg_y: 8 }
+        if gpu.is_cpu() {
+            CPU_TILE
         } else {
             Self::for_gpu_product(outputs)
         }
@@ -75,6 +71,15 @@ impl MatmulTile {
         self.tn * self.wg_x
     }
 }
+
+/// The tile of CPU adapters. llvmpipe (Mesa 25) loads storage lane by lane (a bounds-checked scalar load per
+/// lane, even where all lanes read one address), so the tile with the most FMAs per load wins as long as its
+/// accumulators fit: 16×8 spends 24 loads on 128 FMAs. A workgroup of one 8-lane row keeps A's row index free of
+/// the lane id (see `ROW_LANE`). On llvmpipe (2 cores of an AMD EPYC with AVX-512, f32 GFLOPS, 512 / 1024), this
+/// tile ran NN at 29–31 / 28–29 and TN at 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 /
+/// 23 for an 8×8; 12×8 26 / 26, 16×6 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92
+/// ms against 143, the small GPT's training step 185 against 227–251.
+const CPU_TILE: MatmulTile = MatmulTile { tm: 16, tn: 8, wg_x: 8, wg_y: 1 };
 
 /// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
 /// 65,536 was the crossover measured there between neighbouring tiles of `GPU_TILES`).
@@ -147,6 +152,9 @@ fn skeleton(
         ("TILE_M", t.rows().to_string()),
         ("TILE_N", t.cols().to_string()),
         ("LANE_COL", lane_col.into()),
+        // A workgroup one lane high keeps row indices free of the lane id, so the compiler sees A's loads as
+        // uniform (one scalar load for all lanes on CPU adapters instead of one per lane).
+        ("ROW_LANE", if t.wg_y == 1 { "0u".into() } else { format!("lid.y * {}u", t.tm) }),
         ("ROWS", rows),
         ("COLS", cols),
         ("DECL", decl),
@@ -507,8 +515,8 @@ pub enum MatmulVariant {
 /// The tile and variant for one product. The variant is [`Matmul::variant`], else `WGOPTIM_MATMUL_VARIANT`
 /// (`registers`, `vec4`, `subgroup` or `shared`; for measuring), else the adapter's: workgroup-memory staging on
 /// GPUs (H100, f32 NN GFLOPS, register tiles → staged: 128×128×384 973 → 1,579; n = 512 3,650 → 6,238;
-/// n = 4096 14,902 → 28,390), the subgroup variant on CPU adapters whose subgroups are exactly one workgroup row
-/// (lavapipe), scalar registers elsewhere. A variant that cannot run the product is an error.
+/// n = 4096 14,902 → 28,390), scalar registers elsewhere (on lavapipe they beat the subgroup variant once the
+/// tile is [`CPU_TILE`]). A variant that cannot run the product is an error.
 fn choose(
     gpu: &Gpu,
     mm: &Matmul<'_>,
@@ -539,7 +547,6 @@ fn choose(
     let chosen = match requested {
         Some(v) => v,
         None if !gpu.is_cpu() && shared_fits => MatmulVariant::Shared,
-        None if subgroup_fits => MatmulVariant::Subgroup,
         None => MatmulVariant::Registers,
     };
     let fits = match chosen {

@@ -12,12 +12,17 @@ fn op(m: &Mat, t: Trans) -> Mat {
     }
 }
 
-/// Every variant on awkward shapes (the adapter's own choice, scalar registers, workgroup-memory staging), each
-/// bit-identical to the others: they sum every output in the same order.
+/// Every variant on awkward shapes (the adapter's own choice, scalar registers, workgroup-memory staging, and on
+/// CPU adapters with 8-lane subgroups the subgroup-broadcast one), each bit-identical to the others: they sum every
+/// output in the same order.
 #[test]
 fn matmul_all_transposes_and_shapes() {
     let gpu = gpu();
     let mut rng = Rng::new(1);
+    let mut variants = vec![None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)];
+    if gpu.cpu_subgroup_size() == Some(8) {
+        variants.push(Some(MatmulVariant::Subgroup));
+    }
     for &(m, n) in SHAPES {
         for &k in &[1usize, 5, 33] {
             for (ta, tb) in [(Trans::N, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::N), (Trans::T, Trans::T)] {
@@ -27,7 +32,7 @@ fn matmul_all_transposes_and_shapes() {
                 let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
                 let (ga, gb, gc) = (upload(&gpu, &a), upload(&gpu, &b), upload(&gpu, &c));
                 let mut first: Option<Vec<f32>> = None;
-                for variant in [None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)] {
+                for &variant in &variants {
                     let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
                     run(&gpu, |p| {
                         let mut mm = Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0);
