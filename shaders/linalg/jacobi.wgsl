@@ -1,6 +1,7 @@
 // Symmetric eigendecomposition by parallel two-sided Jacobi (docs/optimizers.md §11.4): one workgroup per matrix,
 // round-robin (circle) ordering gives m/2 disjoint pairs per round, m−1 rounds per sweep; the sweep loop stops
-// once off(A)² ≤ tol²·‖A‖² or a sweep rotated nothing (every pair at rounding level). `a` and `v` are work copies (V starts as I, or the previous basis for a warm start);
+// once off(A)² ≤ tol²·‖A‖² or a sweep rotated nothing (every pair at rounding level). `a` and `v` are work copies (V starts as I, or the previous basis for a warm start; the sweeps here keep
+// it transposed, V_T, while the rounds schedule hands over V itself for the sort alone);
 // the result is written sorted ascending into `vals` and the columns of `vecs`.
 struct U {
     n: u32, m: u32, max_sweeps: u32, warm: u32,
@@ -89,35 +90,57 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             storageBarrier();
             workgroupBarrier();
-            // Rows p, q ← Jᵀ A.
+            // A ← Jᵀ A J by 2×2 blocks (rows of pair ki, columns of pair kj): each block needs only its two
+            // rotations, so one pass reads and writes every element once (rows first, then columns, as the
+            // two-pass form would round). A pair past n (odd n) has no rotation and no row.
+            for (var i = li; i < pairs * pairs; i += WG) {
+                let ri = rot[i / pairs];
+                let rj = rot[i % pairs];
+                if (ri.y != 0.0 || rj.y != 0.0) {
+                    let pi = idx[i / pairs];
+                    let pj = idx[i % pairs];
+                    let hq_i = pi.y < n;
+                    let hq_j = pj.y < n;
+                    var x0 = a[base + pi.x * n + pj.x];
+                    var x1 = 0.0;
+                    var y0 = 0.0;
+                    var y1 = 0.0;
+                    if (hq_j) { x1 = a[base + pi.x * n + pj.y]; }
+                    if (hq_i) { y0 = a[base + pi.y * n + pj.x]; }
+                    if (hq_i && hq_j) { y1 = a[base + pi.y * n + pj.y]; }
+                    if (ri.y != 0.0) {
+                        let tx0 = ri.x * x0 - ri.y * y0;
+                        let tx1 = ri.x * x1 - ri.y * y1;
+                        y0 = ri.y * x0 + ri.x * y0;
+                        y1 = ri.y * x1 + ri.x * y1;
+                        x0 = tx0;
+                        x1 = tx1;
+                    }
+                    if (rj.y != 0.0) {
+                        let tx0 = rj.x * x0 - rj.y * x1;
+                        let ty0 = rj.x * y0 - rj.y * y1;
+                        x1 = rj.y * x0 + rj.x * x1;
+                        y1 = rj.y * y0 + rj.x * y1;
+                        x0 = tx0;
+                        y0 = ty0;
+                    }
+                    a[base + pi.x * n + pj.x] = x0;
+                    if (hq_j) { a[base + pi.x * n + pj.y] = x1; }
+                    if (hq_i) { a[base + pi.y * n + pj.x] = y0; }
+                    if (hq_i && hq_j) { a[base + pi.y * n + pj.y] = y1; }
+                }
+            }
+            // V ← V J, held transposed (Vᵀ ← Jᵀ Vᵀ): rows p, q, contiguous like A's rows.
             for (var i = li; i < pairs * n; i += WG) {
                 let k = i / n;
                 let col = i % n;
                 let cs = rot[k];
                 if (cs.y != 0.0) {
                     let pq = idx[k];
-                    let x = a[base + pq.x * n + col];
-                    let y = a[base + pq.y * n + col];
-                    a[base + pq.x * n + col] = cs.x * x - cs.y * y;
-                    a[base + pq.y * n + col] = cs.y * x + cs.x * y;
-                }
-            }
-            storageBarrier();
-            // Columns p, q ← A J, V J.
-            for (var i = li; i < pairs * n; i += WG) {
-                let k = i / n;
-                let row = i % n;
-                let cs = rot[k];
-                if (cs.y != 0.0) {
-                    let pq = idx[k];
-                    let x = a[base + row * n + pq.x];
-                    let y = a[base + row * n + pq.y];
-                    a[base + row * n + pq.x] = cs.x * x - cs.y * y;
-                    a[base + row * n + pq.y] = cs.y * x + cs.x * y;
-                    let vx = v[base + row * n + pq.x];
-                    let vy = v[base + row * n + pq.y];
-                    v[base + row * n + pq.x] = cs.x * vx - cs.y * vy;
-                    v[base + row * n + pq.y] = cs.y * vx + cs.x * vy;
+                    let vx = v[base + pq.x * n + col];
+                    let vy = v[base + pq.y * n + col];
+                    v[base + pq.x * n + col] = cs.x * vx - cs.y * vy;
+                    v[base + pq.y * n + col] = cs.y * vx + cs.x * vy;
                 }
             }
             storageBarrier();
@@ -134,7 +157,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         vals[wg.x * n + rank] = li_;
         for (var row = 0u; row < n; row++) {
+//#if V_T
+            vecs[base + row * n + rank] = v[base + i * n + row];
+//#else
             vecs[base + row * n + rank] = v[base + row * n + i];
+//#endif
         }
     }
 }

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::{copy, identity, Matmul, Trans};
+use crate::linalg::{copy, identity, transpose, Matmul, Trans};
 
 /// Largest matrix the one-workgroup Jacobi kernel takes (its pair table lives in workgroup memory).
 pub const MAX_EIGH_DIM: usize = 2048;
@@ -99,6 +99,11 @@ pub fn eigh(
     if !(cfg.tol >= 0.0 && cfg.skip >= 0.0) {
         return Err(Error::InvalidArgument { op: "eigh", name: "tol", detail: "tolerances must be ≥ 0".into() });
     }
+    let m = n + n % 2;
+    let rounds = match cfg.schedule {
+        JacobiSchedule::Auto => n >= 128 && !plan.gpu().is_cpu(),
+        s => s == JacobiSchedule::Rounds,
+    };
     let work_a = plan.scratch(&[b, n, n])?;
     let work_v = plan.scratch(&[b, n, n])?;
     match warm {
@@ -109,23 +114,27 @@ pub fn eigh(
             let t = plan.scratch(&[b, n, n])?;
             Matmul::new(v0, a, &t).trans(Trans::T, Trans::N).record(plan)?;
             Matmul::new(&t, v0, &work_a).record(plan)?;
-            copy(plan, v0, &work_v)?;
+            // The one-workgroup sweeps rotate Vᵀ's rows (contiguous) rather than V's columns.
+            if rounds {
+                copy(plan, v0, &work_v)?;
+            } else {
+                transpose(plan, v0, &work_v)?;
+            }
         }
         None => {
             copy(plan, a, &work_a)?;
             identity(plan, &work_v, 1.0)?;
         }
     }
-    let m = n + n % 2;
-    let rounds = match cfg.schedule {
-        JacobiSchedule::Auto => n >= 128 && !plan.gpu().is_cpu(),
-        s => s == JacobiSchedule::Rounds,
-    };
     let work_a = if rounds { jacobi_rounds(plan, &work_a, &work_v, b, n, warm.is_some(), cfg)? } else { work_a };
     let kernel = plan.gpu().kernel(
         "linalg/jacobi.wgsl",
         "main",
-        &[("PAIRS", (m / 2).max(1).to_string()), ("WG", workgroup_size(plan.gpu(), m / 2).to_string())],
+        &[
+            ("PAIRS", (m / 2).max(1).to_string()),
+            ("WG", workgroup_size(plan.gpu(), m / 2).to_string()),
+            ("V_T", (!rounds as u32).to_string()),
+        ],
     )?;
     let u = Uniforms {
         n: n as u32,
