@@ -33,6 +33,11 @@ fn pair(r: u32, k: u32) -> vec2<u32> {
     return vec2<u32>(min(p, q), max(p, q));
 }
 
+// (x, y) of rows (or columns) p, q after the rotation cs = (c, s).
+fn rotate(cs: vec2<f32>, x: f32, y: f32) -> vec2<f32> {
+    return vec2<f32>(cs.x * x - cs.y * y, cs.y * x + cs.x * y);
+}
+
 @compute @workgroup_size({{WG}}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = u.n;
@@ -101,33 +106,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     let pj = idx[i % pairs];
                     let hq_i = pi.y < n;
                     let hq_j = pj.y < n;
-                    var x0 = a[base + pi.x * n + pj.x];
-                    var x1 = 0.0;
-                    var y0 = 0.0;
-                    var y1 = 0.0;
-                    if (hq_j) { x1 = a[base + pi.x * n + pj.y]; }
-                    if (hq_i) { y0 = a[base + pi.y * n + pj.x]; }
-                    if (hq_i && hq_j) { y1 = a[base + pi.y * n + pj.y]; }
+                    // rp, rq: the block's parts of rows p and q (columns p, q of pair kj).
+                    var rp = vec2<f32>(a[base + pi.x * n + pj.x], 0.0);
+                    var rq = vec2<f32>(0.0);
+                    if (hq_j) { rp.y = a[base + pi.x * n + pj.y]; }
+                    if (hq_i) { rq.x = a[base + pi.y * n + pj.x]; }
+                    if (hq_i && hq_j) { rq.y = a[base + pi.y * n + pj.y]; }
                     if (ri.y != 0.0) {
-                        let tx0 = ri.x * x0 - ri.y * y0;
-                        let tx1 = ri.x * x1 - ri.y * y1;
-                        y0 = ri.y * x0 + ri.x * y0;
-                        y1 = ri.y * x1 + ri.x * y1;
-                        x0 = tx0;
-                        x1 = tx1;
+                        let t = ri.x * rp - ri.y * rq;
+                        rq = ri.y * rp + ri.x * rq;
+                        rp = t;
                     }
                     if (rj.y != 0.0) {
-                        let tx0 = rj.x * x0 - rj.y * x1;
-                        let ty0 = rj.x * y0 - rj.y * y1;
-                        x1 = rj.y * x0 + rj.x * x1;
-                        y1 = rj.y * y0 + rj.x * y1;
-                        x0 = tx0;
-                        y0 = ty0;
+                        rp = rotate(rj, rp.x, rp.y);
+                        rq = rotate(rj, rq.x, rq.y);
                     }
-                    a[base + pi.x * n + pj.x] = x0;
-                    if (hq_j) { a[base + pi.x * n + pj.y] = x1; }
-                    if (hq_i) { a[base + pi.y * n + pj.x] = y0; }
-                    if (hq_i && hq_j) { a[base + pi.y * n + pj.y] = y1; }
+                    a[base + pi.x * n + pj.x] = rp.x;
+                    if (hq_j) { a[base + pi.x * n + pj.y] = rp.y; }
+                    if (hq_i) { a[base + pi.y * n + pj.x] = rq.x; }
+                    if (hq_i && hq_j) { a[base + pi.y * n + pj.y] = rq.y; }
                 }
             }
             // V ← V J, held transposed (Vᵀ ← Jᵀ Vᵀ): rows p, q, contiguous like A's rows.
@@ -137,10 +134,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let cs = rot[k];
                 if (cs.y != 0.0) {
                     let pq = idx[k];
-                    let vx = v[base + pq.x * n + col];
-                    let vy = v[base + pq.y * n + col];
-                    v[base + pq.x * n + col] = cs.x * vx - cs.y * vy;
-                    v[base + pq.y * n + col] = cs.y * vx + cs.x * vy;
+                    let r = rotate(cs, v[base + pq.x * n + col], v[base + pq.y * n + col]);
+                    v[base + pq.x * n + col] = r.x;
+                    v[base + pq.y * n + col] = r.y;
                 }
             }
             storageBarrier();
