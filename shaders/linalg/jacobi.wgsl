@@ -1,8 +1,9 @@
 // Symmetric eigendecomposition by parallel two-sided Jacobi (docs/optimizers.md §11.4): one workgroup per matrix,
 // round-robin (circle) ordering gives m/2 disjoint pairs per round, m−1 rounds per sweep; the sweep loop stops
-// once off(A)² ≤ tol²·‖A‖² or a sweep rotated nothing (every pair at rounding level). `a` and `v` are work copies (V starts as I, or the previous basis for a warm start; the sweeps here keep
-// it transposed, V_T, while the rounds schedule hands over V itself for the sort alone);
-// the result is written sorted ascending into `vals` and the columns of `vecs`.
+// once off(A)² ≤ tol²·‖A‖² or a sweep rotated nothing (every pair at rounding level). `a` and `v` are work
+// copies: V starts as I or the previous basis (warm start); the sweeps here keep it transposed (V_T), while the
+// rounds schedule hands over V itself for the sort alone. The result is written sorted ascending into `vals` and
+// the columns of `vecs`.
 struct U {
     n: u32, m: u32, max_sweeps: u32, warm: u32,
     tol: f32, skip: f32, _q: u32, _r: u32,

@@ -75,10 +75,10 @@ impl MatmulTile {
 /// The tile of CPU adapters. llvmpipe (Mesa 25) loads storage lane by lane (a bounds-checked scalar load per
 /// lane, even where all lanes read one address), so the tile with the most FMAs per load wins as long as its
 /// accumulators fit: 16×8 spends 24 loads on 128 FMAs. A workgroup of one 8-lane row keeps A's row index free of
-/// the lane id (see `ROW_LANE`). On llvmpipe (2 cores of an AMD EPYC with AVX-512, f32 GFLOPS, 512 / 1024), this
+/// the lane id (see `ROW_LANE`), for compilers that make such loads uniform. On llvmpipe (2 cores of an AMD EPYC with AVX-512, f32 GFLOPS, 512 / 1024), this
 /// tile ran NN at 29–31 / 28–29 and TN at 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 /
 /// 23 for an 8×8; 12×8 26 / 26, 16×6 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92
-/// ms against 143, the small GPT's training step 185 against 227–251.
+/// ms against 132–143, the small GPT's training step 185 against 227–251.
 const CPU_TILE: MatmulTile = MatmulTile { tm: 16, tn: 8, wg_x: 8, wg_y: 1 };
 
 /// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
@@ -152,8 +152,8 @@ fn skeleton(
         ("TILE_M", t.rows().to_string()),
         ("TILE_N", t.cols().to_string()),
         ("LANE_COL", lane_col.into()),
-        // A workgroup one lane high keeps row indices free of the lane id, so the compiler sees A's loads as
-        // uniform (one scalar load for all lanes on CPU adapters instead of one per lane).
+        // A workgroup one lane high keeps row indices free of the lane id, so a compiler that tracks uniformity
+        // can load A once for all lanes (Mesa 25's llvmpipe does not: it still loads lane by lane).
         ("ROW_LANE", if t.wg_y == 1 { "0u".into() } else { format!("lid.y * {}u", t.tm) }),
         ("ROWS", rows),
         ("COLS", cols),
