@@ -1,18 +1,37 @@
-// Batched transpose through a 16×16 workgroup tile (coalesced reads and writes).
-struct U { rows: u32, cols: u32, in_off: u32, out_off: u32 }
+// Batched transpose. The source may be a strided view (rows `in_ld` apart, matrices `in_bs` apart, 0 for one
+// matrix shared by the batch); the output is packed.
+struct U { rows: u32, cols: u32, in_off: u32, out_off: u32, in_ld: u32, in_bs: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+//#if STRIPS
+// CPU adapters: no workgroup memory or barriers (costly on llvmpipe); lane x takes one source column and copies a
+// strip of STRIP rows of it, so loads run along source rows across lanes and each lane's stores are contiguous.
+@compute @workgroup_size(8, 8, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let r0 = gid.y * {{STRIP}}u;
+    if (c >= u.cols) { return; }
+    let src0 = u.in_off + gid.z * u.in_bs + c;
+    let dst0 = u.out_off + gid.z * u.rows * u.cols + c * u.rows;
+    for (var i = 0u; i < {{STRIP}}u; i++) {
+        let r = r0 + i;
+        if (r < u.rows) { dst[dst0 + r] = src[src0 + r * u.in_ld]; }
+    }
+}
+//#else
+// GPUs: through a 16×16 workgroup tile (coalesced reads and writes).
 var<workgroup> tile: array<array<f32, 17>, 16>;
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let per = u.rows * u.cols;
     let r = wg.y * 16u + lid.y;
     let c = wg.x * 16u + lid.x;
-    if (r < u.rows && c < u.cols) { tile[lid.y][lid.x] = src[u.in_off + wg.z * per + r * u.cols + c]; }
+    if (r < u.rows && c < u.cols) { tile[lid.y][lid.x] = src[u.in_off + wg.z * u.in_bs + r * u.in_ld + c]; }
     workgroupBarrier();
     let orow = wg.x * 16u + lid.y;
     let ocol = wg.y * 16u + lid.x;
+    let per = u.rows * u.cols;
     if (orow < u.cols && ocol < u.rows) { dst[u.out_off + wg.z * per + orow * u.rows + ocol] = tile[lid.x][lid.y]; }
 }
+//#endif

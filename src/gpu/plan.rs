@@ -28,6 +28,7 @@ pub struct PlanBuilder {
     stages: Vec<String>,
     timing: bool,
     params: Option<Tensor>,
+    transients: Vec<Option<Tensor>>,
 }
 
 impl PlanBuilder {
@@ -41,6 +42,7 @@ impl PlanBuilder {
             stages: vec!["main".into()],
             timing: false,
             params: None,
+            transients: Vec::new(),
         }
     }
 
@@ -67,6 +69,26 @@ impl PlanBuilder {
     /// A zero-filled workspace tensor owned by the plan's caller, allocated now (never per run).
     pub fn scratch(&mut self, shape: &[usize]) -> Result<Tensor> {
         Tensor::zeros(&self.gpu, shape)
+    }
+
+    /// A workspace tensor for an intermediate that one operation writes and reads back at once (e.g. an operand
+    /// relaid out for a faster kernel). Every transient of one `slot` shares a buffer, grown as needed, so it stays
+    /// valid only until the next dispatch that writes a transient of the same slot; dispatches run in order.
+    pub fn transient(&mut self, slot: usize, shape: &[usize]) -> Result<Tensor> {
+        let len: usize = shape.iter().product::<usize>().max(1);
+        if self.transients.len() <= slot {
+            self.transients.resize(slot + 1, None);
+        }
+        let buffer = match &self.transients[slot] {
+            Some(t) if t.numel() >= len => t.buffer.clone(),
+            _ => {
+                let t = Tensor::zeros(&self.gpu, &[len])?;
+                let buffer = t.buffer.clone();
+                self.transients[slot] = Some(t);
+                buffer
+            }
+        };
+        Ok(Tensor { buffer, offset: 0, shape: shape.to_vec(), gpu: self.gpu.clone() })
     }
 
     /// The per-run parameter block (`len` f32 values, e.g. lr and step), written by [`Plan::set_params`]

@@ -160,7 +160,31 @@ pub fn transpose(plan: &mut PlanBuilder, x: &Tensor, out: &Tensor) -> Result<()>
     if x.buffer == out.buffer {
         return Err(Error::InvalidArgument { op: "transpose", name: "out", detail: "out must not alias x".into() });
     }
+    transpose_view(plan, x, (b, m, n), (n, m * n), out)
+}
+
+/// Rows one lane copies in the CPU transpose.
+const TRANSPOSE_STRIP: u32 = 8;
+
+/// [`transpose`] of a strided view: `b` matrices of `m×n` in `x`'s buffer from `x.offset()`, rows `ld` apart and
+/// matrices `bs` apart, into the packed `out`. The caller checks that the view lies in `x`'s buffer.
+pub(crate) fn transpose_view(
+    plan: &mut PlanBuilder,
+    x: &Tensor,
+    (b, m, n): (usize, usize, usize),
+    (ld, bs): (usize, usize),
+    out: &Tensor,
+) -> Result<()> {
+    let u: [u32; 8] = [m as u32, n as u32, x.offset() as u32, out.offset() as u32, ld as u32, bs as u32, 0, 0];
+    if plan.gpu().is_cpu() {
+        let k = plan.gpu().kernel(
+            "linalg/transpose.wgsl",
+            "main",
+            &[("STRIPS", "1".into()), ("STRIP", TRANSPOSE_STRIP.to_string())],
+        )?;
+        let groups = [(n as u32).div_ceil(8), (m as u32).div_ceil(8 * TRANSPOSE_STRIP), b as u32];
+        return plan.dispatch(&k, &u, &[x, out], groups);
+    }
     let k = plan.gpu().kernel("linalg/transpose.wgsl", "main", &[])?;
-    let u: [u32; 4] = [m as u32, n as u32, x.offset() as u32, out.offset() as u32];
     plan.dispatch(&k, &u, &[x, out], [(n as u32).div_ceil(16), (m as u32).div_ceil(16), b as u32])
 }

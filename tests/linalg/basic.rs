@@ -292,6 +292,79 @@ fn matmul_over_submatrix_views() {
     assert_eq!(p.len(), 1);
 }
 
+/// Transposed B operands whose rows lie a multiple of 256 elements apart (CPU adapters first transpose them into a
+/// plan transient; see `relayout_for_cpu`): packed, broadcast over the batch, as strided views, and in a Gram
+/// product, each bit for bit the scalar-register variant's result (which reads them as stored) and close to f64.
+#[test]
+fn matmul_strided_transposed_operands_agree_with_direct_reads() {
+    let gpu = gpu();
+    let mut rng = Rng::new(6);
+    // (m, k, n, batches of A and B, transposes)
+    let cases = [
+        (64, 256, 24, (2, 2), (Trans::N, Trans::T)),
+        (70, 512, 17, (3, 1), (Trans::T, Trans::T)),
+        (96, 256, 65, (1, 2), (Trans::N, Trans::T)),
+    ];
+    for (m, k, n, (ba, bb), (ta, tb)) in cases {
+        let batch = ba.max(bb);
+        let a: Vec<Mat> = (0..ba).map(|_| op(&rng.mat(m, k), ta)).collect();
+        let b: Vec<Mat> = (0..bb).map(|_| op(&rng.mat(k, n), tb)).collect();
+        let (ga, gb) = (upload(&gpu, &a), upload(&gpu, &b));
+        let mut outs = Vec::new();
+        for variant in [None, Some(MatmulVariant::Registers)] {
+            let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
+            run(&gpu, |p| {
+                let mut mm = Matmul::new(&ga, &gb, &out).trans(ta, tb);
+                mm.variant = variant;
+                mm.record(p).unwrap()
+            });
+            let got = out.read_blocking().unwrap();
+            for (i, g) in split(&got, batch).iter().enumerate() {
+                let want = op(&a[i % ba], ta).mul(&op(&b[i % bb], tb));
+                let e = rel_err(g, &want.d);
+                assert!(e < 1e-5, "{m}x{k}x{n} {ta:?}{tb:?} {variant:?} batch {i}: rel err {e}");
+            }
+            outs.push(got);
+        }
+        assert_eq!(outs[0], outs[1], "{m}x{k}x{n} {ta:?}{tb:?}: the default differs from direct reads");
+    }
+    // Views: A and B are blocks of [2, 80, 512] stacks (rows 512 apart), accumulated into a block of a larger output.
+    let (m, k, n, ld) = (66, 300, 40, 512);
+    let (pa, pb): (Vec<Mat>, Vec<Mat>) =
+        ((0..2).map(|_| rng.mat(80, ld)).collect(), (0..2).map(|_| rng.mat(80, ld)).collect());
+    let (gpa, gpb) = (upload(&gpu, &pa), upload(&gpu, &pb));
+    let va = Tensor::from_buffer(&gpu, gpa.buffer().clone(), 3 * ld + 5, &[2, m, k]).unwrap();
+    let vb = Tensor::from_buffer(&gpu, gpb.buffer().clone(), ld + 7, &[2, n, k]).unwrap();
+    let mut outs = Vec::new();
+    for variant in [None, Some(MatmulVariant::Registers)] {
+        let out = Tensor::zeros(&gpu, &[2, m, n]).unwrap();
+        run(&gpu, |p| {
+            let mut mm = Matmul::new(&va, &vb, &out)
+                .trans(Trans::N, Trans::T)
+                .batch_strides(80 * ld, 80 * ld, m * n)
+                .row_strides(ld, ld, n);
+            mm.variant = variant;
+            mm.record(p).unwrap()
+        });
+        let got = out.read_blocking().unwrap();
+        for (i, g) in split(&got, 2).iter().enumerate() {
+            let want = block(&pa[i], (3, 5), (m, k)).mul(&block(&pb[i], (1, 7), (n, k)).t());
+            assert!(rel_err(g, &want.d) < 1e-5, "views, {variant:?} matrix {i}");
+        }
+        outs.push(got);
+    }
+    assert_eq!(outs[0], outs[1], "views: the default differs from direct reads");
+    // A Gram product X·Xᵀ with rows 512 apart equals the full product read directly.
+    let x: Vec<Mat> = (0..2).map(|_| rng.mat(72, 512)).collect();
+    let gx = upload(&gpu, &x);
+    let (g_out, mm_out) = (Tensor::zeros(&gpu, &[2, 72, 72]).unwrap(), Tensor::zeros(&gpu, &[2, 72, 72]).unwrap());
+    run(&gpu, |p| {
+        gram(p, &gx, GramSide::Rows, &g_out, 1.0, None, 0.0, Precision::F32).unwrap();
+        Matmul::new(&gx, &gx, &mm_out).trans(Trans::N, Trans::T).variant(MatmulVariant::Registers).record(p).unwrap();
+    });
+    assert_eq!(g_out.read_blocking().unwrap(), mm_out.read_blocking().unwrap(), "Gram X·Xᵀ");
+}
+
 #[test]
 fn gram_both_sides_exactly_symmetric() {
     gram_checks();
