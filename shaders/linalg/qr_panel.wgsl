@@ -10,15 +10,17 @@ struct U { m: u32, n: u32, j0: u32, w: u32, v_off: u32, t_off: u32, _p0: u32, _p
 @group(0) @binding(3) var<storage, read_write> t: array<f32>;
 
 const NB: u32 = 32u;
-const GROUPS: u32 = 8u;         // row groups: thread li owns panel column li % NB and rows ≡ li / NB (mod GROUPS)
-const WG: u32 = 256u;           // NB × GROUPS
-var<workgroup> red: array<f32, 256>;
+// Row groups: thread li owns panel column li % NB and rows ≡ li / NB (mod GROUPS). GPUs take 8; CPU adapters 1,
+// since llvmpipe runs a workgroup's lanes 8 at a time as coroutines and every barrier switches them all.
+const GROUPS: u32 = {{GROUPS}}u;
+const WG: u32 = {{WG}}u;        // NB × GROUPS
+var<workgroup> red: array<f32, {{WG}}>;
 var<workgroup> tau: array<f32, 32>;
-var<workgroup> gram: array<f32, 1024>;  // VᵀV, NB × NB
+var<workgroup> gram: array<f32, 1024>;  // VᵀV above its diagonal, NB × NB
 var<workgroup> tt: array<f32, 1024>;    // T, NB × NB
 var<workgroup> scale: f32;
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size({{WG}}, 1, 1)
 fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let m = u.m;
     let n = u.n;
@@ -40,7 +42,7 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = r + 1u + li; i < m; i += WG) { let x = v[vbase + i * NB + k]; s += x * x; }
         red[li] = s;
         workgroupBarrier();
-        for (var h = 128u; h > 0u; h >>= 1u) {
+        for (var h = WG / 2u; h > 0u; h >>= 1u) {
             if (li < h) { red[li] += red[li + h]; }
             workgroupBarrier();
         }
@@ -66,15 +68,17 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         }
         storageBarrier();
         workgroupBarrier();
-        // Panel columns c > k: x ← x − τ v (vᵀx), with vᵀx reduced over the row groups.
+        // Panel columns c > k: x ← x − τ v (vᵀx), with vᵀx reduced over the row groups. Columns c < k (finished
+        // reflectors, zero-free only where v_k is) give (VᵀV)[c, k] for T in the same pass.
         var d = 0.0;
-        if (c > k) {
+        if (c != k) {
             for (var i = r + g; i < m; i += GROUPS) { d += v[vbase + i * NB + k] * v[vbase + i * NB + c]; }
         }
         red[li] = d;
         workgroupBarrier();
         var dot = 0.0;
         for (var q = 0u; q < GROUPS; q++) { dot += red[q * NB + c]; }
+        if (c < k && g == 0u) { gram[c * NB + k] = dot; }
         dot *= tau[k];
         if (c > k) {
             for (var i = r + g; i < m; i += GROUPS) { v[vbase + i * NB + c] -= dot * v[vbase + i * NB + k]; }
@@ -82,15 +86,7 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         storageBarrier();
         workgroupBarrier();
     }
-    // VᵀV (only rows ≥ j0 are non-zero).
-    for (var e = li; e < NB * NB; e += WG) {
-        let p = e / NB;
-        let q = e % NB;
-        var s = 0.0;
-        for (var i = u.j0; i < m; i++) { s += v[vbase + i * NB + p] * v[vbase + i * NB + q]; }
-        gram[e] = s;
-        tt[e] = 0.0;
-    }
+    for (var e = li; e < NB * NB; e += WG) { tt[e] = 0.0; }
     workgroupBarrier();
     // T: T_kk = τ_k, T[0:k, k] = −τ_k · T[0:k, 0:k] · (VᵀV)[0:k, k].
     for (var k = 0u; k < u.w; k++) {

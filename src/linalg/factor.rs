@@ -2,7 +2,7 @@
 //! batched.
 
 use crate::error::{Error, Result};
-use crate::gpu::{PlanBuilder, Tensor};
+use crate::gpu::{Gpu, PlanBuilder, Tensor};
 use crate::linalg::{copy, identity, Matmul, Trans};
 
 /// Largest column count QR takes.
@@ -47,13 +47,14 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
     let view = |t: &Tensor, p: usize, rows: usize| {
         Tensor::from_buffer(t.gpu(), t.buffer().clone(), p * b * rows * nb, &[b, rows, nb])
     };
-    let panel = plan.gpu().kernel("linalg/qr_panel.wgsl", "panel", &[])?;
-    // x ← x − V·op(T)·(Vᵀ·x), computed transposed (xᵀV, then ·op(T)ᵀ) so that every product has the long
-    // dimension as its rows: matmul tiles are tall, and 32-row products would waste most of them. V is zero
-    // above row j0, so only rows ≥ j0 of x take part; and only columns ≥ j0: left of the panel, those rows are
-    // already reduced to zero (reducing A) or still the identity's zeros (building Q). The products run on that
-    // trailing block in place (row stride n, one block per matrix of the stack).
-    // op(T) = Tᵀ reduces A, op(T) = T builds Q.
+    let panel = plan.gpu().kernel("linalg/qr_panel.wgsl", "panel", &panel_defines(plan.gpu()))?;
+    // x ← x − V·op(T)·(Vᵀ·x). V is zero above row j0, so only rows ≥ j0 of x take part; and only columns ≥ j0:
+    // left of the panel, those rows are already reduced to zero (reducing A) or still the identity's zeros
+    // (building Q). The products run on that trailing block in place (row stride n, one block per matrix).
+    // op(T) = Tᵀ reduces A, op(T) = T builds Q. The 32-wide factors go where the matmul tile is short: GPU tiles
+    // are tall, so there it runs transposed (xᵀV, then ·op(T)ᵀ) with the long dimension as rows; the CPU tile is
+    // 16 rows × 64 columns, so there Vᵀx is 32 × cols (llvmpipe, 4 × 512×512: QR 161 → 135–143 ms).
+    let wide_tiles = plan.gpu().is_cpu();
     let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, x: &Tensor| -> Result<()> {
         let j0 = p * nb;
         let (rows, cols) = (m - j0, n - j0);
@@ -62,8 +63,22 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
         };
         let xr = at(x, x.offset() + j0 * n + j0, &[b, rows, cols])?;
         let vr = at(&vs, p * b * m * nb + j0 * nb, &[b, rows, nb])?;
-        let (w1, w2) = (at(&w1, w1.offset(), &[b, cols, nb])?, at(&w2, w2.offset(), &[b, cols, nb])?);
         let t = view(&ts, p, nb)?;
+        if wide_tiles {
+            let (w1, w2) = (at(&w1, w1.offset(), &[b, nb, cols])?, at(&w2, w2.offset(), &[b, nb, cols])?);
+            Matmul::new(&vr, &xr, &w1)
+                .trans(Trans::T, Trans::N)
+                .batch_strides(m * nb, m * n, nb * cols)
+                .row_strides(nb, n, cols)
+                .record(plan)?;
+            Matmul::new(&t, &w1, &w2).trans(if reduce { Trans::T } else { Trans::N }, Trans::N).record(plan)?;
+            return Matmul::new(&vr, &w2, &xr)
+                .scaled(-1.0, Some(&xr), 1.0)
+                .batch_strides(m * nb, nb * cols, m * n)
+                .row_strides(nb, cols, n)
+                .record(plan);
+        }
+        let (w1, w2) = (at(&w1, w1.offset(), &[b, cols, nb])?, at(&w2, w2.offset(), &[b, cols, nb])?);
         Matmul::new(&xr, &vr, &w1)
             .trans(Trans::T, Trans::N)
             .batch_strides(m * n, m * nb, cols * nb)
@@ -96,10 +111,18 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
     for p in (0..panels).rev() {
         apply(plan, p, false, q)?;
     }
-    let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &[])?;
+    let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &panel_defines(plan.gpu()))?;
     let u =
         PanelU { m: m as u32, n: n as u32, v_off: q.offset() as u32, t_off: r.offset() as u32, ..Default::default() };
     plan.dispatch(&finish, &u, &[work, q, r], [((m * n) as u32).div_ceil(256), b as u32, 1])
+}
+
+/// Row groups of the panel kernel (its workgroup is `QR_PANEL × groups` lanes): 8 on GPUs, 1 on CPU adapters,
+/// where every barrier costs a switch through all of a workgroup's lanes (llvmpipe, 4 × 512×512: the panels took
+/// 83–92 ms with 8 groups, 62 with 1, before VᵀV moved into the reflection loop).
+fn panel_defines(gpu: &Gpu) -> [(&'static str, String); 2] {
+    let groups = if gpu.is_cpu() { 1 } else { 8 };
+    [("GROUPS", groups.to_string()), ("WG", (groups * QR_PANEL).to_string())]
 }
 
 #[repr(C)]
