@@ -7,7 +7,7 @@ struct U {
     a_off: u32, a_bs: u32, b_off: u32, b_bs: u32,
     c_off: u32, c_bs: u32, o_off: u32, o_bs: u32,
     alpha: f32, beta: f32, tiles_m: u32, lda: u32,         // ld*: elements between stored rows (submatrix views)
-    ldb: u32, ldo: u32, _p0: u32, _p1: u32,
+    ldb: u32, ldo: u32, guard: u32, _p1: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
 //#if VEC4
@@ -22,6 +22,10 @@ struct U {
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
 //#if HAS_C
 @group(0) @binding(4) var<storage, read> c: array<f32>;
+//#endif
+//#if GUARD
+// The product is skipped when flags[u.guard] == 0 (read-only storage, so the early return stays uniform).
+@group(0) @binding({{GUARD_BINDING}}) var<storage, read> flags: array<f32>;
 //#endif
 
 // Precision emulation of the inputs and outputs (f32: identity; bf16: round-to-nearest-even to 8 mantissa bits).
@@ -88,6 +92,9 @@ var<workgroup> sb: array<f32, {{SB_LEN}}>;
 @compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
+//#if GUARD
+    if (flags[u.guard] == 0.0) { return; }
+//#endif
     let batch = wg.z;
     let tile_r = wg.y * {{TILE_M}}u;
     let tile_c = wg.x * {{TILE_N}}u;
@@ -153,6 +160,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#else
 @compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+//#endif
+//#if GUARD
+    if (flags[u.guard] == 0.0) { return; }
 //#endif
     let batch = wg.z;
     let ti = wg.y;

@@ -115,7 +115,8 @@ struct Uniforms {
     lda: u32,
     ldb: u32,
     ldo: u32,
-    _pad: [u32; 2],
+    guard: u32,
+    _pad: u32,
 }
 
 /// Accumulator declarations and their stores; accumulator `j` sits at column `col0 + col(j)`.
@@ -332,6 +333,9 @@ pub struct Matmul<'a> {
     pub row_strides: Option<[usize; 3]>,
     /// The kernel variant; `None`: chosen per adapter and product size.
     pub variant: Option<MatmulVariant>,
+    /// `(flags, i)`: the whole product is skipped, `out` untouched, when `flags[i] == 0` on the device (an
+    /// optimizer's apply flag, so a skipped step changes no state without a readback).
+    pub guard: Option<(&'a Tensor, usize)>,
 }
 
 impl<'a> Matmul<'a> {
@@ -350,6 +354,7 @@ impl<'a> Matmul<'a> {
             batch_strides: None,
             row_strides: None,
             variant: None,
+            guard: None,
         }
     }
     /// Set the transposes.
@@ -378,6 +383,11 @@ impl<'a> Matmul<'a> {
     /// Submatrix views: see [`Matmul::row_strides`](Matmul#structfield.row_strides).
     pub fn row_strides(mut self, a: usize, b: usize, out: usize) -> Self {
         self.row_strides = Some([a, b, out]);
+        self
+    }
+    /// Skip the product when `flags[index] == 0`: see [`Matmul::guard`](Matmul#structfield.guard).
+    pub fn guarded(mut self, flags: &'a Tensor, index: usize) -> Self {
+        self.guard = Some((flags, index));
         self
     }
     /// Run this kernel variant instead of the adapter's choice (for tests and measurements).
@@ -614,6 +624,8 @@ fn kernel(
         ("HAS_C", flag(has_c)),
         ("C_INPLACE", flag(inplace)),
         ("SYM", flag(sym)),
+        ("GUARD", flag(mm.guard.is_some())),
+        ("GUARD_BINDING", (if has_c { 5 } else { 4 }).to_string()),
         ("ROUND_BF16", flag(mm.precision == Precision::Bf16Emulated)),
         ("ROUND_F16", flag(mm.precision == Precision::F16)),
     ]);
@@ -630,6 +642,15 @@ fn record_matmul(
 ) -> Result<()> {
     let gpu = plan.gpu().clone();
     mm.strides((ba, bb, batch), m, n)?;
+    if let Some((flags, i)) = mm.guard {
+        if i >= flags.numel() || flags.buffer == mm.out.buffer {
+            return Err(Error::InvalidArgument {
+                op: "matmul",
+                name: "guard",
+                detail: format!("flag {i} of a {}-value tensor, which must not share out's buffer", flags.numel()),
+            });
+        }
+    }
     let (a_t, b_t) = relayout_for_cpu(plan, mm, (batch, m, n, k), (ba, bb))?;
     let relaid = Matmul {
         a: a_t.as_ref().unwrap_or(mm.a),
@@ -674,13 +695,15 @@ fn record_matmul(
         lda: lda as u32,
         ldb: ldb as u32,
         ldo: ldo as u32,
-        _pad: [0; 2],
+        guard: mm.guard.map_or(0, |g| g.1 as u32),
+        _pad: 0,
     };
     let groups = [tiles_n, tiles_m, batch as u32];
     let mut tensors = vec![mm.a, mm.b, mm.out];
     if has_c {
         tensors.push(c);
     }
+    tensors.extend(mm.guard.map(|g| g.0));
     plan.dispatch(&kern, &u, &tensors, groups)
 }
 
@@ -733,6 +756,23 @@ pub fn gram(
     beta: f32,
     precision: Precision,
 ) -> Result<()> {
+    gram_guarded(plan, x, side, out, alpha, c, beta, precision, None)
+}
+
+/// [`gram`] skipped (out untouched) when `guard = Some((flags, i))` and `flags[i] == 0` on the device, e.g. a
+/// factor EMA `F ← β·F + w·X·Xᵀ` in place that a skipped optimizer step must leave alone.
+#[allow(clippy::too_many_arguments)]
+pub fn gram_guarded(
+    plan: &mut PlanBuilder,
+    x: &Tensor,
+    side: GramSide,
+    out: &Tensor,
+    alpha: f32,
+    c: Option<&Tensor>,
+    beta: f32,
+    precision: Precision,
+    guard: Option<(&Tensor, usize)>,
+) -> Result<()> {
     let (ta, tb) = match side {
         GramSide::Rows => (Trans::N, Trans::T),
         GramSide::Cols => (Trans::T, Trans::N),
@@ -750,6 +790,7 @@ pub fn gram(
         batch_strides: None,
         row_strides: None,
         variant: None,
+        guard,
     };
     let (bx, r, cdim) = x.matrices("gram X")?;
     let (bo, m, n) = out.matrices("gram out")?;

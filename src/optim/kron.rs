@@ -17,7 +17,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{
-    copy, eig_apply, eigh, gram, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp, Trans,
+    copy, eig_apply, eigh, gram, gram_guarded, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp,
+    Trans,
 };
 use crate::optim::config::{
     sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig, SpaConfig, UpdateCounter, UpdateSchedule,
@@ -368,13 +369,12 @@ impl KronStack {
         [v[0].as_ref(), v[1].as_ref()]
     }
 
-    /// Factor EMAs `F ← β·F + w·Gram(G)` on each present side.
+    /// Factor EMAs `F ← β·F + w·Gram(G)` on each present side, in the Gram product itself (skipped with the
+    /// step: the apply flag `scalars[0]` guards it).
     fn factor_ema(&self, plan: &mut PlanBuilder, scalars: &Tensor, g: &Tensor, beta: f32, w: f32) -> Result<()> {
         for (s, side) in [GramSide::Rows, GramSide::Cols].into_iter().enumerate() {
             if let Some(f) = &self.factors[s] {
-                let gg = plan.scratch(f.shape())?;
-                gram(plan, g, side, &gg, 1.0, None, 0.0, Default::default())?;
-                ema(plan, scalars, &gg, f, beta, w)?;
+                gram_guarded(plan, g, side, f, w, Some(f), beta, Default::default(), Some((scalars, 0)))?;
             }
         }
         Ok(())

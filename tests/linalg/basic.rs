@@ -365,6 +365,52 @@ fn matmul_strided_transposed_operands_agree_with_direct_reads() {
     assert_eq!(g_out.read_blocking().unwrap(), mm_out.read_blocking().unwrap(), "Gram X·Xᵀ");
 }
 
+/// A guarded product runs when its flag is non-zero and leaves `out` untouched when it is zero, in every variant
+/// (the early return must pass WGSL's uniformity rules before the shared variant's barriers); a Gram EMA in place
+/// likewise; a flag index past the tensor is an error.
+#[test]
+fn guarded_products_skip_on_a_zero_flag() {
+    let gpu = gpu();
+    let mut rng = Rng::new(8);
+    let (a, b, c) = (rng.mat(20, 12), rng.mat(12, 30), rng.mat(20, 30));
+    let (ga, gb) = (upload(&gpu, std::slice::from_ref(&a)), upload(&gpu, std::slice::from_ref(&b)));
+    let flags = Tensor::from_slice(&gpu, &[3], &[1.0, 0.0, 1.0]).unwrap();
+    let mut variants = vec![None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)];
+    if gpu.cpu_subgroup_size() == Some(8) {
+        variants.push(Some(MatmulVariant::Subgroup));
+    }
+    for variant in variants {
+        for (flag, runs) in [(0, true), (1, false)] {
+            let out = upload(&gpu, std::slice::from_ref(&c));
+            run(&gpu, |p| {
+                let mut mm = Matmul::new(&ga, &gb, &out).scaled(2.0, Some(&out), 0.5).guarded(&flags, flag);
+                mm.variant = variant;
+                mm.record(p).unwrap()
+            });
+            let got = out.read_blocking().unwrap();
+            let want = if runs { a.mul(&b).scale(2.0).add(&c.scale(0.5)) } else { c.clone() };
+            assert!(rel_err(&got, &want.d) < 1e-5, "{variant:?} flag {flag}: rel err {}", rel_err(&got, &want.d));
+        }
+    }
+    let x = rng.mat(9, 70);
+    let r = rng.mat(9, 9);
+    let f0 = r.mul(&r.t()); // symmetric, as a factor is (the Gram output reads C's upper triangle)
+    let gx = upload(&gpu, std::slice::from_ref(&x));
+    for (flag, runs) in [(2, true), (1, false)] {
+        let f = upload(&gpu, std::slice::from_ref(&f0));
+        run(&gpu, |p| {
+            gram_guarded(p, &gx, GramSide::Rows, &f, 0.1, Some(&f), 0.9, Precision::F32, Some((&flags, flag))).unwrap()
+        });
+        let want = if runs { x.mul(&x.t()).scale(0.1).add(&f0.scale(0.9)) } else { f0.clone() };
+        assert!(rel_err(&f.read_blocking().unwrap(), &want.d) < 1e-5, "Gram EMA, flag {flag}");
+    }
+    let out = Tensor::zeros(&gpu, &[20, 30]).unwrap();
+    let mut p = PlanBuilder::new(&gpu);
+    let past = Matmul::new(&ga, &gb, &out).guarded(&flags, 3).record(&mut p);
+    assert!(matches!(past, Err(Error::InvalidArgument { .. })), "{past:?}");
+    assert!(p.is_empty());
+}
+
 #[test]
 fn gram_both_sides_exactly_symmetric() {
     gram_checks();
