@@ -24,7 +24,8 @@ struct U {
 @group(0) @binding(4) var<storage, read> c: array<f32>;
 //#endif
 //#if GUARD
-// The product is skipped when flags[u.guard] == 0 (read-only storage, so the early return stays uniform).
+// Outputs are left as they are when flags[u.guard] == 0 (checked at the store: no uniformity question before the
+// barriers and subgroup operations; the products are computed regardless, on skipped steps only).
 @group(0) @binding({{GUARD_BINDING}}) var<storage, read> flags: array<f32>;
 //#endif
 
@@ -68,6 +69,9 @@ fn lb(batch: u32, kk: u32, cidx: u32) -> f32 {
 
 fn store(batch: u32, r: u32, cidx: u32, v: f32) {
     if (r >= u.m || cidx >= u.n) { return; }
+//#if GUARD
+    if (flags[u.guard] == 0.0) { return; }
+//#endif
 //#if SYM
     if (cidx < r) { return; }
 //#endif
@@ -92,9 +96,6 @@ var<workgroup> sb: array<f32, {{SB_LEN}}>;
 @compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-//#if GUARD
-    if (flags[u.guard] == 0.0) { return; }
-//#endif
     let batch = wg.z;
     let tile_r = wg.y * {{TILE_M}}u;
     let tile_c = wg.x * {{TILE_N}}u;
@@ -160,9 +161,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#else
 @compute @workgroup_size({{WG_X}}, {{WG_Y}}, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-//#endif
-//#if GUARD
-    if (flags[u.guard] == 0.0) { return; }
 //#endif
     let batch = wg.z;
     let ti = wg.y;

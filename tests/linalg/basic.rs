@@ -365,9 +365,8 @@ fn matmul_strided_transposed_operands_agree_with_direct_reads() {
     assert_eq!(g_out.read_blocking().unwrap(), mm_out.read_blocking().unwrap(), "Gram X·Xᵀ");
 }
 
-/// A guarded product runs when its flag is non-zero and leaves `out` untouched when it is zero, in every variant
-/// (the early return must pass WGSL's uniformity rules before the shared variant's barriers); a Gram EMA in place
-/// likewise; a flag index past the tensor is an error.
+/// A guarded product runs when its flag is non-zero and leaves `out` untouched when it is zero, in the register and
+/// workgroup-memory variants; a Gram EMA in place likewise; a flag index past the tensor is an error.
 #[test]
 fn guarded_products_skip_on_a_zero_flag() {
     let gpu = gpu();
@@ -375,11 +374,8 @@ fn guarded_products_skip_on_a_zero_flag() {
     let (a, b, c) = (rng.mat(20, 12), rng.mat(12, 30), rng.mat(20, 30));
     let (ga, gb) = (upload(&gpu, std::slice::from_ref(&a)), upload(&gpu, std::slice::from_ref(&b)));
     let flags = Tensor::from_slice(&gpu, &[3], &[1.0, 0.0, 1.0]).unwrap();
-    let mut variants = vec![None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)];
-    if gpu.cpu_subgroup_size() == Some(8) {
-        variants.push(Some(MatmulVariant::Subgroup));
-    }
-    for variant in variants {
+    // The flag is read where every variant stores (the subgroup one, slow to compile on lavapipe, shares it).
+    for variant in [None, Some(MatmulVariant::Registers), Some(MatmulVariant::Shared)] {
         for (flag, runs) in [(0, true), (1, false)] {
             let out = upload(&gpu, std::slice::from_ref(&c));
             run(&gpu, |p| {
