@@ -707,31 +707,45 @@ fn record_matmul(
     plan.dispatch(&kern, &u, &tensors, groups)
 }
 
-/// On CPU adapters (automatic variant only), a transposed B whose stored rows lie a multiple of 1 KiB apart is
-/// first transposed into a plan transient, and so is A when it is the same matrix (Gram products), so the kernel
-/// reads along stored rows. Why: an x86 L1 maps addresses 4 KiB apart onto one set, so the 64 rows of B one
-/// workgroup reads across k at such a stride share 1–4 sets and evict each other every step (llvmpipe, 2 cores of
-/// an AMD EPYC, f32 GFLOPS: NT 1024 18.9 → 30.4 with this, 384×1536×384 24 → 29, 512 23 → 29, 128×512×128 22 →
-/// 23; NN gains nothing from a transposed A, nor NT from a B with shorter or odd strides). The sums keep their
-/// order, so the result is bit for bit the same.
+/// On CPU adapters (automatic variant only), operands whose stored rows alias in the L1 are first transposed into
+/// plan transients so the kernel reads them along stored rows: a transposed B with rows a multiple of 1 KiB apart
+/// (and A too when it is the same matrix, as in Gram products), and an untransposed A with rows a multiple of
+/// 4 KiB apart. Why: an x86 L1 maps addresses 4 KiB apart onto one set, so the 64 rows of B one workgroup reads
+/// across k at such a stride share 1–4 sets, and the 16 rows of A at a 4 KiB stride share one, evicting each other
+/// every step (llvmpipe, 2 cores of an AMD EPYC, f32 GFLOPS: NT 1024 18.9 → 30.4 with this, 384×1536×384 24 → 29,
+/// 512 23 → 29, 128×512×128 22 → 23; NN 1024 28–30 → 31–32.5). Where rows do not alias, or the product is too
+/// narrow to repay the transpose, it loses (NT 128×128×512 25 → 22; NN at 512 or 768, or n = 512 with k = 128 or
+/// 512: equal or 1–5 worse). The sums keep their order, so the result is bit for bit the same.
 fn relayout_for_cpu(
     plan: &mut PlanBuilder,
     mm: &Matmul<'_>,
     (_, m, n, k): (usize, usize, usize, usize),
     (ba, bb): (usize, usize),
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let [lda, ldb, _] = mm.lds()?;
     let automatic = mm.variant.is_none() && env_variant()?.is_none();
-    let thrashes = ldb.is_multiple_of(256) && m >= 64 && n >= 16 && k >= 16;
-    if !(plan.gpu().is_cpu() && automatic && mm.tb == Trans::T && thrashes) {
+    if !(plan.gpu().is_cpu() && automatic && m >= 64 && n >= 16 && k >= 16) {
         return Ok((None, None));
     }
+    let [lda, ldb, _] = mm.lds()?;
     let [a_bs, b_bs, _] = mm.strides((ba, bb, 1), m, n)?;
-    let b_t = plan.transient(0, &[bb, k, n])?;
-    transpose_view(plan, mm.b, (bb, n, k), (ldb, b_bs as usize), &b_t)?;
+    let b_t = if mm.tb == Trans::T && ldb.is_multiple_of(256) {
+        let t = plan.transient(0, &[bb, k, n])?;
+        transpose_view(plan, mm.b, (bb, n, k), (ldb, b_bs as usize), &t)?;
+        Some(t)
+    } else {
+        None
+    };
     let same = mm.a.buffer == mm.b.buffer && mm.a.offset == mm.b.offset && mm.a.shape == mm.b.shape;
-    let a_t = (mm.ta == Trans::N && same && (lda, a_bs, ba) == (ldb, b_bs, bb)).then(|| b_t.clone());
-    Ok((a_t, Some(b_t)))
+    let a_t = match &b_t {
+        Some(t) if mm.ta == Trans::N && same && (lda, a_bs, ba) == (ldb, b_bs, bb) => Some(t.clone()),
+        _ if mm.ta == Trans::N && lda.is_multiple_of(1024) && n >= 512 => {
+            let t = plan.transient(1, &[ba, k, m])?;
+            transpose_view(plan, mm.a, (ba, m, k), (lda, a_bs as usize), &t)?;
+            Some(t)
+        }
+        _ => None,
+    };
+    Ok((a_t, b_t))
 }
 
 /// Which Gram product of `X` (`[b?, m, n]`).

@@ -292,9 +292,10 @@ fn matmul_over_submatrix_views() {
     assert_eq!(p.len(), 1);
 }
 
-/// Transposed B operands whose rows lie a multiple of 256 elements apart (CPU adapters first transpose them into a
-/// plan transient; see `relayout_for_cpu`): packed, broadcast over the batch, as strided views, and in a Gram
-/// product, each bit for bit the scalar-register variant's result (which reads them as stored) and close to f64.
+/// Transposed B operands whose rows lie a multiple of 256 elements apart, and untransposed A operands with rows a
+/// multiple of 1024 apart (CPU adapters first transpose them into plan transients; see `relayout_for_cpu`): packed,
+/// broadcast over the batch, both at once, as strided views, and in a Gram product, each bit for bit the
+/// scalar-register variant's result (which reads them as stored) and close to f64.
 #[test]
 fn matmul_strided_transposed_operands_agree_with_direct_reads() {
     let gpu = gpu();
@@ -304,6 +305,8 @@ fn matmul_strided_transposed_operands_agree_with_direct_reads() {
         (64, 256, 24, (2, 2), (Trans::N, Trans::T)),
         (70, 512, 17, (3, 1), (Trans::T, Trans::T)),
         (96, 256, 65, (1, 2), (Trans::N, Trans::T)),
+        (64, 1024, 512, (2, 1), (Trans::N, Trans::N)),
+        (66, 1024, 520, (1, 2), (Trans::N, Trans::T)),
     ];
     for (m, k, n, (ba, bb), (ta, tb)) in cases {
         let batch = ba.max(bb);
@@ -328,21 +331,21 @@ fn matmul_strided_transposed_operands_agree_with_direct_reads() {
         }
         assert_eq!(outs[0], outs[1], "{m}x{k}x{n} {ta:?}{tb:?}: the default differs from direct reads");
     }
-    // Views: A and B are blocks of [2, 80, 512] stacks (rows 512 apart), accumulated into a block of a larger output.
-    let (m, k, n, ld) = (66, 300, 40, 512);
-    let (pa, pb): (Vec<Mat>, Vec<Mat>) =
-        ((0..2).map(|_| rng.mat(80, ld)).collect(), (0..2).map(|_| rng.mat(80, ld)).collect());
+    // Views: A is a block of a [2, 80, 1024] stack (rows 1024 apart), B of a [2, 520, 512] one (rows 512 apart).
+    let (m, k, n, (lda, ldb)) = (66, 300, 512, (1024, 512));
+    let pa: Vec<Mat> = (0..2).map(|_| rng.mat(80, lda)).collect();
+    let pb: Vec<Mat> = (0..2).map(|_| rng.mat(520, ldb)).collect();
     let (gpa, gpb) = (upload(&gpu, &pa), upload(&gpu, &pb));
-    let va = Tensor::from_buffer(&gpu, gpa.buffer().clone(), 3 * ld + 5, &[2, m, k]).unwrap();
-    let vb = Tensor::from_buffer(&gpu, gpb.buffer().clone(), ld + 7, &[2, n, k]).unwrap();
+    let va = Tensor::from_buffer(&gpu, gpa.buffer().clone(), 3 * lda + 5, &[2, m, k]).unwrap();
+    let vb = Tensor::from_buffer(&gpu, gpb.buffer().clone(), ldb + 7, &[2, n, k]).unwrap();
     let mut outs = Vec::new();
     for variant in [None, Some(MatmulVariant::Registers)] {
         let out = Tensor::zeros(&gpu, &[2, m, n]).unwrap();
         run(&gpu, |p| {
             let mut mm = Matmul::new(&va, &vb, &out)
                 .trans(Trans::N, Trans::T)
-                .batch_strides(80 * ld, 80 * ld, m * n)
-                .row_strides(ld, ld, n);
+                .batch_strides(80 * lda, 520 * ldb, m * n)
+                .row_strides(lda, ldb, n);
             mm.variant = variant;
             mm.record(p).unwrap()
         });
