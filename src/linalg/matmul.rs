@@ -35,7 +35,7 @@ impl MatmulTile {
     /// The tile for a product with `outputs` (= batch·m·n) output elements on this adapter (see `wgoptim bench
     /// matmul`). `WGOPTIM_MATMUL_TILE=tm,tn,wg_x,wg_y` overrides it (for tuning).
     ///
-    /// CPU adapters take [`CPU_TILE`] for every size. GPUs take the largest tile (most reuse per load) that still
+    /// CPU adapters take one tile for every size (16×8 per lane, workgroups of one 8-lane row). GPUs take the largest tile (most reuse per load) that still
     /// gives [`GPU_FILL`] invocations, so small products spread over the whole device: on an H100 (f32 NN,
     /// register tiles, GFLOPS) a fixed 4×4 tile ran 128×128×384 at 376, n = 512 at 2,133 and n = 4096 at 12,144,
     /// where the tile picked here ran them at 924 (1×1), 3,662 (2×2) and 16,561 (8×8); staged through workgroup
@@ -76,10 +76,12 @@ impl MatmulTile {
 /// The tile of CPU adapters. llvmpipe (Mesa 25) loads storage lane by lane (a bounds-checked scalar load per
 /// lane, even where all lanes read one address), so the tile with the most FMAs per load wins as long as its
 /// accumulators fit: 16×8 spends 24 loads on 128 FMAs. A workgroup of one 8-lane row keeps A's row index free of
-/// the lane id (see `ROW_LANE`), for compilers that make such loads uniform. On llvmpipe (2 cores of an AMD EPYC with AVX-512, f32 GFLOPS, 512 / 1024), this
-/// tile ran NN at 29–31 / 28–29 and TN at 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 /
-/// 23 for an 8×8; 12×8 26 / 26, 16×6 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92
-/// ms against 132–143, the small GPT's training step 185 against 227–251.
+/// the lane id (see `ROW_LANE`), for compilers that make such loads uniform. On llvmpipe (2 cores of an AMD EPYC
+/// with AVX-512, f32 GFLOPS, 512 / 1024, before `relayout_for_cpu`), this tile ran NN at 29–31 / 28–29 and TN at
+/// 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 / 23 for an 8×8; 12×8 26 / 26, 16×6
+/// 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92 ms against 132–143, the small
+/// GPT's training step 185 against 227–251. Its cost: a cold compile of 2.4 s on llvmpipe (8×8: 0.8 s), paid once
+/// per machine while Mesa's shader cache keeps it.
 const CPU_TILE: MatmulTile = MatmulTile { tm: 16, tn: 8, wg_x: 8, wg_y: 1 };
 
 /// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
@@ -333,8 +335,8 @@ pub struct Matmul<'a> {
     pub row_strides: Option<[usize; 3]>,
     /// The kernel variant; `None`: chosen per adapter and product size.
     pub variant: Option<MatmulVariant>,
-    /// `(flags, i)`: the whole product is skipped, `out` untouched, when `flags[i] == 0` on the device (an
-    /// optimizer's apply flag, so a skipped step changes no state without a readback).
+    /// `(flags, i)`: `out` is left untouched when `flags[i] == 0` on the device (an optimizer's apply flag, so a
+    /// skipped step changes no state without a readback). The flag is read at the stores: the product still runs.
     pub guard: Option<(&'a Tensor, usize)>,
 }
 
@@ -385,7 +387,7 @@ impl<'a> Matmul<'a> {
         self.row_strides = Some([a, b, out]);
         self
     }
-    /// Skip the product when `flags[index] == 0`: see [`Matmul::guard`](Matmul#structfield.guard).
+    /// Leave `out` untouched when `flags[index] == 0`: see [`Matmul::guard`](Matmul#structfield.guard).
     pub fn guarded(mut self, flags: &'a Tensor, index: usize) -> Self {
         self.guard = Some((flags, index));
         self
@@ -641,7 +643,7 @@ fn record_matmul(
     sym: bool,
 ) -> Result<()> {
     let gpu = plan.gpu().clone();
-    mm.strides((ba, bb, batch), m, n)?;
+    let [a_bs, b_bs, _] = mm.strides((ba, bb, batch), m, n)?;
     if let Some((flags, i)) = mm.guard {
         if i >= flags.numel() || flags.buffer == mm.out.buffer {
             return Err(Error::InvalidArgument {
@@ -651,7 +653,7 @@ fn record_matmul(
             });
         }
     }
-    let (a_t, b_t) = relayout_for_cpu(plan, mm, (batch, m, n, k), (ba, bb))?;
+    let (a_t, b_t) = relayout_for_cpu(plan, mm, (m, n, k), [(ba, a_bs as usize), (bb, b_bs as usize)])?;
     let relaid = Matmul {
         a: a_t.as_ref().unwrap_or(mm.a),
         b: b_t.as_ref().unwrap_or(mm.b),
@@ -716,21 +718,21 @@ fn record_matmul(
 /// 512 23 → 29, 128×512×128 22 → 23; NN 1024 28–30 → 31–32.5). Where rows do not alias, or the product is too
 /// narrow to repay the transpose, it loses (NT 128×128×512 25 → 22; NN at 512 or 768, or n = 512 with k = 128 or
 /// 512: equal or 1–5 worse). The sums keep their order, so the result is bit for bit the same.
+/// `[(ba, a_bs), (bb, b_bs)]`: the operands' batch sizes and checked batch strides.
 fn relayout_for_cpu(
     plan: &mut PlanBuilder,
     mm: &Matmul<'_>,
-    (_, m, n, k): (usize, usize, usize, usize),
-    (ba, bb): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    [(ba, a_bs), (bb, b_bs)]: [(usize, usize); 2],
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let automatic = mm.variant.is_none() && env_variant()?.is_none();
     if !(plan.gpu().is_cpu() && automatic && m >= 64 && n >= 16 && k >= 16) {
         return Ok((None, None));
     }
     let [lda, ldb, _] = mm.lds()?;
-    let [a_bs, b_bs, _] = mm.strides((ba, bb, 1), m, n)?;
     let b_t = if mm.tb == Trans::T && ldb.is_multiple_of(256) {
         let t = plan.transient(0, &[bb, k, n])?;
-        transpose_view(plan, mm.b, (bb, n, k), (ldb, b_bs as usize), &t)?;
+        transpose_view(plan, mm.b, (bb, n, k), (ldb, b_bs), &t)?;
         Some(t)
     } else {
         None
@@ -740,7 +742,7 @@ fn relayout_for_cpu(
         Some(t) if mm.ta == Trans::N && same && (lda, a_bs, ba) == (ldb, b_bs, bb) => Some(t.clone()),
         _ if mm.ta == Trans::N && lda.is_multiple_of(1024) && n >= 512 => {
             let t = plan.transient(1, &[ba, k, m])?;
-            transpose_view(plan, mm.a, (ba, m, k), (lda, a_bs as usize), &t)?;
+            transpose_view(plan, mm.a, (ba, m, k), (lda, a_bs), &t)?;
             Some(t)
         }
         _ => None,
@@ -773,8 +775,9 @@ pub fn gram(
     gram_guarded(plan, x, side, out, alpha, c, beta, precision, None)
 }
 
-/// [`gram`] skipped (out untouched) when `guard = Some((flags, i))` and `flags[i] == 0` on the device, e.g. a
-/// factor EMA `F ← β·F + w·X·Xᵀ` in place that a skipped optimizer step must leave alone.
+/// [`gram`] leaving `out` untouched when `guard = Some((flags, i))` and `flags[i] == 0` on the device (see
+/// [`Matmul::guard`](Matmul#structfield.guard)), e.g. a factor EMA `F ← β·F + w·X·Xᵀ` in place that a skipped
+/// optimizer step must leave alone.
 #[allow(clippy::too_many_arguments)]
 pub fn gram_guarded(
     plan: &mut PlanBuilder,
