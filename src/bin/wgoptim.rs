@@ -114,7 +114,7 @@ mod cli {
             json: bool,
         },
         /// Time the decompositions behind SOAP and Shampoo refreshes on a stack of symmetric positive definite
-        /// n×n matrices: Householder QR, cold and warm-started Jacobi eigh, coupled-Newton inverse 4th root.
+        /// n×n matrices: Householder QR, cold and warm-started eigh, coupled-Newton inverse 4th root.
         Decomp {
             /// Matrix size n.
             #[arg(long, default_value_t = 512)]
@@ -126,9 +126,9 @@ mod cli {
             /// a nearby matrix's basis), inverse_root_newton (default: all).
             #[arg(long)]
             ops: Option<String>,
-            /// Jacobi schedule: auto, workgroup or rounds.
+            /// Eigendecomposition method: auto, workgroup or rounds (Jacobi), tridiagonal.
             #[arg(long, default_value = "auto")]
-            schedule: String,
+            method: String,
             /// Print JSON instead of text.
             #[arg(long)]
             json: bool,
@@ -154,8 +154,8 @@ mod cli {
                 bench_matmul(&sizes, &trans, &variant, json)
             }
             Cmd::Bench { what: Bench::Polar { shape, batch, json } } => bench_polar(&shape, batch, json),
-            Cmd::Bench { what: Bench::Decomp { n, batch, ops, schedule, json } } => {
-                bench_decomp(n, batch, ops.as_deref(), &schedule, json)
+            Cmd::Bench { what: Bench::Decomp { n, batch, ops, method, json } } => {
+                bench_decomp(n, batch, ops.as_deref(), &method, json)
             }
             Cmd::Bench { what: Bench::Step { optimizer, config, shapes, warmup, json } } => {
                 bench_step(&optimizer, &config, &shapes, warmup, json)
@@ -553,21 +553,22 @@ mod cli {
         Ok(())
     }
 
-    fn bench_decomp(n: usize, batch: usize, ops: Option<&str>, schedule: &str, json: bool) -> Result<()> {
-        use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, GramSide, JacobiSchedule};
-        let schedule = match schedule {
-            "auto" => JacobiSchedule::Auto,
-            "workgroup" => JacobiSchedule::Workgroup,
-            "rounds" => JacobiSchedule::Rounds,
+    fn bench_decomp(n: usize, batch: usize, ops: Option<&str>, method: &str, json: bool) -> Result<()> {
+        use wgoptim::linalg::{eigh, gram, inverse_root_newton, qr, EighConfig, EighMethod, GramSide};
+        let method = match method {
+            "auto" => EighMethod::Auto,
+            "workgroup" => EighMethod::Workgroup,
+            "rounds" => EighMethod::Rounds,
+            "tridiagonal" => EighMethod::Tridiagonal,
             other => {
                 return Err(Error::InvalidArgument {
                     op: "bench decomp",
-                    name: "schedule",
-                    detail: format!("`{other}` (known: auto, workgroup, rounds)"),
+                    name: "method",
+                    detail: format!("`{other}` (known: auto, workgroup, rounds, tridiagonal)"),
                 })
             }
         };
-        let cfg = EighConfig { schedule, ..EighConfig::default() };
+        let cfg = EighConfig { method, ..EighConfig::default() };
         if n == 0 || batch == 0 {
             return Err(Error::InvalidArgument {
                 op: "bench decomp",

@@ -26,6 +26,7 @@ shader_table!(
     "linalg/transpose.wgsl",
     "linalg/jacobi.wgsl",
     "linalg/jacobi_rounds.wgsl",
+    "linalg/tridiag_ql.wgsl",
     "linalg/qr_panel.wgsl",
     "linalg/cholesky.wgsl",
     "linalg/trsm.wgsl",

@@ -1,5 +1,5 @@
-//! Symmetric eigendecomposition by parallel Jacobi with warm start (docs/optimizers.md §11.4), and
-//! spectral functions `V·f(Λ)·Vᵀ` built from it.
+//! Symmetric eigendecomposition (docs/optimizers.md §11.4) by parallel Jacobi with warm start, or by Householder
+//! tridiagonalization and implicit QL, and spectral functions `V·f(Λ)·Vᵀ` built from it.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -7,46 +7,66 @@ use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
 use crate::linalg::{copy, identity, transpose, Matmul, Trans};
 
-/// Largest matrix the one-workgroup Jacobi kernel takes (its pair table lives in workgroup memory).
+/// Largest matrix [`eigh`] takes (the one-workgroup Jacobi kernel's pair table lives in workgroup memory).
 pub const MAX_EIGH_DIM: usize = 2048;
 
-/// Jacobi settings.
+/// Eigendecomposition settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EighConfig {
-    /// Upper bound on sweeps; the kernel stops earlier once `off(A) ≤ tol·‖A‖_F` or a sweep rotated nothing.
+    /// Upper bound on Jacobi sweeps; the kernel stops earlier once `off(A) ≤ tol·‖A‖_F` or a sweep rotated nothing.
     pub max_sweeps: u32,
-    /// Relative off-diagonal tolerance for stopping; pairs with
+    /// Relative off-diagonal tolerance for stopping Jacobi; pairs with
     /// `|a_pq| ≤ tol·‖A‖_F / n` are not rotated, nor on warm starts those at the rounding `4·2⁻²⁴·‖A‖_F` that
     /// forming `V₀ᵀAV₀` leaves.
     pub tol: f32,
-    /// A rotation is skipped when `|a_pq| ≤ max(skip, n·2⁻²⁴)·sqrt(|a_pp·a_qq|)`: below `n·2⁻²⁴` a rotation
+    /// A Jacobi rotation is skipped when `|a_pq| ≤ max(skip, n·2⁻²⁴)·sqrt(|a_pp·a_qq|)`: below `n·2⁻²⁴` a rotation
     /// only stirs f32 rounding noise, and warm starts would never stop.
     pub skip: f32,
-    /// How the sweeps are laid out on the device.
-    pub schedule: JacobiSchedule,
+    /// The algorithm and how it is laid out on the device.
+    pub method: EighMethod,
 }
 
 impl Default for EighConfig {
     fn default() -> Self {
-        EighConfig { max_sweeps: 15, tol: 1e-6, skip: 1e-7, schedule: JacobiSchedule::Auto }
+        EighConfig { max_sweeps: 15, tol: 1e-6, skip: 1e-7, method: EighMethod::Auto }
     }
 }
 
-/// Where Jacobi's rounds run. Both give the same rotations; they differ in speed.
+/// How [`eigh`] decomposes. All return the eigenpairs to f32 accuracy; they differ in speed, and Jacobi keeps small
+/// eigenvalues of graded matrices to better relative accuracy (docs/optimizers.md §11.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum JacobiSchedule {
-    /// [`JacobiSchedule::Rounds`] for n ≥ 128 on GPUs, else [`JacobiSchedule::Workgroup`]. On an H100 (Vulkan),
-    /// 4 matrices of n = 512: cold 0.26 s against 2.7 s (n = 128: 23 ms against 52 ms); warm starts from the
-    /// basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient factors have them: 196–203 ms
-    /// against 595–835 ms (Workgroup wins only when the warm basis is already exact: 0.4 ms against 120 ms).
+pub enum EighMethod {
+    /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
+    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.53 s against 11.6 s for cold
+    /// Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 18 ms against 228 / 72 ms). On an
+    /// H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against
+    /// 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
+    /// factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
+    /// exact: 0.4 ms against 120 ms). Tridiagonal has not been measured on a GPU.
     #[default]
     Auto,
-    /// One workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead, but
-    /// one compute unit per matrix (right for CPU adapters and small matrices).
+    /// Jacobi; one workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead,
+    /// but one compute unit per matrix.
     Workgroup,
-    /// Two dispatches per round over all elements (plus a convergence check per sweep): uses the whole device;
-    /// `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
+    /// Jacobi; two dispatches per round over all elements (plus a convergence check per sweep): uses the whole
+    /// device; `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
     Rounds,
+    /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
+    /// eigenvector matrix; one workgroup and one dispatch per matrix, ~(4/3 + 2)·n³ flops whatever the start (a
+    /// warm start decomposes `V₀ᵀAV₀` and returns `V₀·Z`, keeping the basis continuous).
+    Tridiagonal,
+}
+
+impl EighMethod {
+    /// The concrete method for `n`×`n` matrices on `gpu`.
+    fn resolve(self, gpu: &crate::gpu::Gpu, n: usize) -> EighMethod {
+        match self {
+            EighMethod::Auto if gpu.is_cpu() => EighMethod::Tridiagonal,
+            EighMethod::Auto if n >= 128 => EighMethod::Rounds,
+            EighMethod::Auto => EighMethod::Workgroup,
+            m => m,
+        }
+    }
 }
 
 #[repr(C)]
@@ -71,8 +91,10 @@ fn square(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
 }
 
 /// Eigenvalues (ascending, `vals: [b, n]`) and eigenvectors (columns of `vecs: [b, n, n]`) of symmetric `a`.
-/// With `warm = Some(V₀)` (an orthogonal basis from a previous call) Jacobi runs on `V₀ᵀ A V₀` and returns
-/// `V₀·V_jac`, which typically needs 1–3 sweeps when `A` drifted little.
+/// With `warm = Some(V₀)` (an orthogonal basis from a previous call) the decomposition runs on `V₀ᵀ A V₀` and
+/// returns `V₀·V_jac`; Jacobi then typically needs 1–3 sweeps when `A` drifted little, and its small rotations keep
+/// the basis continuous; [`EighMethod::Tridiagonal`] does so by returning each eigenvector with its
+/// largest-magnitude component (in `V₀`'s coordinates when warm) positive.
 pub fn eigh(
     plan: &mut PlanBuilder,
     a: &Tensor,
@@ -99,13 +121,11 @@ pub fn eigh(
     if !(cfg.tol >= 0.0 && cfg.skip >= 0.0) {
         return Err(Error::InvalidArgument { op: "eigh", name: "tol", detail: "tolerances must be ≥ 0".into() });
     }
-    let m = n + n % 2;
-    let rounds = match cfg.schedule {
-        JacobiSchedule::Auto => n >= 128 && !plan.gpu().is_cpu(),
-        s => s == JacobiSchedule::Rounds,
-    };
+    let method = cfg.method.resolve(plan.gpu(), n);
+    let rounds = method == EighMethod::Rounds;
     let work_a = plan.scratch(&[b, n, n])?;
     let work_v = plan.scratch(&[b, n, n])?;
+    let mut basis = None;
     match warm {
         Some(v0) => {
             if square(v0, "eigh warm start")?.1 != n {
@@ -114,18 +134,35 @@ pub fn eigh(
             let t = plan.scratch(&[b, n, n])?;
             Matmul::new(v0, a, &t).trans(Trans::T, Trans::N).record(plan)?;
             Matmul::new(&t, v0, &work_a).record(plan)?;
-            // The one-workgroup sweeps rotate Vᵀ's rows (contiguous) rather than V's columns.
-            if rounds {
-                copy(plan, v0, &work_v)?;
-            } else {
-                transpose(plan, v0, &work_v)?;
+            match method {
+                // V₀ may be `vecs` itself (a basis refreshed in place): `t` keeps a copy for the final product.
+                EighMethod::Tridiagonal => {
+                    copy(plan, v0, &t)?;
+                    basis = Some(t);
+                }
+                EighMethod::Rounds => copy(plan, v0, &work_v)?,
+                // The one-workgroup sweeps rotate Vᵀ's rows (contiguous) rather than V's columns.
+                _ => transpose(plan, v0, &work_v)?,
             }
         }
         None => {
             copy(plan, a, &work_a)?;
-            identity(plan, &work_v, 1.0)?;
+            if method != EighMethod::Tridiagonal {
+                identity(plan, &work_v, 1.0)?;
+            }
         }
     }
+    if method == EighMethod::Tridiagonal {
+        return match basis {
+            None => tridiagonal_ql(plan, &work_a, &work_v, vals, vecs, b, n),
+            Some(basis) => {
+                let z = plan.scratch(&[b, n, n])?;
+                tridiagonal_ql(plan, &work_a, &work_v, vals, &z, b, n)?;
+                Matmul::new(&basis, &z, &vecs.reshape(&[b, n, n])?).record(plan)
+            }
+        };
+    }
+    let m = n + n % 2;
     let work_a = if rounds { jacobi_rounds(plan, &work_a, &work_v, b, n, warm.is_some(), cfg)? } else { work_a };
     let kernel = plan.gpu().kernel(
         "linalg/jacobi.wgsl",
@@ -150,6 +187,25 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
+/// [`EighMethod::Tridiagonal`] on `a` (overwritten), with `z` as the eigenvector work matrix: one dispatch.
+fn tridiagonal_ql(
+    plan: &mut PlanBuilder,
+    a: &Tensor,
+    z: &Tensor,
+    vals: &Tensor,
+    vecs: &Tensor,
+    b: usize,
+    n: usize,
+) -> Result<()> {
+    let aux = plan.scratch(&[b, 5 * n])?;
+    // 64 lanes on CPU adapters (lavapipe, 2 × 512²: 524 ms against 562 for 32 and 539–565 for 128–256; 128²: 18
+    // against 20–37 ms); 256 elsewhere, unmeasured.
+    let wg = if plan.gpu().is_cpu() { 64 } else { 256 };
+    let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", "main", &[("WG", wg.to_string())])?;
+    let u = [n as u32, 0, 0, 0];
+    plan.dispatch(&kernel, &u, &[a, z, &aux, vals, vecs], [b as u32, 1, 1])
+}
+
 /// Invocations of the one-workgroup kernel: 256 on CPU adapters (more only adds coroutine switches), else as
 /// many as the device allows up to 1024 and the workgroup memory (two reduction arrays, the pair tables) fits.
 fn workgroup_size(gpu: &crate::gpu::Gpu, pairs: usize) -> u32 {
@@ -165,7 +221,7 @@ fn workgroup_size(gpu: &crate::gpu::Gpu, pairs: usize) -> u32 {
     [1024, 512].into_iter().find(|&wg| fits(wg)).unwrap_or(256)
 }
 
-/// [`JacobiSchedule::Rounds`]: every sweep's rounds as dispatches; returns the buffer holding the final A
+/// [`EighMethod::Rounds`]: every sweep's rounds as dispatches; returns the buffer holding the final A
 /// (rows ping-pong between two buffers; V is rotated in place).
 fn jacobi_rounds(
     plan: &mut PlanBuilder,

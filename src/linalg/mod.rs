@@ -15,7 +15,7 @@ pub mod reduce;
 pub mod roots;
 
 pub use coefficients::{NsCoefficients, NsNormalization};
-pub use eigen::{eig_apply, eigh, EighConfig, JacobiSchedule, MAX_EIGH_DIM};
+pub use eigen::{eig_apply, eigh, EighConfig, EighMethod, MAX_EIGH_DIM};
 pub use elementwise::{copy, identity, Axpby, BatchScalar};
 pub use factor::{cholesky, qr, trsm, Side, MAX_QR_COLS};
 pub use matmul::{gram, gram_guarded, GramSide, Matmul, MatmulTile, MatmulVariant, Trans};

@@ -819,10 +819,9 @@ fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Resu
     plan.build()
 }
 
-/// Shampoo's roots (§4.2 step 3): `(F/bc2 + εI)`, warm-started Jacobi, eigenvalues shifted up to ε, then
+/// Shampoo's roots (§4.2 step 3): `(F/bc2 + εI)`, warm-started eigh, eigenvalues shifted up to ε, then
 /// `Q·diag(λ^{-1/root})·Qᵀ`; committed (with the eigenvectors for the next warm start) on an applied step.
-/// `cold`: the first roots, from scratch (a warm start from the identity would be a cold start on the slower
-/// schedule, see [`crate::linalg::JacobiSchedule`]).
+/// `cold`: the first roots, from scratch (a warm start from the identity would only add two products).
 fn shampoo_refresh(
     gpu: &Gpu,
     c: &ShampooConfig,

@@ -58,8 +58,8 @@ fn eigh_random_rank_deficient_and_ill_conditioned() {
         let ill =
             sym_with_eigs(&mut rng, &(0..n).map(|i| 10f64.powf(-6.0 * i as f64 / n.max(2) as f64)).collect::<Vec<_>>());
         for batch in [random, vec![low_rank, ill]] {
-            for schedule in [JacobiSchedule::Workgroup, JacobiSchedule::Rounds] {
-                let (vals, vecs) = run_eigh(&batch, None, &EighConfig { schedule, ..EighConfig::default() });
+            for method in [EighMethod::Workgroup, EighMethod::Rounds, EighMethod::Tridiagonal] {
+                let (vals, vecs) = run_eigh(&batch, None, &EighConfig { method, ..EighConfig::default() });
                 for (i, a) in batch.iter().enumerate() {
                     check_eigh(a, &vals[i * n..(i + 1) * n], &vecs[i * n * n..(i + 1) * n * n], 2e-5);
                 }
@@ -85,12 +85,17 @@ fn eigh_warm_start_converges_in_few_sweeps() {
     let a2 = a.add(&drift);
     let warm = Tensor::from_slice(&gpu, &[1, n, n], &v0).unwrap();
     let cfg = EighConfig { max_sweeps: 3, ..EighConfig::default() };
-    for schedule in [JacobiSchedule::Workgroup, JacobiSchedule::Rounds] {
-        let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &EighConfig { schedule, ..cfg });
+    let v0m = Mat::from_f32(n, n, &v0);
+    for method in [EighMethod::Workgroup, EighMethod::Rounds, EighMethod::Tridiagonal] {
+        let (vals, vecs) = run_eigh(std::slice::from_ref(&a2), Some(&warm), &EighConfig { method, ..cfg });
         check_eigh(&a2, &vals, &vecs, 2e-5);
+        // The basis stays continuous: each eigenvector still points along its predecessor.
+        let overlap = v0m.t().mul(&Mat::from_f32(n, n, &vecs));
+        assert!((0..n).all(|i| overlap.d[i * n + i] > 0.9), "{method:?}: a warm-started eigenvector turned");
     }
-    // Cold with only 1 sweep is far from converged: the warm start is what did the work.
-    let (cv, cvec) = run_eigh(std::slice::from_ref(&a2), None, &EighConfig { max_sweeps: 1, ..cfg });
+    // Jacobi cold with only 1 sweep is far from converged: the warm start is what did the work.
+    let cold = EighConfig { max_sweeps: 1, method: EighMethod::Workgroup, ..cfg };
+    let (cv, cvec) = run_eigh(std::slice::from_ref(&a2), None, &cold);
     let v = Mat::from_f32(n, n, &cvec);
     let recon = v.scale_cols(&cv.iter().map(|&x| x as f64).collect::<Vec<_>>()).mul(&v.t());
     assert!(max_abs_diff(&recon, &a2) / a2.norm() > 1e-4);
