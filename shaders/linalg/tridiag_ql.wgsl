@@ -4,17 +4,23 @@
 // 6n³, and all of it in few passes. The QL recurrences are sequential in one lane; the rotations they produce are
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
-struct U { n: u32, _a: u32, _b: u32, _c: u32 }
+struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
-// Work copy of A; row k ends up holding reflector k's vector in columns k+1.. .
-@group(0) @binding(1) var<storage, read_write> a: array<f32>;
-// Q, then Q·(QL rotations): the eigenvectors, unsorted, as columns.
-@group(0) @binding(2) var<storage, read_write> z: array<f32>;
-// Per matrix 5n values: d (diagonal of T), e (e[i] couples i and i+1), β of each reflector, then 2n for the
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+// Work copy of A, rows padded to np (a multiple of 4) so lanes take 4 columns per vec4 access; row k ends up
+// holding reflector k's vector in columns k+1.. .
+@group(0) @binding(2) var<storage, read_write> a: array<vec4<f32>>;
+// Q, then Q·(QL rotations): the eigenvectors, unsorted, as columns; rows padded like A's.
+@group(0) @binding(3) var<storage, read_write> z: array<vec4<f32>>;
+// Per matrix 3n + 2·np values: d (diagonal of T), e (e[i] couples i and i+1), β of each reflector, then the
 // vector w of the rank-2 updates, later the QL rotations (c, s) by index.
-@group(0) @binding(3) var<storage, read_write> aux: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vals: array<f32>;
-@group(0) @binding(5) var<storage, read_write> vecs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> aux: array<f32>;
+@group(0) @binding(5) var<storage, read_write> vals: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vecs: array<f32>;
+//#if WARM
+// The previous basis (columns), whose vectors the results keep pointing along.
+@group(0) @binding(7) var<storage, read> warm: array<f32>;
+//#endif
 
 const WG: u32 = {{WG}}u;
 const EPS: f32 = 1.1920929e-7;
@@ -33,6 +39,10 @@ fn hypot(x: f32, y: f32) -> f32 {
     let q = y / m;
     return m * sqrt(p * p + q * q);
 }
+
+// Scalar views of the padded matrices (index in f32s).
+fn a_at(i: u32) -> f32 { return a[i / 4u][i % 4u]; }
+fn z_at(i: u32) -> f32 { return z[i / 4u][i % 4u]; }
 
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 
@@ -92,24 +102,40 @@ fn ql_step(d0: u32, l: u32, t_floor: f32) {
 @compute @workgroup_size({{WG}}, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = u.n;
-    let base = wg.x * n * n;
-    let d0 = wg.x * 5u * n;
+    let np = u.np;
+    let n4 = np / 4u;
+    let base = wg.x * n * np;     // of the padded matrices, in f32s (a multiple of 4)
+    let b4 = base / 4u;
+    let d0 = wg.x * (3u * n + 2u * np);
     let e0 = d0 + n;
     let b0 = d0 + 2u * n;
     let w0 = d0 + 3u * n;
+    let lane_cols = vec4<u32>(0u, 1u, 2u, 3u);
+
+    // 0. The padded work copy (padding columns zero, and never touched again).
+    for (var i = li; i < n * n4; i += WG) {
+        let r = i / n4;
+        let c = 4u * (i % n4) + lane_cols;
+        let s = wg.x * n * n + r * n;
+        var x = vec4<f32>(0.0);
+        for (var q = 0u; q < 4u; q++) { if (c[q] < n) { x[q] = src[s + c[q]]; } }
+        a[b4 + i] = x;
+    }
+    storageBarrier();
 
     // 1. Tridiagonalize: reflector k = I − β·v·vᵀ on indices k+1.. maps row k's tail x to (α, 0, …);
-    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ.
+    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. Lanes take
+    //    groups of 4 columns; columns left of k+1 are masked out of v and w, so their updates add zero.
     for (var k = 0u; k + 2u < n; k++) {
-        let row = base + k * n;
+        let row = base + k * np;
         var tail = 0.0;
-        for (var j = k + 2u + li; j < n; j += WG) { tail += a[row + j] * a[row + j]; }
+        for (var j = k + 2u + li; j < n; j += WG) { tail += a_at(row + j) * a_at(row + j); }
         part[li] = tail;
         workgroupBarrier();
         if (li == 0u) {
             var t = 0.0;
             for (var q = 0u; q < WG; q++) { t += part[q]; }
-            let x0 = a[row + k + 1u];
+            let x0 = a_at(row + k + 1u);
             var beta = 0.0;
             var alpha = x0;
             // A zero tail needs no reflector (one would only flip a sign).
@@ -118,9 +144,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 alpha = select(norm, -norm, x0 >= 0.0);
                 let v0 = x0 - alpha;
                 beta = 1.0 / (norm * abs(v0));     // 2 / vᵀv, vᵀv = 2·(‖x‖² − x0·α) = 2·‖x‖·|v0|
-                a[row + k + 1u] = v0;
+                a[(row + k + 1u) / 4u][(k + 1u) % 4u] = v0;
             }
-            aux[d0 + k] = a[row + k];
+            aux[d0 + k] = a_at(row + k);
             aux[e0 + k] = alpha;
             aux[b0 + k] = beta;
             beta_now = beta;
@@ -128,57 +154,64 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         storageBarrier();
         let beta = workgroupUniformLoad(&beta_now);
         if (beta == 0.0) { continue; }
+        let r4 = row / 4u;
+        let g0 = (k + 1u) / 4u;
         var vp = 0.0;
-        for (var j = k + 1u + li; j < n; j += WG) {
-            var p = 0.0;
-            for (var i = k + 1u; i < n; i++) { p += a[base + i * n + j] * a[row + i]; }
-            p *= beta;
-            aux[w0 + j] = p;
-            vp += a[row + j] * p;
+        for (var g = g0 + li; g < n4; g += WG) {
+            let live = 4u * g + lane_cols > vec4<u32>(k);
+            let vj = select(vec4<f32>(0.0), a[r4 + g], live);
+            var p = vec4<f32>(0.0);
+            for (var i = k + 1u; i < n; i++) { p += a[b4 + i * n4 + g] * a_at(row + i); }
+            p = select(vec4<f32>(0.0), p * beta, live);
+            for (var q = 0u; q < 4u; q++) { aux[w0 + 4u * g + q] = p[q]; }
+            vp += dot(vj, p);
         }
         part[li] = vp;
         workgroupBarrier();
         var kk = 0.0;
         for (var q = 0u; q < WG; q++) { kk += part[q]; }
         kk *= 0.5 * beta;
-        for (var j = k + 1u + li; j < n; j += WG) { aux[w0 + j] -= kk * a[row + j]; }
+        for (var g = g0 + li; g < n4; g += WG) {
+            for (var q = 0u; q < 4u; q++) { aux[w0 + 4u * g + q] -= kk * a_at(row + 4u * g + q) * f32(4u * g + q > k); }
+        }
         storageBarrier();
-        for (var j = k + 1u + li; j < n; j += WG) {
-            let vj = a[row + j];
-            let wj = aux[w0 + j];
+        for (var g = g0 + li; g < n4; g += WG) {
+            let live = 4u * g + lane_cols > vec4<u32>(k);
+            let vj = select(vec4<f32>(0.0), a[r4 + g], live);
+            let wj = vec4<f32>(aux[w0 + 4u * g], aux[w0 + 4u * g + 1u], aux[w0 + 4u * g + 2u], aux[w0 + 4u * g + 3u]);
             for (var i = k + 1u; i < n; i++) {
-                let at = base + i * n + j;
-                a[at] -= a[row + i] * wj + aux[w0 + i] * vj;
+                a[b4 + i * n4 + g] -= a_at(row + i) * wj + aux[w0 + i] * vj;
             }
         }
         storageBarrier();
     }
     if (li == 0u) {
         if (n >= 2u) {
-            aux[d0 + n - 2u] = a[base + (n - 2u) * n + n - 2u];
-            aux[e0 + n - 2u] = a[base + (n - 2u) * n + n - 1u];
+            aux[d0 + n - 2u] = a_at(base + (n - 2u) * np + n - 2u);
+            aux[e0 + n - 2u] = a_at(base + (n - 2u) * np + n - 1u);
         }
-        aux[d0 + n - 1u] = a[base + n * n - 1u];
+        aux[d0 + n - 1u] = a_at(base + (n - 1u) * np + n - 1u);
         aux[e0 + n - 1u] = 0.0;
     }
 
     // 2. Q = H₀·H₁·…·H_{n−3}, accumulated backwards from I (Z ← H_k·Z touches rows and columns k+1.. only);
-    //    each lane owns whole columns, so no barriers.
-    for (var j = li; j < n; j += WG) {
-        for (var i = 0u; i < n; i++) { z[base + i * n + j] = select(0.0, 1.0, i == j); }
+    //    column groups stay with their lane across k, so no barriers.
+    for (var i = li; i < n * n4; i += WG) {
+        let c = 4u * (i % n4) + lane_cols;
+        z[b4 + i] = select(vec4<f32>(0.0), vec4<f32>(1.0), c == vec4<u32>(i / n4));
     }
     storageBarrier();
     for (var kk = 0u; kk + 2u < n; kk++) {
         let k = n - 3u - kk;
         let beta = aux[b0 + k];
         if (beta == 0.0) { continue; }
-        let row = base + k * n;
-        // Columns stay with their lane across k (j ≡ li mod WG): no barriers needed.
-        for (var j = li + (k + 1u + WG - 1u - li) / WG * WG; j < n; j += WG) {
-            var s = 0.0;
-            for (var i = k + 1u; i < n; i++) { s += a[row + i] * z[base + i * n + j]; }
-            s *= beta;
-            for (var i = k + 1u; i < n; i++) { z[base + i * n + j] -= a[row + i] * s; }
+        let row = base + k * np;
+        for (var g = li; g < n4; g += WG) {
+            if (4u * g + 3u <= k) { continue; }
+            var s = vec4<f32>(0.0);
+            for (var i = k + 1u; i < n; i++) { s += a_at(row + i) * z[b4 + i * n4 + g]; }
+            s = select(vec4<f32>(0.0), s * beta, 4u * g + lane_cols > vec4<u32>(k));
+            for (var i = k + 1u; i < n; i++) { z[b4 + i * n4 + g] -= a_at(row + i) * s; }
         }
     }
     storageBarrier();
@@ -202,25 +235,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (count == 0u) { break; }
             let m = ql_top;
             for (var r = li; r < n; r += WG) {
-                let zr = base + r * n;
-                var carry = z[zr + m];
+                let zr = base + r * np;
+                var carry = z_at(zr + m);
                 for (var i = m; i > m - count;) {
                     i--;
                     let c = aux[w0 + 2u * i];
                     let s = aux[w0 + 2u * i + 1u];
-                    let zi = z[zr + i];
-                    z[zr + i + 1u] = s * zi + c * carry;
+                    let zi = z_at(zr + i);
+                    z[(zr + i + 1u) / 4u][(zr + i + 1u) % 4u] = s * zi + c * carry;
                     carry = c * zi - s * carry;
                 }
-                z[zr + m - count] = carry;
+                z[(zr + m - count) / 4u][(zr + m - count) % 4u] = carry;
             }
             storageBarrier();
         }
     }
 
-    // 4. Sort ascending (ties by index): rank each eigenvalue, scatter value and column, the column's sign chosen so
-    //    its largest-magnitude component (the first of equals) is positive: a warm start, whose Z is near a signed
-    //    permutation, then keeps its basis vectors' directions.
+    // 4. Sort ascending (ties by index): rank each eigenvalue, scatter value and column, with the column's sign
+    //    chosen so it points along the previous basis's column of the same rank (warm), else so its
+    //    largest-magnitude component (the first of equals) is positive.
     for (var i = li; i < n; i += WG) {
         let di = aux[d0 + i];
         var rank = 0u;
@@ -229,12 +262,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (dj < di || (dj == di && j < i)) { rank += 1u; }
         }
         vals[wg.x * n + rank] = di;
+        let out = wg.x * n * n + rank;
+//#if WARM
+        var along = 0.0;
+        for (var row = 0u; row < n; row++) { along += z_at(base + row * np + i) * warm[out + row * n]; }
+        let sign = select(1.0, -1.0, along < 0.0);
+//#else
         var big = 0.0;
         for (var row = 0u; row < n; row++) {
-            let x = z[base + row * n + i];
+            let x = z_at(base + row * np + i);
             if (abs(x) > abs(big)) { big = x; }
         }
         let sign = select(1.0, -1.0, big < 0.0);
-        for (var row = 0u; row < n; row++) { vecs[base + row * n + rank] = sign * z[base + row * n + i]; }
+//#endif
+        for (var row = 0u; row < n; row++) { vecs[out + row * n] = sign * z_at(base + row * np + i); }
     }
 }

@@ -37,8 +37,9 @@ impl Default for EighConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EighMethod {
     /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
-    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.53 s against 11.6 s for cold
-    /// Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 18 ms against 228 / 72 ms). On an
+    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.24 s cold or warm, against
+    /// 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 13–18 ms against
+    /// 228 / 72 ms). On an
     /// H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against
     /// 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
     /// factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
@@ -52,8 +53,11 @@ pub enum EighMethod {
     /// device; `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
     Rounds,
     /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
-    /// eigenvector matrix; one workgroup and one dispatch per matrix, ~(4/3 + 2)·n³ flops whatever the start (a
-    /// warm start decomposes `V₀ᵀAV₀` and returns `V₀·Z`, keeping the basis continuous).
+    /// eigenvector matrix; one workgroup and one dispatch per matrix, ~(4/3 + 4/3)·n³ flops plus the rotations,
+    /// whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
+    /// ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold) resolves a PSD matrix's near-null eigenvalues relatively, which matters
+    /// for `(λ + ε)^p` only when ε is below ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with
+    /// ‖A‖ ≈ 60: 1.5e-4 relative error against Jacobi's < 1e-4).
     Tridiagonal,
 }
 
@@ -91,10 +95,11 @@ fn square(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
 }
 
 /// Eigenvalues (ascending, `vals: [b, n]`) and eigenvectors (columns of `vecs: [b, n, n]`) of symmetric `a`.
-/// With `warm = Some(V₀)` (an orthogonal basis from a previous call) the decomposition runs on `V₀ᵀ A V₀` and
-/// returns `V₀·V_jac`; Jacobi then typically needs 1–3 sweeps when `A` drifted little, and its small rotations keep
-/// the basis continuous; [`EighMethod::Tridiagonal`] does so by returning each eigenvector with its
-/// largest-magnitude component (in `V₀`'s coordinates when warm) positive.
+/// With `warm = Some(V₀)` (an orthogonal basis from a previous call, possibly `vecs` itself) Jacobi runs on
+/// `V₀ᵀ A V₀` and returns `V₀·V_jac`, which typically needs 1–3 sweeps when `A` drifted little, and its small
+/// rotations keep the basis continuous. [`EighMethod::Tridiagonal`] decomposes `A` itself and points each
+/// eigenvector along `V₀`'s column of the same rank (without `V₀`: its largest-magnitude component positive), so
+/// separated eigenvectors stay continuous too; eigenvectors of (nearly) equal eigenvalues may mix differently.
 pub fn eigh(
     plan: &mut PlanBuilder,
     a: &Tensor,
@@ -122,45 +127,42 @@ pub fn eigh(
         return Err(Error::InvalidArgument { op: "eigh", name: "tol", detail: "tolerances must be ≥ 0".into() });
     }
     let method = cfg.method.resolve(plan.gpu(), n);
-    let rounds = method == EighMethod::Rounds;
+    if let Some(v0) = warm {
+        if square(v0, "eigh warm start")?.1 != n {
+            return Err(Error::Shape { op: "eigh", detail: format!("warm basis {:?} for {n}×{n}", v0.shape()) });
+        }
+    }
+    if method == EighMethod::Tridiagonal {
+        // V₀ may be `vecs` itself (a basis refreshed in place), which one dispatch cannot bind twice.
+        let basis = match warm {
+            Some(v0) => {
+                let t = plan.scratch(&[b, n, n])?;
+                copy(plan, v0, &t)?;
+                Some(t)
+            }
+            None => None,
+        };
+        return tridiagonal_ql(plan, a, vals, vecs, basis.as_ref(), b, n);
+    }
     let work_a = plan.scratch(&[b, n, n])?;
+    let rounds = method == EighMethod::Rounds;
     let work_v = plan.scratch(&[b, n, n])?;
-    let mut basis = None;
     match warm {
         Some(v0) => {
-            if square(v0, "eigh warm start")?.1 != n {
-                return Err(Error::Shape { op: "eigh", detail: format!("warm basis {:?} for {n}×{n}", v0.shape()) });
-            }
             let t = plan.scratch(&[b, n, n])?;
             Matmul::new(v0, a, &t).trans(Trans::T, Trans::N).record(plan)?;
             Matmul::new(&t, v0, &work_a).record(plan)?;
-            match method {
-                // V₀ may be `vecs` itself (a basis refreshed in place): `t` keeps a copy for the final product.
-                EighMethod::Tridiagonal => {
-                    copy(plan, v0, &t)?;
-                    basis = Some(t);
-                }
-                EighMethod::Rounds => copy(plan, v0, &work_v)?,
-                // The one-workgroup sweeps rotate Vᵀ's rows (contiguous) rather than V's columns.
-                _ => transpose(plan, v0, &work_v)?,
+            // The one-workgroup sweeps rotate Vᵀ's rows (contiguous) rather than V's columns.
+            if rounds {
+                copy(plan, v0, &work_v)?;
+            } else {
+                transpose(plan, v0, &work_v)?;
             }
         }
         None => {
             copy(plan, a, &work_a)?;
-            if method != EighMethod::Tridiagonal {
-                identity(plan, &work_v, 1.0)?;
-            }
+            identity(plan, &work_v, 1.0)?;
         }
-    }
-    if method == EighMethod::Tridiagonal {
-        return match basis {
-            None => tridiagonal_ql(plan, &work_a, &work_v, vals, vecs, b, n),
-            Some(basis) => {
-                let z = plan.scratch(&[b, n, n])?;
-                tridiagonal_ql(plan, &work_a, &work_v, vals, &z, b, n)?;
-                Matmul::new(&basis, &z, &vecs.reshape(&[b, n, n])?).record(plan)
-            }
-        };
     }
     let m = n + n % 2;
     let work_a = if rounds { jacobi_rounds(plan, &work_a, &work_v, b, n, warm.is_some(), cfg)? } else { work_a };
@@ -187,23 +189,29 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] on `a` (overwritten), with `z` as the eigenvector work matrix: one dispatch.
+/// [`EighMethod::Tridiagonal`] of `a`: one dispatch (its work copies are padded to rows of a multiple of 4), with
+/// the eigenvectors' signs taken from `warm` when given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,
     a: &Tensor,
-    z: &Tensor,
     vals: &Tensor,
     vecs: &Tensor,
+    warm: Option<&Tensor>,
     b: usize,
     n: usize,
 ) -> Result<()> {
-    let aux = plan.scratch(&[b, 5 * n])?;
-    // 64 lanes on CPU adapters (lavapipe, 2 × 512²: 524 ms against 562 for 32 and 539–565 for 128–256; 128²: 18
-    // against 20–37 ms); 256 elsewhere, unmeasured.
+    let np = n.next_multiple_of(4);
+    let (work, z) = (plan.scratch(&[b, n, np])?, plan.scratch(&[b, n, np])?);
+    let aux = plan.scratch(&[b, 3 * n + 2 * np])?;
+    // 64 lanes on CPU adapters (lavapipe, before the vec4 layout: 2 × 512² 524 ms against 562 for 32 and 539–565
+    // for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere, unmeasured.
     let wg = if plan.gpu().is_cpu() { 64 } else { 256 };
-    let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", "main", &[("WG", wg.to_string())])?;
-    let u = [n as u32, 0, 0, 0];
-    plan.dispatch(&kernel, &u, &[a, z, &aux, vals, vecs], [b as u32, 1, 1])
+    let defines = [("WG", wg.to_string()), ("WARM", (warm.is_some() as u32).to_string())];
+    let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", "main", &defines)?;
+    let u = [n as u32, np as u32, 0, 0];
+    let mut bufs = vec![a, &work, &z, &aux, vals, vecs];
+    bufs.extend(warm);
+    plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])
 }
 
 /// Invocations of the one-workgroup kernel: 256 on CPU adapters (more only adds coroutine switches), else as
