@@ -39,9 +39,8 @@ pub enum EighMethod {
     /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
     /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.24 s cold or warm, against
     /// 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 13–18 ms against
-    /// 228 / 72 ms). On an
-    /// H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against
-    /// 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
+    /// 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s
+    /// (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
     /// factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
     /// exact: 0.4 ms against 120 ms). Tridiagonal has not been measured on a GPU.
     #[default]
@@ -135,12 +134,12 @@ pub fn eigh(
     if method == EighMethod::Tridiagonal {
         // V₀ may be `vecs` itself (a basis refreshed in place), which one dispatch cannot bind twice.
         let basis = match warm {
-            Some(v0) => {
+            Some(v0) if v0.buffer == vecs.buffer => {
                 let t = plan.scratch(&[b, n, n])?;
                 copy(plan, v0, &t)?;
                 Some(t)
             }
-            None => None,
+            other => other.cloned(),
         };
         return tridiagonal_ql(plan, a, vals, vecs, basis.as_ref(), b, n);
     }
