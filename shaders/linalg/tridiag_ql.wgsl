@@ -7,7 +7,7 @@
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
-// Work copy of A, rows padded to np (a multiple of 4) so lanes take 4 columns per vec4 access; row k ends up
+// Work copy of A, rows padded to np (a multiple of 8) so lanes take 8 columns as two vec4s; row k ends up
 // holding reflector k's vector in columns k+1.. .
 @group(0) @binding(2) var<storage, read_write> a: array<vec4<f32>>;
 // Q, then Q·(QL rotations): the eigenvectors, unsorted, as columns; rows padded like A's.
@@ -43,6 +43,58 @@ fn hypot(x: f32, y: f32) -> f32 {
 // Scalar views of the padded matrices (index in f32s).
 fn a_at(i: u32) -> f32 { return a[i / 4u][i % 4u]; }
 fn z_at(i: u32) -> f32 { return z[i / 4u][i % 4u]; }
+
+// Row `at4`'s vec4 at column c4..c4+3 with columns ≤ k zeroed (reflector k's vector lives in columns k+1..).
+fn live(at4: u32, c4: u32, k: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), a[at4], c4 + vec4<u32>(0u, 1u, 2u, 3u) > vec4<u32>(k));
+}
+
+fn aux4(i: u32) -> vec4<f32> { return vec4<f32>(aux[i], aux[i + 1u], aux[i + 2u], aux[i + 3u]); }
+
+// Columns 8g..8g+7 of a w-region vector at `at`, those ≤ k stored as zero.
+fn set_aux8(at: u32, g: u32, k: u32, x0: vec4<f32>, x1: vec4<f32>) {
+    for (var q = 0u; q < 4u; q++) {
+        aux[at + 8u * g + q] = select(0.0, x0[q], 8u * g + q > k);
+        aux[at + 8u * g + 4u + q] = select(0.0, x1[q], 8u * g + 4u + q > k);
+    }
+}
+
+fn part_sum() -> f32 {
+    var t = 0.0;
+    for (var q = 0u; q < WG; q++) { t += part[q]; }
+    return t;
+}
+
+// Reflector k from row k's final tail x (columns k+1..): lane 0 stores v₀ = x₀ − α in place of x₀ (the rest of v
+// is the tail itself), the diagonal d[k], e[k] = α and β = 2 / vᵀv. Returns β, uniform across the workgroup.
+fn reflector(li: u32, base: u32, d0: u32, k: u32) -> f32 {
+    let n = u.n;
+    let row = base + k * u.np;
+    var tail = 0.0;
+    for (var j = k + 2u + li; j < n; j += WG) { tail += a_at(row + j) * a_at(row + j); }
+    part[li] = tail;
+    workgroupBarrier();
+    if (li == 0u) {
+        let t = part_sum();
+        let x0 = a_at(row + k + 1u);
+        var beta = 0.0;
+        var alpha = x0;
+        // A zero tail needs no reflector (one would only flip a sign).
+        if (t > 0.0) {
+            let norm = sqrt(t + x0 * x0);
+            alpha = select(norm, -norm, x0 >= 0.0);
+            let v0 = x0 - alpha;
+            beta = 1.0 / (norm * abs(v0));     // 2 / vᵀv, vᵀv = 2·(‖x‖² − x0·α) = 2·‖x‖·|v0|
+            a[(row + k + 1u) / 4u][(k + 1u) % 4u] = v0;
+        }
+        aux[d0 + k] = a_at(row + k);
+        aux[d0 + n + k] = alpha;
+        aux[d0 + 2u * n + k] = beta;
+        beta_now = beta;
+    }
+    storageBarrier();
+    return workgroupUniformLoad(&beta_now);
+}
 
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 
@@ -104,7 +156,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let n = u.n;
     let np = u.np;
     let n4 = np / 4u;
-    let base = wg.x * n * np;     // of the padded matrices, in f32s (a multiple of 4)
+    let n8 = np / 8u;
+    let base = wg.x * n * np;     // of the padded matrices, in f32s (a multiple of 8)
     let b4 = base / 4u;
     let d0 = wg.x * (3u * n + 2u * np);
     let e0 = d0 + n;
@@ -124,66 +177,100 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     storageBarrier();
 
     // 1. Tridiagonalize: reflector k = I − β·v·vᵀ on indices k+1.. maps row k's tail x to (α, 0, …);
-    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. Lanes take
-    //    groups of 4 columns; columns left of k+1 are masked out of v and w, so their updates add zero.
+    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. Lanes own
+    //    groups of 8 columns (two vec4s, so each row's scalars serve 8 columns); columns left of k+1 are masked
+    //    out of v and w, so their updates add zero. Row k+1 is updated first, reflector k+1 built from it, and
+    //    the update of the rows below computes p of reflector k+1 as it goes: one pass over S per reflector.
+    //    p and w of reflector k live in the half (k mod 2) of the w region, the next p in the other half.
+    var beta = 0.0;
+    if (n >= 3u) { beta = reflector(li, base, d0, 0u); }
+    var have_p = false;
     for (var k = 0u; k + 2u < n; k++) {
         let row = base + k * np;
-        var tail = 0.0;
-        for (var j = k + 2u + li; j < n; j += WG) { tail += a_at(row + j) * a_at(row + j); }
-        part[li] = tail;
-        workgroupBarrier();
-        if (li == 0u) {
-            var t = 0.0;
-            for (var q = 0u; q < WG; q++) { t += part[q]; }
-            let x0 = a_at(row + k + 1u);
-            var beta = 0.0;
-            var alpha = x0;
-            // A zero tail needs no reflector (one would only flip a sign).
-            if (t > 0.0) {
-                let norm = sqrt(t + x0 * x0);
-                alpha = select(norm, -norm, x0 >= 0.0);
-                let v0 = x0 - alpha;
-                beta = 1.0 / (norm * abs(v0));     // 2 / vᵀv, vᵀv = 2·(‖x‖² − x0·α) = 2·‖x‖·|v0|
-                a[(row + k + 1u) / 4u][(k + 1u) % 4u] = v0;
-            }
-            aux[d0 + k] = a_at(row + k);
-            aux[e0 + k] = alpha;
-            aux[b0 + k] = beta;
-            beta_now = beta;
-        }
-        storageBarrier();
-        let beta = workgroupUniformLoad(&beta_now);
-        if (beta == 0.0) { continue; }
         let r4 = row / 4u;
-        let g0 = (k + 1u) / 4u;
-        var vp = 0.0;
-        for (var g = g0 + li; g < n4; g += WG) {
-            let live = 4u * g + lane_cols > vec4<u32>(k);
-            let vj = select(vec4<f32>(0.0), a[r4 + g], live);
-            var p = vec4<f32>(0.0);
-            for (var i = k + 1u; i < n; i++) { p += a[b4 + i * n4 + g] * a_at(row + i); }
-            p = select(vec4<f32>(0.0), p * beta, live);
-            for (var q = 0u; q < 4u; q++) { aux[w0 + 4u * g + q] = p[q]; }
-            vp += dot(vj, p);
-        }
-        part[li] = vp;
-        workgroupBarrier();
-        var kk = 0.0;
-        for (var q = 0u; q < WG; q++) { kk += part[q]; }
-        kk *= 0.5 * beta;
-        for (var g = g0 + li; g < n4; g += WG) {
-            for (var q = 0u; q < 4u; q++) { aux[w0 + 4u * g + q] -= kk * a_at(row + 4u * g + q) * f32(4u * g + q > k); }
-        }
-        storageBarrier();
-        for (var g = g0 + li; g < n4; g += WG) {
-            let live = 4u * g + lane_cols > vec4<u32>(k);
-            let vj = select(vec4<f32>(0.0), a[r4 + g], live);
-            let wj = vec4<f32>(aux[w0 + 4u * g], aux[w0 + 4u * g + 1u], aux[w0 + 4u * g + 2u], aux[w0 + 4u * g + 3u]);
-            for (var i = k + 1u; i < n; i++) {
-                a[b4 + i * n4 + g] -= a_at(row + i) * wj + aux[w0 + i] * vj;
+        let g0 = (k + 1u) / 8u;
+        let wk = w0 + (k & 1u) * np;
+        let fuse = k + 3u < n;
+        if (beta != 0.0) {
+            if (!have_p) {
+                for (var g = g0 + li; g < n8; g += WG) {
+                    var p0 = vec4<f32>(0.0);
+                    var p1 = vec4<f32>(0.0);
+                    for (var i = k + 1u; i < n; i++) {
+                        let vi = a_at(row + i);
+                        let at = b4 + i * n4 + 2u * g;
+                        p0 += a[at] * vi;
+                        p1 += a[at + 1u] * vi;
+                    }
+                    set_aux8(wk, g, k, p0 * beta, p1 * beta);
+                }
+                storageBarrier();
+            }
+            var vp = 0.0;
+            for (var g = g0 + li; g < n8; g += WG) {
+                vp += dot(live(r4 + 2u * g, 8u * g, k), aux4(wk + 8u * g))
+                    + dot(live(r4 + 2u * g + 1u, 8u * g + 4u, k), aux4(wk + 8u * g + 4u));
+            }
+            part[li] = vp;
+            workgroupBarrier();
+            let kk = 0.5 * beta * part_sum();
+            for (var g = g0 + li; g < n8; g += WG) {
+                let c = wk + 8u * g;
+                set_aux8(wk, g, k, aux4(c) - kk * live(r4 + 2u * g, 8u * g, k),
+                    aux4(c + 4u) - kk * live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+            }
+            storageBarrier();
+            if (fuse) {
+                let vi = a_at(row + k + 1u);
+                let wi = aux[wk + k + 1u];
+                for (var g = g0 + li; g < n8; g += WG) {
+                    let at = b4 + (k + 1u) * n4 + 2u * g;
+                    a[at] -= vi * aux4(wk + 8u * g) + wi * live(r4 + 2u * g, 8u * g, k);
+                    a[at + 1u] -= vi * aux4(wk + 8u * g + 4u) + wi * live(r4 + 2u * g + 1u, 8u * g + 4u, k);
+                }
+                storageBarrier();
             }
         }
-        storageBarrier();
+        var next = 0.0;
+        if (fuse) { next = reflector(li, base, d0, k + 1u); }
+        if (beta != 0.0) {
+            let first = select(k + 1u, k + 2u, fuse);
+            let y = row + np;     // row k+1: reflector k+1's vector from column k+2 on
+            for (var g = g0 + li; g < n8; g += WG) {
+                let v0 = live(r4 + 2u * g, 8u * g, k);
+                let v1 = live(r4 + 2u * g + 1u, 8u * g + 4u, k);
+                let w0g = aux4(wk + 8u * g);
+                let w1g = aux4(wk + 8u * g + 4u);
+                if (next != 0.0) {
+                    var q0 = vec4<f32>(0.0);
+                    var q1 = vec4<f32>(0.0);
+                    for (var i = first; i < n; i++) {
+                        let vi = a_at(row + i);
+                        let wi = aux[wk + i];
+                        let yi = a_at(y + i);
+                        let at = b4 + i * n4 + 2u * g;
+                        let x0 = a[at] - (vi * w0g + wi * v0);
+                        let x1 = a[at + 1u] - (vi * w1g + wi * v1);
+                        a[at] = x0;
+                        a[at + 1u] = x1;
+                        q0 += x0 * yi;
+                        q1 += x1 * yi;
+                    }
+                    set_aux8(w0 + ((k + 1u) & 1u) * np, g, k + 1u, q0 * next, q1 * next);
+                } else {
+                    for (var i = first; i < n; i++) {
+                        let vi = a_at(row + i);
+                        let wi = aux[wk + i];
+                        let at = b4 + i * n4 + 2u * g;
+                        a[at] -= vi * w0g + wi * v0;
+                        a[at + 1u] -= vi * w1g + wi * v1;
+                    }
+                }
+            }
+            storageBarrier();
+        }
+        have_p = beta != 0.0 && next != 0.0;
+        beta = next;
     }
     if (li == 0u) {
         if (n >= 2u) {
@@ -194,24 +281,68 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         aux[e0 + n - 1u] = 0.0;
     }
 
-    // 2. Q = H₀·H₁·…·H_{n−3}, accumulated backwards from I (Z ← H_k·Z touches rows and columns k+1.. only);
-    //    column groups stay with their lane across k, so no barriers.
+    // 2. Q = H₀·H₁·…·H_{n−3}, accumulated backwards from I two reflectors at a time: with a = b+1 applied first,
+    //    H_b·H_a·Z = Z − v_a·s_aᵀ − v_b·s_bᵀ, s_a = β_a·Zᵀv_a, s_b = β_b·(Zᵀv_b − (v_bᵀv_a)·s_a), so one pass
+    //    reads Z for both sums and one updates it. H_k touches rows and columns k+1.. only; column groups stay
+    //    with their lane across pairs, so no barriers there. v_bᵀv_a of every pair first, into the w region.
+    let reflectors = select(0u, n - 2u, n >= 3u);
+    let pairs = (reflectors + 1u) / 2u;
+    for (var t = li; t < pairs; t += WG) {
+        let ka = reflectors - 1u - 2u * t;
+        var c = 0.0;
+        if (ka >= 1u) {
+            let ra = base + ka * np;
+            for (var i = ka + 1u; i < n; i++) { c += a_at(ra - np + i) * a_at(ra + i); }
+        }
+        aux[w0 + t] = c;
+    }
     for (var i = li; i < n * n4; i += WG) {
         let c = 4u * (i % n4) + lane_cols;
         z[b4 + i] = select(vec4<f32>(0.0), vec4<f32>(1.0), c == vec4<u32>(i / n4));
     }
     storageBarrier();
-    for (var kk = 0u; kk + 2u < n; kk++) {
-        let k = n - 3u - kk;
-        let beta = aux[b0 + k];
-        if (beta == 0.0) { continue; }
-        let row = base + k * np;
-        for (var g = li; g < n4; g += WG) {
-            if (4u * g + 3u <= k) { continue; }
-            var s = vec4<f32>(0.0);
-            for (var i = k + 1u; i < n; i++) { s += a_at(row + i) * z[b4 + i * n4 + g]; }
-            s = select(vec4<f32>(0.0), s * beta, 4u * g + lane_cols > vec4<u32>(k));
-            for (var i = k + 1u; i < n; i++) { z[b4 + i * n4 + g] -= a_at(row + i) * s; }
+    for (var t = 0u; t < pairs; t++) {
+        let ka = reflectors - 1u - 2u * t;
+        let has_b = ka >= 1u;
+        let beta_a = aux[b0 + ka];
+        let beta_b = select(0.0, aux[b0 + max(ka, 1u) - 1u], has_b);
+        if (beta_a == 0.0 && beta_b == 0.0) { continue; }
+        let ra = base + ka * np;
+        let rb = select(ra, ra - np, has_b);
+        let c = aux[w0 + t];
+        for (var g = li; g < n8; g += WG) {
+            if (8u * g + 7u < ka) { continue; }
+            // Row ka: v_a is zero there, v_b is not.
+            let top = b4 + ka * n4 + 2u * g;
+            let vbt = select(0.0, a_at(rb + ka), has_b);
+            var sa0 = vec4<f32>(0.0);
+            var sa1 = vec4<f32>(0.0);
+            var tb0 = z[top] * vbt;
+            var tb1 = z[top + 1u] * vbt;
+            for (var i = ka + 1u; i < n; i++) {
+                let va = a_at(ra + i);
+                let vb = a_at(rb + i);
+                let at = b4 + i * n4 + 2u * g;
+                let z0 = z[at];
+                let z1 = z[at + 1u];
+                sa0 += z0 * va;
+                sa1 += z1 * va;
+                tb0 += z0 * vb;
+                tb1 += z1 * vb;
+            }
+            sa0 *= beta_a;
+            sa1 *= beta_a;
+            let sb0 = beta_b * (tb0 - c * sa0);
+            let sb1 = beta_b * (tb1 - c * sa1);
+            z[top] -= vbt * sb0;
+            z[top + 1u] -= vbt * sb1;
+            for (var i = ka + 1u; i < n; i++) {
+                let va = a_at(ra + i);
+                let vb = a_at(rb + i);
+                let at = b4 + i * n4 + 2u * g;
+                z[at] -= va * sa0 + vb * sb0;
+                z[at + 1u] -= va * sa1 + vb * sb1;
+            }
         }
     }
     storageBarrier();

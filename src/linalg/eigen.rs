@@ -199,7 +199,7 @@ fn tridiagonal_ql(
     b: usize,
     n: usize,
 ) -> Result<()> {
-    let np = n.next_multiple_of(4);
+    let np = n.next_multiple_of(8);
     let (work, z) = (plan.scratch(&[b, n, np])?, plan.scratch(&[b, n, np])?);
     let aux = plan.scratch(&[b, 3 * n + 2 * np])?;
     // 64 lanes on CPU adapters (lavapipe, before the vec4 layout: 2 × 512² 524 ms against 562 for 32 and 539–565
