@@ -43,6 +43,11 @@ fn hypot(x: f32, y: f32) -> f32 {
 // Scalar views of the padded matrices (index in f32s).
 fn a_at(i: u32) -> f32 { return a[i / 4u][i % 4u]; }
 fn z_at(i: u32) -> f32 { return z[i / 4u][i % 4u]; }
+// Z's scalars at four indices.
+fn z4(i: vec4<u32>) -> vec4<f32> { return vec4<f32>(z_at(i.x), z_at(i.y), z_at(i.z), z_at(i.w)); }
+fn set_z4(i: vec4<u32>, x: vec4<f32>) {
+    for (var q = 0u; q < 4u; q++) { z[i[q] / 4u][i[q] % 4u] = x[q]; }
+}
 
 // Row `at4`'s vec4 at column c4..c4+3 with columns ≤ k zeroed (reflector k's vector lives in columns k+1..).
 fn live(at4: u32, c4: u32, k: u32) -> vec4<f32> {
@@ -365,18 +370,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let count = workgroupUniformLoad(&ql_count);
             if (count == 0u) { break; }
             let m = ql_top;
-            for (var r = li; r < n; r += WG) {
-                let zr = base + r * np;
-                var carry = z_at(zr + m);
+            // Four adjacent rows per lane at a time (rows past n repeat row r: same values, same places), so
+            // each rotation's (c, s) is loaded once for four rows.
+            for (var r = 4u * li; r < n; r += 4u * WG) {
+                let rows = r + vec4<u32>(0u, 1u, 2u, 3u);
+                let zr = base + select(vec4<u32>(r), rows, rows < vec4<u32>(n)) * np;
+                var carry = z4(zr + m);
                 for (var i = m; i > m - count;) {
                     i--;
                     let c = aux[w0 + 2u * i];
                     let s = aux[w0 + 2u * i + 1u];
-                    let zi = z_at(zr + i);
-                    z[(zr + i + 1u) / 4u][(zr + i + 1u) % 4u] = s * zi + c * carry;
+                    let zi = z4(zr + i);
+                    set_z4(zr + i + 1u, s * zi + c * carry);
                     carry = c * zi - s * carry;
                 }
-                z[(zr + m - count) / 4u][(zr + m - count) % 4u] = carry;
+                set_z4(zr + m - count, carry);
             }
             storageBarrier();
         }
