@@ -35,7 +35,7 @@
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
 // SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
 //          descending order, columns of Q permuted (and of T = F·Q: the power step), and V permuted along the
-//          factor's dimension.
+//          factor's dimension. Q is read from dst_off, V_in from src_off.
 //#include "optim/kron_uniforms.wgsl"
 //#if ELEMENTWISE
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
@@ -186,7 +186,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#else
         // est_src holds T = F·Q: diag(Qᵀ F Q)_i = Σ_k Q[k, i]·T[k, i].
         var s = 0.0;
-        for (var k = 0u; k < d; k++) { s += q[b * d * d + k * d + i] * est_src[b * d * d + k * d + i]; }
+        for (var k = 0u; k < d; k++) { s += q[u.dst_off + b * d * d + k * d + i] * est_src[b * d * d + k * d + i]; }
         est[i] = s;
 //#endif
     }
@@ -202,7 +202,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     for (var idx = li; idx < d * d; idx += 64u) {
         let r = idx / d;
         let c = idx % d;
-        q_out[b * d * d + r * d + rank[c]] = q[b * d * d + idx];
+        q_out[b * d * d + r * d + rank[c]] = q[u.dst_off + b * d * d + idx];
 //#if POWER
         power_out[b * d * d + r * d + rank[c]] = est_src[b * d * d + idx];
 //#endif

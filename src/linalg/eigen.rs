@@ -132,16 +132,19 @@ pub fn eigh(
         }
     }
     if method == EighMethod::Tridiagonal {
-        // V₀ may be `vecs` itself (a basis refreshed in place), which one dispatch cannot bind twice.
-        let basis = match warm {
-            Some(v0) if v0.buffer == vecs.buffer => {
-                let t = plan.scratch(&[b, n, n])?;
-                copy(plan, v0, &t)?;
-                Some(t)
+        // The kernel reads A and V₀ from element 0; V₀ may also be `vecs` itself (a basis refreshed in place),
+        // which one dispatch cannot bind twice. Such operands go through a scratch copy.
+        let whole = |plan: &mut PlanBuilder, t: &Tensor, aliased: bool| -> Result<Tensor> {
+            if t.offset() == 0 && !aliased {
+                return Ok(t.clone());
             }
-            other => other.cloned(),
+            let w = plan.scratch(&[b, n, n])?;
+            copy(plan, t, &w)?;
+            Ok(w)
         };
-        return tridiagonal_ql(plan, a, vals, vecs, basis.as_ref(), b, n);
+        let a = whole(plan, a, false)?;
+        let basis = warm.map(|v0| whole(plan, v0, v0.buffer == vecs.buffer)).transpose()?;
+        return tridiagonal_ql(plan, &a, vals, vecs, basis.as_ref(), b, n);
     }
     let work_a = plan.scratch(&[b, n, n])?;
     let rounds = method == EighMethod::Rounds;
@@ -188,7 +191,7 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] of `a`: one dispatch (its work copies are padded to rows of a multiple of 4), with
+/// [`EighMethod::Tridiagonal`] of `a`: one dispatch (its work copies are padded to rows of a multiple of 8), with
 /// the eigenvectors' signs taken from `warm` when given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,

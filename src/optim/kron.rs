@@ -365,6 +365,32 @@ impl KronStack {
         Tensor::from_buffer(t.gpu(), t.buffer().clone(), self.offset, &[self.count, self.m, self.n])
     }
 
+    /// Matrices `start..start + len` of the stack, every state a view at their place.
+    fn chunk(&self, start: usize, len: usize) -> Result<KronStack> {
+        let part = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            t.as_ref()
+                .map(|t| {
+                    let per = t.numel() / self.count;
+                    let mut shape = t.shape().to_vec();
+                    shape[0] = len;
+                    Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + start * per, &shape)
+                })
+                .transpose()
+        };
+        let pair = |v: &[Option<Tensor>; 2]| -> Result<[Option<Tensor>; 2]> { Ok([part(&v[0])?, part(&v[1])?]) };
+        Ok(KronStack {
+            offset: self.offset + start * self.m * self.n,
+            count: len,
+            m: self.m,
+            n: self.n,
+            factors: pair(&self.factors)?,
+            bases: pair(&self.bases)?,
+            roots: pair(&self.roots)?,
+            scales: pair(&self.scales)?,
+            variance: pair(&self.variance)?,
+        })
+    }
+
     fn side(v: &[Option<Tensor>; 2]) -> [Option<&Tensor>; 2] {
         [v[0].as_ref(), v[1].as_ref()]
     }
@@ -760,8 +786,16 @@ fn sort_basis(
         cols: st.n as u32,
         side: v.map_or(0, |x| x.2) as u32,
         src_off: v.map_or(0, |x| x.0.offset()) as u32,
+        dst_off: q.offset() as u32,
         ..Default::default()
     };
+    // Q and V_in may be views (a staggered refresh's chunk); the rest are the refresh's scratches.
+    crate::linalg::whole("sort_basis", &[("est", est), ("q_out", q_out)])?;
+    for (name, t) in [("v_out", v.map(|x| x.1)), ("power", power)] {
+        if let Some(t) = t {
+            crate::linalg::whole("sort_basis", &[(name, t)])?;
+        }
+    }
     let mut t = vec![est, q, q_out];
     if let Some((vi, vo, _)) = v {
         t.extend([vi, vo]);
@@ -837,6 +871,7 @@ fn shampoo_refresh(
         let prep = plan.scratch(f.shape())?;
         let u = KronU {
             total: f.numel() as u32,
+            src_off: f.offset() as u32,
             group: group as u32,
             a: c.epsilon,
             b: c.beta2,
@@ -893,13 +928,50 @@ fn eigen_refresh(gpu: &Gpu, st: &KronStack, group: usize, scalars: &Tensor, eps:
         let (Some(f), Some(q)) = (&st.factors[s], &st.bases[s]) else { continue };
         let d = f.shape()[1];
         let prep = plan.scratch(f.shape())?;
-        let u = KronU { total: f.numel() as u32, group: group as u32, a: eps, d: d as u32, ..Default::default() };
+        let u = KronU {
+            total: f.numel() as u32,
+            src_off: f.offset() as u32,
+            group: group as u32,
+            a: eps,
+            d: d as u32,
+            ..Default::default()
+        };
         elementwise(&mut plan, "PREP", &[], u, &[scalars, f, &prep])?;
         let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
         eigh(&mut plan, &prep, &vals, &vecs, (!cold).then_some(q), &EighConfig::default())?;
         ema(&mut plan, scalars, &vecs, q, 0.0, 1.0)?;
     }
     plan.build()
+}
+
+/// The refresh period of a staggered optimizer (`None` when it refreshes every stack on the same calls).
+fn stagger_period(opt: &OptimizerConfig) -> Option<u64> {
+    let (on, period) = match opt {
+        OptimizerConfig::Soap(c) => (c.stagger, c.precondition_frequency),
+        OptimizerConfig::Shampoo(c) => (c.stagger, c.precondition_frequency),
+        OptimizerConfig::KlShampoo(c) => (c.stagger, c.precondition_frequency),
+        OptimizerConfig::Splus(c) => (c.stagger, c.inverse_every),
+        OptimizerConfig::Spa(c) => (c.stagger, c.precondition_frequency),
+        OptimizerConfig::Whiten(c) => (c.stagger, c.precondition_frequency),
+        OptimizerConfig::Fismo(c) => (c.stagger, c.root_every),
+        _ => (false, 1),
+    };
+    on.then_some(period.max(1) as u64)
+}
+
+/// What a bucket's refreshes run on: its stacks whole, or, staggered over `period` calls, each stack in chunks of
+/// ⌈matrices / period⌉ matrices (in parameter order), so the period's refresh calls share the work evenly rather
+/// than stack by stack (GPT-small's four stacks of four: a stack of 512×128 alone took 5× a mean step on lavapipe).
+fn refresh_units(k: &KronParts, period: Option<u64>) -> Result<Vec<KronStack>> {
+    let matrices: usize = k.stacks.iter().map(|st| st.count).sum();
+    let size = period.map_or(usize::MAX, |p| matrices.div_ceil(p as usize).max(1));
+    let mut units = Vec::new();
+    for st in &k.stacks {
+        for start in (0..st.count).step_by(size.min(st.count).max(1)) {
+            units.push(st.chunk(start, size.min(st.count - start))?);
+        }
+    }
+    Ok(units)
 }
 
 /// The refresh plans of every SOAP / Shampoo stack, and Shampoo's `post` plan (`None` without Shampoo).
@@ -914,20 +986,20 @@ pub(crate) fn plans(
     let mut post = PlanBuilder::new(gpu);
     for b in buckets {
         let Some(k) = &b.kron else { continue };
-        let total = k.stacks.len() as u64;
-        for (i, st) in k.stacks.iter().enumerate() {
+        let optimizer = &groups[b.group].optimizer;
+        let period = stagger_period(optimizer);
+        let units = refresh_units(k, period)?;
+        let total = units.len() as u64;
+        for (i, st) in units.iter().enumerate() {
             if st.factors.iter().all(Option::is_none) {
                 continue;
             }
-            let stagger = |on: bool, period: u32| if on { i as u64 * period as u64 / total } else { 0 };
-            match &groups[b.group].optimizer {
+            let offset = period.map_or(0, |p| i as u64 * p / total);
+            match optimizer {
                 OptimizerConfig::Soap(c) => refreshes.push(Refresh {
                     init: Some(soap_init(gpu, st, scalars)?),
                     plan: soap_refresh(gpu, st, b, scalars)?,
-                    cadence: Cadence::Soap {
-                        period: c.precondition_frequency as u64,
-                        offset: stagger(c.stagger, c.precondition_frequency),
-                    },
+                    cadence: Cadence::Soap { period: c.precondition_frequency as u64, offset },
                 }),
                 OptimizerConfig::Shampoo(c) => refreshes.push(Refresh {
                     init: match c.root_method {
@@ -935,32 +1007,26 @@ pub(crate) fn plans(
                         RootMethod::CoupledNewton { .. } => None,
                     },
                     plan: shampoo_refresh(gpu, c, st, b.group, scalars, false)?,
-                    cadence: Cadence::Shampoo { cfg: c.clone(), offset: stagger(c.stagger, c.precondition_frequency) },
+                    cadence: Cadence::Shampoo { cfg: c.clone(), offset },
                 }),
                 // The first bases as SOAP's (eigh, descending), then power step + QR.
                 OptimizerConfig::KlShampoo(c) => refreshes.push(Refresh {
                     init: Some(soap_init(gpu, st, scalars)?),
                     plan: kl_refresh(gpu, st, scalars)?,
-                    cadence: Cadence::Soap {
-                        period: c.precondition_frequency as u64,
-                        offset: stagger(c.stagger, c.precondition_frequency),
-                    },
+                    cadence: Cadence::Soap { period: c.precondition_frequency as u64, offset },
                 }),
                 OptimizerConfig::Splus(c) => refreshes.push(Refresh {
                     init: Some(eigen_refresh(gpu, st, b.group, scalars, c.eps, true)?),
                     plan: eigen_refresh(gpu, st, b.group, scalars, c.eps, false)?,
-                    cadence: Cadence::Eigen {
-                        period: c.inverse_every as u64,
-                        offset: stagger(c.stagger, c.inverse_every),
-                    },
+                    cadence: Cadence::Eigen { period: c.inverse_every as u64, offset },
                 }),
                 // The grid's eigenbasis is SPA's.
-                OptimizerConfig::Spa(SpaConfig { precondition_frequency: period, stagger: on, .. })
-                | OptimizerConfig::Whiten(WhitenConfig { precondition_frequency: period, stagger: on, .. }) => {
+                OptimizerConfig::Spa(SpaConfig { precondition_frequency: every, .. })
+                | OptimizerConfig::Whiten(WhitenConfig { precondition_frequency: every, .. }) => {
                     refreshes.push(Refresh {
                         init: Some(eigen_refresh(gpu, st, b.group, scalars, 1e-30, true)?),
                         plan: eigen_refresh(gpu, st, b.group, scalars, 1e-30, false)?,
-                        cadence: Cadence::Eigen { period: *period as u64, offset: stagger(*on, *period) },
+                        cadence: Cadence::Eigen { period: *every as u64, offset },
                     })
                 }
                 OptimizerConfig::PsgdKron(c) => refreshes.push(Refresh {
@@ -972,12 +1038,12 @@ pub(crate) fn plans(
                 OptimizerConfig::Fismo(c) if c.root_every > 1 => refreshes.push(Refresh {
                     init: None,
                     plan: fismo::fismo_refresh(gpu, st, scalars)?,
-                    cadence: Cadence::Eigen { period: c.root_every as u64, offset: stagger(c.stagger, c.root_every) },
+                    cadence: Cadence::Eigen { period: c.root_every as u64, offset },
                 }),
                 _ => {}
             }
         }
-        match &groups[b.group].optimizer {
+        match optimizer {
             OptimizerConfig::Shampoo(c) => record_post(&mut post, c, b, scalars, wg)?,
             OptimizerConfig::PsgdKron(c) => psgd::record_post(&mut post, c, b, scalars, wg)?,
             _ => {}

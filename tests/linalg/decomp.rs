@@ -102,6 +102,44 @@ fn eigh_warm_start_converges_in_few_sweeps() {
 }
 
 #[test]
+fn eigh_of_views_reads_them_in_place() {
+    // Matrices 1..3 of a stack of 3 and a warm basis likewise at an offset (a staggered refresh's chunk): every
+    // method must decompose those, not the stack's first matrices.
+    let gpu = gpu();
+    let mut rng = Rng::new(24);
+    let n = 12;
+    let a: Vec<Mat> = (0..3)
+        .map(|_| {
+            let m = rng.mat(n, n);
+            m.add(&m.t())
+        })
+        .collect();
+    let (_, v0) = run_eigh(&a, None, &EighConfig::default());
+    let stack = upload(&gpu, &a);
+    let view = Tensor::from_buffer(&gpu, stack.buffer().clone(), n * n, &[2, n, n]).unwrap();
+    let bases = Tensor::from_slice(&gpu, &[3, n, n], &v0).unwrap();
+    let warm = Tensor::from_buffer(&gpu, bases.buffer().clone(), n * n, &[2, n, n]).unwrap();
+    for method in [EighMethod::Workgroup, EighMethod::Rounds, EighMethod::Tridiagonal] {
+        for w in [None, Some(&warm)] {
+            let vals = Tensor::zeros(&gpu, &[2, n]).unwrap();
+            let vecs = Tensor::zeros(&gpu, &[2, n, n]).unwrap();
+            let cfg = EighConfig { method, ..EighConfig::default() };
+            run(&gpu, |p| eigh(p, &view, &vals, &vecs, w, &cfg).unwrap());
+            let (vals, vecs) = (vals.read_blocking().unwrap(), vecs.read_blocking().unwrap());
+            for i in 0..2 {
+                let vi = &vecs[i * n * n..(i + 1) * n * n];
+                check_eigh(&a[i + 1], &vals[i * n..(i + 1) * n], vi, 2e-5);
+                if w.is_some() {
+                    let overlap =
+                        Mat::from_f32(n, n, &v0[(i + 1) * n * n..(i + 2) * n * n]).t().mul(&Mat::from_f32(n, n, vi));
+                    assert!((0..n).all(|j| overlap.d[j * n + j] > 0.9), "{method:?}: not oriented by its own basis");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn eigh_of_zero_is_finite() {
     let (vals, vecs) = run_eigh(&[Mat::zeros(5, 5)], None, &EighConfig::default());
     assert!(vals.iter().all(|&v| v == 0.0));

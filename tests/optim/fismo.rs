@@ -6,7 +6,7 @@
 //! independent of the device's eigenvectors from the first step on.
 
 use super::cpu::{cpu_eigh, Mat};
-use super::kron::{assert_matches, build, drive, initial, noisy_grads, STACK, STACKS};
+use super::kron::{assert_matches, build, drive, initial, noisy_grads, stagger_offset};
 use super::reference::newton_schulz;
 use wgoptim::optim::*;
 use wgoptim::Error;
@@ -124,7 +124,7 @@ fn conformance(opt: OptimizerConfig) {
             OptimizerConfig::Fismo(c) => {
                 r.fismo(c, gm, lr, c.root_every == 1);
                 let k = c.root_every as u64;
-                let offset = if c.stagger { STACK[i] * k / STACKS } else { 0 };
+                let offset = if c.stagger { stagger_offset(i, k) } else { 0 };
                 let s = call + 1;
                 if k > 1 && (call == 0 || (s >= offset && (s - offset).is_multiple_of(k))) {
                     r.refresh();

@@ -317,14 +317,29 @@ impl RefMat {
     }
 }
 
-fn soap_refresh_due(c: &SoapConfig, call: u64, stack: u64) -> bool {
+/// The refresh offset of matrix `i` under staggering over `period` calls, by the library's rule: each stack (in
+/// stack order; parameter order within) in chunks of ⌈matrices / period⌉, chunk j of J at j·period/J.
+pub(super) fn stagger_offset(i: usize, period: u64) -> u64 {
+    let size = SPECS.len().div_ceil(period as usize).max(1);
+    let (mut chunks, mut mine) = (0, 0);
+    for s in 0..STACKS {
+        let members: Vec<usize> = (0..SPECS.len()).filter(|&j| STACK[j] == s).collect();
+        if let Some(pos) = members.iter().position(|&j| j == i) {
+            mine = chunks + pos / size;
+        }
+        chunks += members.len().div_ceil(size);
+    }
+    mine as u64 * period / chunks as u64
+}
+
+fn soap_refresh_due(c: &SoapConfig, call: u64, i: usize) -> bool {
     let f = c.precondition_frequency as u64;
-    let offset = if c.stagger { stack * f / STACKS } else { 0 };
+    let offset = if c.stagger { stagger_offset(i, f) } else { 0 };
     call > 0 && call >= offset && (call - offset).is_multiple_of(f)
 }
 
-fn shampoo_refresh_due(c: &ShampooConfig, call: u64, stack: u64) -> bool {
-    let offset = if c.stagger { stack * c.precondition_frequency as u64 / STACKS } else { 0 };
+fn shampoo_refresh_due(c: &ShampooConfig, call: u64, i: usize) -> bool {
+    let offset = if c.stagger { stagger_offset(i, c.precondition_frequency as u64) } else { 0 };
     call + 1 > offset && c.refreshes_at(call + 1 - offset)
 }
 
@@ -339,7 +354,7 @@ fn conformance(opt: OptimizerConfig) {
         let r = &mut refs[i];
         match &opt {
             OptimizerConfig::Soap(c) => {
-                r.soap(c, gm, lr, soap_refresh_due(c, call, STACK[i]));
+                r.soap(c, gm, lr, soap_refresh_due(c, call, i));
                 if call == 0 {
                     for (s, side) in ["basis_left", "basis_right"].iter().enumerate() {
                         if r.has[s] {
@@ -349,7 +364,7 @@ fn conformance(opt: OptimizerConfig) {
                     }
                 }
             }
-            OptimizerConfig::Shampoo(c) => r.shampoo(c, gm, lr, shampoo_refresh_due(c, call, STACK[i])),
+            OptimizerConfig::Shampoo(c) => r.shampoo(c, gm, lr, shampoo_refresh_due(c, call, i)),
             _ => unreachable!(),
         }
     });

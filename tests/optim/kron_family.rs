@@ -14,8 +14,8 @@
 
 use super::cpu::{cpu_eigh, cpu_qr, Mat};
 use super::kron::{
-    assert_matches, build, distance, drive, elementwise, initial, noisy_grads, read, write, RefMat, SPECS, STACK,
-    STACKS,
+    assert_matches, build, distance, drive, elementwise, initial, noisy_grads, read, stagger_offset, write, RefMat,
+    SPECS,
 };
 use wgoptim::optim::*;
 use wgoptim::Error;
@@ -153,7 +153,7 @@ impl Ref {
 
 /// Refresh on the first call, then when `s ≥ offset` and `s − offset` is a multiple of the period, s the 1-based call
 /// (SPlus, SPA) or the 0-based call (KL-Shampoo, whose first call only initializes).
-fn due(opt: &OptimizerConfig, call: u64, stack: u64) -> bool {
+fn due(opt: &OptimizerConfig, call: u64, i: usize) -> bool {
     let (period, stagger, s) = match opt {
         OptimizerConfig::Splus(c) => (c.inverse_every, c.stagger, call + 1),
         OptimizerConfig::Spa(c) => (c.precondition_frequency, c.stagger, call + 1),
@@ -161,7 +161,7 @@ fn due(opt: &OptimizerConfig, call: u64, stack: u64) -> bool {
         _ => unreachable!(),
     };
     let p = period as u64;
-    let offset = if stagger { stack * p / STACKS } else { 0 };
+    let offset = if stagger { stagger_offset(i, p) } else { 0 };
     call == 0 || (s >= offset && (s - offset).is_multiple_of(p))
 }
 
@@ -197,7 +197,7 @@ fn conformance(opt: OptimizerConfig) {
     let (store, dev) = drive(&opt, grads_at, |dev, call, i, gm, lr| {
         let r = &mut refs[i];
         let (name, shape) = SPECS[i];
-        let refresh = due(&opt, call, STACK[i]);
+        let refresh = due(&opt, call, i);
         match &opt {
             OptimizerConfig::Splus(c) => r.splus(c, gm, lr, refresh),
             OptimizerConfig::Spa(c) => r.spa(c, gm, lr, refresh),

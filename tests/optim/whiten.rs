@@ -9,7 +9,7 @@
 
 use super::cpu::Mat;
 use super::kron::{
-    assert_matches, build, drive, elementwise, initial, noisy_grads, read, RefMat, SPECS, STACK, STACKS,
+    assert_matches, build, drive, elementwise, initial, noisy_grads, read, stagger_offset, RefMat, SPECS,
 };
 use super::kron_family::assert_diagonalizes;
 use super::reference::newton_schulz;
@@ -105,7 +105,7 @@ fn conformance(c: WhitenConfig) {
         let r = &mut refs[i];
         r.step(&c, gm, lr);
         let period = c.precondition_frequency as u64;
-        let offset = if c.stagger { STACK[i] * period / STACKS } else { 0 };
+        let offset = if c.stagger { stagger_offset(i, period) } else { 0 };
         let s = call + 1;
         if !(call == 0 || (s >= offset && (s - offset).is_multiple_of(period))) {
             return;
