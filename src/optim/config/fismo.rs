@@ -15,7 +15,7 @@ use crate::linalg::PolarConfig;
 /// Since `tr P = m` after every update, the damping `μ·tr P/m` is `μ` exactly as §5 notes.
 /// The roots come from an eigendecomposition of each factor (warm-started Jacobi) on every step by default;
 /// `root_every = k > 1` amortizes them Shampoo-style: the step then uses the roots of the last refresh, which
-/// runs after the step on the first call and every k calls (staggered across stacks when `stagger`).
+/// runs after the step on the first call and every k calls (spread over the period when `stagger`).
 /// Our defaults (decisions §9): γ = 0.95, μ = 1e-3, β = 0.95, 5 Keller Newton–Schulz steps, Keller lr scaling,
 /// WD-pre with the unscaled lr; lr and weight decay as Muon's. Both sides are preconditioned, so matrices are
 /// limited to the device eigensolver's size (2048); route larger ones elsewhere.
@@ -38,7 +38,7 @@ pub struct FismoConfig {
     pub polar: PolarConfig,
     /// Steps between recomputations of the factors' roots (1: every step, the paper's method).
     pub root_every: u32,
-    /// Spread the refreshes of a bucket's shape stacks over `root_every` (ours; see
+    /// Spread the refreshes of a bucket's matrices over `root_every` (ours; see
     /// [`super::SoapConfig::stagger`]).
     pub stagger: bool,
 }

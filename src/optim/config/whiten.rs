@@ -68,7 +68,7 @@ pub enum ShapeScale {
 /// the basis and normalization above, and the coupled decay `p ← p − lr·(s·U + wd·p)` (s: `shape_scale`).
 /// The first moment is bias-corrected where the normalization sees its scale (variance forms outside the
 /// Newton–Schulz basis). Takes 2-D matrices; same-shape matrices are stacked and processed by batched
-/// dispatches, the eigenbasis refreshes run on the host cadence (optionally staggered across stacks).
+/// dispatches, the eigenbasis refreshes run on the host cadence (optionally staggered).
 ///
 /// Where a cell coincides with a named method (the brackets of Table 2), [`WhitenConfig::preset`] gives it with
 /// that repository's best hyper-parameters (§9.2). Differences from those modules, by design: SOAP's first step is
@@ -97,7 +97,7 @@ pub struct WhitenConfig {
     pub precondition_frequency: u32,
     /// Dimensions of `max_dim` or more stay in the original basis.
     pub max_dim: usize,
-    /// Spread the refreshes of a bucket's shape stacks over the period.
+    /// Spread the refreshes of a bucket's matrices over the period.
     pub stagger: bool,
     /// The Newton–Schulz basis's polar computation (default: the repository's You coefficients with optax's
     /// `‖X‖_F + 1e-8` normalization).

@@ -33,8 +33,9 @@ pub struct SoapConfig {
     pub max_precond_dim: usize,
     /// Bias correction (`lr·sqrt(1−β2^t)/(1−β1^t)`).
     pub correct_bias: bool,
-    /// Spread the refreshes of a bucket's shape stacks over the period instead of refreshing all at once (ours;
-    /// the reference refreshes every parameter on the same step). Changes no result when there is one stack.
+    /// Spread the refreshes of a bucket's matrices over the period instead of refreshing all at once (ours; the
+    /// reference refreshes every parameter on the same step): ⌈matrices/period⌉ per refresh call, in chunks of each
+    /// shape stack taken in order, chunk j of J refreshing at offset j·period/J. Changes no result for one matrix.
     pub stagger: bool,
 }
 
@@ -140,7 +141,7 @@ pub struct ShampooConfig {
     pub grafting: Option<Grafting>,
     /// How roots are computed.
     pub root_method: RootMethod,
-    /// Spread the root computations of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    /// Spread the root computations of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]).
     pub stagger: bool,
 }
 
@@ -231,7 +232,7 @@ pub struct SplusConfig {
     pub nonstandard_constant: f32,
     /// Lookahead a: the sign of `(1 − a)·M + a·G` (0: plain SPlus).
     pub lookahead: f32,
-    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    /// Spread the refreshes of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]).
     pub stagger: bool,
 }
 
@@ -287,7 +288,7 @@ pub struct SpaConfig {
     pub precondition_frequency: u32,
     /// Dimensions of `max_dim` or more stay in the original basis.
     pub max_dim: usize,
-    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    /// Spread the refreshes of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]).
     pub stagger: bool,
 }
 
@@ -337,7 +338,7 @@ pub struct KlShampooConfig {
     pub clamping: bool,
     /// The clamp's cap on `d`.
     pub max_clamp_value: f32,
-    /// Spread the refreshes of a bucket's shape stacks over the period (ours; see [`SoapConfig::stagger`]).
+    /// Spread the refreshes of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]).
     pub stagger: bool,
 }
 
