@@ -37,8 +37,8 @@ impl Default for EighConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EighMethod {
     /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
-    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.24 s cold or warm, against
-    /// 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 13–18 ms against
+    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.13 s cold or warm, against
+    /// 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 9 ms against
     /// 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s
     /// (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
     /// factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
@@ -205,8 +205,8 @@ fn tridiagonal_ql(
     let np = n.next_multiple_of(8);
     let (work, z) = (plan.scratch(&[b, n, np])?, plan.scratch(&[b, n, np])?);
     let aux = plan.scratch(&[b, 3 * n + 2 * np])?;
-    // 64 lanes on CPU adapters (lavapipe, before the vec4 layout: 2 × 512² 524 ms against 562 for 32 and 539–565
-    // for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere, unmeasured.
+    // 64 lanes on CPU adapters (lavapipe, measured on the first, scalar layout: 2 × 512² 524 ms against 562 for 32
+    // and 539–565 for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere, unmeasured.
     let wg = if plan.gpu().is_cpu() { 64 } else { 256 };
     let defines = [("WG", wg.to_string()), ("WARM", (warm.is_some() as u32).to_string())];
     let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", "main", &defines)?;
