@@ -790,12 +790,10 @@ fn sort_basis(
         ..Default::default()
     };
     // Q and V_in may be views (a staggered refresh's chunk); the rest are the refresh's scratches.
-    crate::linalg::whole("sort_basis", &[("est", est), ("q_out", q_out)])?;
-    for (name, t) in [("v_out", v.map(|x| x.1)), ("power", power)] {
-        if let Some(t) = t {
-            crate::linalg::whole("sort_basis", &[(name, t)])?;
-        }
-    }
+    let mut scratches = vec![("est", est), ("q_out", q_out)];
+    scratches.extend(v.map(|x| ("v_out", x.1)));
+    scratches.extend(power.map(|p| ("power", p)));
+    crate::linalg::whole("sort_basis", &scratches)?;
     let mut t = vec![est, q, q_out];
     if let Some((vi, vo, _)) = v {
         t.extend([vi, vo]);
@@ -967,7 +965,7 @@ fn refresh_units(k: &KronParts, period: Option<u64>) -> Result<Vec<KronStack>> {
     let size = period.map_or(usize::MAX, |p| matrices.div_ceil(p as usize).max(1));
     let mut units = Vec::new();
     for st in &k.stacks {
-        for start in (0..st.count).step_by(size.min(st.count).max(1)) {
+        for start in (0..st.count).step_by(size) {
             units.push(st.chunk(start, size.min(st.count - start))?);
         }
     }
