@@ -121,16 +121,38 @@ struct Uniforms {
     _pad: u32,
 }
 
-/// Accumulator declarations and their stores; accumulator `j` sits at column `col0 + col(j)`.
-fn accumulators(t: MatmulTile, col: impl Fn(u32) -> u32) -> (String, String) {
-    let (mut decl, mut store) = (String::new(), String::new());
-    for i in 0..t.tm {
-        for j in 0..t.tn {
-            decl += &format!("    var acc{i}_{j} = 0.0;\n");
-            store += &format!("    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});\n", col(j));
-        }
+/// Column of a lane's accumulator `j` relative to its first (`col0`): vec4 lanes own runs of 4 adjacent
+/// columns, the other variants' columns are `wg_x` apart (coalesced across lanes on GPUs).
+fn lane_col(t: MatmulTile, variant: MatmulVariant, j: u32) -> u32 {
+    match variant {
+        MatmulVariant::Vec4 => (j / 4) * 4 * t.wg_x + j % 4,
+        _ => j * t.wg_x,
     }
-    (decl, store)
+}
+
+/// The accumulators' stores (`STORE`). Unrolled on GPUs, where accumulators stay in registers; on CPU adapters
+/// a loop over an array of them: unrolled, the stores (bounds checks and all) made llvmpipe compile a 16×8
+/// tile's kernel 10× longer (cold Mesa cache: first matmul call 2.1 → 0.18 s), and the loop costs nothing
+/// measurable after a k-loop.
+fn stores(t: MatmulTile, variant: MatmulVariant, looped: bool) -> String {
+    let col = |j: u32| lane_col(t, variant, j);
+    let names: Vec<String> = (0..t.tm).flat_map(|i| (0..t.tn).map(move |j| format!("acc{i}_{j}"))).collect();
+    if !looped {
+        let at = |e: u32| (e / t.tn, col(e % t.tn));
+        return (0u32..)
+            .zip(&names)
+            .map(|(e, a)| format!("    store(batch, row0 + {}u, col0 + {}u, {a});\n", at(e).0, at(e).1))
+            .collect();
+    }
+    let cols: Vec<String> = (0..t.tn).map(|j| format!("{}u", col(j))).collect();
+    let (count, tn) = (names.len(), t.tn);
+    format!(
+        "    var accs = array<f32, {count}>({});\n    var cols = array<u32, {tn}>({});\n    \
+         for (var e = 0u; e < {count}u; e++) {{\n        \
+         store(batch, row0 + e / {tn}u, col0 + cols[e % {tn}u], accs[e]);\n    }}\n",
+        names.join(", "),
+        cols.join(", ")
+    )
 }
 
 /// Clamped row indices `r{i}` and column indices `c{j}` of the tile.
@@ -143,19 +165,18 @@ fn indices(t: MatmulTile, col: impl Fn(u32) -> u32) -> (String, String) {
 /// The defines every variant shares.
 fn skeleton(
     t: MatmulTile,
-    lane_col: &str,
+    first_col: &str,
     (rows, cols): (String, String),
     body: String,
-    col: impl Fn(u32) -> u32,
 ) -> Vec<(&'static str, String)> {
-    let (decl, store) = accumulators(t, col);
+    let decl = (0..t.tm).flat_map(|i| (0..t.tn).map(move |j| format!("    var acc{i}_{j} = 0.0;\n"))).collect();
     vec![
         ("WG_X", t.wg_x.to_string()),
         ("WG_Y", t.wg_y.to_string()),
         ("TM", t.tm.to_string()),
         ("TILE_M", t.rows().to_string()),
         ("TILE_N", t.cols().to_string()),
-        ("LANE_COL", lane_col.into()),
+        ("LANE_COL", first_col.into()),
         // A workgroup one lane high keeps row indices free of the lane id, so a compiler that tracks uniformity
         // can load A once for all lanes (Mesa 25's llvmpipe does not: it still loads lane by lane).
         ("ROW_LANE", if t.wg_y == 1 { "0u".into() } else { format!("lid.y * {}u", t.tm) }),
@@ -163,14 +184,13 @@ fn skeleton(
         ("COLS", cols),
         ("DECL", decl),
         ("BODY", body),
-        ("STORE", store),
     ]
 }
 
 /// Generate the unrolled tile body for the skeleton in `shaders/linalg/matmul.wgsl`: columns of a lane are
 /// `wg_x` apart (coalesced across lanes on GPUs).
 fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
-    let col = |j: u32| j * t.wg_x;
+    let col = |j: u32| lane_col(t, MatmulVariant::Registers, j);
     let mut body = String::new();
     for j in 0..t.tn {
         body += &format!("        let b{j} = lb(batch, kk, c{j});\n");
@@ -181,14 +201,14 @@ fn tile_defines(t: MatmulTile) -> Vec<(&'static str, String)> {
             body += &format!("        acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
         }
     }
-    skeleton(t, "lid.x", indices(t, col), body, col)
+    skeleton(t, "lid.x", indices(t, col), body)
 }
 
 /// The vector-load variant (needs `tm` and `tn` multiples of 4): each lane owns runs of 4 adjacent columns,
 /// operands are read as `vec4` along their contiguous dimension and k advances by 4.
 fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, String)> {
     let (tm, tn) = (t.tm, t.tn);
-    let col = |j: u32| (j / 4) * 4 * t.wg_x + j % 4; // column of accumulator j relative to col0
+    let col = |j: u32| lane_col(t, MatmulVariant::Vec4, j);
     let (mut rows, mut cols) = indices(t, col);
     for q in (0..tm / 4).filter(|_| ta == Trans::T) {
         rows += &format!("    let rq{q} = min(row0 + {}u, u.m - 4u) / 4u;\n", 4 * q);
@@ -224,7 +244,7 @@ fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, 
             }
         }
     }
-    let mut defines = skeleton(t, "lid.x * 4u", (rows, cols), body, col);
+    let mut defines = skeleton(t, "lid.x * 4u", (rows, cols), body);
     defines.push(("VEC4", "1".into()));
     defines
 }
@@ -278,7 +298,7 @@ fn shared_bytes(t: MatmulTile) -> u32 {
 /// matrices; rows padded by one against bank conflicts), then every lane runs its register tile from there.
 fn tile_defines_shared(t: MatmulTile) -> Vec<(&'static str, String)> {
     let (threads, bk) = (t.wg_x * t.wg_y, shared_depth(t));
-    let col = |j: u32| j * t.wg_x;
+    let col = |j: u32| lane_col(t, MatmulVariant::Shared, j);
     let mut body = String::new();
     for i in 0..t.tm {
         body += &format!("            let a{i} = sa[kk * {}u + arow + {i}u];\n", t.rows() + 1);
@@ -291,7 +311,7 @@ fn tile_defines_shared(t: MatmulTile) -> Vec<(&'static str, String)> {
             body += &format!("            acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
         }
     }
-    let mut defines = skeleton(t, "lid.x", (String::new(), String::new()), body, col);
+    let mut defines = skeleton(t, "lid.x", (String::new(), String::new()), body);
     defines.extend([
         ("SHARED", "1".to_string()),
         ("BK", bk.to_string()),
@@ -630,6 +650,7 @@ fn kernel(
         ("GUARD_BINDING", (if has_c { 5 } else { 4 }).to_string()),
         ("ROUND_BF16", flag(mm.precision == Precision::Bf16Emulated)),
         ("ROUND_F16", flag(mm.precision == Precision::F16)),
+        ("STORE", stores(tile, variant, gpu.is_cpu())),
     ]);
     gpu.kernel("linalg/matmul.wgsl", "main", &defines)
 }
@@ -855,6 +876,51 @@ mod tests {
         assert_eq!(tile(8192), (8, 8, 16, 16));
         for t in GPU_TILES {
             assert!(shared_bytes(t) <= 16384, "{t:?} must fit WebGPU's default workgroup memory");
+        }
+    }
+
+    /// Both forms of the stores (unrolled for GPUs, looped for CPU adapters) of every variant give a kernel naga
+    /// accepts, and the looped one stores each accumulator where the unrolled one does.
+    #[test]
+    fn store_forms_specialize_and_agree() {
+        let source = crate::gpu::kernels::SHADERS.iter().find(|(p, _)| *p == "linalg/matmul.wgsl").unwrap().1;
+        let cases = [
+            (CPU_TILE, MatmulVariant::Registers, tile_defines(CPU_TILE)),
+            (CPU_TILE, MatmulVariant::Vec4, tile_defines_vec4(CPU_TILE, Trans::T, Trans::N)),
+            (
+                MatmulTile { tm: 16, tn: 4, wg_x: 8, wg_y: 8 },
+                MatmulVariant::Subgroup,
+                tile_defines_subgroup(MatmulTile { tm: 16, tn: 4, wg_x: 8, wg_y: 8 }),
+            ),
+            (GPU_TILES[0], MatmulVariant::Shared, tile_defines_shared(GPU_TILES[0])),
+            (GPU_TILES[2], MatmulVariant::Registers, tile_defines(GPU_TILES[2])),
+        ];
+        for (tile, variant, defines) in cases {
+            let mut placed = Vec::new();
+            for looped in [false, true] {
+                let mut d = defines.clone();
+                d.extend([("HAS_C", "1".to_string()), ("GUARD", "1".into()), ("GUARD_BINDING", "5".into())]);
+                d.push(("STORE", stores(tile, variant, looped)));
+                let code = crate::gpu::kernels::specialize(source, &d).unwrap();
+                let module = naga::front::wgsl::parse_str(&code).unwrap_or_else(|e| panic!("{variant:?}: {e}"));
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{variant:?} looped {looped}: {e:?}"));
+                placed.push(stores(tile, variant, looped));
+            }
+            // Unrolled store e goes to (row0 + r, col0 + c); the loop puts it at (e / tn, cols[e % tn]).
+            let number = |text: &str, after: &str| -> u32 {
+                let rest = &text[text.find(after).unwrap() + after.len()..];
+                rest[..rest.find('u').unwrap()].parse().unwrap()
+            };
+            let unrolled: Vec<(u32, u32)> =
+                placed[0].lines().map(|l| (number(l, "row0 + "), number(l, "col0 + "))).collect();
+            let table = &placed[1][placed[1].find("array<u32").unwrap()..];
+            let table = &table[table.find('(').unwrap() + 1..table.find(')').unwrap()];
+            let cols: Vec<u32> = table.split(", ").map(|c| c.trim_end_matches('u').parse().unwrap()).collect();
+            let looped: Vec<(u32, u32)> =
+                (0..tile.tm * tile.tn).map(|e| (e / tile.tn, cols[(e % tile.tn) as usize])).collect();
+            assert_eq!(unrolled, looped, "{variant:?}");
         }
     }
 
