@@ -4,6 +4,9 @@
 // 6n³, and all of it in few passes. The QL recurrences are sequential in one lane; the rotations they produce are
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
+// The four phases are four entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`), state passing
+// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it (every barrier is a coroutine suspend
+// point there), split about a quarter of that.
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -26,7 +29,8 @@ const WG: u32 = {{WG}}u;
 const EPS: f32 = 1.1920929e-7;
 // A QL step count per eigenvalue no convergence needs (about two on average); a bound, so NaN input finishes.
 const MAX_ITERS: u32 = 60u;
-var<workgroup> part: array<f32, WG>;
+// Per-lane partial sums: [0, WG) for vᵀp, [WG, 2·WG) for reflector tails (two halves: no barrier between uses).
+var<workgroup> part: array<f32, 2u * WG>;
 var<workgroup> beta_now: f32;
 var<workgroup> ql_top: u32;
 var<workgroup> ql_count: u32;
@@ -54,6 +58,9 @@ fn live(at4: u32, c4: u32, k: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), a[at4], c4 + vec4<u32>(0u, 1u, 2u, 3u) > vec4<u32>(k));
 }
 
+// x, or zeros where `on` is false (a select, so whatever x holds never leaks into the result).
+fn keep4(on: bool, x: vec4<f32>) -> vec4<f32> { return select(vec4<f32>(0.0), x, on); }
+
 fn aux4(i: u32) -> vec4<f32> { return vec4<f32>(aux[i], aux[i + 1u], aux[i + 2u], aux[i + 3u]); }
 
 // Columns 8g..8g+7 of a w-region vector at `at`, those ≤ k stored as zero.
@@ -64,23 +71,22 @@ fn set_aux8(at: u32, g: u32, k: u32, x0: vec4<f32>, x1: vec4<f32>) {
     }
 }
 
-fn part_sum() -> f32 {
+fn part_sum(at: u32) -> f32 {
     var t = 0.0;
-    for (var q = 0u; q < WG; q++) { t += part[q]; }
+    for (var q = 0u; q < WG; q++) { t += part[at + q]; }
     return t;
 }
 
-// Reflector k from row k's final tail x (columns k+1..): lane 0 stores v₀ = x₀ − α in place of x₀ (the rest of v
-// is the tail itself), the diagonal d[k], e[k] = α and β = 2 / vᵀv. Returns β, uniform across the workgroup.
-fn reflector(li: u32, base: u32, d0: u32, k: u32) -> f32 {
+// Reflector k from row k's final tail x (columns k+1..), given each lane's part of Σ x² over columns k+2..:
+// lane 0 stores v₀ = x₀ − α in place of x₀ (the rest of v is the tail itself), the diagonal d[k], e[k] = α and
+// β = 2 / vᵀv. Returns β, uniform across the workgroup.
+fn reflector(li: u32, tail: f32, base: u32, d0: u32, k: u32) -> f32 {
     let n = u.n;
     let row = base + k * u.np;
-    var tail = 0.0;
-    for (var j = k + 2u + li; j < n; j += WG) { tail += a_at(row + j) * a_at(row + j); }
-    part[li] = tail;
+    part[WG + li] = tail;
     workgroupBarrier();
     if (li == 0u) {
-        let t = part_sum();
+        let t = part_sum(WG);
         let x0 = a_at(row + k + 1u);
         var beta = 0.0;
         var alpha = x0;
@@ -156,18 +162,30 @@ fn ql_step(d0: u32, l: u32, t_floor: f32) {
     ql_count = m - l;
 }
 
-@compute @workgroup_size({{WG}}, 1, 1)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// Where matrix `w`'s data lives: the padded matrices' base (in f32s, a multiple of 8) and its aux region.
+struct Geo { n: u32, np: u32, n4: u32, n8: u32, base: u32, b4: u32, d0: u32, e0: u32, b0: u32, w0: u32 }
+
+fn geo(w: u32) -> Geo {
     let n = u.n;
     let np = u.np;
-    let n4 = np / 4u;
-    let n8 = np / 8u;
-    let base = wg.x * n * np;     // of the padded matrices, in f32s (a multiple of 8)
-    let b4 = base / 4u;
-    let d0 = wg.x * (3u * n + 2u * np);
-    let e0 = d0 + n;
-    let b0 = d0 + 2u * n;
-    let w0 = d0 + 3u * n;
+    let base = w * n * np;
+    let d0 = w * (3u * n + 2u * np);
+    return Geo(n, np, np / 4u, np / 8u, base, base / 4u, d0, d0 + n, d0 + 2u * n, d0 + 3u * n);
+}
+
+// Phases 0 and 1.
+@compute @workgroup_size({{WG}}, 1, 1)
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let here = geo(wg.x);
+    let n = here.n;
+    let np = here.np;
+    let n4 = here.n4;
+    let n8 = here.n8;
+    let base = here.base;
+    let b4 = here.b4;
+    let d0 = here.d0;
+    let e0 = here.e0;
+    let w0 = here.w0;
     let lane_cols = vec4<u32>(0u, 1u, 2u, 3u);
 
     // 0. The padded work copy (padding columns zero, and never touched again).
@@ -184,97 +202,88 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // 1. Tridiagonalize: reflector k = I − β·v·vᵀ on indices k+1.. maps row k's tail x to (α, 0, …);
     //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. Lanes own
     //    groups of 8 columns (two vec4s, so each row's scalars serve 8 columns); columns left of k+1 are masked
-    //    out of v and w, so their updates add zero. Row k+1 is updated first, reflector k+1 built from it, and
-    //    the update of the rows below computes p of reflector k+1 as it goes: one pass over S per reflector.
-    //    p and w of reflector k live in the half (k mod 2) of the w region, the next p in the other half.
-    var beta = 0.0;
-    if (n >= 3u) { beta = reflector(li, base, d0, 0u); }
-    var have_p = false;
-    for (var k = 0u; k + 2u < n; k++) {
+    //    out of v and w, so their updates add zero. Step j applies reflector k = j − 1 (none at j = 0) and
+    //    builds reflector j: row j is updated first (its tail sums gathered on the way), reflector j built from
+    //    it, then one pass updates the rows below and computes p of reflector j as it goes. p and w of
+    //    reflector k live in the half (k mod 2) of the w region, the next p in the other half. Every load or
+    //    store site costs llvmpipe compile time (it expands each per lane), so each of these passes has one
+    //    loop, which also serves steps with nothing to apply.
+    var beta = 0.0;     // β of reflector j − 1; zero: nothing to apply
+    for (var j = 0u; j + 1u < n; j++) {
+        let k = max(j, 1u) - 1u;
         let row = base + k * np;
         let r4 = row / 4u;
-        let g0 = (k + 1u) / 8u;
+        let g0 = j / 8u;
         let wk = w0 + (k & 1u) * np;
-        let fuse = k + 3u < n;
-        if (beta != 0.0) {
-            if (!have_p) {
-                for (var g = g0 + li; g < n8; g += WG) {
-                    var p0 = vec4<f32>(0.0);
-                    var p1 = vec4<f32>(0.0);
-                    for (var i = k + 1u; i < n; i++) {
-                        let vi = a_at(row + i);
-                        let at = b4 + i * n4 + 2u * g;
-                        p0 += a[at] * vi;
-                        p1 += a[at + 1u] * vi;
-                    }
-                    set_aux8(wk, g, k, p0 * beta, p1 * beta);
-                }
-                storageBarrier();
-            }
+        let fuse = j + 2u < n;
+        // Reflector k's K = β·vᵀp/2, and p_j (read before any lane overwrites p with w).
+        let on = beta != 0.0;
+        var kk = 0.0;
+        var pj = 0.0;
+        if (on) {
             var vp = 0.0;
             for (var g = g0 + li; g < n8; g += WG) {
                 vp += dot(live(r4 + 2u * g, 8u * g, k), aux4(wk + 8u * g))
                     + dot(live(r4 + 2u * g + 1u, 8u * g + 4u, k), aux4(wk + 8u * g + 4u));
             }
+            pj = aux[wk + j];
             part[li] = vp;
             workgroupBarrier();
-            let kk = 0.5 * beta * part_sum();
-            for (var g = g0 + li; g < n8; g += WG) {
-                let c = wk + 8u * g;
-                set_aux8(wk, g, k, aux4(c) - kk * live(r4 + 2u * g, 8u * g, k),
-                    aux4(c + 4u) - kk * live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-            }
-            storageBarrier();
-            if (fuse) {
-                let vi = a_at(row + k + 1u);
-                let wi = aux[wk + k + 1u];
-                for (var g = g0 + li; g < n8; g += WG) {
-                    let at = b4 + (k + 1u) * n4 + 2u * g;
-                    a[at] -= vi * aux4(wk + 8u * g) + wi * live(r4 + 2u * g, 8u * g, k);
-                    a[at + 1u] -= vi * aux4(wk + 8u * g + 4u) + wi * live(r4 + 2u * g + 1u, 8u * g + 4u, k);
-                }
-                storageBarrier();
-            }
+            kk = 0.5 * beta * part_sum(0u);
         }
+        // w = p − K·v of reflector k stored, row j updated with it, and each lane's part of row j's tail sum.
+        // With no reflector k, v and w are zero (selected, not multiplied: the w region may hold anything).
+        let vj = select(0.0, a_at(row + j), on);
+        let wj = pj - kk * vj;
+        let y = base + j * np;     // row j: reflector j's vector from column j+1 on
+        var tail = 0.0;
+        for (var g = g0 + li; g < n8; g += WG) {
+            let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
+            let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+            let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
+            let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
+            let at = y / 4u + 2u * g;
+            let x0 = a[at] - (vj * w0g + wj * v0);
+            let x1 = a[at + 1u] - (vj * w1g + wj * v1);
+            if (on) {
+                set_aux8(wk, g, k, w0g, w1g);
+                a[at] = x0;
+                a[at + 1u] = x1;
+            }
+            let c = 8u * g + lane_cols;
+            let t0 = select(vec4<f32>(0.0), x0, c >= vec4<u32>(j + 2u));
+            let t1 = select(vec4<f32>(0.0), x1, c + 4u >= vec4<u32>(j + 2u));
+            tail += dot(t0, t0) + dot(t1, t1);
+        }
+        storageBarrier();
         var next = 0.0;
-        if (fuse) { next = reflector(li, base, d0, k + 1u); }
-        if (beta != 0.0) {
-            let first = select(k + 1u, k + 2u, fuse);
-            let y = row + np;     // row k+1: reflector k+1's vector from column k+2 on
+        if (fuse) { next = reflector(li, tail, base, d0, j); }
+        // Apply reflector k (if any) to the rows below row j while computing p of reflector j (if any): with
+        // no reflector k, v and w count as zero and the pass only computes p (so at j = 0, and after a zero tail).
+        if (on || next != 0.0) {
             for (var g = g0 + li; g < n8; g += WG) {
-                let v0 = live(r4 + 2u * g, 8u * g, k);
-                let v1 = live(r4 + 2u * g + 1u, 8u * g + 4u, k);
-                let w0g = aux4(wk + 8u * g);
-                let w1g = aux4(wk + 8u * g + 4u);
-                if (next != 0.0) {
-                    var q0 = vec4<f32>(0.0);
-                    var q1 = vec4<f32>(0.0);
-                    for (var i = first; i < n; i++) {
-                        let vi = a_at(row + i);
-                        let wi = aux[wk + i];
-                        let yi = a_at(y + i);
-                        let at = b4 + i * n4 + 2u * g;
-                        let x0 = a[at] - (vi * w0g + wi * v0);
-                        let x1 = a[at + 1u] - (vi * w1g + wi * v1);
-                        a[at] = x0;
-                        a[at + 1u] = x1;
-                        q0 += x0 * yi;
-                        q1 += x1 * yi;
-                    }
-                    set_aux8(w0 + ((k + 1u) & 1u) * np, g, k + 1u, q0 * next, q1 * next);
-                } else {
-                    for (var i = first; i < n; i++) {
-                        let vi = a_at(row + i);
-                        let wi = aux[wk + i];
-                        let at = b4 + i * n4 + 2u * g;
-                        a[at] -= vi * w0g + wi * v0;
-                        a[at + 1u] -= vi * w1g + wi * v1;
-                    }
+                let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
+                let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+                let w0g = keep4(on, aux4(wk + 8u * g));
+                let w1g = keep4(on, aux4(wk + 8u * g + 4u));
+                var q0 = vec4<f32>(0.0);
+                var q1 = vec4<f32>(0.0);
+                for (var i = j + 1u; i < n; i++) {
+                    let vi = select(0.0, a_at(row + i), on);
+                    let wi = select(0.0, aux[wk + i], on);
+                    let yi = a_at(y + i);
+                    let at = b4 + i * n4 + 2u * g;
+                    let x0 = a[at] - (vi * w0g + wi * v0);
+                    let x1 = a[at + 1u] - (vi * w1g + wi * v1);
+                    a[at] = x0;
+                    a[at + 1u] = x1;
+                    q0 += x0 * yi;
+                    q1 += x1 * yi;
                 }
+                set_aux8(w0 + (j & 1u) * np, g, j, q0 * next, q1 * next);
             }
             storageBarrier();
         }
-        have_p = beta != 0.0 && next != 0.0;
         beta = next;
     }
     if (li == 0u) {
@@ -285,6 +294,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         aux[d0 + n - 1u] = a_at(base + (n - 1u) * np + n - 1u);
         aux[e0 + n - 1u] = 0.0;
     }
+}
+
+@compute @workgroup_size({{WG}}, 1, 1)
+fn accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let here = geo(wg.x);
+    let n = here.n;
+    let n4 = here.n4;
+    let n8 = here.n8;
+    let base = here.base;
+    let b4 = here.b4;
+    let b0 = here.b0;
+    let w0 = here.w0;
+    let np = here.np;
+    let lane_cols = vec4<u32>(0u, 1u, 2u, 3u);
 
     // 2. Q = H₀·H₁·…·H_{n−3}, accumulated backwards from I two reflectors at a time: with a = b+1 applied first,
     //    H_b·H_a·Z = Z − v_a·s_aᵀ − v_b·s_bᵀ, s_a = β_a·Zᵀv_a, s_b = β_b·(Zᵀv_b − (v_bᵀv_a)·s_a), so one pass
@@ -350,7 +373,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
         }
     }
-    storageBarrier();
+}
+
+@compute @workgroup_size({{WG}}, 1, 1)
+fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let here = geo(wg.x);
+    let n = here.n;
+    let np = here.np;
+    let base = here.base;
+    let d0 = here.d0;
+    let e0 = here.e0;
+    let w0 = here.w0;
 
     // 3. QL on (d, e), rotations applied to Z's rows: for each rotation i (descending), columns i and i+1. An
     //    off-diagonal at f32 rounding of T's norm counts as zero too: the reduction already left errors that size,
@@ -389,6 +422,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             storageBarrier();
         }
     }
+}
+
+@compute @workgroup_size({{WG}}, 1, 1)
+fn sort(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let here = geo(wg.x);
+    let n = here.n;
+    let np = here.np;
+    let base = here.base;
+    let d0 = here.d0;
 
     // 4. Sort ascending (ties by index): rank each eigenvalue, scatter value and column, with the column's sign
     //    chosen so it points along the previous basis's column of the same rank (warm), else so its

@@ -59,6 +59,8 @@ pub struct Kernel {
     pub(crate) name: String,
     /// Storage bindings the kernel writes (WebGPU forbids binding a buffer there and anywhere else at once).
     pub(crate) writable: Vec<u32>,
+    /// Storage bindings its entry point uses (entry points of one file may use different subsets).
+    pub(crate) bindings: Vec<u32>,
 }
 
 /// Pipelines keyed by file and defines.
@@ -171,7 +173,8 @@ impl Gpu {
             })
             .map(|e| e.binding)
             .collect();
-        Ok(Kernel { pipeline, layout, name: key.to_string(), writable })
+        let bindings = entries.iter().map(|e| e.binding).filter(|&b| b > 0).collect();
+        Ok(Kernel { pipeline, layout, name: key.to_string(), writable, bindings })
     }
 }
 

@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
+/// `(binding, buffer)` for each storage binding a kernel uses.
+type Bound = Vec<(u32, wgpu::Buffer)>;
+
 struct Pending {
     kernel: Kernel,
     uniform: (u64, u64),
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Bound,
     workgroups: [u32; 3],
     stage: usize,
 }
@@ -17,7 +20,8 @@ struct Pending {
 /// Collects dispatches; [`PlanBuilder::build`] turns them into a [`Plan`].
 ///
 /// Every kernel takes its static arguments (sizes, offsets, alpha/beta) in a small uniform block at
-/// binding 0 and its tensors as storage buffers at bindings 1, 2, …; all uniform blocks of a plan share
+/// binding 0 and its tensors as storage buffers at bindings 1, 2, … (those its entry point does not use are left
+/// unbound, so entry points of one file can share a tensor list); all uniform blocks of a plan share
 /// one buffer (identical blocks stored once), written once at build time, and bound by dynamic offset: one bind
 /// group serves every dispatch of a kernel on the same tensors.
 pub struct PlanBuilder {
@@ -133,9 +137,18 @@ impl PlanBuilder {
                 });
             }
         }
-        for (i, a) in tensors.iter().enumerate() {
-            for (j, b) in tensors.iter().enumerate().skip(i + 1) {
-                let writes = kernel.writable.contains(&(i as u32 + 1)) || kernel.writable.contains(&(j as u32 + 1));
+        if let Some(&missing) = kernel.bindings.iter().find(|&&b| b as usize > tensors.len()) {
+            return Err(Error::InvalidArgument {
+                op: "PlanBuilder::dispatch",
+                name: "tensors",
+                detail: format!("{} uses binding {missing} but {} tensors were given", kernel.name, tensors.len()),
+            });
+        }
+        let used: Vec<(u32, &Tensor)> =
+            (1..).zip(tensors.iter().copied()).filter(|(binding, _)| kernel.bindings.contains(binding)).collect();
+        for (i, &(bi, a)) in used.iter().enumerate() {
+            for &(bj, b) in &used[i + 1..] {
+                let writes = kernel.writable.contains(&bi) || kernel.writable.contains(&bj);
                 if writes && a.buffer == b.buffer {
                     return Err(Error::InvalidArgument {
                         op: "PlanBuilder::dispatch",
@@ -143,9 +156,7 @@ impl PlanBuilder {
                         detail: format!(
                             "bindings {} and {} of {} share one buffer and one of them is written: WebGPU rejects \
                              such aliasing (pass the buffer once)",
-                            i + 1,
-                            j + 1,
-                            kernel.name
+                            bi, bj, kernel.name
                         ),
                     });
                 }
@@ -181,7 +192,7 @@ impl PlanBuilder {
         self.items.push(Pending {
             kernel: kernel.clone(),
             uniform: (offset, bytes.len() as u64),
-            buffers: tensors.iter().map(|t| t.buffer.clone()).collect(),
+            buffers: used.iter().map(|(binding, t)| (*binding, t.buffer.clone())).collect(),
             workgroups,
             stage: self.stages.len() - 1,
         });
@@ -204,7 +215,7 @@ impl PlanBuilder {
         }
         // Buffers hash by identity, which their interior state never changes.
         #[allow(clippy::mutable_key_type)]
-        let mut groups: HashMap<(String, u64, Vec<wgpu::Buffer>), wgpu::BindGroup> = HashMap::new();
+        let mut groups: HashMap<(String, u64, Bound), wgpu::BindGroup> = HashMap::new();
         let mut dispatches = Vec::with_capacity(self.items.len());
         for p in self.items {
             let key = (p.kernel.name.clone(), p.uniform.1, p.buffers);
@@ -219,8 +230,8 @@ impl PlanBuilder {
                             size: wgpu::BufferSize::new(*size),
                         }),
                     }];
-                    for (i, b) in buffers.iter().enumerate() {
-                        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                    for (binding, b) in buffers {
+                        entries.push(wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() });
                     }
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some(&p.kernel.name),

@@ -52,7 +52,7 @@ pub enum EighMethod {
     /// device; `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
     Rounds,
     /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
-    /// eigenvector matrix; one workgroup and one dispatch per matrix, ~(4/3 + 4/3)·n³ flops plus the rotations,
+    /// eigenvector matrix; one workgroup per matrix in four dispatches (one per phase), ~(4/3 + 4/3)·n³ flops plus the rotations,
     /// whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
     /// ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold) resolves a PSD matrix's near-null eigenvalues relatively, which matters
     /// for `(λ + ε)^p` only when ε is below ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with
@@ -191,8 +191,8 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] of `a`: one dispatch (its work copies are padded to rows of a multiple of 8), with
-/// the eigenvectors' signs taken from `warm` when given.
+/// [`EighMethod::Tridiagonal`] of `a`: four dispatches, one per phase (its work copies are padded to rows of a
+/// multiple of 8), with the eigenvectors' signs taken from `warm` when given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,
     a: &Tensor,
@@ -209,11 +209,14 @@ fn tridiagonal_ql(
     // and 539–565 for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere, unmeasured.
     let wg = if plan.gpu().is_cpu() { 64 } else { 256 };
     let defines = [("WG", wg.to_string()), ("WARM", (warm.is_some() as u32).to_string())];
-    let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", "main", &defines)?;
     let u = [n as u32, np as u32, 0, 0];
     let mut bufs = vec![a, &work, &z, &aux, vals, vecs];
     bufs.extend(warm);
-    plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])
+    for phase in ["reduce", "accumulate", "rotate", "sort"] {
+        let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", phase, &defines)?;
+        plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])?;
+    }
+    Ok(())
 }
 
 /// Invocations of the one-workgroup kernel: 256 on CPU adapters (more only adds coroutine switches), else as

@@ -104,4 +104,10 @@ fn limits_and_mismatches_are_errors() {
         Err(Error::InvalidArgument { detail, .. }) => assert!(detail.contains("share one buffer"), "{detail}"),
         other => panic!("aliasing accepted: {other:?}"),
     }
+    // A kernel given fewer tensors than its entry point binds is an error, not a driver failure later.
+    let sort = gpu.kernel("linalg/tridiag_ql.wgsl", "sort", &[("WG", "64".into()), ("WARM", "0".into())]).unwrap();
+    match pb.dispatch(&sort, &[2u32, 8, 0, 0], &[&a, &o], [1, 1, 1]) {
+        Err(Error::InvalidArgument { detail, .. }) => assert!(detail.contains("uses binding"), "{detail}"),
+        other => panic!("missing tensors accepted: {other:?}"),
+    }
 }
