@@ -52,8 +52,8 @@ pub enum EighMethod {
     /// device; `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
     Rounds,
     /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
-    /// eigenvector matrix; one workgroup per matrix in four dispatches (one per phase), ~(4/3 + 4/3)·n³ flops plus the rotations,
-    /// whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
+    /// eigenvector matrix; one workgroup per matrix in four dispatches (one per phase), ~(4/3 + 4/3)·n³ flops
+    /// plus the rotations, whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
     /// ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold) resolves a PSD matrix's near-null eigenvalues relatively, which matters
     /// for `(λ + ε)^p` only when ε is below ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with
     /// ‖A‖ ≈ 60: 1.5e-4 relative error against Jacobi's < 1e-4).
