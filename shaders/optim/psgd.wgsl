@@ -51,16 +51,48 @@ var<workgroup> y: array<f32, {{D}}>;
 //#endif
 
 //#if LB
+var<workgroup> red_f: f32;
+var<workgroup> red_u: u32;
+
+// Workgroup reductions done by lane 0 in lane order after one barrier (three barriers per reduction where a
+// tree took eight, each a coroutine switch on CPU drivers that also costs compile time there). Uniform
+// control flow only.
 fn reduce_sum(li: u32, v: f32) -> f32 {
     red[li] = v;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] = red[li] + red[li + s]; }
-        workgroupBarrier();
+    if (li == 0u) {
+        var t = 0.0;
+        for (var q = 0u; q < 64u; q++) { t += red[q]; }
+        red_f = t;
     }
-    let r = red[0];
+    return workgroupUniformLoad(&red_f);
+}
+
+fn reduce_max(li: u32, v: f32) -> f32 {
+    red[li] = v;
     workgroupBarrier();
-    return r;
+    if (li == 0u) {
+        var t = red[0];
+        for (var q = 1u; q < 64u; q++) { t = max(t, red[q]); }
+        red_f = t;
+    }
+    return workgroupUniformLoad(&red_f);
+}
+
+// The index with the largest value, the smallest index on ties.
+fn reduce_argmax(li: u32, v: f32, at: u32) -> u32 {
+    red[li] = v;
+    arg[li] = at;
+    workgroupBarrier();
+    if (li == 0u) {
+        var b = red[0];
+        var a = arg[0];
+        for (var q = 1u; q < 64u; q++) {
+            if (red[q] > b || (red[q] == b && arg[q] < a)) { b = red[q]; a = arg[q]; }
+        }
+        red_u = a;
+    }
+    return workgroupUniformLoad(&red_u);
 }
 //#endif
 
@@ -73,15 +105,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     // max |A|
     var mx = 0.0;
     for (var k = li; k < d * d; k += 64u) { mx = max(mx, abs(a[base + k])); }
-    red[li] = mx;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] = max(red[li], red[li + s]); }
-        workgroupBarrier();
-    }
-    let amax = red[0];
+    let amax = reduce_max(li, mx);
     let inv = 1.0 / max(amax, 1e-38);
-    workgroupBarrier();
     // The column of largest norm (the first on ties).
     var best = -1.0;
     var bj = 0u;
@@ -90,18 +115,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         for (var i = 0u; i < d; i++) { let e = a[base + i * d + j] * inv; s += e * e; }
         if (s > best) { best = s; bj = j; }
     }
-    red[li] = best;
-    arg[li] = bj;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s && (red[li + s] > red[li] || (red[li + s] == red[li] && arg[li + s] < arg[li]))) {
-            red[li] = red[li + s];
-            arg[li] = arg[li + s];
-        }
-        workgroupBarrier();
-    }
-    let j0 = arg[0];
-    workgroupBarrier();
+    let j0 = reduce_argmax(li, best, bj);
     // y = xᵀA with x that column, then z = A·y/‖y‖.
     var yy = 0.0;
     for (var j = li; j < d; j += 64u) {
