@@ -80,8 +80,8 @@ impl MatmulTile {
 /// with AVX-512, f32 GFLOPS, 512 / 1024, before `relayout_for_cpu`), this tile ran NN at 29–31 / 28–29 and TN at
 /// 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 / 23 for an 8×8; 12×8 26 / 26, 16×6
 /// 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92 ms against 132–143, the small
-/// GPT's training step 185 against 227–251. Its cost: a cold compile of 2.4 s on llvmpipe (8×8: 0.8 s), paid once
-/// per machine while Mesa's shader cache keeps it.
+/// GPT's training step 185 against 227–251. A cold compile (empty Mesa shader cache) takes ~0.2 s per product
+/// variant since the stores are a loop on CPU adapters (see `stores`; 2.1 s with them unrolled).
 const CPU_TILE: MatmulTile = MatmulTile { tm: 16, tn: 8, wg_x: 8, wg_y: 1 };
 
 /// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
