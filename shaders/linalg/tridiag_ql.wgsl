@@ -5,8 +5,8 @@
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
 // The four phases are four entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`), state passing
-// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it (every barrier is a coroutine suspend
-// point there), split about a quarter of that.
+// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ~0.7 s (its
+// compile time grows with the load and store sites, each expanded per lane, so each pass below has one loop).
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -27,6 +27,8 @@ struct U { n: u32, np: u32, _b: u32, _c: u32 }
 
 const WG: u32 = {{WG}}u;
 const EPS: f32 = 1.1920929e-7;
+// Offsets of a vec4's columns.
+const LANE_COLS = vec4<u32>(0u, 1u, 2u, 3u);
 // A QL step count per eigenvalue no convergence needs (about two on average); a bound, so NaN input finishes.
 const MAX_ITERS: u32 = 60u;
 // Per-lane partial sums: [0, WG) for vᵀp, [WG, 2·WG) for reflector tails (two halves: no barrier between uses).
@@ -186,12 +188,11 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let d0 = here.d0;
     let e0 = here.e0;
     let w0 = here.w0;
-    let lane_cols = vec4<u32>(0u, 1u, 2u, 3u);
 
     // 0. The padded work copy (padding columns zero, and never touched again).
     for (var i = li; i < n * n4; i += WG) {
         let r = i / n4;
-        let c = 4u * (i % n4) + lane_cols;
+        let c = 4u * (i % n4) + LANE_COLS;
         let s = wg.x * n * n + r * n;
         var x = vec4<f32>(0.0);
         for (var q = 0u; q < 4u; q++) { if (c[q] < n) { x[q] = src[s + c[q]]; } }
@@ -250,7 +251,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 a[at] = x0;
                 a[at + 1u] = x1;
             }
-            let c = 8u * g + lane_cols;
+            let c = 8u * g + LANE_COLS;
             let t0 = select(vec4<f32>(0.0), x0, c >= vec4<u32>(j + 2u));
             let t1 = select(vec4<f32>(0.0), x1, c + 4u >= vec4<u32>(j + 2u));
             tail += dot(t0, t0) + dot(t1, t1);
@@ -307,7 +308,6 @@ fn accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let b0 = here.b0;
     let w0 = here.w0;
     let np = here.np;
-    let lane_cols = vec4<u32>(0u, 1u, 2u, 3u);
 
     // 2. Q = H₀·H₁·…·H_{n−3}, accumulated backwards from I two reflectors at a time: with a = b+1 applied first,
     //    H_b·H_a·Z = Z − v_a·s_aᵀ − v_b·s_bᵀ, s_a = β_a·Zᵀv_a, s_b = β_b·(Zᵀv_b − (v_bᵀv_a)·s_a), so one pass
@@ -325,7 +325,7 @@ fn accumulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         aux[w0 + t] = c;
     }
     for (var i = li; i < n * n4; i += WG) {
-        let c = 4u * (i % n4) + lane_cols;
+        let c = 4u * (i % n4) + LANE_COLS;
         z[b4 + i] = select(vec4<f32>(0.0), vec4<f32>(1.0), c == vec4<u32>(i / n4));
     }
     storageBarrier();
