@@ -15,6 +15,7 @@ const NB: u32 = 32u;
 const GROUPS: u32 = {{GROUPS}}u;
 const WG: u32 = {{WG}}u;        // NB × GROUPS
 var<workgroup> red: array<f32, {{WG}}>;
+var<workgroup> sq: array<f32, {{WG}}>;    // per lane: Σ x² of its column's rows below the next reflector's diagonal
 var<workgroup> tau: array<f32, 32>;
 var<workgroup> gram: array<f32, 1024>;  // VᵀV above its diagonal, NB × NB
 var<workgroup> tt: array<f32, 1024>;    // T, NB × NB
@@ -27,28 +28,27 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     let abase = wg.x * m * n;
     let vbase = u.v_off + wg.x * m * NB;
     let c = li % NB;
-    let g = li / NB;
+    let g = select(li / NB, 0u, GROUPS == 1u);  // uniform on CPU adapters: the row loops then load v_k once per row
     // Copy the panel (rows ≥ j0) into V; zeros above it and in padding columns.
     for (var i = g; i < m; i += GROUPS) {
         var x = 0.0;
         if (i >= u.j0 && c < u.w) { x = a[abase + i * n + u.j0 + c]; }
         v[vbase + i * NB + c] = x;
     }
+    // Σ x² below the diagonal of the first column; later columns get theirs from the update loop.
+    var s0 = 0.0;
+    if (c == 0u) {
+        for (var i = u.j0 + 1u + g; i < m; i += GROUPS) { let x = v[vbase + i * NB]; s0 += x * x; }
+    }
+    sq[li] = s0;
     storageBarrier();
     workgroupBarrier();
     for (var k = 0u; k < u.w; k++) {
         let r = u.j0 + k;
-        var s = 0.0;
-        for (var i = r + 1u + li; i < m; i += WG) { let x = v[vbase + i * NB + k]; s += x * x; }
-        red[li] = s;
-        workgroupBarrier();
-        for (var h = WG / 2u; h > 0u; h >>= 1u) {
-            if (li < h) { red[li] += red[li + h]; }
-            workgroupBarrier();
-        }
         if (li == 0u) {
             let alpha = v[vbase + r * NB + k];
-            let sigma = red[0];
+            var sigma = 0.0;
+            for (var q = 0u; q < GROUPS; q++) { sigma += sq[q * NB + k]; }
             if (sigma == 0.0) {
                 tau[k] = 0.0;    // nothing below the diagonal: H = I
                 scale = 0.0;
@@ -80,9 +80,16 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         for (var q = 0u; q < GROUPS; q++) { dot += red[q * NB + c]; }
         if (c < k && g == 0u) { gram[c * NB + k] = dot; }
         dot *= tau[k];
+        // Column k + 1 also sums its squares below row r + 1: the next reflector's norm, without a pass of its own.
+        var s = 0.0;
         if (c > k) {
-            for (var i = r + g; i < m; i += GROUPS) { v[vbase + i * NB + c] -= dot * v[vbase + i * NB + k]; }
+            for (var i = r + g; i < m; i += GROUPS) {
+                let x = v[vbase + i * NB + c] - dot * v[vbase + i * NB + k];
+                v[vbase + i * NB + c] = x;
+                if (i > r + 1u) { s += x * x; }
+            }
         }
+        sq[li] = s;
         storageBarrier();
         workgroupBarrier();
     }
