@@ -13,7 +13,7 @@
 diagnostic(off, subgroup_uniformity);
 //#endif
 struct U { batch: u32, t: u32, heads: u32, c: u32, qkv_off: u32, o_off: u32, g_off: u32, acc: u32, scale: f32,
-           p: f32, salt: u32 }
+           p: f32, salt: u32, head_dim: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 const D: u32 = {{D}}u;
 
@@ -24,6 +24,26 @@ fn unpack(id: u32) -> vec3<u32> { return vec3<u32>(id / (u.t * u.heads), (id / u
 fn lanes() -> u32 { return u.batch * u.heads * u.t; }
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
+
+// Element d of a register row, d known at run time only while loading or storing it. ROW_LOOPS (CPU adapters):
+// the row's loads and stores are one site in a loop bounded at run time (`u.head_dim`), the element picked by a
+// select over constant indices. llvmpipe compiles every unrolled site as eight bounds-checked lane accesses
+// (D = 32: ~0.4 s per 32 sites) and lowers a run-time array index into a ladder that copies the site per element.
+//#if ROW_LOOPS
+fn row_len() -> u32 { return u.head_dim; }
+fn set_at(row: ptr<function, array<f32, D>>, d: u32, x: f32) {
+    for (var k = 0u; k < D; k++) { (*row)[k] = select((*row)[k], x, k == d); }
+}
+fn get_at(row: ptr<function, array<f32, D>>, d: u32) -> f32 {
+    var x = 0.0;
+    for (var k = 0u; k < D; k++) { x = select(x, (*row)[k], k == d); }
+    return x;
+}
+//#else
+fn row_len() -> u32 { return D; }
+fn set_at(row: ptr<function, array<f32, D>>, d: u32, x: f32) { (*row)[d] = x; }
+fn get_at(row: ptr<function, array<f32, D>>, d: u32) -> f32 { return (*row)[d]; }
+//#endif
 
 //#if DROPOUT
 //#include "nn/dropout_mask.wgsl"
@@ -85,7 +105,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let last = {{LAST_ROW}}; // the subgroup's last row: loops stay uniform across its lanes
     var q: array<f32, D>;
     let qb = row_base(b, i) + hd;
-    for (var d = 0u; d < D; d++) { q[d] = qkv[qb + d]; }
+    for (var d = 0u; d < row_len(); d++) { set_at(&q, d, qkv[qb + d]); }
     let pb = id * u.t;
     let step = forward_step();
     var m = -3.0e38;
@@ -110,7 +130,7 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     }
     for (var j = i + 1u; j < u.t; j++) { probs[pb + j] = 0.0; }
     let ob = u.o_off + (b * u.t + i) * u.c + hd;
-    for (var d = 0u; d < D; d++) { y[ob + d] = acc[d]; }
+    for (var d = 0u; d < row_len(); d++) { y[ob + d] = get_at(&acc, d); }
 }
 
 // per query row: dP_ij = dy_i·v_j (through the dropout mask), dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij),
@@ -135,7 +155,7 @@ fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let last = {{LAST_ROW}};
     var g: array<f32, D>;
     let gb = u.g_off + (b * u.t + i) * u.c + hd;
-    for (var d = 0u; d < D; d++) { g[d] = gy[gb + d]; }
+    for (var d = 0u; d < row_len(); d++) { set_at(&g, d, gy[gb + d]); }
     let pb = id * u.t;
     let step = backward_step();
     var dot_pd = 0.0;
@@ -157,7 +177,7 @@ fn backward_query(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     for (var j = i + 1u; j < u.t; j++) { ds[pb + j] = 0.0; }
     let ob = u.o_off + (b * u.t + i) * 3u * u.c + hd;
-    for (var d = 0u; d < D; d++) { store_grad(ob + d, dq[d] * u.scale); }
+    for (var d = 0u; d < row_len(); d++) { store_grad(ob + d, get_at(&dq, d) * u.scale); }
 }
 
 // per key row j: dk_j = scale Σ_{i≥j} dS_ij q_i, dv_j = Σ_{i≥j} P̃_ij dy_i with P̃ the dropped P (P and dS are
@@ -197,9 +217,9 @@ fn backward_key(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         axpy_gy(&dv, pij, u.g_off + (b * u.t + i) * u.c + hd, {{LANE}});
     }
     let ob = u.o_off + (b * u.t + j) * 3u * u.c + hd;
-    for (var d = 0u; d < D; d++) {
-        var k = dk[d] * u.scale;
-        var v = dv[d];
+    for (var d = 0u; d < row_len(); d++) {
+        var k = get_at(&dk, d) * u.scale;
+        var v = get_at(&dv, d);
         if (u.acc != 0u) { k += kdqkv[ob + u.c + d]; v += kdqkv[ob + 2u * u.c + d]; }
         kdqkv[ob + u.c + d] = k;
         kdqkv[ob + 2u * u.c + d] = v;
