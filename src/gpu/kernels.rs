@@ -57,6 +57,8 @@ pub struct Kernel {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) name: String,
+    /// File, entry point and the short define values (generated bodies left out), for reports.
+    pub(crate) label: String,
     /// Storage bindings the kernel writes (WebGPU forbids binding a buffer there and anywhere else at once).
     pub(crate) writable: Vec<u32>,
     /// Storage bindings its entry point uses (entry points of one file may use different subsets).
@@ -174,7 +176,10 @@ impl Gpu {
             .map(|e| e.binding)
             .collect();
         let bindings = entries.iter().map(|e| e.binding).filter(|&b| b > 0).collect();
-        Ok(Kernel { pipeline, layout, name: key.to_string(), writable, bindings })
+        let short: Vec<String> =
+            defines.iter().filter(|(_, v)| v.len() <= 16).map(|(k, v)| format!("{k}={}", v.trim())).collect();
+        let label = format!("{file}:{entry} {}", short.join(" "));
+        Ok(Kernel { pipeline, layout, name: key.to_string(), label, writable, bindings })
     }
 }
 

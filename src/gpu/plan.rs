@@ -246,6 +246,7 @@ impl PlanBuilder {
                 offset: p.uniform.0 as u32,
                 workgroups: p.workgroups,
                 stage: p.stage,
+                label: p.kernel.label.clone(),
             });
         }
         let timing = self.timing.then(|| Timing::new(device, self.stages.len()));
@@ -260,6 +261,8 @@ struct Dispatch {
     offset: u32,
     workgroups: [u32; 3],
     stage: usize,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by the native-only first-call report
+    label: String,
 }
 
 struct Timing {
@@ -328,6 +331,10 @@ impl Plan {
 
     /// Record every dispatch into a caller's encoder (embedding): one pass, or one per stage when timing.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if std::env::var_os("WGOPTIM_FIRST_CALLS").is_some() {
+            self.report_first_calls();
+        }
         self.gpu.counters().add_dispatches(self.dispatches.len() as u64);
         let Some(t) = &self.timing else {
             let mut pass = encoder
@@ -348,6 +355,34 @@ impl Plan {
             self.record_range(&mut pass, range);
         }
         encoder.resolve_query_set(&t.queries, 0..2 * self.stages.len() as u32, &t.resolve, 0);
+    }
+
+    /// `WGOPTIM_FIRST_CALLS=1` (native, for measuring issue 2's first-call bound): each kernel variant this
+    /// process has not run yet first runs alone twice, and the difference — its first-call cost, shader compile
+    /// included (lavapipe compiles at the first dispatch, not at pipeline creation) — goes to stderr. The extra
+    /// runs change in-place state, so a run with it set measures and nothing else.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn report_first_calls(&self) {
+        static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        for (i, d) in self.dispatches.iter().enumerate() {
+            {
+                let Ok(mut seen) = SEEN.lock() else { return };
+                if seen.contains(&d.label) {
+                    continue;
+                }
+                seen.push(d.label.clone());
+            }
+            let run = || {
+                let start = std::time::Instant::now();
+                let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+                self.record_range(&mut encoder.begin_compute_pass(&Default::default()), i..i + 1);
+                self.gpu.queue().submit([encoder.finish()]);
+                let _ = self.gpu.device().poll(wgpu::PollType::wait_indefinitely());
+                start.elapsed().as_secs_f64()
+            };
+            let first = run();
+            eprintln!("first call {:7.1} ms  {}", (first - run()) * 1e3, d.label);
+        }
     }
 
     fn stage_range(&self, s: usize) -> std::ops::Range<usize> {
