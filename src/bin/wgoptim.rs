@@ -1,4 +1,4 @@
-//! The wgoptim command line: `info` (adapters), `bench matmul`, `bench polar`.
+//! The wgoptim command line: `info` (adapters), `bench` (matmul, polar, decomp, step, train), `replay`.
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
@@ -14,6 +14,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `println!` that ends the process quietly once stdout is closed (`wgoptim bench … | head`) instead of panicking.
+#[cfg(not(target_arch = "wasm32"))]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("error: writing to stdout: {e}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    }};
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -172,7 +187,7 @@ mod cli {
         let gpu = Gpu::new_blocking()?;
         let result = pollster::block_on(wgoptim::optim::replay(&gpu, &bytes))?;
         std::fs::write(out, result).map_err(|e| Error::Trace(format!("cannot write {}: {e}", out.display())))?;
-        println!("wrote {} on {}", out.display(), gpu.describe());
+        out!("wrote {} on {}", out.display(), gpu.describe());
         Ok(())
     }
 
@@ -284,31 +299,31 @@ mod cli {
         let gbs = bytes / secs / 1e9;
         let copy = copy_bandwidth(&gpu)?;
         if json {
-            println!(
+            out!(
                 "{}",
                 json!({"adapter": gpu.describe(), "bench": "step", "optimizer": name, "shapes": shapes, "tensors": specs.len(),
                        "values": numel, "first_step_s": first_secs, "warmup_steps": if matrix { warmup } else { 0 }, "warmup_s": warmup_secs, "ms_per_step": secs * 1e3, "max_ms_per_step": max_secs * 1e3, "dispatches_per_step": dispatches, "refresh_dispatches": refresh_dispatches,
                        "submits_per_step": submits_per_step, "stage_ms": stages.iter().map(|(n, t)| (n.clone(), t * 1e3)).collect::<std::collections::BTreeMap<_, _>>(), "gb_per_s": gbs, "copy_gb_per_s": copy, "fraction_of_copy": gbs / copy})
             );
         } else {
-            println!("{name} step over {shapes} ({} tensors, {numel} values) on {}", specs.len(), gpu.describe());
+            out!("{name} step over {shapes} ({} tensors, {numel} values) on {}", specs.len(), gpu.describe());
             let mean = if matrix { format!("mean (slowest {:.3} ms)", max_secs * 1e3) } else { "median".into() };
-            println!(
+            out!(
                 "  {:.3} ms per step {mean}, {dispatches} dispatches (+ up to {refresh_dispatches} on refresh steps), \
                  {submits_per_step} submit(s) per step, 0 readbacks",
                 secs * 1e3,
             );
             if !matrix {
-                println!("  {gbs:.2} GB/s moved vs {copy:.2} GB/s buffer copy ({:.0} %)", 100.0 * gbs / copy);
+                out!("  {gbs:.2} GB/s moved vs {copy:.2} GB/s buffer copy ({:.0} %)", 100.0 * gbs / copy);
             } else if warmup > 0 {
-                println!(
+                out!(
                     "  (after a first step of {first_secs:.3} s with shader compiles and cold initial decompositions, \
                      and {warmup} untimed warm-up steps: {warmup_secs:.3} s, first refreshes from cold included)"
                 );
             }
             if !stages.is_empty() {
                 let parts: Vec<String> = stages.iter().map(|(n, t)| format!("{n} {:.3} ms", t * 1e3)).collect();
-                println!("  device time per stage: {}", parts.join(", "));
+                out!("  device time per stage: {}", parts.join(", "));
             }
         }
         Ok(())
@@ -375,7 +390,7 @@ mod cli {
         if json {
             let split = timing.as_ref().map(|s| json!({"forward_ms": s.forward * 1e3, "backward_ms": s.backward * 1e3,
                 "optimizer_ms": s.optimizer * 1e3, "ops_ms": s.ops.iter().map(|(n, t)| (n.clone(), t * 1e3)).collect::<std::collections::BTreeMap<_, _>>()}));
-            println!(
+            out!(
                 "{}",
                 json!({"adapter": gpu.describe(), "bench": "train", "preset": preset, "optimizer": optimizer, "data": source,
                        "ms_per_step": secs * 1e3, "tokens_per_s": tokens_per_s, "gflop_per_step": flops / 1e9,
@@ -384,22 +399,22 @@ mod cli {
             );
             return Ok(());
         }
-        println!("train step, {preset} preset, {optimizer}, on {} ({source})", gpu.describe());
-        println!("  {:.1} ms per step, {tokens_per_s:.0} tokens/s, {submits_per_step} submit(s) and {dispatches_per_step} dispatches per step", secs * 1e3);
-        println!(
+        out!("train step, {preset} preset, {optimizer}, on {} ({source})", gpu.describe());
+        out!("  {:.1} ms per step, {tokens_per_s:.0} tokens/s, {submits_per_step} submit(s) and {dispatches_per_step} dispatches per step", secs * 1e3);
+        out!(
             "  {:.2} GFLOP per step → {gflops:.2} GFLOPS ({:.0} % of this device's {mm:.2} GFLOPS matmul at n=512)",
             flops / 1e9,
             100.0 * gflops / mm
         );
         if let Some(s) = timing {
-            println!(
+            out!(
                 "  device time: forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
                 s.forward * 1e3,
                 s.backward * 1e3,
                 s.optimizer * 1e3
             );
             for (name, t) in &s.ops {
-                println!("    {name:<24} {:.2} ms", t * 1e3);
+                out!("    {name:<24} {:.2} ms", t * 1e3);
             }
         }
         Ok(())
@@ -422,8 +437,8 @@ mod cli {
             } else {
                 ""
             };
-            println!("{} ({:?}, {:?}){mark}", i.name, i.backend, i.device_type);
-            println!("  driver: {} {}", i.driver, i.driver_info);
+            out!("{} ({:?}, {:?}){mark}", i.name, i.backend, i.device_type);
+            out!("  driver: {} {}", i.driver, i.driver_info);
             let feats: Vec<&str> = [
                 (wgpu::Features::SHADER_F16, "SHADER_F16"),
                 (wgpu::Features::SUBGROUP, "SUBGROUP"),
@@ -434,8 +449,8 @@ mod cli {
             .filter(|(flag, _)| f.contains(*flag))
             .map(|(_, n)| *n)
             .collect();
-            println!("  features: {}", if feats.is_empty() { "none of interest".into() } else { feats.join(", ") });
-            println!(
+            out!("  features: {}", if feats.is_empty() { "none of interest".into() } else { feats.join(", ") });
+            out!(
                 "  limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations/workgroup, \
                  {} workgroups/dimension, subgroup size {}..{}",
                 l.max_storage_buffer_binding_size >> 20,
@@ -448,7 +463,7 @@ mod cli {
             );
         }
         if let Err(e) = chosen {
-            println!("no adapter could be opened: {e}");
+            out!("no adapter could be opened: {e}");
         }
         Ok(())
     }
@@ -538,7 +553,7 @@ mod cli {
             let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])), variant)?;
             let label = variant.map_or("auto".to_string(), |v| format!("{v:?}").to_lowercase());
             if !json {
-                println!(
+                out!(
                     "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms, {})   on {}",
                     first * 1e3,
                     label,
@@ -548,7 +563,7 @@ mod cli {
             rows.push(json!({"size": size, "trans": trans, "variant": label, "gflops": gflops, "first_call_s": first}));
         }
         if json {
-            println!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));
+            out!("{}", json!({"adapter": gpu.describe(), "bench": "matmul", "results": rows}));
         }
         Ok(())
     }
@@ -631,7 +646,7 @@ mod cli {
             let secs = time_plan(&gpu, &plan, 3)?;
             rows.push(json!({"op": name, "ms_per_call": secs * 1e3, "dispatches": plan.dispatch_count()}));
             if !json {
-                println!(
+                out!(
                     "{name:>20} {n}x{n} x{batch}: {:10.2} ms per call, {} dispatches",
                     secs * 1e3,
                     plan.dispatch_count()
@@ -639,12 +654,9 @@ mod cli {
             }
         }
         if json {
-            println!(
-                "{}",
-                json!({"adapter": gpu.describe(), "bench": "decomp", "n": n, "batch": batch, "results": rows})
-            );
+            out!("{}", json!({"adapter": gpu.describe(), "bench": "decomp", "n": n, "batch": batch, "results": rows}));
         } else {
-            println!("  on {}", gpu.describe());
+            out!("  on {}", gpu.describe());
         }
         Ok(())
     }
@@ -682,20 +694,20 @@ mod cli {
         let gflops = flops / secs / 1e9;
         let (mm, _) = matmul_gflops(&gpu, 1024)?;
         if json {
-            println!(
+            out!(
                 "{}",
                 json!({"adapter": gpu.describe(), "bench": "polar", "shape": [m, n], "batch": batch, "steps": cfg.steps,
                        "ms_per_call": secs * 1e3, "gflops": gflops, "matmul_gflops_1024": mm, "fraction_of_matmul": gflops / mm,
                        "dispatches_per_call": plan.dispatch_count(), "submits_per_call": submits_per_call, "plan_build_s": build})
             );
         } else {
-            println!("polar {m}x{n} x{batch}, {} Newton–Schulz steps on {}", cfg.steps, gpu.describe());
-            println!(
+            out!("polar {m}x{n} x{batch}, {} Newton–Schulz steps on {}", cfg.steps, gpu.describe());
+            out!(
                 "  {:.2} ms per call, {gflops:.2} GFLOPS ({:.0} % of matmul's {mm:.2} GFLOPS at n=1024)",
                 secs * 1e3,
                 100.0 * gflops / mm
             );
-            println!(
+            out!(
                 "  {} dispatches, {submits_per_call} submit(s) per call; plan built in {:.0} ms",
                 plan.dispatch_count(),
                 build * 1e3

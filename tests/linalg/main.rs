@@ -2,6 +2,7 @@
 #![allow(clippy::needless_range_loop)] // the references index like the equations they transcribe
 
 mod basic;
+mod cli;
 mod cpu;
 mod decomp;
 mod polar;

@@ -1,0 +1,21 @@
+//! The `wgoptim` command line as a user pipes it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[test]
+fn bench_output_piped_into_a_closed_reader_exits_cleanly() {
+    // `wgoptim bench matmul … | head -1`: the reader closes after the first line, while the second size is still
+    // being measured; the next line must end the process quietly, not panic on the broken pipe (exit 101).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgoptim"))
+        .args(["bench", "matmul", "--sizes", "32,256,512"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wgoptim");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut first).expect("read a line");
+    assert!(first.contains("GFLOPS"), "unexpected first line: {first}");
+    let out = child.wait_with_output().expect("wait for wgoptim");
+    assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+}
