@@ -35,13 +35,14 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         if (i >= u.j0 && c < u.w) { x = a[abase + i * n + u.j0 + c]; }
         v[vbase + i * NB + c] = x;
     }
+    storageBarrier();
+    workgroupBarrier();
     // Σ x² below the diagonal of the first column; later columns get theirs from the update loop.
     var s0 = 0.0;
     if (c == 0u) {
         for (var i = u.j0 + 1u + g; i < m; i += GROUPS) { let x = v[vbase + i * NB]; s0 += x * x; }
     }
     sq[li] = s0;
-    storageBarrier();
     workgroupBarrier();
     for (var k = 0u; k < u.w; k++) {
         let r = u.j0 + k;
