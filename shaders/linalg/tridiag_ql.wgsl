@@ -5,7 +5,7 @@
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
 // The four phases are four entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`), state passing
-// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ~0.7 s (its
+// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ~0.6 s (its
 // compile time grows with the load and store sites, each expanded per lane, so each pass below has one loop).
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -205,10 +205,11 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     //    groups of 8 columns (two vec4s, so each row's scalars serve 8 columns); columns left of k+1 are masked
     //    out of v and w, so their updates add zero. Step j applies reflector k = j − 1 (none at j = 0) and
     //    builds reflector j: row j is updated first (its tail sums gathered on the way), reflector j built from
-    //    it, then one pass updates the rows below and computes p of reflector j as it goes. p and w of
-    //    reflector k live in the half (k mod 2) of the w region, the next p in the other half. Every load or
-    //    store site costs llvmpipe compile time (it expands each per lane), so each of these passes has one
-    //    loop, which also serves steps with nothing to apply.
+    //    it, then one pass updates the rows below and computes p of reflector j (and each lane's part of vᵀp,
+    //    for the next step's K) as it goes. p of reflector k lives in the half (k mod 2) of the w region, the
+    //    next p in the other half; w is never stored, each pass forms it from p. Every load or store site costs
+    //    llvmpipe compile time (it expands each per lane), so there are two passes per step, each one loop,
+    //    which also serves steps with nothing to apply.
     var beta = 0.0;     // β of reflector j − 1; zero: nothing to apply
     for (var j = 0u; j + 1u < n; j++) {
         let k = max(j, 1u) - 1u;
@@ -217,25 +218,13 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let g0 = j / 8u;
         let wk = w0 + (k & 1u) * np;
         let fuse = j + 2u < n;
-        // Reflector k's K = β·vᵀp/2, and p_j (read before any lane overwrites p with w).
+        // With no reflector k, v and w are zero (selected, not multiplied: the w region may hold anything).
         let on = beta != 0.0;
         var kk = 0.0;
-        var pj = 0.0;
-        if (on) {
-            var vp = 0.0;
-            for (var g = g0 + li; g < n8; g += WG) {
-                vp += dot(live(r4 + 2u * g, 8u * g, k), aux4(wk + 8u * g))
-                    + dot(live(r4 + 2u * g + 1u, 8u * g + 4u, k), aux4(wk + 8u * g + 4u));
-            }
-            pj = aux[wk + j];
-            part[li] = vp;
-            workgroupBarrier();
-            kk = 0.5 * beta * part_sum(0u);
-        }
-        // w = p − K·v of reflector k stored, row j updated with it, and each lane's part of row j's tail sum.
-        // With no reflector k, v and w are zero (selected, not multiplied: the w region may hold anything).
+        if (on) { kk = 0.5 * beta * part_sum(0u); }
         let vj = select(0.0, a_at(row + j), on);
-        let wj = pj - kk * vj;
+        let wj = select(0.0, aux[wk + j] - kk * vj, on);
+        // Row j updated with reflector k, and each lane's part of row j's tail sum.
         let y = base + j * np;     // row j: reflector j's vector from column j+1 on
         var tail = 0.0;
         for (var g = g0 + li; g < n8; g += WG) {
@@ -247,7 +236,6 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let x0 = a[at] - (vj * w0g + wj * v0);
             let x1 = a[at + 1u] - (vj * w1g + wj * v1);
             if (on) {
-                set_aux8(wk, g, k, w0g, w1g);
                 a[at] = x0;
                 a[at + 1u] = x1;
             }
@@ -262,16 +250,17 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         // Apply reflector k (if any) to the rows below row j while computing p of reflector j (if any): with
         // no reflector k, v and w count as zero and the pass only computes p (so at j = 0, and after a zero tail).
         if (on || next != 0.0) {
+            var vp = 0.0;
             for (var g = g0 + li; g < n8; g += WG) {
                 let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
                 let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-                let w0g = keep4(on, aux4(wk + 8u * g));
-                let w1g = keep4(on, aux4(wk + 8u * g + 4u));
+                let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
+                let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
                 var q0 = vec4<f32>(0.0);
                 var q1 = vec4<f32>(0.0);
                 for (var i = j + 1u; i < n; i++) {
                     let vi = select(0.0, a_at(row + i), on);
-                    let wi = select(0.0, aux[wk + i], on);
+                    let wi = select(0.0, aux[wk + i] - kk * vi, on);
                     let yi = a_at(y + i);
                     let at = b4 + i * n4 + 2u * g;
                     let x0 = a[at] - (vi * w0g + wi * v0);
@@ -281,9 +270,15 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                     q0 += x0 * yi;
                     q1 += x1 * yi;
                 }
-                set_aux8(w0 + (j & 1u) * np, g, j, q0 * next, q1 * next);
+                let p0 = q0 * next;
+                let p1 = q1 * next;
+                set_aux8(w0 + (j & 1u) * np, g, j, p0, p1);
+                let y4 = y / 4u + 2u * g;
+                vp += dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
             }
+            part[li] = vp;
             storageBarrier();
+            workgroupBarrier();
         }
         beta = next;
     }
