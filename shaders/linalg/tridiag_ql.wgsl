@@ -5,7 +5,7 @@
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
 // The four phases are four entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`), state passing
-// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ~0.6 s (its
+// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ≤ 0.8 s (its
 // compile time grows with the load and store sites, each expanded per lane, so each pass below has one loop).
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
