@@ -250,8 +250,10 @@ fn tile_defines_vec4(t: MatmulTile, ta: Trans, tb: Trans) -> Vec<(&'static str, 
 }
 
 /// The subgroup variant for CPU adapters (subgroups of `wg_x` lanes sharing rows): each lane loads A for a
-/// different k and the subgroup broadcasts it, so A costs one load per row per `wg_x` k-steps instead of one per
-/// step (a per-lane load costs ~10 FMAs on llvmpipe).
+/// different k and the subgroup shuffles it out, so A costs one load per row per `wg_x` k-steps instead of one per
+/// step (a per-lane load costs ~10 FMAs on llvmpipe). The `wg_x` k-steps are a loop bounded at run time (it also
+/// ends the last block early), not unrolled: llvmpipe expands every load site per lane at compile time, and the
+/// unrolled body's 16 + 64 sites took 1.2–1.5 s to compile.
 fn tile_defines_subgroup(t: MatmulTile) -> Vec<(&'static str, String)> {
     let mut defines = tile_defines(t);
     let (tm, tn, lanes) = (t.tm, t.tn, t.wg_x);
@@ -260,18 +262,17 @@ fn tile_defines_subgroup(t: MatmulTile) -> Vec<(&'static str, String)> {
     for i in 0..tm {
         body += &format!("        let av{i} = select(0.0, la(batch, r{i}, kl), kvalid);\n");
     }
-    for d in 0..lanes {
-        body += &format!("        let kd{d} = min(kk + {d}u, u.k - 1u);\n");
+    body += &format!("        for (var d = 0u; d < min({lanes}u, u.k - kk); d++) {{\n");
+    for j in 0..tn {
+        body += &format!("            let b{j} = lb(batch, kk + d, c{j});\n");
+    }
+    for i in 0..tm {
+        body += &format!("            let a{i} = subgroupShuffle(av{i}, d);\n");
         for j in 0..tn {
-            body += &format!("        let b{d}_{j} = lb(batch, kd{d}, c{j});\n");
-        }
-        for i in 0..tm {
-            body += &format!("        let a{d}_{i} = subgroupBroadcast(av{i}, {d}u);\n");
-            for j in 0..tn {
-                body += &format!("        acc{i}_{j} = fma(a{d}_{i}, b{d}_{j}, acc{i}_{j});\n");
-            }
+            body += &format!("            acc{i}_{j} = fma(a{i}, b{j}, acc{i}_{j});\n");
         }
     }
+    body += "        }\n";
     for (k, v) in defines.iter_mut() {
         if *k == "BODY" {
             *v = body.clone();
@@ -548,8 +549,10 @@ pub enum MatmulVariant {
 /// The tile and variant for one product. The variant is [`Matmul::variant`], else `WGOPTIM_MATMUL_VARIANT`
 /// (`registers`, `vec4`, `subgroup` or `shared`; for measuring), else the adapter's: workgroup-memory staging on
 /// GPUs (H100, f32 NN GFLOPS, register tiles → staged: 128×128×384 973 → 1,579; n = 512 3,650 → 6,238;
-/// n = 4096 14,902 → 28,390), scalar registers elsewhere (on lavapipe they beat the subgroup variant once the
-/// tile is [`CPU_TILE`]). A variant that cannot run the product is an error.
+/// n = 4096 14,902 → 28,390), A shuffled across the subgroup on CPU adapters whose subgroups are the tile's
+/// width (llvmpipe, [`CPU_TILE`], f32 GFLOPS against scalar registers: NN 512 / 1024 47 / 46 vs 33 / 34, TN 46 / 47
+/// vs 24 / 35, NT 37 / 28 vs 26 / 20 forced alike; the Muon step over gpt-small 59–61 ms vs 81), scalar registers
+/// elsewhere. A variant that cannot run the product is an error.
 fn choose(
     gpu: &Gpu,
     mm: &Matmul<'_>,
@@ -580,6 +583,7 @@ fn choose(
     let chosen = match requested {
         Some(v) => v,
         None if !gpu.is_cpu() && shared_fits => MatmulVariant::Shared,
+        None if gpu.is_cpu() && subgroup_fits => MatmulVariant::Subgroup,
         None => MatmulVariant::Registers,
     };
     let fits = match chosen {
