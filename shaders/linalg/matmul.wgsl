@@ -1,5 +1,5 @@
 // Batched out = alpha * op(A) op(B) + beta * C, f32 accumulation, one register tile per invocation; variants load
-// operands straight from storage (scalar or vec4), share A by subgroup broadcast (CPU adapters) or stage blocks
+// operands straight from storage (scalar or vec4), share A by subgroup shuffles (CPU adapters) or stage blocks
 // of A and B in workgroup memory (GPUs). Tile bodies are generated unrolled (named accumulators) by src/linalg/matmul.rs.
 // Indices of loads are clamped into range and stores are guarded, so no access leaves its matrix.
 struct U {

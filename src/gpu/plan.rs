@@ -265,6 +265,13 @@ struct Dispatch {
     label: String,
 }
 
+/// `WGOPTIM_FIRST_CALLS` read once per process, not on every step's record.
+#[cfg(not(target_arch = "wasm32"))]
+fn first_calls_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var_os("WGOPTIM_FIRST_CALLS").is_some())
+}
+
 struct Timing {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
@@ -332,7 +339,7 @@ impl Plan {
     /// Record every dispatch into a caller's encoder (embedding): one pass, or one per stage when timing.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         #[cfg(not(target_arch = "wasm32"))]
-        if std::env::var_os("WGOPTIM_FIRST_CALLS").is_some() {
+        if first_calls_wanted() {
             self.report_first_calls();
         }
         self.gpu.counters().add_dispatches(self.dispatches.len() as u64);

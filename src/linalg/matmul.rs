@@ -81,7 +81,8 @@ impl MatmulTile {
 /// 32, against 21 / 18–21 for the subgroup variant's 16×4 (wg 8×8) and 23 / 23 for an 8×8; 12×8 26 / 26, 16×6
 /// 26 / 24, 8×16 17 / 17, 32×4 17 / 14–16; the Muon step over gpt-small took 92 ms against 132–143, the small
 /// GPT's training step 185 against 227–251. A cold compile (empty Mesa shader cache) takes ~0.2 s per product
-/// variant since the stores are a loop on CPU adapters (see `stores`; 2.1 s with them unrolled).
+/// variant since the stores are a loop on CPU adapters (see `stores`; 2.1 s with them unrolled). Those figures are
+/// the scalar-register variant's; the subgroup variant now runs this same tile by default (see `choose`).
 const CPU_TILE: MatmulTile = MatmulTile { tm: 16, tn: 8, wg_x: 8, wg_y: 1 };
 
 /// Invocations a GPU product should offer before a larger tile is worth it (an H100 holds ~270,000 resident;
@@ -540,7 +541,7 @@ pub enum MatmulVariant {
     Registers,
     /// `vec4` loads along the operands' contiguous dimensions.
     Vec4,
-    /// A shared across a CPU subgroup by broadcast.
+    /// A shared across a CPU subgroup by shuffles (the default on CPU adapters with subgroups of the tile's width).
     Subgroup,
     /// Operand blocks staged through workgroup memory.
     Shared,
