@@ -39,8 +39,6 @@ fn rnd(v: f32) -> f32 {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = (wg.y * u.groups_x + wg.x) * 256u + li;
     if (i >= u.total) { return; }
-    let batch = i / u.per;
-    let within = i % u.per;
     var v = 0.0;
 //#if HAS_X
     v = u.a * x[u.x_off + i];
@@ -48,9 +46,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 //#if X_INPLACE
     v = u.a * o[u.o_off + i];
 //#endif
-    if (within / u.cols == within % u.cols) { v += u.d; }
+    // Integer division is the costliest thing here on CPU adapters (scalar per lane): only when it is needed.
+    if (u.d != 0.0) {
+        let within = i % u.per;
+        if (within / u.cols == within % u.cols) { v += u.d; }
+    }
 //#if HAS_S
-    v *= pow(max(scal[u.s_off + batch] * u.mult + u.add, u.floor), u.power);
+    v *= pow(max(scal[u.s_off + i / u.per] * u.mult + u.add, u.floor), u.power);
 //#endif
 //#if HAS_Y
     v += u.bb * y[u.y_off + i];

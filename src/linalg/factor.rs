@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PlanBuilder, Tensor};
-use crate::linalg::{copy, identity, Matmul, Trans};
+use crate::linalg::{copy, Matmul, Trans};
 
 /// Largest column count QR takes.
 pub const MAX_QR_COLS: usize = 4096;
@@ -35,8 +35,9 @@ const QR_PANEL: usize = 32;
 
 /// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns (a matrix of
 /// at most 32 columns is one panel) one workgroup per matrix builds the compact-WY pair `(V, T)`, then three
-/// batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[I; 0]` with the blocks applied
-/// in reverse. All the O(m·n²) work is in matmuls, spread over the device.
+/// batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]` (D = diag(sign R_jj), so
+/// diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied in reverse. All the
+/// O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R.
 fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;
@@ -44,6 +45,7 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
     let vs = plan.scratch(&[panels, b, m, nb])?;
     let ts = plan.scratch(&[panels, b, nb, nb])?;
     let (w1, w2) = (plan.scratch(&[b, n, nb])?, plan.scratch(&[b, n, nb])?);
+    let signs = plan.scratch(&[b, n])?;
     let view = |t: &Tensor, p: usize, rows: usize| {
         Tensor::from_buffer(t.gpu(), t.buffer().clone(), p * b * rows * nb, &[b, rows, nb])
     };
@@ -102,19 +104,18 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
             w: nb.min(n - j0) as u32,
             v_off: v.offset() as u32,
             t_off: t.offset() as u32,
-            ..Default::default()
+            q_off: q.offset() as u32,
+            _p: 0,
         };
-        plan.dispatch(&panel, &u, &[work, &v, &t], [b as u32, 1, 1])?;
+        plan.dispatch(&panel, &u, &[work, &v, &t, q, &signs], [b as u32, 1, 1])?;
         apply(plan, p, true, work)?;
     }
-    identity(plan, q, 1.0)?;
     for p in (0..panels).rev() {
         apply(plan, p, false, q)?;
     }
     let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &panel_defines(plan.gpu()))?;
-    let u =
-        PanelU { m: m as u32, n: n as u32, v_off: q.offset() as u32, t_off: r.offset() as u32, ..Default::default() };
-    plan.dispatch(&finish, &u, &[work, q, r], [((m * n) as u32).div_ceil(256), b as u32, 1])
+    let u = PanelU { m: m as u32, n: n as u32, v_off: r.offset() as u32, ..Default::default() };
+    plan.dispatch(&finish, &u, &[work, r, &signs], [(n as u32).div_ceil(64), n as u32, b as u32])
 }
 
 /// Row groups of the panel kernel (its workgroup is `QR_PANEL × groups` lanes): 8 on GPUs, 1 on CPU adapters,
@@ -134,7 +135,8 @@ struct PanelU {
     w: u32,
     v_off: u32,
     t_off: u32,
-    _p: [u32; 2],
+    q_off: u32,
+    _p: u32,
 }
 
 /// Cholesky `A + jitter·I = L·Lᵀ` into `l: [b, n, n]` (lower, zeros above). `info[b]` becomes 0 on success or
