@@ -4,9 +4,10 @@
 // 6n³, and all of it in few passes. The QL recurrences are sequential in one lane; the rotations they produce are
 // applied to the rows of Q by every lane, each row independently (a rotation of columns i, i+1 leaves column i+1
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
-// The four phases are four entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`), state passing
-// through a, z and aux: as one kernel, llvmpipe took 3.2 s to compile it, split the largest takes ≤ 0.8 s (its
-// compile time grows with the load and store sites, each expanded per lane, so each pass below has one loop).
+// The four phases are entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`; for larger n the host
+// builds Q by matmuls with `tridiag_wy.wgsl` instead of `accumulate`), state passing through a, z and aux: as one
+// kernel, llvmpipe took 3.2 s to compile it, split the largest takes ≤ 0.8 s (its compile time grows with the
+// load and store sites, each expanded per lane, so each pass below has one loop).
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;

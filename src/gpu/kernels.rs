@@ -27,6 +27,7 @@ shader_table!(
     "linalg/jacobi.wgsl",
     "linalg/jacobi_rounds.wgsl",
     "linalg/tridiag_ql.wgsl",
+    "linalg/tridiag_wy.wgsl",
     "linalg/qr_panel.wgsl",
     "linalg/cholesky.wgsl",
     "linalg/trsm.wgsl",

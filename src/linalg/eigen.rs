@@ -52,8 +52,8 @@ pub enum EighMethod {
     /// device; `max_sweeps·(2n − 1)` dispatches, which finished matrices pass through cheaply.
     Rounds,
     /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
-    /// eigenvector matrix; one workgroup per matrix in four dispatches (one per phase), ~(4/3 + 4/3)·n³ flops
-    /// plus the rotations, whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
+    /// eigenvector matrix; the reduction, QL and sort in one workgroup per matrix, the Householder Q in between
+    /// (by matmuls from n = 320); ~(4/3 + 4/3)·n³ flops plus the rotations, whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
     /// ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold) resolves a PSD matrix's near-null eigenvalues relatively, which matters
     /// for `(λ + ε)^p` only when ε is below ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with
     /// ‖A‖ ≈ 60: 1.5e-4 relative error against Jacobi's < 1e-4).
@@ -191,8 +191,8 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] of `a`: four dispatches, one per phase (its work copies are padded to rows of a
-/// multiple of 8), with the eigenvectors' signs taken from `warm` when given.
+/// [`EighMethod::Tridiagonal`] of `a`: the reduction, Q (by matmuls), the QL rotations and the sort (its work
+/// copies are padded to rows of a multiple of 8), with the eigenvectors' signs taken from `warm` when given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,
     a: &Tensor,
@@ -212,9 +212,76 @@ fn tridiagonal_ql(
     let u = [n as u32, np as u32, 0, 0];
     let mut bufs = vec![a, &work, &z, &aux, vals, vecs];
     bufs.extend(warm);
-    for phase in ["reduce", "accumulate", "rotate", "sort"] {
-        let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", phase, &defines)?;
-        plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])?;
+    let phase = |plan: &mut PlanBuilder, name: &str| -> Result<()> {
+        let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", name, &defines)?;
+        plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])
+    };
+    phase(plan, "reduce")?;
+    if n >= WY_FROM {
+        accumulate_blocked(plan, &work, &aux, &z, b, n, np)?;
+    } else {
+        phase(plan, "accumulate")?;
+    }
+    phase(plan, "rotate")?;
+    phase(plan, "sort")
+}
+
+/// Reflectors per compact-WY block of the tridiagonal Q (`NB` in `shaders/linalg/tridiag_wy.wgsl`).
+const WY_BLOCK: usize = 32;
+
+/// From this n on the tridiagonal Q is built by matmuls: below it their dispatches cost what they save
+/// (lavapipe, 2 matrices, one workgroup's passes against matmuls: n = 128 8 against 15.5 ms, 256 25 against 25–28,
+/// 384 58–59 against 54.5, 512 118 against 101–108).
+const WY_FROM: usize = 320;
+
+/// Q = H₀·H₁·…·H_{n−3} of the tridiagonal reduction into `z` (padded rows of `np`), by blocks of 32 reflectors in
+/// compact-WY form applied to the identity in reverse, three matmuls per block on Z's trailing part (a block acts
+/// on indices k0+1.. only): Z ← Z − (Vᵀ)ᵀ·(T·(Vᵀ·Z)). On lavapipe, 2 × 512²: 30 ms as rank-2 passes in one
+/// workgroup per matrix (`accumulate`), 17 ms this way.
+fn accumulate_blocked(
+    plan: &mut PlanBuilder,
+    work: &Tensor,
+    aux: &Tensor,
+    z: &Tensor,
+    b: usize,
+    n: usize,
+    np: usize,
+) -> Result<()> {
+    let nb = WY_BLOCK;
+    let blocks = n.saturating_sub(2).div_ceil(nb);
+    if blocks == 0 {
+        return identity(plan, z, 1.0);
+    }
+    let (vt, gram, t) = (
+        plan.scratch(&[blocks * b, nb, np])?,
+        plan.scratch(&[blocks * b, nb, nb])?,
+        plan.scratch(&[blocks * b, nb, nb])?,
+    );
+    let u = [n as u32, np as u32, 0, 0];
+    let grid = [blocks as u32, b as u32, 1];
+    let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("VT", "1".to_string())])?;
+    plan.dispatch(&kernel, &u, &[work, &vt, z], grid)?;
+    Matmul::new(&vt, &vt, &gram).trans(Trans::N, Trans::T).record(plan)?;
+    let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("TMAT", "1".to_string())])?;
+    plan.dispatch(&kernel, &u, &[aux, &gram, &t], grid)?;
+    let (w1, w2) = (plan.scratch(&[b, nb, n])?, plan.scratch(&[b, nb, n])?);
+    let at =
+        |x: &Tensor, offset: usize, shape: &[usize]| Tensor::from_buffer(x.gpu(), x.buffer().clone(), offset, shape);
+    for p in (0..blocks).rev() {
+        let j0 = p * nb + 1;
+        let len = n - j0;
+        let vp = at(&vt, (p * b * nb) * np + j0, &[b, nb, len])?;
+        let tp = at(&t, p * b * nb * nb, &[b, nb, nb])?;
+        let zr = at(z, z.offset() + j0 * np + j0, &[b, len, len])?;
+        let (w1, w2) = (at(&w1, w1.offset(), &[b, nb, len])?, at(&w2, w2.offset(), &[b, nb, len])?);
+        Matmul::new(&vp, &zr, &w1).batch_strides(nb * np, n * np, nb * len).row_strides(np, np, len).record(plan)?;
+        Matmul::new(&tp, &w1, &w2).record(plan)?;
+        Matmul::new(&vp, &w2, &zr)
+            .trans(Trans::T, Trans::N)
+            .scaled(-1.0, Some(&zr), 1.0)
+            .batch_strides(nb * np, nb * len, n * np)
+            .row_strides(np, len, np)
+            .record(plan)?;
     }
     Ok(())
 }

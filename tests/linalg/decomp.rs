@@ -68,6 +68,27 @@ fn eigh_random_rank_deficient_and_ill_conditioned() {
     }
 }
 
+/// From n = 320 the tridiagonal method builds its Householder Q by matmuls over blocks of 32 reflectors (the
+/// last block partial here); with a rank-deficient stack member, whose zero tails leave reflectors out.
+#[test]
+fn eigh_tridiagonal_large_builds_q_in_blocks() {
+    let mut rng = Rng::new(27);
+    let n = 333;
+    let random = {
+        let m = rng.mat(n, n);
+        m.add(&m.t())
+    };
+    let low_rank = {
+        let x = rng.mat(n, 5);
+        x.mul(&x.t())
+    };
+    let batch = [random, low_rank];
+    let (vals, vecs) = run_eigh(&batch, None, &EighConfig { method: EighMethod::Tridiagonal, ..Default::default() });
+    for (i, a) in batch.iter().enumerate() {
+        check_eigh(a, &vals[i * n..(i + 1) * n], &vecs[i * n * n..(i + 1) * n * n], 2e-5);
+    }
+}
+
 #[test]
 fn eigh_warm_start_converges_in_few_sweeps() {
     let gpu = gpu();
