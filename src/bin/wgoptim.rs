@@ -485,16 +485,18 @@ mod cli {
 
     /// Measured matmul GFLOPS for an n×n×n product, and the first-call seconds (compile + run).
     pub fn matmul_gflops(gpu: &Gpu, n: usize) -> Result<(f64, f64)> {
-        matmul_shape_gflops(gpu, [n, n, n], (Trans::N, Trans::N), None)
+        let (gflops, first, _) = matmul_shape_gflops(gpu, [n, n, n], (Trans::N, Trans::N), None)?;
+        Ok((gflops, first))
     }
 
-    /// Measured GFLOPS of `op(A)·op(B)` with op(A) m×k and op(B) k×n, and the first-call seconds.
+    /// Measured GFLOPS of `op(A)·op(B)` with op(A) m×k and op(B) k×n, the first-call seconds, and the kernel
+    /// variant that ran.
     fn matmul_shape_gflops(
         gpu: &Gpu,
         [m, k, n]: [usize; 3],
         (ta, tb): (Trans, Trans),
         variant: Option<MatmulVariant>,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(f64, f64, MatmulVariant)> {
         let product = |a, b, o| {
             let mut mm = Matmul::new(a, b, o).trans(ta, tb);
             mm.variant = variant;
@@ -526,7 +528,7 @@ mod cli {
         }
         let plan = pb.build()?;
         let secs = time_plan(gpu, &plan, 3)? / reps as f64;
-        Ok((flops / secs / 1e9, first))
+        Ok((flops / secs / 1e9, first, product(&a, &b, &o).chosen_variant(gpu)?))
     }
 
     fn bench_matmul(sizes: &[String], trans: &str, variant: &str, json: bool) -> Result<()> {
@@ -550,8 +552,9 @@ mod cli {
                 [m, k, n] if m * k * n > 0 => [m, k, n],
                 _ => return Err(bad(format!("`{size}` is not N or MxKxN with positive sizes"))),
             };
-            let (gflops, first) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])), variant)?;
-            let label = variant.map_or("auto".to_string(), |v| format!("{v:?}").to_lowercase());
+            let (gflops, first, ran) = matmul_shape_gflops(&gpu, mkn, (t(tr[0]), t(tr[1])), variant)?;
+            let ran = format!("{ran:?}").to_lowercase();
+            let label = if variant.is_some() { ran } else { format!("auto: {ran}") };
             if !json {
                 out!(
                     "matmul f32 {trans} {size:>12}: {gflops:8.2} GFLOPS   (first call incl. compile {:.0} ms, {})   on {}",

@@ -476,6 +476,15 @@ impl<'a> Matmul<'a> {
         Ok(out)
     }
 
+    /// The kernel variant [`Matmul::record`] runs this product with on `gpu`: the one set with
+    /// [`Matmul::variant`] or `WGOPTIM_MATMUL_VARIANT`, else the adapter's (what benchmarks report).
+    pub fn chosen_variant(&self, gpu: &Gpu) -> Result<MatmulVariant> {
+        let (batch, m, n) = self.out.matrices("matmul out")?;
+        let (_, ar, ac) = self.a.matrices("matmul A")?;
+        let k = if self.ta == Trans::N { ac } else { ar };
+        Ok(choose(gpu, self, (batch, m, n, k))?.1)
+    }
+
     /// Record the dispatch into `plan`.
     pub fn record(&self, plan: &mut PlanBuilder) -> Result<()> {
         let (ba, ar, ac) = self.a.matrices("matmul A")?;

@@ -19,3 +19,21 @@ fn bench_output_piped_into_a_closed_reader_exits_cleanly() {
     let out = child.wait_with_output().expect("wait for wgoptim");
     assert!(out.status.success(), "exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn bench_matmul_names_the_variant_that_ran() {
+    // The adapter's choice is reported as such ("auto: subgroup" on lavapipe), a forced one by its name.
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wgoptim"))
+            .args(["bench", "matmul", "--sizes", "32", "--json"])
+            .args(extra)
+            .output()
+            .expect("run wgoptim");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let auto = run(&[]);
+    let known = ["registers", "vec4", "subgroup", "shared"];
+    assert!(known.iter().any(|v| auto.contains(&format!("\"variant\":\"auto: {v}\""))), "{auto}");
+    assert!(run(&["--variant", "registers"]).contains("\"variant\":\"registers\""));
+}
