@@ -11,6 +11,32 @@ pub const MAX_QR_COLS: usize = 4096;
 /// Thin QR of each `m×n` matrix (m ≥ n): `q: [b, m, n]` with orthonormal columns, `r: [b, n, n]` upper
 /// triangular with a non-negative diagonal. Column order is preserved (column j of Q depends on columns ≤ j).
 pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
+    let (b, m, n) = qr_shape(a, q)?;
+    if r.numel() != b * n * n {
+        return Err(Error::Shape { op: "qr", detail: format!("r {:?} for {:?}", r.shape(), a.shape()) });
+    }
+    let work = plan.scratch(&[b, m, n])?;
+    copy(plan, a, &work)?;
+    qr_blocked(plan, &work, q, Some(r))
+}
+
+/// Q of [`qr`] alone, reducing `a` in place (its contents are lost; a whole tensor, not a view): for callers
+/// whose input is a scratch and who have no use for R, such as SOAP's refresh, it saves the copy and R.
+pub fn qr_q_in_place(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor) -> Result<()> {
+    qr_shape(a, q)?;
+    super::whole("qr_q_in_place", &[("a", a)])?;
+    if a.buffer() == q.buffer() {
+        return Err(Error::InvalidArgument {
+            op: "qr_q_in_place",
+            name: "q",
+            detail: "q must not share a's buffer".into(),
+        });
+    }
+    qr_blocked(plan, a, q, None)
+}
+
+/// `a`'s stack dimensions, checked for QR with `q`.
+fn qr_shape(a: &Tensor, q: &Tensor) -> Result<(usize, usize, usize)> {
     let (b, m, n) = a.matrices("qr")?;
     if m < n || n > MAX_QR_COLS {
         return Err(Error::InvalidArgument {
@@ -19,15 +45,10 @@ pub fn qr(plan: &mut PlanBuilder, a: &Tensor, q: &Tensor, r: &Tensor) -> Result<
             detail: format!("need rows ≥ cols and cols ≤ {MAX_QR_COLS}, got {m}×{n}"),
         });
     }
-    if q.numel() != b * m * n || r.numel() != b * n * n {
-        return Err(Error::Shape {
-            op: "qr",
-            detail: format!("q {:?}, r {:?} for {:?}", q.shape(), r.shape(), a.shape()),
-        });
+    if q.numel() != b * m * n {
+        return Err(Error::Shape { op: "qr", detail: format!("q {:?} for {:?}", q.shape(), a.shape()) });
     }
-    let work = plan.scratch(&[b, m, n])?;
-    copy(plan, a, &work)?;
-    qr_blocked(plan, &work, q, r)
+    Ok((b, m, n))
 }
 
 /// Panel width of the blocked QR (`NB` in `shaders/linalg/qr_panel.wgsl`).
@@ -38,7 +59,7 @@ const QR_PANEL: usize = 32;
 /// batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]` (D = diag(sign R_jj), so
 /// diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied in reverse. All the
 /// O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R.
-fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> Result<()> {
+fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tensor>) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;
     let panels = n.div_ceil(nb);
@@ -113,6 +134,7 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: &Tensor) -> 
     for p in (0..panels).rev() {
         apply(plan, p, false, q)?;
     }
+    let Some(r) = r else { return Ok(()) };
     let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &panel_defines(plan.gpu()))?;
     let u = PanelU { m: m as u32, n: n as u32, v_off: r.offset() as u32, ..Default::default() };
     plan.dispatch(&finish, &u, &[work, r, &signs], [(n as u32).div_ceil(64), n as u32, b as u32])

@@ -17,7 +17,7 @@ pub mod roots;
 pub use coefficients::{NsCoefficients, NsNormalization};
 pub use eigen::{eig_apply, eigh, EighConfig, EighMethod, MAX_EIGH_DIM};
 pub use elementwise::{copy, identity, Axpby, BatchScalar};
-pub use factor::{cholesky, qr, trsm, Side, MAX_QR_COLS};
+pub use factor::{cholesky, qr, qr_q_in_place, trsm, Side, MAX_QR_COLS};
 pub use matmul::{gram, gram_guarded, GramSide, Matmul, MatmulTile, MatmulVariant, Trans};
 pub use polar::{polar, PolarAlgorithm, PolarConfig};
 pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};

@@ -17,8 +17,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
 use crate::linalg::{
-    copy, eig_apply, eigh, gram, gram_guarded, inverse_root_newton, qr, reduce, EighConfig, GramSide, Matmul, ReduceOp,
-    Trans,
+    copy, eig_apply, eigh, gram, gram_guarded, inverse_root_newton, qr_q_in_place, reduce, EighConfig, GramSide,
+    Matmul, ReduceOp, Trans,
 };
 use crate::optim::config::{
     sides, Basis, Grafting, Normalization, RootMethod, ShampooConfig, SpaConfig, UpdateCounter, UpdateSchedule,
@@ -833,8 +833,8 @@ fn soap_refresh(gpu: &Gpu, st: &KronStack, b: &Bucket, scalars: &Tensor) -> Resu
         Matmul::new(f, q, &t).record(&mut plan)?;
         let (q_sorted, v_next, power) = (plan.scratch(f.shape())?, plan.scratch(m.shape())?, plan.scratch(f.shape())?);
         sort_basis(&mut plan, st, d, &t, false, q, &q_sorted, Some((&v_cur, &v_next, s)), Some(&power))?;
-        let (q_new, r) = (plan.scratch(f.shape())?, plan.scratch(f.shape())?);
-        qr(&mut plan, &power, &q_new, &r)?;
+        let q_new = plan.scratch(f.shape())?;
+        qr_q_in_place(&mut plan, &power, &q_new)?;
         new_bases[s] = Some(q_new);
         v_cur = v_next;
     }
@@ -910,8 +910,8 @@ fn kl_refresh(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
         let (Some(f), Some(q)) = (f, q) else { continue };
         let power = plan.scratch(f.shape())?;
         Matmul::new(f, q, &power).record(&mut plan)?;
-        let (q_new, r) = (plan.scratch(f.shape())?, plan.scratch(f.shape())?);
-        qr(&mut plan, &power, &q_new, &r)?;
+        let q_new = plan.scratch(f.shape())?;
+        qr_q_in_place(&mut plan, &power, &q_new)?;
         ema(&mut plan, scalars, &q_new, q, 0.0, 1.0)?;
     }
     plan.build()

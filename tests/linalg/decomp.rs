@@ -214,6 +214,33 @@ fn qr_of_rank_deficient_input() {
     }
 }
 
+/// The in-place, Q-only form reduces its input and gives `qr`'s Q bit for bit; views and a shared buffer are
+/// refused.
+#[test]
+fn qr_q_in_place_matches_qr() {
+    let gpu = gpu();
+    let mut rng = Rng::new(28);
+    let (m, n) = (70, 45);
+    let a: Vec<Mat> = (0..2).map(|_| rng.mat(m, n)).collect();
+    let (ga, work) = (upload(&gpu, &a), upload(&gpu, &a));
+    let (q, q2, r) = (
+        Tensor::zeros(&gpu, &[2, m, n]).unwrap(),
+        Tensor::zeros(&gpu, &[2, m, n]).unwrap(),
+        Tensor::zeros(&gpu, &[2, n, n]).unwrap(),
+    );
+    run(&gpu, |p| {
+        qr(p, &ga, &q, &r).unwrap();
+        qr_q_in_place(p, &work, &q2).unwrap();
+    });
+    assert_eq!(q.read_blocking().unwrap(), q2.read_blocking().unwrap());
+    let mut pb = PlanBuilder::new(&gpu);
+    let view = Tensor::from_buffer(&gpu, work.buffer().clone(), 1, &[1, m, n]).unwrap();
+    let q1 = Tensor::zeros(&gpu, &[1, m, n]).unwrap();
+    assert!(matches!(qr_q_in_place(&mut pb, &view, &q1), Err(Error::InvalidArgument { .. })));
+    let shared = Tensor::from_buffer(&gpu, work.buffer().clone(), 0, &[2, m, n]).unwrap();
+    assert!(matches!(qr_q_in_place(&mut pb, &work, &shared), Err(Error::InvalidArgument { .. })));
+}
+
 /// Q and R may be views into larger buffers (offsets reach the kernels), on both QR paths.
 #[test]
 fn qr_writes_into_offset_views() {
