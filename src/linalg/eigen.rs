@@ -37,11 +37,11 @@ impl Default for EighConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EighMethod {
     /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
-    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.10 s cold or warm (0.13 s before Q was built by matmuls), against
-    /// 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 9 ms against
-    /// 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold 0.26 s against Workgroup 2.7 s
-    /// (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12 decades as gradient
-    /// factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
+    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.10 s cold or warm (0.13 s before
+    /// its Q was built by matmuls), against 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis
+    /// 1e-3 away (n = 128: 9 ms against 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold
+    /// 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3
+    /// away, eigenvalues spread over 6–12 decades as gradient factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
     /// exact: 0.4 ms against 120 ms). Tridiagonal has not been measured on a GPU.
     #[default]
     Auto,
