@@ -41,8 +41,9 @@ pub enum EighMethod {
     /// its Q was built by matmuls), against 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis
     /// 1e-3 away (n = 128: 9 ms against 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold
     /// 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3
-    /// away, eigenvalues spread over 6–12 decades as gradient factors have them: 196–203 ms against 595–835 ms (Workgroup wins only when the warm basis is already
-    /// exact: 0.4 ms against 120 ms). Tridiagonal has not been measured on a GPU.
+    /// away, eigenvalues spread over 6–12 decades as gradient factors have them: 196–203 ms against 595–835 ms
+    /// (Workgroup wins only when the warm basis is already exact: 0.4 ms against 120 ms). Tridiagonal has not been
+    /// measured on a GPU.
     #[default]
     Auto,
     /// Jacobi; one workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead,
@@ -53,10 +54,11 @@ pub enum EighMethod {
     Rounds,
     /// Householder tridiagonalization, then implicit QL whose rotations every lane applies to its rows of the
     /// eigenvector matrix; the reduction, QL and sort in one workgroup per matrix, the Householder Q in between
-    /// (by matmuls from n = 320); ~(4/3 + 4/3)·n³ flops plus the rotations, whatever the start. A warm start's basis only orients the results (see [`eigh`]). Eigenvalues come out to
-    /// ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold) resolves a PSD matrix's near-null eigenvalues relatively, which matters
-    /// for `(λ + ε)^p` only when ε is below ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with
-    /// ‖A‖ ≈ 60: 1.5e-4 relative error against Jacobi's < 1e-4).
+    /// (by matmuls from n = 320); ~(4/3 + 4/3)·n³ flops plus the rotations, whatever the start. A warm start's
+    /// basis only orients the results (see [`eigh`]). Eigenvalues come out to ~2⁻²⁴·‖A‖ absolutely; Jacobi (cold)
+    /// resolves a PSD matrix's near-null eigenvalues relatively, which matters for `(λ + ε)^p` only when ε is below
+    /// ~1e-4·‖A‖ (an inverse 4th root with ε = 1e-3 of a rank-3 factor with ‖A‖ ≈ 60: 1.5e-4 relative error
+    /// against Jacobi's < 1e-4).
     Tridiagonal,
 }
 

@@ -54,11 +54,11 @@ fn qr_shape(a: &Tensor, q: &Tensor) -> Result<(usize, usize, usize)> {
 /// Panel width of the blocked QR (`NB` in `shaders/linalg/qr_panel.wgsl`).
 const QR_PANEL: usize = 32;
 
-/// Blocked Householder QR of `work` (a scratch copy of A, reduced in place): per panel of 32 columns (a matrix of
-/// at most 32 columns is one panel) one workgroup per matrix builds the compact-WY pair `(V, T)`, then three
-/// batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]` (D = diag(sign R_jj), so
-/// diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied in reverse. All the
-/// O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R.
+/// Blocked Householder QR of `work` (a scratch copy of A, or A itself for [`qr_q_in_place`]; reduced in place): per
+/// panel of 32 columns (a matrix of at most 32 columns is one panel) one workgroup per matrix builds the compact-WY
+/// pair `(V, T)`, then three batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]`
+/// (D = diag(sign R_jj), so diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied
+/// in reverse. All the O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R, when wanted.
 fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tensor>) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;
