@@ -57,6 +57,22 @@ fn column_sum4(li: u32, x: vec4<f32>) -> vec4<f32> {
 // Columns s…s+3 and s+4…s+7 of V's row at `at` (= row start + s).
 fn v_lo(at: u32) -> vec4<f32> { return vec4(v[at], v[at + 1u], v[at + 2u], v[at + 3u]); }
 fn v_hi(at: u32) -> vec4<f32> { return vec4(v[at + 4u], v[at + 5u], v[at + 6u], v[at + 7u]); }
+// Σ over this lane's rows i ≥ first of V[i, c]·V[i, s…s+7]: its column against the 8 columns at s.
+struct Dots8 { lo: vec4<f32>, hi: vec4<f32> }
+fn dots8(vbase: u32, c: u32, s: u32, first: u32, g: u32) -> Dots8 {
+    var d = Dots8(vec4(0.0), vec4(0.0));
+    for (var i = first + g; i < u.m; i += GROUPS) {
+        let at = vbase + i * NB;
+        let x = v[at + c];
+        d.lo += v_lo(at + s) * x;
+        d.hi += v_hi(at + s) * x;
+    }
+    return d;
+}
+
+// Entry j of the 8-vector (lo, hi).
+fn pick(lo: vec4<f32>, hi: vec4<f32>, j: u32) -> f32 { return select(lo, hi, j >= 4u)[j & 3u]; }
+
 fn t_lo(at: u32) -> vec4<f32> { return vec4(tt[at], tt[at + 1u], tt[at + 2u], tt[at + 3u]); }
 fn t_hi(at: u32) -> vec4<f32> { return vec4(tt[at + 4u], tt[at + 5u], tt[at + 6u], tt[at + 7u]); }
 
@@ -163,25 +179,17 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         // The sub-block's reflectors on the panel's later columns: X ← X − V_s·T_sᵀ·(V_sᵀ·X), rows ≥ j0 + s.
         if (s_end < w) {
             let later = c >= s_end && c < w;
-            var wl = vec4(0.0);
-            var wh = vec4(0.0);
-            if (later) {
-                for (var i = j0 + s + g; i < m; i += GROUPS) {
-                    let at = vbase + i * NB;
-                    let x = v[at + c];
-                    wl += v_lo(at + s) * x;
-                    wh += v_hi(at + s) * x;
-                }
-            }
-            wl = column_sum4(li, wl);
-            wh = column_sum4(li, wh);
+            var w8 = Dots8(vec4(0.0), vec4(0.0));
+            if (later) { w8 = dots8(vbase, c, s, j0 + s, g); }
+            let wl = column_sum4(li, w8.lo);
+            let wh = column_sum4(li, w8.hi);
             // y = T_sᵀ·w: y_j = Σ_l T[s+l, s+j]·w_l.
             let tb = s * NB + s;
             // A loop bounded at run time (always KB here): unrolled, its workgroup loads would compile per lane.
             var yl = vec4(0.0);
             var yh = vec4(0.0);
             for (var l = 0u; l < s_end - s; l++) {
-                let wv = select(wl, wh, l >= 4u)[l & 3u];
+                let wv = pick(wl, wh, l);
                 yl += t_lo(tb + l * NB) * wv;
                 yh += t_hi(tb + l * NB) * wv;
             }
@@ -197,20 +205,12 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
     // VᵀV between sub-blocks (within them it came from the passes), then the rest of T.
     for (var sb = KB; sb < w; sb += KB) {
-        var gl = vec4(0.0);
-        var gh = vec4(0.0);
-        if (c < sb) {
-            for (var i = j0 + sb + g; i < m; i += GROUPS) {
-                let at = vbase + i * NB;
-                let x = v[at + c];
-                gl += v_lo(at + sb) * x;
-                gh += v_hi(at + sb) * x;
-            }
-        }
-        gl = column_sum4(li, gl);
-        gh = column_sum4(li, gh);
+        var g8 = Dots8(vec4(0.0), vec4(0.0));
+        if (c < sb) { g8 = dots8(vbase, c, sb, j0 + sb, g); }
+        let gl = column_sum4(li, g8.lo);
+        let gh = column_sum4(li, g8.hi);
         if (c < sb && g == 0u) {
-            for (var j = 0u; j < min(KB, w - sb); j++) { gram[c * NB + sb + j] = select(gl, gh, j >= 4u)[j & 3u]; }
+            for (var j = 0u; j < min(KB, w - sb); j++) { gram[c * NB + sb + j] = pick(gl, gh, j); }
         }
     }
     workgroupBarrier();

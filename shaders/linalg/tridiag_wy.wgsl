@@ -2,14 +2,14 @@
 // the compact-WY form H_{k0}⋯H_{k0+NB−1} = I − V·T·Vᵀ, so that Q is built by matmuls (on the host side) rather
 // than by rank-2 passes in one workgroup. Reflector k = I − β_k·v·vᵀ is stored by `reduce` in row k of the padded
 // work matrix (v from column k+1 on) with β_k in aux; one workgroup per (block, matrix):
-//   `vt`:   Vᵀ of the block, NB × np, reflector k0+j's vector in row j with columns ≤ k0+j zero (rows past the
+//   `V`:    V of the block, n × NB, reflector k0+j's vector in column j with rows ≤ k0+j zero (columns past the
 //           last reflector all zero), and the block's rows of Z's start, the identity;
-//   `tmat`: T from β and G = VᵀV (a matmul of `vt`'s output): T_jj = β_j, T[0:j, j] = −β_j·T[0:j, 0:j]·G[0:j, j].
+//   `TMAT`: T from β and G = VᵀV (a matmul of V): T_jj = β_j, T[0:j, j] = −β_j·T[0:j, 0:j]·G[0:j, j].
 struct U { n: u32, np: u32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> u: U;
-//#if VT
+//#if V
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> vt: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v: array<f32>;
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;
 //#endif
 //#if TMAT
@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let np = u.np;
     let k0 = wg.x * NB;
     let block = wg.x * nw.y + wg.y;     // [blocks, matrices] order
-//#if VT
+//#if V
     let base = wg.y * n * np;
     // Z starts as the identity; block p writes rows k0+1…k0+NB (the first block from row 0, the last to n − 1).
     let lo = select(k0 + 1u, 0u, wg.x == 0u);
@@ -39,15 +39,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     for (var r = lo; r < hi; r++) {
         for (var c = li; c < np; c += 64u) { z[base + r * np + c] = select(0.0, 1.0, r == c); }
     }
-    for (var j = 0u; j < NB; j++) {
-        let k = k0 + j;
-        let out = (block * NB + j) * np;
-        let live = k < reflectors();
-        for (var c = li; c < np; c += 64u) {
-            var x = 0.0;
-            if (live && c > k && c < n) { x = a[base + k * np + c]; }
-            vt[out + c] = x;
-        }
+    for (var e = li; e < n * NB; e += 64u) {
+        let i = e / NB;
+        let k = k0 + e % NB;
+        var x = 0.0;
+        if (k < reflectors() && i > k) { x = a[base + k * np + i]; }
+        v[block * n * NB + e] = x;
     }
 //#endif
 //#if TMAT

@@ -5,6 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
+use crate::linalg::factor::WyBlock;
 use crate::linalg::{copy, identity, transpose, Matmul, Trans};
 
 /// Largest matrix [`eigh`] takes (the one-workgroup Jacobi kernel's pair table lives in workgroup memory).
@@ -237,8 +238,8 @@ const WY_BLOCK: usize = 32;
 const WY_FROM: usize = 320;
 
 /// Q = H₀·H₁·…·H_{n−3} of the tridiagonal reduction into `z` (padded rows of `np`), by blocks of 32 reflectors in
-/// compact-WY form applied to the identity in reverse, three matmuls per block on Z's trailing part (a block acts
-/// on indices k0+1.. only): Z ← Z − (Vᵀ)ᵀ·(T·(Vᵀ·Z)). On lavapipe, 2 × 512²: 30 ms as rank-2 passes in one
+/// compact-WY form ([`WyBlock`], as QR's) applied to the identity in reverse, on Z's trailing part (a block acts on
+/// indices k0+1.. only). On lavapipe, 2 × 512²: 30 ms as rank-2 passes in one
 /// workgroup per matrix (`accumulate`), 17 ms this way.
 fn accumulate_blocked(
     plan: &mut PlanBuilder,
@@ -254,16 +255,16 @@ fn accumulate_blocked(
     if blocks == 0 {
         return identity(plan, z, 1.0);
     }
-    let (vt, gram, t) = (
-        plan.scratch(&[blocks * b, nb, np])?,
+    let (v, gram, t) = (
+        plan.scratch(&[blocks * b, n, nb])?,
         plan.scratch(&[blocks * b, nb, nb])?,
         plan.scratch(&[blocks * b, nb, nb])?,
     );
     let u = [n as u32, np as u32, 0, 0];
     let grid = [blocks as u32, b as u32, 1];
-    let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("VT", "1".to_string())])?;
-    plan.dispatch(&kernel, &u, &[work, &vt, z], grid)?;
-    Matmul::new(&vt, &vt, &gram).trans(Trans::N, Trans::T).record(plan)?;
+    let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("V", "1".to_string())])?;
+    plan.dispatch(&kernel, &u, &[work, &v, z], grid)?;
+    Matmul::new(&v, &v, &gram).trans(Trans::T, Trans::N).record(plan)?;
     let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("TMAT", "1".to_string())])?;
     plan.dispatch(&kernel, &u, &[aux, &gram, &t], grid)?;
     let (w1, w2) = (plan.scratch(&[b, nb, n])?, plan.scratch(&[b, nb, n])?);
@@ -272,18 +273,14 @@ fn accumulate_blocked(
     for p in (0..blocks).rev() {
         let j0 = p * nb + 1;
         let len = n - j0;
-        let vp = at(&vt, (p * b * nb) * np + j0, &[b, nb, len])?;
-        let tp = at(&t, p * b * nb * nb, &[b, nb, nb])?;
+        let block = WyBlock {
+            v: &at(&v, p * b * n * nb + j0 * nb, &[b, len, nb])?,
+            v_stride: n * nb,
+            t: &at(&t, p * b * nb * nb, &[b, nb, nb])?,
+            op_t: Trans::N,
+        };
         let zr = at(z, z.offset() + j0 * np + j0, &[b, len, len])?;
-        let (w1, w2) = (at(&w1, w1.offset(), &[b, nb, len])?, at(&w2, w2.offset(), &[b, nb, len])?);
-        Matmul::new(&vp, &zr, &w1).batch_strides(nb * np, n * np, nb * len).row_strides(np, np, len).record(plan)?;
-        Matmul::new(&tp, &w1, &w2).record(plan)?;
-        Matmul::new(&vp, &w2, &zr)
-            .trans(Trans::T, Trans::N)
-            .scaled(-1.0, Some(&zr), 1.0)
-            .batch_strides(nb * np, nb * len, n * np)
-            .row_strides(np, len, np)
-            .record(plan)?;
+        block.apply(plan, &zr, (np, n * np), (&w1, &w2))?;
     }
     Ok(())
 }

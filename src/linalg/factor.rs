@@ -71,49 +71,23 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tens
         Tensor::from_buffer(t.gpu(), t.buffer().clone(), p * b * rows * nb, &[b, rows, nb])
     };
     let panel = plan.gpu().kernel("linalg/qr_panel.wgsl", "panel", &panel_defines(plan.gpu()))?;
-    // x ← x − V·op(T)·(Vᵀ·x). V is zero above row j0, so only rows ≥ j0 of x take part; and only columns ≥ j0:
-    // left of the panel, those rows are already reduced to zero (reducing A) or still the identity's zeros
-    // (building Q). The products run on that trailing block in place (row stride n, one block per matrix).
-    // op(T) = Tᵀ reduces A, op(T) = T builds Q. The 32-wide factors go where the matmul tile is short: GPU tiles
-    // are tall, so there it runs transposed (xᵀV, then ·op(T)ᵀ) with the long dimension as rows; the CPU tile is
-    // 16 rows × 64 columns, so there Vᵀx is 32 × cols (llvmpipe, 4 × 512×512: QR 161 → 135–143 ms).
-    let wide_tiles = plan.gpu().is_cpu();
+    // x ← x − V·op(T)·(Vᵀ·x), op(T) = Tᵀ reducing A, T building Q. V is zero above row j0, so only rows ≥ j0 of x
+    // take part; and only columns ≥ j0: left of the panel, those rows are already reduced to zero (reducing A) or
+    // still the identity's zeros (building Q). The products run on that trailing block in place.
     let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, x: &Tensor| -> Result<()> {
         let j0 = p * nb;
         let (rows, cols) = (m - j0, n - j0);
         let at = |t: &Tensor, offset: usize, shape: &[usize]| {
             Tensor::from_buffer(t.gpu(), t.buffer().clone(), offset, shape)
         };
-        let xr = at(x, x.offset() + j0 * n + j0, &[b, rows, cols])?;
-        let vr = at(&vs, p * b * m * nb + j0 * nb, &[b, rows, nb])?;
-        let t = view(&ts, p, nb)?;
-        if wide_tiles {
-            let (w1, w2) = (at(&w1, w1.offset(), &[b, nb, cols])?, at(&w2, w2.offset(), &[b, nb, cols])?);
-            Matmul::new(&vr, &xr, &w1)
-                .trans(Trans::T, Trans::N)
-                .batch_strides(m * nb, m * n, nb * cols)
-                .row_strides(nb, n, cols)
-                .record(plan)?;
-            Matmul::new(&t, &w1, &w2).trans(if reduce { Trans::T } else { Trans::N }, Trans::N).record(plan)?;
-            return Matmul::new(&vr, &w2, &xr)
-                .scaled(-1.0, Some(&xr), 1.0)
-                .batch_strides(m * nb, nb * cols, m * n)
-                .row_strides(nb, cols, n)
-                .record(plan);
-        }
-        let (w1, w2) = (at(&w1, w1.offset(), &[b, cols, nb])?, at(&w2, w2.offset(), &[b, cols, nb])?);
-        Matmul::new(&xr, &vr, &w1)
-            .trans(Trans::T, Trans::N)
-            .batch_strides(m * n, m * nb, cols * nb)
-            .row_strides(n, nb, nb)
-            .record(plan)?;
-        Matmul::new(&w1, &t, &w2).trans(Trans::N, if reduce { Trans::N } else { Trans::T }).record(plan)?;
-        Matmul::new(&vr, &w2, &xr)
-            .trans(Trans::N, Trans::T)
-            .scaled(-1.0, Some(&xr), 1.0)
-            .batch_strides(m * nb, cols * nb, m * n)
-            .row_strides(nb, nb, n)
-            .record(plan)
+        let block = WyBlock {
+            v: &at(&vs, p * b * m * nb + j0 * nb, &[b, rows, nb])?,
+            v_stride: m * nb,
+            t: &view(&ts, p, nb)?,
+            op_t: if reduce { Trans::T } else { Trans::N },
+        };
+        let x = at(x, x.offset() + j0 * n + j0, &[b, rows, cols])?;
+        block.apply(plan, &x, (n, m * n), (&w1, &w2))
     };
     for p in 0..panels {
         let (v, t) = (view(&vs, p, m)?, view(&ts, p, nb)?);
@@ -138,6 +112,66 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tens
     let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &panel_defines(plan.gpu()))?;
     let u = PanelU { m: m as u32, n: n as u32, v_off: r.offset() as u32, ..Default::default() };
     plan.dispatch(&finish, &u, &[work, r, &signs], [(n as u32).div_ceil(64), n as u32, b as u32])
+}
+
+/// A compact-WY block of Householder reflectors, `I − V·op(T)·Vᵀ`, for each matrix of a stack.
+pub(crate) struct WyBlock<'a> {
+    /// V, `[b, rows, nb]`, rows packed (`nb` apart).
+    pub v: &'a Tensor,
+    /// Elements between V's matrices.
+    pub v_stride: usize,
+    /// T, `[b, nb, nb]`, packed.
+    pub t: &'a Tensor,
+    /// T for the block's product in order (building Q), Tᵀ for its transpose (reducing A).
+    pub op_t: Trans,
+}
+
+impl WyBlock<'_> {
+    /// `x ← (I − V·op(T)·Vᵀ)·x` in place, three batched matmuls; `x` is `[b, rows, cols]` with rows `ld` and
+    /// matrices `x_stride` apart; `w1`, `w2` are scratches of at least `b·nb·cols` values. The nb-wide factors go
+    /// where the matmul tile is short: GPU tiles are tall, so there it runs transposed (xᵀV, then ·op(T)ᵀ) with the
+    /// long dimension as rows; the CPU tile is 16 rows × 64 columns, so there Vᵀx is nb × cols (llvmpipe,
+    /// 4 × 512×512: QR 161 → 135–143 ms).
+    pub fn apply(
+        &self,
+        plan: &mut PlanBuilder,
+        x: &Tensor,
+        (ld, x_stride): (usize, usize),
+        (w1, w2): (&Tensor, &Tensor),
+    ) -> Result<()> {
+        let (b, _, nb) = self.v.matrices("WY block V")?;
+        let cols = x.matrices("WY block x")?.2;
+        let vs = self.v_stride;
+        let at = |t: &Tensor, shape: &[usize]| Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset(), shape);
+        let flip = |t: Trans| if t == Trans::T { Trans::N } else { Trans::T };
+        if plan.gpu().is_cpu() {
+            let (w1, w2) = (at(w1, &[b, nb, cols])?, at(w2, &[b, nb, cols])?);
+            Matmul::new(self.v, x, &w1)
+                .trans(Trans::T, Trans::N)
+                .batch_strides(vs, x_stride, nb * cols)
+                .row_strides(nb, ld, cols)
+                .record(plan)?;
+            Matmul::new(self.t, &w1, &w2).trans(self.op_t, Trans::N).record(plan)?;
+            return Matmul::new(self.v, &w2, x)
+                .scaled(-1.0, Some(x), 1.0)
+                .batch_strides(vs, nb * cols, x_stride)
+                .row_strides(nb, cols, ld)
+                .record(plan);
+        }
+        let (w1, w2) = (at(w1, &[b, cols, nb])?, at(w2, &[b, cols, nb])?);
+        Matmul::new(x, self.v, &w1)
+            .trans(Trans::T, Trans::N)
+            .batch_strides(x_stride, vs, cols * nb)
+            .row_strides(ld, nb, nb)
+            .record(plan)?;
+        Matmul::new(&w1, self.t, &w2).trans(Trans::N, flip(self.op_t)).record(plan)?;
+        Matmul::new(self.v, &w2, x)
+            .trans(Trans::N, Trans::T)
+            .scaled(-1.0, Some(x), 1.0)
+            .batch_strides(vs, cols * nb, x_stride)
+            .row_strides(nb, nb, ld)
+            .record(plan)
+    }
 }
 
 /// Row groups of the panel kernel (its workgroup is `QR_PANEL × groups` lanes): 8 on GPUs, 1 on CPU adapters,
