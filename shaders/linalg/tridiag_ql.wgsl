@@ -6,7 +6,7 @@
 // final, so one carried value per row does). Results are sorted ascending into `vals` and the columns of `vecs`.
 // The four phases are entry points run in order (`reduce`, `accumulate`, `rotate`, `sort`; for larger n the host
 // builds Q by matmuls with `tridiag_wy.wgsl` instead of `accumulate`), state passing through a, z and aux: as one
-// kernel, llvmpipe took 3.2 s to compile it, split the largest takes ≤ 0.8 s (its compile time grows with the
+// kernel, llvmpipe took 3.2 s to compile it, split the largest, `reduce`, takes ~0.4 s (compile time grows with the
 // load and store sites, each expanded per lane, so each pass below has one loop).
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -191,19 +191,17 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let w0 = here.w0;
 
     // 0. The padded work copy (padding columns zero, and never touched again).
-    for (var i = li; i < n * n4; i += WG) {
-        let r = i / n4;
-        let c = 4u * (i % n4) + LANE_COLS;
-        let s = wg.x * n * n + r * n;
-        var x = vec4<f32>(0.0);
-        for (var q = 0u; q < 4u; q++) { if (c[q] < n) { x[q] = src[s + c[q]]; } }
-        a[b4 + i] = x;
+    for (var i = li; i < n * np; i += WG) {
+        let c = i % np;
+        a[b4 + i / 4u][c % 4u] = select(0.0, src[wg.x * n * n + (i / np) * n + min(c, n - 1u)], c < n);
     }
     storageBarrier();
 
     // 1. Tridiagonalize: reflector k = I − β·v·vᵀ on indices k+1.. maps row k's tail x to (α, 0, …);
-    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. Lanes own
-    //    groups of 8 columns (two vec4s, so each row's scalars serve 8 columns); columns left of k+1 are masked
+    //    with p = β·S·v, K = β·vᵀp/2, w = p − K·v the trailing block S becomes S − v·wᵀ − w·vᵀ. In the pass
+    //    over the rows below, lanes own groups of 8 columns (two vec4s, so each row's scalars serve 8 columns);
+    //    row j alone goes one column per lane (llvmpipe compiles every vec4 access as four, so the loops that
+    //    are not hot take scalars: first call 0.57 → 0.40 s, same run time); columns left of k+1 are masked
     //    out of v and w, so their updates add zero. Step j applies reflector k = j − 1 (none at j = 0) and
     //    builds reflector j: row j is updated first (its tail sums gathered on the way), reflector j built from
     //    it, then one pass updates the rows below and computes p of reflector j (and each lane's part of vᵀp,
@@ -228,22 +226,12 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         // Row j updated with reflector k, and each lane's part of row j's tail sum.
         let y = base + j * np;     // row j: reflector j's vector from column j+1 on
         var tail = 0.0;
-        for (var g = g0 + li; g < n8; g += WG) {
-            let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
-            let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-            let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
-            let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
-            let at = y / 4u + 2u * g;
-            let x0 = a[at] - (vj * w0g + wj * v0);
-            let x1 = a[at + 1u] - (vj * w1g + wj * v1);
-            if (on) {
-                a[at] = x0;
-                a[at + 1u] = x1;
-            }
-            let c = 8u * g + LANE_COLS;
-            let t0 = select(vec4<f32>(0.0), x0, c >= vec4<u32>(j + 2u));
-            let t1 = select(vec4<f32>(0.0), x1, c + 4u >= vec4<u32>(j + 2u));
-            tail += dot(t0, t0) + dot(t1, t1);
+        for (var c = j + li; c < n; c += WG) {
+            let v = select(0.0, a_at(row + c), on && c > k);
+            let w = select(0.0, aux[wk + c] - kk * v, on);
+            let x = a_at(y + c) - (vj * w + wj * v);
+            if (on) { a[(y + c) / 4u][c % 4u] = x; }
+            if (c >= j + 2u) { tail = fma(x, x, tail); }
         }
         storageBarrier();
         var next = 0.0;
