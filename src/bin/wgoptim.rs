@@ -251,6 +251,11 @@ mod cli {
         store.grads_flat().write(&(0..numel).map(|i| ((i * 7919) % 1000) as f32 * 1e-4 - 0.05).collect::<Vec<_>>())?;
         let mut b = OptimizerBuilder::new(&gpu);
         b.params_from(&store)?.with_timing(true);
+        // Optimizers that take the loss (ScheduleFree+) get a fixed one: the step's work does not depend on it.
+        let loss = Tensor::from_slice(&gpu, &[1], &[2.0])?;
+        if cfg.takes_loss() {
+            b.loss(&loss);
+        }
         // Matrix optimizers take the 16 hidden matrices; AdamW the embeddings and LayerNorm parameters.
         if matrix {
             b.rule(Matcher::MatricesExcept(vec!["*emb".into()]), Group::new(cfg));

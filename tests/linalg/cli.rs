@@ -37,3 +37,15 @@ fn bench_matmul_names_the_variant_that_ran() {
     assert!(known.iter().any(|v| auto.contains(&format!("\"variant\":\"auto: {v}\""))), "{auto}");
     assert!(run(&["--variant", "registers"]).contains("\"variant\":\"registers\""));
 }
+
+#[test]
+fn bench_step_runs_optimizers_that_take_the_loss() {
+    // ScheduleFree+ refuses to build without a loss tensor; `bench step` gives it one rather than failing.
+    let out = Command::new(env!("CARGO_BIN_EXE_wgoptim"))
+        .args(["bench", "step", "--optimizer", "schedulefree_plus", "--json"])
+        .output()
+        .expect("run wgoptim");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"optimizer\":\"schedulefree_plus\"") && stdout.contains("\"ms_per_step\""), "{stdout}");
+}
