@@ -366,8 +366,11 @@ impl Plan {
 
     /// `WGOPTIM_FIRST_CALLS=1` (native, for measuring issue 2's first-call bound): each kernel variant this
     /// process has not run yet first runs alone twice, and the difference — its first-call cost, shader compile
-    /// included (lavapipe compiles at the first dispatch, not at pipeline creation) — goes to stderr. The extra
-    /// runs change in-place state, so a run with it set measures and nothing else.
+    /// included (lavapipe compiles at the first dispatch, not at pipeline creation) — goes to stderr with the
+    /// second run's time. On large tensors the first run also pays for memory first touched there (wgpu zero-fills
+    /// a buffer at its first use), so compile costs are best read from small shapes: the kernel variant, and so
+    /// its compile, does not depend on sizes. The extra runs change in-place state, so a run with it set measures
+    /// and nothing else.
     #[cfg(not(target_arch = "wasm32"))]
     fn report_first_calls(&self) {
         static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -388,7 +391,8 @@ impl Plan {
                 start.elapsed().as_secs_f64()
             };
             let first = run();
-            eprintln!("first call {:7.1} ms  {}", (first - run()) * 1e3, d.label);
+            let again = run();
+            eprintln!("first call {:7.1} ms (then {:.1} ms)  {}", (first - again) * 1e3, again * 1e3, d.label);
         }
     }
 
