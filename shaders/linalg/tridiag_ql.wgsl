@@ -208,7 +208,10 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     //    for the next step's K) as it goes. p of reflector k lives in the half (k mod 2) of the w region, the
     //    next p in the other half; w is never stored, each pass forms it from p. Every load or store site costs
     //    llvmpipe compile time (it expands each per lane), so there are two passes per step, each one loop,
-    //    which also serves steps with nothing to apply.
+    //    which also serves steps with nothing to apply. A blocked reduction (LAPACK's LATRD: per block of 32
+    //    columns only S·v passes, then S − V·Wᵀ − W·Vᵀ by one matmul) was measured and is slower on llvmpipe
+    //    (2 × 512²: 78 ms of panels + 11 of matmuls against 61): this pass already loads each trailing element
+    //    once per step, as S·v must, and the stores it adds are cheap there. It may still pay on GPUs.
     var beta = 0.0;     // β of reflector j − 1; zero: nothing to apply
     for (var j = 0u; j + 1u < n; j++) {
         let k = max(j, 1u) - 1u;
