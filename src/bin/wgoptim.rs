@@ -252,9 +252,8 @@ mod cli {
         let mut b = OptimizerBuilder::new(&gpu);
         b.params_from(&store)?.with_timing(true);
         // Optimizers that take the loss (ScheduleFree+) get a fixed one: the step's work does not depend on it.
-        let loss = Tensor::from_slice(&gpu, &[1], &[2.0])?;
         if cfg.takes_loss() {
-            b.loss(&loss);
+            b.loss(&Tensor::from_slice(&gpu, &[1], &[2.0])?);
         }
         // Matrix optimizers take the 16 hidden matrices; AdamW the embeddings and LayerNorm parameters.
         if matrix {

@@ -194,7 +194,7 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] of `a`: the reduction, Q (by matmuls), the QL rotations and the sort (its work
+/// [`EighMethod::Tridiagonal`] of `a`: the reduction, Q (by matmuls from n = 320), the QL rotations and the sort (its work
 /// copies are padded to rows of a multiple of 8), with the eigenvectors' signs taken from `warm` when given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,
@@ -239,8 +239,8 @@ const WY_FROM: usize = 320;
 
 /// Q = H₀·H₁·…·H_{n−3} of the tridiagonal reduction into `z` (padded rows of `np`), by blocks of 32 reflectors in
 /// compact-WY form ([`WyBlock`], as QR's) applied to the identity in reverse, on Z's trailing part (a block acts on
-/// indices k0+1.. only). On lavapipe, 2 × 512²: 30 ms as rank-2 passes in one
-/// workgroup per matrix (`accumulate`), 17 ms this way.
+/// indices k0+1.. only). On lavapipe, 2 × 512²: 30 ms as rank-2 passes in one workgroup per matrix
+/// (`accumulate`), 17 ms this way.
 fn accumulate_blocked(
     plan: &mut PlanBuilder,
     work: &Tensor,
