@@ -4,6 +4,9 @@
 // Bindings: 0 the uniforms, then (elementwise phases) the step scalars, then the phase's tensors.
 // Group g's step scalars sit at 8 + 16g: lr, β1_t, 1 − β1^t, 1 − β2^t, t (applied steps including this one), …, β2.
 //
+// EMA and MOMENTS run on VT = vec4<f32> (total and offsets then counted in vec4s) where every operand's elements
+// and offsets are multiples of 4, else on f32: on llvmpipe a lane's vec4 costs about what a scalar does.
+//
 // EMA:     dst[dst_off + i] = a·dst + b·src[src_off + i]   (factor EMAs; a = 0, b = 1 commits a refresh result)
 // MOMENTS: SOAP's Adam in the eigenbasis: M, V updated from the projected gradient, N = M/(sqrt(V)+eps)·bias;
 //          the group's first applied step only initializes (no moment update).
@@ -41,14 +44,14 @@
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
 //#endif
 //#if EMA
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<{{VT}}>;
+@group(0) @binding(3) var<storage, read_write> dst: array<{{VT}}>;
 //#endif
 //#if MOMENTS
-@group(0) @binding(2) var<storage, read> gp: array<f32>;
-@group(0) @binding(3) var<storage, read_write> mom: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vs: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dir: array<f32>;
+@group(0) @binding(2) var<storage, read> gp: array<{{VT}}>;
+@group(0) @binding(3) var<storage, read_write> mom: array<{{VT}}>;
+@group(0) @binding(4) var<storage, read_write> vs: array<{{VT}}>;
+@group(0) @binding(5) var<storage, read_write> dir: array<{{VT}}>;
 //#endif
 //#if FILTER
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -307,7 +310,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let t = scalars[o + 4u];
 //#if EMA
     if (scalars[0] == 0.0) { return; }
-    let f = select(u.a * dst[u.dst_off + i], 0.0, u.a == 0.0);
+    let f = select(u.a * dst[u.dst_off + i], {{VT}}(0.0), u.a == 0.0);
     dst[u.dst_off + i] = f + u.b * src[u.src_off + i];
 //#endif
 //#if PREP

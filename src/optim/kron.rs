@@ -331,7 +331,20 @@ fn ema(plan: &mut PlanBuilder, scalars: &Tensor, src: &Tensor, dst: &Tensor, a: 
         b,
         ..Default::default()
     };
-    elementwise(plan, "EMA", &[], u, &[scalars, src, dst])
+    elementwise_vec(plan, "EMA", u, &[scalars, src, dst])
+}
+
+/// An elementwise phase written for `VT` (EMA, MOMENTS): on vec4s when `u`'s element count and offsets are
+/// multiples of 4 (then counted in vec4s), else on scalars.
+fn elementwise_vec(plan: &mut PlanBuilder, phase: &str, mut u: KronU, t: &[&Tensor]) -> Result<()> {
+    let vec4 = [u.total, u.dst_off, u.src_off].iter().all(|x| x.is_multiple_of(4));
+    if vec4 {
+        u.total /= 4;
+        u.dst_off /= 4;
+        u.src_off /= 4;
+    }
+    let vt = if vec4 { "vec4<f32>" } else { "f32" };
+    elementwise(plan, phase, &[("VT", vt.into())], u, t)
 }
 
 /// `out = A·X·B` where A is the left side (transposed when `tl`) and B the right (transposed when `tr`); an
@@ -657,7 +670,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                 let n = plan.scratch(g.shape())?;
                 let u = KronU { a: c.eps, flags: c.correct_bias as u32, ..KronU::stack(st, b.group) };
                 let (m, v) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
-                elementwise(plan, "MOMENTS", &[], u, &[scalars, &gp, m, v, &n])?;
+                elementwise_vec(plan, "MOMENTS", u, &[scalars, &gp, m, v, &n])?;
                 sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
             }
             // p ← (p − lr·N)(1 − lr·wd); the first call only initializes.

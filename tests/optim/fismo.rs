@@ -192,5 +192,5 @@ fn bad_fismo_configs_are_errors_and_states_are_named() {
     );
     let (_, dev) = build(OptimizerConfig::FismoDiag(FismoDiagConfig::default())).unwrap();
     assert_eq!(dev.state_names("c").unwrap(), ["momentum_buffer", "factor_left", "factor_right"]);
-    assert_eq!(dev.state("c", "factor_right").unwrap().shape(), &[10]);
+    assert_eq!(dev.state("c", "factor_right").unwrap().shape(), &[11]);
 }

@@ -13,9 +13,11 @@ use super::{cosine, gpu, noise};
 use wgoptim::optim::*;
 use wgoptim::Error;
 
-/// Two same-shape 8×8 matrices (one stack), a wide 6×10, a tall 5×3 with an odd size (its own stack).
-/// Stacks are ordered by shape: [5,3] (0), [6,10] (1), [8,8]×2 (2).
-pub(super) const SPECS: &[(&str, &[usize])] = &[("a", &[8, 8]), ("b", &[8, 8]), ("c", &[6, 10]), ("d", &[5, 3])];
+/// Two same-shape 8×8 matrices (one stack), a wide 7×11 and a tall 5×3 with odd sizes (stacks of their own). The
+/// sizes put the 8×8 stack at a multiple of 4 in the state layout and the others not, so kernels with a vec4 path
+/// (taken where a stack's elements and offset are multiples of 4) are checked on both paths.
+/// Stacks are ordered by shape: [5,3] (0), [7,11] (1), [8,8]×2 (2).
+pub(super) const SPECS: &[(&str, &[usize])] = &[("a", &[8, 8]), ("b", &[8, 8]), ("c", &[7, 11]), ("d", &[5, 3])];
 pub(super) const STACK: [u64; 4] = [2, 2, 1, 0];
 pub(super) const STACKS: u64 = 3;
 pub(super) const STEPS: u64 = 30;
@@ -383,7 +385,7 @@ fn soap_matches_its_reference() {
 
 #[test]
 fn soap_variants_match_their_reference() {
-    // One-sided for the 6×10 (its 10 columns stay in the original basis), staggered refreshes, no bias
+    // One-sided for the 7×11 (its 11 columns stay in the original basis), staggered refreshes, no bias
     // correction, its own factor β, heavier weight decay.
     conformance(OptimizerConfig::Soap(SoapConfig {
         beta1: 0.9,
@@ -545,7 +547,7 @@ fn whitening_steps_are_one_submit_even_with_refreshes() {
         dev.state_names("c").unwrap(),
         ["exp_avg", "exp_avg_sq", "factor_left", "basis_left", "factor_right", "basis_right"]
     );
-    assert_eq!(dev.state("c", "basis_right").unwrap().shape(), &[10, 10]);
+    assert_eq!(dev.state("c", "basis_right").unwrap().shape(), &[11, 11]);
 }
 
 #[test]
@@ -708,7 +710,7 @@ fn zero_gradients_never_produce_nan() {
 #[test]
 fn replay_runs_the_whitening_optimizers_like_a_direct_run() {
     let gpu = gpu();
-    let params: [(&str, &[usize]); 2] = [("w", &[8, 8]), ("c", &[6, 10])];
+    let params: [(&str, &[usize]); 2] = [("w", &[8, 8]), ("c", &[7, 11])];
     for (name, config) in [
         ("soap", r#"{"lr": 0.02, "precondition_frequency": 3}"#),
         ("shampoo", r#"{"lr": 0.01, "epsilon": 0.05, "precondition_frequency": 2}"#),

@@ -20,7 +20,7 @@ use super::kron::{
 use wgoptim::optim::*;
 use wgoptim::Error;
 
-const SEED: u64 = 5100;
+const SEED: u64 = 5104;
 const MARGIN: f64 = 1e-4;
 
 fn grads_at(call: u64) -> Vec<Vec<f32>> {
@@ -248,8 +248,8 @@ fn splus_matches_its_reference() {
 
 #[test]
 fn splus_variants_match_their_reference() {
-    // Lookahead ("sign + lookahead"), no evaluation point, staggered refreshes, and max_dim 9: the 6×10 is
-    // one-sided (10 columns ≥ max_dim) and takes the nonstandard lr scale (a dimension above max_dim).
+    // Lookahead ("sign + lookahead"), no evaluation point, staggered refreshes, and max_dim 9: the 7×11 is
+    // one-sided (11 columns ≥ max_dim) and takes the nonstandard lr scale (a dimension above max_dim).
     conformance(OptimizerConfig::Splus(SplusConfig {
         lookahead: 0.3,
         ema_rate: None,

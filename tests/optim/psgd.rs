@@ -179,7 +179,7 @@ fn the_update_schedule_is_kron_torchs_counter() {
 fn psgd_kron_states_and_bad_configs() {
     let (_, dev) = build(OptimizerConfig::PsgdKron(psgd())).unwrap();
     assert_eq!(dev.state_names("c").unwrap(), ["exp_avg", "factor_left", "factor_right"]);
-    assert_eq!(dev.state("c", "factor_right").unwrap().shape(), &[10, 10]);
+    assert_eq!(dev.state("c", "factor_right").unwrap().shape(), &[11, 11]);
     let (_, dev) = build(OptimizerConfig::PsgdKron(PsgdKronConfig { probes: Probes::External, ..psgd() })).unwrap();
     assert_eq!(dev.state_names("c").unwrap(), ["exp_avg", "probe", "factor_left", "factor_right"]);
     let bad = [

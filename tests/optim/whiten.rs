@@ -152,7 +152,7 @@ fn eigenbasis_cells_match_their_reference() {
     for n in NORMALIZATIONS {
         conformance(cell(Basis::Eigen, n));
     }
-    // Staggered refreshes, and max_dim 9: the 6×10 is one-sided (its 10 columns stay in the original basis).
+    // Staggered refreshes, and max_dim 9: the 7×11 is one-sided (its 11 columns stay in the original basis).
     conformance(WhitenConfig { stagger: true, max_dim: 9, ..cell(Basis::Eigen, Normalization::VarianceFactorized) });
 }
 
