@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::factor::WyBlock;
+use crate::linalg::factor::{premultiply, WyBlock};
 use crate::linalg::{copy, identity, transpose, Matmul, Trans};
 
 /// Largest matrix [`eigh`] takes (the one-workgroup Jacobi kernel's pair table lives in workgroup memory).
@@ -267,6 +267,8 @@ fn accumulate_blocked(
     Matmul::new(&v, &v, &gram).trans(Trans::T, Trans::N).record(plan)?;
     let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("TMAT", "1".to_string())])?;
     plan.dispatch(&kernel, &u, &[aux, &gram, &t], grid)?;
+    let vt = plan.scratch(v.shape())?;
+    premultiply(plan, &v, &t, &vt)?;
     let (w1, w2) = (plan.scratch(&[b, nb, n])?, plan.scratch(&[b, nb, n])?);
     let at =
         |x: &Tensor, offset: usize, shape: &[usize]| Tensor::from_buffer(x.gpu(), x.buffer().clone(), offset, shape);
@@ -278,6 +280,7 @@ fn accumulate_blocked(
             v_stride: n * nb,
             t: &at(&t, p * b * nb * nb, &[b, nb, nb])?,
             op_t: Trans::N,
+            vt: Some(&at(&vt, p * b * n * nb + j0 * nb, &[b, len, nb])?),
         };
         let zr = at(z, z.offset() + j0 * np + j0, &[b, len, len])?;
         block.apply(plan, &zr, (np, n * np), (&w1, &w2))?;

@@ -58,7 +58,7 @@ const QR_PANEL: usize = 32;
 /// panel of 32 columns (a matrix of at most 32 columns is one panel) one workgroup per matrix builds the compact-WY
 /// pair `(V, T)`, then three batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]`
 /// (D = diag(sign R_jj), so diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied
-/// in reverse. All the O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R, when wanted.
+/// in reverse, two matmuls each after one product has made every block's V·T. All the O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R, when wanted.
 fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tensor>) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;
@@ -74,17 +74,20 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tens
     // x ← x − V·op(T)·(Vᵀ·x), op(T) = Tᵀ reducing A, T building Q. V is zero above row j0, so only rows ≥ j0 of x
     // take part; and only columns ≥ j0: left of the panel, those rows are already reduced to zero (reducing A) or
     // still the identity's zeros (building Q). The products run on that trailing block in place.
-    let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, x: &Tensor| -> Result<()> {
+    // `vt`: every block's V·T, building Q.
+    let apply = |plan: &mut PlanBuilder, p: usize, reduce: bool, vt: Option<&Tensor>, x: &Tensor| -> Result<()> {
         let j0 = p * nb;
         let (rows, cols) = (m - j0, n - j0);
         let at = |t: &Tensor, offset: usize, shape: &[usize]| {
             Tensor::from_buffer(t.gpu(), t.buffer().clone(), offset, shape)
         };
+        let vt = vt.map(|vt| at(vt, p * b * m * nb + j0 * nb, &[b, rows, nb])).transpose()?;
         let block = WyBlock {
             v: &at(&vs, p * b * m * nb + j0 * nb, &[b, rows, nb])?,
             v_stride: m * nb,
             t: &view(&ts, p, nb)?,
             op_t: if reduce { Trans::T } else { Trans::N },
+            vt: vt.as_ref(),
         };
         let x = at(x, x.offset() + j0 * n + j0, &[b, rows, cols])?;
         block.apply(plan, &x, (n, m * n), (&w1, &w2))
@@ -103,10 +106,19 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tens
             _p: 0,
         };
         plan.dispatch(&panel, &u, &[work, &v, &t, q, &signs], [b as u32, 1, 1])?;
-        apply(plan, p, true, work)?;
+        apply(plan, p, true, None, work)?;
     }
+    // Building Q: every block's V·T in one product first (with one panel that would only add a dispatch).
+    let vt = if panels > 1 {
+        let vt = plan.scratch(vs.shape())?;
+        let stack = |t: &Tensor, rows: usize| t.reshape(&[panels * b, rows, nb]);
+        premultiply(plan, &stack(&vs, m)?, &stack(&ts, nb)?, &stack(&vt, m)?)?;
+        Some(vt)
+    } else {
+        None
+    };
     for p in (0..panels).rev() {
-        apply(plan, p, false, q)?;
+        apply(plan, p, false, vt.as_ref(), q)?;
     }
     let Some(r) = r else { return Ok(()) };
     let finish = plan.gpu().kernel("linalg/qr_panel.wgsl", "finish", &panel_defines(plan.gpu()))?;
@@ -124,6 +136,15 @@ pub(crate) struct WyBlock<'a> {
     pub t: &'a Tensor,
     /// T for the block's product in order (building Q), Tᵀ for its transpose (reducing A).
     pub op_t: Trans,
+    /// `V·op(T)` when known beforehand (laid out as V): the block then takes two products instead of three. Where
+    /// every block is known up front (building Q), one batched product ([`premultiply`]) makes them all, saving a
+    /// dispatch per block (~0.1 ms each on lavapipe, most of it the dispatch itself).
+    pub vt: Option<&'a Tensor>,
+}
+
+/// `vt = V·T` for a stack of compact-WY blocks (`v: [k, rows, nb]`, `t: [k, nb, nb]`), one batched product.
+pub(crate) fn premultiply(plan: &mut PlanBuilder, v: &Tensor, t: &Tensor, vt: &Tensor) -> Result<()> {
+    Matmul::new(v, t, vt).record(plan)
 }
 
 impl WyBlock<'_> {
@@ -151,8 +172,15 @@ impl WyBlock<'_> {
                 .batch_strides(vs, x_stride, nb * cols)
                 .row_strides(nb, ld, cols)
                 .record(plan)?;
-            Matmul::new(self.t, &w1, &w2).trans(self.op_t, Trans::N).record(plan)?;
-            return Matmul::new(self.v, &w2, x)
+            // x − V·(op(T)·w1), or x − (V·op(T))·w1.
+            let (left, right) = match self.vt {
+                Some(vt) => (vt, &w1),
+                None => {
+                    Matmul::new(self.t, &w1, &w2).trans(self.op_t, Trans::N).record(plan)?;
+                    (self.v, &w2)
+                }
+            };
+            return Matmul::new(left, right, x)
                 .scaled(-1.0, Some(x), 1.0)
                 .batch_strides(vs, nb * cols, x_stride)
                 .row_strides(nb, cols, ld)
@@ -164,8 +192,15 @@ impl WyBlock<'_> {
             .batch_strides(x_stride, vs, cols * nb)
             .row_strides(ld, nb, nb)
             .record(plan)?;
-        Matmul::new(&w1, self.t, &w2).trans(Trans::N, flip(self.op_t)).record(plan)?;
-        Matmul::new(self.v, &w2, x)
+        // x − V·(w1·op(T)ᵀ)ᵀ, or x − (V·op(T))·w1ᵀ.
+        let (left, right) = match self.vt {
+            Some(vt) => (vt, &w1),
+            None => {
+                Matmul::new(&w1, self.t, &w2).trans(Trans::N, flip(self.op_t)).record(plan)?;
+                (self.v, &w2)
+            }
+        };
+        Matmul::new(left, right, x)
             .trans(Trans::N, Trans::T)
             .scaled(-1.0, Some(x), 1.0)
             .batch_strides(vs, cols * nb, x_stride)
