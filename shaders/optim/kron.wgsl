@@ -4,8 +4,9 @@
 // Bindings: 0 the uniforms, then (elementwise phases) the step scalars, then the phase's tensors.
 // Group g's step scalars sit at 8 + 16g: lr, β1_t, 1 − β1^t, 1 − β2^t, t (applied steps including this one), …, β2.
 //
-// EMA and MOMENTS run on VT = vec4<f32> (total and offsets then counted in vec4s) where every operand's elements
-// and offsets are multiples of 4, else on f32: on llvmpipe a lane's vec4 costs about what a scalar does.
+// EMA, MOMENTS, FILTER and COMBINE run on VT = vec4<f32> (total, offsets and d then counted in vec4s) where every
+// operand's elements and offsets are multiples of 4, else on f32: on llvmpipe a lane's vec4 costs about what a
+// scalar does.
 //
 // EMA:     dst[dst_off + i] = a·dst + b·src[src_off + i]   (factor EMAs; a = 0, b = 1 commits a refresh result)
 // MOMENTS: SOAP's Adam in the eigenbasis: M, V updated from the projected gradient, N = M/(sqrt(V)+eps)·bias;
@@ -54,26 +55,26 @@
 @group(0) @binding(5) var<storage, read_write> dir: array<{{VT}}>;
 //#endif
 //#if FILTER
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gbar: array<f32>;
-@group(0) @binding(4) var<storage, read_write> graft: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<{{VT}}>;
+@group(0) @binding(3) var<storage, read_write> gbar: array<{{VT}}>;
+@group(0) @binding(4) var<storage, read_write> graft: array<{{VT}}>;
 //#if HAS_EMA
-@group(0) @binding(5) var<storage, read_write> ema: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ema: array<{{VT}}>;
 //#if HAS_GRAFT
-@group(0) @binding(6) var<storage, read_write> gv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> gv: array<{{VT}}>;
 //#endif
 //#else
 //#if HAS_GRAFT
-@group(0) @binding(5) var<storage, read_write> gv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gv: array<{{VT}}>;
 //#endif
 //#endif
 //#endif
 //#if COMBINE
-@group(0) @binding(2) var<storage, read> pre: array<f32>;
-@group(0) @binding(3) var<storage, read> graft: array<f32>;
+@group(0) @binding(2) var<storage, read> pre: array<{{VT}}>;
+@group(0) @binding(3) var<storage, read> graft: array<{{VT}}>;
 @group(0) @binding(4) var<storage, read> norm_graft: array<f32>;
 @group(0) @binding(5) var<storage, read> norm_pre: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dir: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dir: array<{{VT}}>;
 //#endif
 //#if PREP
 @group(0) @binding(2) var<storage, read> src: array<f32>;
@@ -202,22 +203,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         rank[i] = r;
     }
     workgroupBarrier();
-    for (var idx = li; idx < d * d; idx += 64u) {
-        let r = idx / d;
-        let c = idx % d;
-        q_out[b * d * d + r * d + rank[c]] = q[u.dst_off + b * d * d + idx];
+    // Rows in a uniform loop, columns across the lanes: no per-element division (scalarized on CPU adapters).
+    for (var r = 0u; r < d; r++) {
+        for (var c = li; c < d; c += 64u) {
+            let idx = b * d * d + r * d + c;
+            q_out[b * d * d + r * d + rank[c]] = q[u.dst_off + idx];
 //#if POWER
-        power_out[b * d * d + r * d + rank[c]] = est_src[b * d * d + idx];
+            power_out[b * d * d + r * d + rank[c]] = est_src[idx];
 //#endif
+        }
     }
 //#if PERMUTE_V
     let mn = u.rows * u.cols;
-    for (var idx = li; idx < mn; idx += 64u) {
-        let i = idx / u.cols;
-        let j = idx % u.cols;
-        var to = i * u.cols + rank[j];
-        if (u.side == 0u) { to = rank[i] * u.cols + j; }
-        v_out[b * mn + to] = v_in[u.src_off + b * mn + idx];
+    for (var i = 0u; i < u.rows; i++) {
+        for (var j = li; j < u.cols; j += 64u) {
+            var to = i * u.cols + rank[j];
+            if (u.side == 0u) { to = rank[i] * u.cols + j; }
+            v_out[b * mn + to] = v_in[u.src_off + b * mn + i * u.cols + j];
+        }
     }
 //#endif
 //#endif
@@ -456,11 +459,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if (kind == 1u) { vh = v / scalars[o + 3u]; }
     graft[i] = gb / (sqrt(vh) + u.b);
 //#else
-    graft[i] = 0.0;   // unused without grafting; written so the binding stays in the layout
+    graft[i] = {{VT}}(0.0);   // unused without grafting; written so the binding stays in the layout
 //#endif
 //#endif
 //#if COMBINE
-    // d = elements per matrix, a = the start step, flags 1: grafting.
+    // d = elements (VT) per matrix, a = the start step, flags 1: grafting.
     var out = pre[i];
     if ((u.flags & 1u) != 0u) {
         let k = i / u.d;

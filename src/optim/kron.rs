@@ -331,20 +331,28 @@ fn ema(plan: &mut PlanBuilder, scalars: &Tensor, src: &Tensor, dst: &Tensor, a: 
         b,
         ..Default::default()
     };
-    elementwise_vec(plan, "EMA", u, &[scalars, src, dst])
+    elementwise_vec(plan, "EMA", &[], u, &[scalars, src, dst])
 }
 
-/// An elementwise phase written for `VT` (EMA, MOMENTS): on vec4s when `u`'s element count and offsets are
-/// multiples of 4 (then counted in vec4s), else on scalars.
-fn elementwise_vec(plan: &mut PlanBuilder, phase: &str, mut u: KronU, t: &[&Tensor]) -> Result<()> {
-    let vec4 = [u.total, u.dst_off, u.src_off].iter().all(|x| x.is_multiple_of(4));
+/// An elementwise phase written for `VT` (EMA, MOMENTS, FILTER, COMBINE): on vec4s when `u`'s element count,
+/// offsets and matrix size `d` are multiples of 4 (then counted in vec4s), else on scalars.
+fn elementwise_vec(
+    plan: &mut PlanBuilder,
+    phase: &str,
+    defines: &[(&str, String)],
+    mut u: KronU,
+    t: &[&Tensor],
+) -> Result<()> {
+    let vec4 = [u.total, u.dst_off, u.src_off, u.d].iter().all(|x| x.is_multiple_of(4));
     if vec4 {
         u.total /= 4;
         u.dst_off /= 4;
         u.src_off /= 4;
+        u.d /= 4;
     }
-    let vt = if vec4 { "vec4<f32>" } else { "f32" };
-    elementwise(plan, phase, &[("VT", vt.into())], u, t)
+    let mut all = vec![("VT", if vec4 { "vec4<f32>" } else { "f32" }.to_string())];
+    all.extend(defines.iter().cloned());
+    elementwise(plan, phase, &all, u, t)
 }
 
 /// `out = A·X·B` where A is the left side (transposed when `tl`) and B the right (transposed when `tr`); an
@@ -670,7 +678,7 @@ pub(crate) fn record_step(plan: &mut PlanBuilder, group: &Group, b: &Bucket, sca
                 let n = plan.scratch(g.shape())?;
                 let u = KronU { a: c.eps, flags: c.correct_bias as u32, ..KronU::stack(st, b.group) };
                 let (m, v) = (b.state("exp_avg")?, b.state("exp_avg_sq")?);
-                elementwise_vec(plan, "MOMENTS", u, &[scalars, &gp, m, v, &n])?;
+                elementwise_vec(plan, "MOMENTS", &[], u, &[scalars, &gp, m, v, &n])?;
                 sandwich(plan, KronStack::side(&st.bases), BACK, &n, &st.view(&p.ns_out)?)?;
             }
             // p ← (p − lr·N)(1 − lr·wd); the first call only initializes.
@@ -750,7 +758,7 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
             t.push(b.state(name)?);
         }
         let defines = [("HAS_EMA", (has_ema as u32).to_string()), ("HAS_GRAFT", ((graft_kind > 0) as u32).to_string())];
-        elementwise(plan, "FILTER", &defines, u, &t)?;
+        elementwise_vec(plan, "FILTER", &defines, u, &t)?;
         let pre = plan.scratch(g.shape())?;
         sandwich(plan, KronStack::side(&st.roots), [Trans::N, Trans::N], &gbar, &pre)?;
         let (ng, np) = (plan.scratch(&[st.count])?, plan.scratch(&[st.count])?);
@@ -764,7 +772,7 @@ fn record_post(plan: &mut PlanBuilder, c: &ShampooConfig, b: &Bucket, scalars: &
             d: (st.m * st.n) as u32,
             ..KronU::stack(st, b.group)
         };
-        elementwise(plan, "COMBINE", &[], u, &[scalars, &pre, &graft, &ng, &np, &p.ns_out])?;
+        elementwise_vec(plan, "COMBINE", &[], u, &[scalars, &pre, &graft, &ng, &np, &p.ns_out])?;
     }
     chunked(plan, b, scalars, wg, Some(Apply::new(0, c.weight_decay)))
 }
