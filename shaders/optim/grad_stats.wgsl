@@ -37,6 +37,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     red[li] = acc;
     workgroupBarrier();
+//#if SERIAL_SUM
+    // CPU adapters: one lane sums the lanes' partials in order; every barrier of a tree would switch through all
+    // of the workgroup's lanes (llvmpipe runs them as coroutines).
+    if (li == 0u && c < u.chunks) {
+        var s = red[0];
+        for (var l = 1u; l < {{WG}}u; l++) {
+            let b = red[l];
+            s = vec4<f32>(s.x + b.x, max(s.y, b.y), s.z + b.z, s.w + b.w);
+        }
+        partial[u.out_base + c] = s;
+    }
+//#else
     for (var w = {{WG}}u / 2u; w > 0u; w >>= 1u) {
         if (li < w) {
             let a = red[li];
@@ -46,4 +58,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         workgroupBarrier();
     }
     if (li == 0u && c < u.chunks) { partial[u.out_base + c] = red[0]; }
+//#endif
 }

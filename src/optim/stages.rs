@@ -699,6 +699,7 @@ pub(crate) fn record_grad_stats(
             let inner = matches!(groups[b.group].optimizer, OptimizerConfig::ScheduleFreePlus(_));
             let mut defines = kernel_types(t.vec4, wg).to_vec();
             defines.push(("INNER", (inner as u32).to_string()));
+            defines.push(("SERIAL_SUM", (plan.gpu().is_cpu() as u32).to_string()));
             let stats = plan.gpu().clone().kernel("optim/grad_stats.wgsl", "main", &defines)?;
             let (gx, gy) = grid(t.chunks);
             let u: [u32; 4] = [t.chunks as u32, t.chunk_base as u32, gx, 0];

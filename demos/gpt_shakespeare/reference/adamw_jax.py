@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--iters", type=int, help="steps (default: the preset's; the schedule ends there)")
     ap.add_argument("--data", help="tinyshakespeare.txt (default: $WGOPTIM_DATA_DIR's, else the example's cached copy)")
     ap.add_argument("--final-eval-iters", type=int, help="batches for the last validation estimate (default: the preset's)")
+    ap.add_argument("--whole-val", action="store_true", help="at the end, also the loss over the whole val split")
     ap.add_argument("--csv", help="write step,train_loss,val_loss here (the example's loss.csv format)")
     ap.add_argument("--compare", help="a loss.csv of gpt_shakespeare with the same preset, seed and iters")
     ap.add_argument("--tolerance", type=float, default=1e-3, help="largest |Δ| --compare accepts (default 1e-3)")
@@ -163,6 +164,11 @@ def main():
             if done == iters and a.final_eval_iters:
                 print(f"val loss on {a.final_eval_iters} batches: {estimate('val', done, a.final_eval_iters):.4f}")
         rows.append((k, float(loss), val))
+    if a.whole_val:  # non-overlapping windows, in batches of B (a last partial batch left out)
+        d, w = splits["val"], (len(splits["val"]) - 1) // T
+        windows = lambda j, s: jnp.asarray(np.stack([d[i * T + s:(i + 1) * T + s] for i in range(j, j + B)]))
+        losses = [float(eval_loss(params, windows(j, 0), windows(j, 1))) for j in range(0, w - B + 1, B)]
+        print(f"val loss over the whole split ({len(losses) * B} windows): {np.mean(losses):.4f}")
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             csv.writer(f).writerows([("step", "train_loss", "val_loss"), *rows])
