@@ -16,9 +16,9 @@
 // PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases).
 // MOMENTUM: SPlus / SPA / KL-Shampoo: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA)
 //          zeroes M on the first applied step, flags 2 (KL-Shampoo) leaves it untouched then.
-// KL_SCALE: in place over a stack of m×n (rows, cols) at dst_off: x ← x·f with f = s_L[row] (flags 1) times
-//          s_R[col] (flags 2), saturated f/(1 + a·f) (flags 4), 1 on the first applied step (flags 8); with SIDE_RSQRT
-//          the vectors hold variances v and f uses 1/sqrt(v) (fismo_diag).
+// KL_SCALE: in place over a stack of m×n (rows, cols) at dst_off, d elements, four per invocation: x ← x·f with
+//          f = s_L[row] (flags 1) times s_R[col] (flags 2), saturated f/(1 + a·f) (flags 4), 1 on the first applied
+//          step (flags 8); with SIDE_RSQRT the vectors hold variances v and f uses 1/sqrt(v) (fismo_diag).
 // KL_DIAG: KL-Shampoo's eigenvalue targets from D = Q_Lᵀ·G·Q_R: per matrix, d_L[i] = mean_j (D_ij s_R[j])² then
 //          d_R[j] = mean_i (D_ij s_L[i])², packed [count, m + n].
 // KL_EIGS: λ = 1/s², λ ← lerp(λ, d, 1−β), s = min(1/sqrt(λ), clamp) with clamps a (left) and b (right).
@@ -337,25 +337,40 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#endif
 //#if NORMALIZE
     if (scalars[0] == 0.0) { return; }
+    // Two divisions per element, not four (llvmpipe scalarizes them): the diagonal is every (d+1)-th entry.
     let dd = u.d * u.d;
-    let within = i % dd;
-    let x = nx[i] + select(0.0, u.a, within / u.d == within % u.d);
-    nf[i] = f32(u.d) * x / (ntr[i / dd] + u.a * f32(u.d));
+    let b = i / dd;
+    let x = nx[i] + select(0.0, u.a, (i - b * dd) % (u.d + 1u) == 0u);
+    nf[i] = f32(u.d) * x / (ntr[b] + u.a * f32(u.d));
 //#endif
 //#if RSQRT
     rs_out[i] = inverseSqrt(max(rs_in[i], u.a));
 //#endif
 //#if KL_SCALE
+    // Four consecutive elements per invocation (u.total counts invocations, u.d elements): one set of divisions
+    // for the (matrix, row, column) of four elements, since llvmpipe scalarizes integer division.
     let mn = u.rows * u.cols;
-    let b = i / mn;
-    let r = (i % mn) / u.cols;
-    let c = i % u.cols;
-    var f = 1.0;
-    if ((u.flags & 1u) != 0u) { f = f * side_factor(sl[b * u.rows + r]); }
-    if ((u.flags & 2u) != 0u) { f = f * side_factor(sr[b * u.cols + c]); }
-    if ((u.flags & 4u) != 0u) { f = f / (1.0 + u.a * f); }
-    if ((u.flags & 8u) != 0u && t < 1.5) { f = 1.0; }
-    kx[u.dst_off + i] = kx[u.dst_off + i] * f;
+    let i0 = i * 4u;
+    var b = i0 / mn;
+    var r = (i0 % mn) / u.cols;
+    var c = i0 % u.cols;
+    for (var k = 0u; k < 4u; k++) {
+        let e = i0 + k;
+        if (e < u.d) {
+            var f = 1.0;
+            if ((u.flags & 1u) != 0u) { f = f * side_factor(sl[b * u.rows + r]); }
+            if ((u.flags & 2u) != 0u) { f = f * side_factor(sr[b * u.cols + c]); }
+            if ((u.flags & 4u) != 0u) { f = f / (1.0 + u.a * f); }
+            if ((u.flags & 8u) != 0u && t < 1.5) { f = 1.0; }
+            kx[u.dst_off + e] = kx[u.dst_off + e] * f;
+        }
+        c += 1u;
+        if (c == u.cols) {
+            c = 0u;
+            r += 1u;
+            if (r == u.rows) { r = 0u; b += 1u; }
+        }
+    }
 //#endif
 //#if KL_DIAG
     let per = u.rows + u.cols;
@@ -414,7 +429,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#if WHITEN_FACTORED
     let mn = u.rows * u.cols;
     let b = i / mn;
-    let v = frow[b * u.rows + (i % mn) / u.cols] * fcol[b * u.cols + i % u.cols] / max(fmean[b], 1e-30);
+    let r = (i - b * mn) / u.cols;
+    let c = i - b * mn - r * u.cols;
+    let v = frow[b * u.rows + r] * fcol[b * u.cols + c] / max(fmean[b], 1e-30);
     let bc1 = select(1.0, scalars[o + 2u], (u.flags & 1u) != 0u);
     wout[i] = wx[i] / bc1 / (sqrt(v / scalars[o + 3u]) + u.a);
 //#endif

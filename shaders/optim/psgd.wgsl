@@ -158,9 +158,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#if TRIU
     if (scalars[0] == 0.0) { return; }
     let dd = u.d * u.d;
-    let w = i % dd;
-    let keep = (w / u.d) <= (w % u.d);
-    out[i] = select(0.0, x[i] * u.a / max(lb[i / dd], 1.17549435e-38), keep);
+    let b = i / dd;
+    let row = (i - b * dd) / u.d;
+    let keep = row <= i - b * dd - row * u.d;
+    out[i] = select(0.0, x[i] * u.a / max(lb[b], 1.17549435e-38), keep);
 //#endif
 //#if BALANCE
     if (scalars[0] == 0.0) { return; }

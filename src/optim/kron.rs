@@ -504,8 +504,10 @@ fn scale_sides(
 ) -> Result<()> {
     let (_, m, n) = x.matrices("scale_sides")?;
     let (Some(bl), Some(br)) = (l.or(r), r.or(l)) else { return Ok(()) };
+    // Four elements per invocation (see kron.wgsl).
     let u = KronU {
-        total: x.numel() as u32,
+        total: x.numel().div_ceil(4) as u32,
+        d: x.numel() as u32,
         dst_off: x.offset() as u32,
         group: group as u32,
         a: eps,
