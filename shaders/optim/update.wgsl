@@ -62,6 +62,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         p *= 1.0 - lr * u.h0;
 //#endif
         var d = gg;
+        var step = lr;
 //#if MOM_EMA
 //#if LOOK_LION
         // Lion (§7.4): the sign of β1·m + (1−β1)·g with the momentum before its update.
@@ -100,13 +101,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         {{VMAX_STATE}}[si] = vv;
 //#endif
         let denom = sqrt(vv) / sqrt(bc2) + u.h2;
-//#if BIAS_CORRECT
-        d = (d / bc1) / denom;
-//#else
         d = d / denom;
+//#if BIAS_CORRECT
+        // torch's order, p − (lr/bc1)·m/denom: one division per element fewer than (m/bc1)/denom.
+        step = lr / bc1;
 //#endif
 //#endif
-        p -= lr * d;
+        p -= step * d;
 //#endif
 //#if OPT_SF_SGD
         // h0 weight decay. SGDScheduleFree (§8.1, efficient form): the buffer holds y; z starts as the first y.
