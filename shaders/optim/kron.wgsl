@@ -352,8 +352,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let mn = u.rows * u.cols;
     let i0 = i * 4u;
     var b = i0 / mn;
-    var r = (i0 % mn) / u.cols;
-    var c = i0 % u.cols;
+    var r = (i0 - b * mn) / u.cols;
+    var c = i0 - b * mn - r * u.cols;
     for (var k = 0u; k < 4u; k++) {
         let e = i0 + k;
         if (e < u.d) {

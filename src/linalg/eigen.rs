@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::factor::{premultiply, WyBlock};
+use crate::linalg::factor::WyBlock;
 use crate::linalg::{copy, identity, transpose, Matmul, Trans};
 
 /// Largest matrix [`eigh`] takes (the one-workgroup Jacobi kernel's pair table lives in workgroup memory).
@@ -194,8 +194,9 @@ pub fn eigh(
     plan.dispatch(&kernel, &u, &[&work_a, &work_v, vals, vecs], [b as u32, 1, 1])
 }
 
-/// [`EighMethod::Tridiagonal`] of `a`: the reduction, Q (by matmuls from n = 320), the QL rotations and the sort (its work
-/// copies are padded to rows of a multiple of 8), with the eigenvectors' signs taken from `warm` when given.
+/// [`EighMethod::Tridiagonal`] of `a`: the reduction, Q (by matmuls from n = 320), the QL rotations and the sort
+/// (its work copies are padded to rows of a multiple of 8), with the eigenvectors' signs taken from `warm` when
+/// given.
 fn tridiagonal_ql(
     plan: &mut PlanBuilder,
     a: &Tensor,
@@ -267,8 +268,9 @@ fn accumulate_blocked(
     Matmul::new(&v, &v, &gram).trans(Trans::T, Trans::N).record(plan)?;
     let kernel = plan.gpu().kernel("linalg/tridiag_wy.wgsl", "main", &[("TMAT", "1".to_string())])?;
     plan.dispatch(&kernel, &u, &[aux, &gram, &t], grid)?;
+    // Every block's V·T in one product (the blocks then take two products each, not three).
     let vt = plan.scratch(v.shape())?;
-    premultiply(plan, &v, &t, &vt)?;
+    Matmul::new(&v, &t, &vt).record(plan)?;
     let (w1, w2) = (plan.scratch(&[b, nb, n])?, plan.scratch(&[b, nb, n])?);
     let at =
         |x: &Tensor, offset: usize, shape: &[usize]| Tensor::from_buffer(x.gpu(), x.buffer().clone(), offset, shape);

@@ -58,7 +58,8 @@ const QR_PANEL: usize = 32;
 /// panel of 32 columns (a matrix of at most 32 columns is one panel) one workgroup per matrix builds the compact-WY
 /// pair `(V, T)`, then three batched matmuls apply `I − V·Tᵀ·Vᵀ` to the rows at and below the panel; Q is `[D; 0]`
 /// (D = diag(sign R_jj), so diag(R) ≥ 0 needs no pass over Q; each panel writes its part) with the blocks applied
-/// in reverse, two matmuls each after one product has made every block's V·T. All the O(m·n²) work is in matmuls, spread over the device; `finish` only extracts R, when wanted.
+/// in reverse, two matmuls each after one product has made every block's V·T. All the O(m·n²) work is in
+/// matmuls, spread over the device; `finish` only extracts R, when wanted.
 fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tensor>) -> Result<()> {
     let (b, m, n) = work.matrices("qr")?;
     let nb = QR_PANEL;
@@ -112,7 +113,7 @@ fn qr_blocked(plan: &mut PlanBuilder, work: &Tensor, q: &Tensor, r: Option<&Tens
     let vt = if panels > 1 {
         let vt = plan.scratch(vs.shape())?;
         let stack = |t: &Tensor, rows: usize| t.reshape(&[panels * b, rows, nb]);
-        premultiply(plan, &stack(&vs, m)?, &stack(&ts, nb)?, &stack(&vt, m)?)?;
+        Matmul::new(&stack(&vs, m)?, &stack(&ts, nb)?, &stack(&vt, m)?).record(plan)?;
         Some(vt)
     } else {
         None
@@ -137,14 +138,9 @@ pub(crate) struct WyBlock<'a> {
     /// T for the block's product in order (building Q), Tᵀ for its transpose (reducing A).
     pub op_t: Trans,
     /// `V·op(T)` when known beforehand (laid out as V): the block then takes two products instead of three. Where
-    /// every block is known up front (building Q), one batched product ([`premultiply`]) makes them all, saving a
-    /// dispatch per block (~0.1 ms each on lavapipe, most of it the dispatch itself).
+    /// every block is known up front (building Q), one batched product over the stacked blocks makes them all,
+    /// saving a dispatch per block (~0.1 ms each on lavapipe, most of it the dispatch itself).
     pub vt: Option<&'a Tensor>,
-}
-
-/// `vt = V·T` for a stack of compact-WY blocks (`v: [k, rows, nb]`, `t: [k, nb, nb]`), one batched product.
-pub(crate) fn premultiply(plan: &mut PlanBuilder, v: &Tensor, t: &Tensor, vt: &Tensor) -> Result<()> {
-    Matmul::new(v, t, vt).record(plan)
 }
 
 impl WyBlock<'_> {
