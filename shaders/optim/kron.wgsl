@@ -37,9 +37,13 @@
 //          mean of the new row states (a scratch).
 // WHITEN_FACTORED: out = (x / bc1) / (sqrt(r_i·c_j / mean(r) / (1−β2^t)) + a) (flags as WHITEN_FULL).
 // SHIFT:   eigenvalues λ ← λ − min λ + ε when min λ < ε (one workgroup per matrix).
-// SORT:    SOAP's basis sort (one workgroup per matrix): eigenvalue estimates diag(Qᵀ·F·Q) (or eigh's values),
-//          descending order, columns of Q permuted (and of T = F·Q: the power step), and V permuted along the
-//          factor's dimension. Q is read from dst_off, V_in from src_off.
+// SOAP's basis sort, in three phases so that only the ranking is one workgroup per matrix:
+// SORT_EST: eigenvalue estimates est[b, i] = diag(Qᵀ·T)_i with T = F·Q (one invocation per column; Q at dst_off).
+// SORT:    ranks, one workgroup per matrix: the new position of each column in descending order of the estimates
+//          (eigh's values, or SORT_EST's), ties by index, written as f32.
+// PERMUTE: Q's columns moved to their ranks (Q at dst_off); with POWER, T's too (the power step F·Q_sorted, bit for
+//          bit); with PERMUTE_V instead, V (at src_off, rows × cols) along the factor's dimension `side`. x: columns,
+//          y: rows (strided past the grid's height), z: matrices.
 //#include "optim/kron_uniforms.wgsl"
 //#if ELEMENTWISE
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
@@ -151,20 +155,24 @@ var<workgroup> part: array<f32, 64>;
 @group(0) @binding(1) var<storage, read_write> vals: array<f32>;
 var<workgroup> low: array<f32, 64>;
 //#endif
+//#if SORT_EST
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> power: array<f32>;
+@group(0) @binding(3) var<storage, read_write> est_out: array<f32>;
+//#endif
 //#if SORT
 @group(0) @binding(1) var<storage, read> est_src: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read_write> q_out: array<f32>;
-//#if PERMUTE_V
-@group(0) @binding(4) var<storage, read> v_in: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v_out: array<f32>;
-//#endif
-//#if POWER
-// The power step F·Q_sorted is T with its columns permuted like Q's (the same sums, so bit for bit).
-@group(0) @binding({{POWER_BINDING}}) var<storage, read_write> power_out: array<f32>;
-//#endif
+@group(0) @binding(2) var<storage, read_write> rank_out: array<f32>;
 var<workgroup> est: array<f32, {{D}}>;
-var<workgroup> rank: array<u32, {{D}}>;
+//#endif
+//#if PERMUTE
+@group(0) @binding(1) var<storage, read> ranks: array<f32>;
+@group(0) @binding(2) var<storage, read> src_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> src_out: array<f32>;
+//#if POWER
+@group(0) @binding(4) var<storage, read> power_in: array<f32>;
+@group(0) @binding(5) var<storage, read_write> power_out: array<f32>;
+//#endif
 //#endif
 
 //#if KL_SCALE
@@ -180,46 +188,53 @@ fn side_factor(v: f32) -> f32 {
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
+//#if SORT_EST
+    // est[b, i] = Σ_k Q[k, i]·T[k, i].
+    let i = wg.x * 64u + li;
+    let d = u.d;
+    if (i < d) {
+        let base = wg.z * d * d + i;
+        var s = 0.0;
+        for (var k = 0u; k < d; k++) { s += q[u.dst_off + base + k * d] * power[base + k * d]; }
+        est_out[wg.z * d + i] = s;
+    }
+//#endif
 //#if SORT
-    // One workgroup per matrix b of d×d bases.
+    // One workgroup per matrix b: descending order, ties by index.
     let b = wg.x;
     let d = u.d;
-    for (var i = li; i < d; i += 64u) {
-//#if FROM_VALS
-        est[i] = est_src[b * d + i];
-//#else
-        // est_src holds T = F·Q: diag(Qᵀ F Q)_i = Σ_k Q[k, i]·T[k, i].
-        var s = 0.0;
-        for (var k = 0u; k < d; k++) { s += q[u.dst_off + b * d * d + k * d + i] * est_src[b * d * d + k * d + i]; }
-        est[i] = s;
-//#endif
-    }
+    for (var i = li; i < d; i += 64u) { est[i] = est_src[b * d + i]; }
     workgroupBarrier();
-    // Descending order, ties by index: the new position of column i.
     for (var i = li; i < d; i += 64u) {
         var r = 0u;
         let e = est[i];
         for (var j = 0u; j < d; j++) { r += select(0u, 1u, est[j] > e || (est[j] == e && j < i)); }
-        rank[i] = r;
+        rank_out[b * d + i] = f32(r);
     }
-    workgroupBarrier();
-    // Rows in a uniform loop, columns across the lanes: no per-element division (scalarized on CPU adapters).
-    for (var r = 0u; r < d; r++) {
-        for (var c = li; c < d; c += 64u) {
-            let idx = b * d * d + r * d + c;
-            q_out[b * d * d + r * d + rank[c]] = q[u.dst_off + idx];
-//#if POWER
-            power_out[b * d * d + r * d + rank[c]] = est_src[idx];
 //#endif
-        }
-    }
+//#if PERMUTE
+    // Column c of row r moves to column rank[c] (Q, T), or along `side` for V; no per-element division.
+    let b = wg.z;
+    let c = wg.x * 64u + li;
 //#if PERMUTE_V
     let mn = u.rows * u.cols;
-    for (var i = 0u; i < u.rows; i++) {
-        for (var j = li; j < u.cols; j += 64u) {
-            var to = i * u.cols + rank[j];
-            if (u.side == 0u) { to = rank[i] * u.cols + j; }
-            v_out[b * mn + to] = v_in[u.src_off + b * mn + i * u.cols + j];
+    if (c < u.cols) {
+        for (var r = wg.y; r < u.rows; r += nw.y) {
+            var to = r * u.cols + u32(ranks[b * u.d + c]);
+            if (u.side == 0u) { to = u32(ranks[b * u.d + r]) * u.cols + c; }
+            src_out[b * mn + to] = src_in[u.src_off + b * mn + r * u.cols + c];
+        }
+    }
+//#else
+    let d = u.d;
+    if (c < d) {
+        let to = u32(ranks[b * d + c]);
+        for (var r = wg.y; r < d; r += nw.y) {
+            let at = b * d * d + r * d;
+            src_out[at + to] = src_in[u.dst_off + at + c];
+//#if POWER
+            power_out[at + to] = power_in[at + c];
+//#endif
         }
     }
 //#endif

@@ -37,14 +37,13 @@ impl Default for EighConfig {
 /// eigenvalues of graded matrices to better relative accuracy (docs/optimizers.md §11.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EighMethod {
-    /// [`EighMethod::Tridiagonal`] on CPU adapters; on GPUs [`EighMethod::Rounds`] for n ≥ 128, else
-    /// [`EighMethod::Workgroup`]. On lavapipe (2 cores), 2 matrices of n = 512: 0.10 s cold or warm (0.13 s before
-    /// its Q was built by matmuls), against 11.6 s for cold Jacobi and 2.7 s for Jacobi warm-started from a basis
-    /// 1e-3 away (n = 128: 9 ms against 228 / 72 ms). On an H100 (Vulkan), 4 matrices of n = 512: Rounds cold
-    /// 0.26 s against Workgroup 2.7 s (n = 128: 23 ms against 52 ms); warm starts from the basis of a matrix 1e-3
-    /// away, eigenvalues spread over 6–12 decades as gradient factors have them: 196–203 ms against 595–835 ms
-    /// (Workgroup wins only when the warm basis is already exact: 0.4 ms against 120 ms). Tridiagonal has not been
-    /// measured on a GPU.
+    /// [`EighMethod::Tridiagonal`], except [`EighMethod::Workgroup`] for n ≤ 64 on GPUs. On lavapipe (2 cores),
+    /// 2 matrices of n = 512: 0.10 s cold or warm (0.13 s before its Q was built by matmuls), against 11.6 s for
+    /// cold Jacobi and 2.7 s for Jacobi warm-started from a basis 1e-3 away (n = 128: 9 ms against 228 / 72 ms).
+    /// On an H100 (Vulkan), warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12
+    /// decades as gradient factors have them: n = 512 ×4 Tridiagonal 49 ms (×16: 50 ms) against Rounds 187 ms;
+    /// n = 1024 ×2 182 against 496 ms; n = 128 ×4 8.6 against 24.5 ms; n = 64 ×4 Workgroup 0.67 ms against
+    /// Tridiagonal 1.7 and Rounds 11 ms; n = 32 0.43 against 0.77 ms (cold, the two equal at n ≤ 64).
     #[default]
     Auto,
     /// Jacobi; one workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead,
@@ -67,9 +66,8 @@ impl EighMethod {
     /// The concrete method for `n`×`n` matrices on `gpu`.
     fn resolve(self, gpu: &crate::gpu::Gpu, n: usize) -> EighMethod {
         match self {
-            EighMethod::Auto if gpu.is_cpu() => EighMethod::Tridiagonal,
-            EighMethod::Auto if n >= 128 => EighMethod::Rounds,
-            EighMethod::Auto => EighMethod::Workgroup,
+            EighMethod::Auto if n <= 64 && !gpu.is_cpu() => EighMethod::Workgroup,
+            EighMethod::Auto => EighMethod::Tridiagonal,
             m => m,
         }
     }

@@ -205,11 +205,27 @@ impl WyBlock<'_> {
     }
 }
 
-/// Row groups of the panel kernel (its workgroup is `QR_PANEL × groups` lanes): 8 on GPUs, 1 on CPU adapters,
-/// where every barrier costs a switch through all of a workgroup's lanes (llvmpipe, 4 × 512×512: the panels took
-/// 83–92 ms with 8 groups, 62 with 1, before VᵀV moved into the reflection loop).
+/// Row groups of the panel kernel (its workgroup is `QR_PANEL × groups` lanes): 1 on CPU adapters, where every
+/// barrier costs a switch through all of a workgroup's lanes (llvmpipe, 4 × 512×512: the panels took 83–92 ms with
+/// 8 groups, 62 with 1, before VᵀV moved into the reflection loop); on GPUs as many as the device's workgroup
+/// limits allow, up to 16, since a panel is one workgroup per matrix whose time is the latency of its row loops.
+/// `WGOPTIM_QR_GROUPS` overrides it (for measuring; values the limits refuse are ignored).
 fn panel_defines(gpu: &Gpu) -> [(&'static str, String); 2] {
-    let groups = if gpu.is_cpu() { 1 } else { 8 };
+    let limits = gpu.limits();
+    let fits = |g: usize| {
+        let lanes = g * QR_PANEL;
+        // The kernel's workgroup arrays: red (f32) and red4 (vec4) per lane, gram and tt, then ~400 bytes.
+        let bytes = 20 * lanes + 2 * 4 * QR_PANEL * QR_PANEL + 512;
+        lanes <= limits.max_compute_invocations_per_workgroup as usize
+            && lanes <= limits.max_compute_workgroup_size_x as usize
+            && bytes <= limits.max_compute_workgroup_storage_size as usize
+    };
+    let wanted = std::env::var("WGOPTIM_QR_GROUPS").ok().and_then(|v| v.trim().parse::<usize>().ok());
+    let groups = match wanted {
+        Some(g) if g > 0 && fits(g) => g,
+        _ if gpu.is_cpu() => 1,
+        _ => [16, 8, 4, 2, 1].into_iter().find(|&g| fits(g)).unwrap_or(1),
+    };
     [("GROUPS", groups.to_string()), ("WG", (groups * QR_PANEL).to_string())]
 }
 

@@ -18,7 +18,7 @@ pub use config::{
     MomentumPlacement, MomentumStage, MuonConfig, NorMuonConfig, NorMuonScaling, Normalization, NormalizeStage,
     OnaConfig, OptimizerConfig, Probes, PsgdKronConfig, RootMethod, ScheduleFreeAdamWConfig, ScheduleFreePlusConfig,
     ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig, SoapConfig, SpaConfig,
-    SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig,
+    SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig, GPU_MIN_STAGGER_CHUNK,
 };
 pub use optimizer::{Optimizer, StepReport};
 pub use params::ParamStore;

@@ -320,9 +320,11 @@ impl RefMat {
 }
 
 /// The refresh offset of matrix `i` under staggering over `period` calls, by the library's rule: each stack (in
-/// stack order; parameter order within) in chunks of ⌈matrices / period⌉, chunk j of J at j·period/J.
+/// stack order; parameter order within) in chunks of ⌈matrices / period⌉ (at least GPU_MIN_STAGGER_CHUNK on GPUs),
+/// chunk j of J at j·period/J.
 pub(super) fn stagger_offset(i: usize, period: u64) -> u64 {
-    let size = SPECS.len().div_ceil(period as usize).max(1);
+    let min_chunk = if gpu().is_cpu() { 1 } else { GPU_MIN_STAGGER_CHUNK };
+    let size = SPECS.len().div_ceil(period as usize).max(min_chunk);
     let (mut chunks, mut mine) = (0, 0);
     for s in 0..STACKS {
         let members: Vec<usize> = (0..SPECS.len()).filter(|&j| STACK[j] == s).collect();

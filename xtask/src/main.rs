@@ -112,8 +112,9 @@ fn ensure_data(root: &Path) -> Result<PathBuf, String> {
 }
 
 /// The kernel suites again with the variants a browser's GPU adapter gets (`WGOPTIM_KERNELS_FOR=webgpu`: GPU tiles,
-/// workgroup-memory matmul, Jacobi rounds, WebGPU's default limits), so those sources are dumped for the browser
-/// check too, and proven correct on this adapter: training every optimizer included (Jacobi rounds and all).
+/// workgroup-memory matmul, QR panels of 8 row groups, one-workgroup Jacobi for small eigendecompositions, WebGPU's
+/// default limits), so those sources are dumped for the browser check too, and proven correct on this adapter:
+/// training every optimizer included.
 /// Skipped here: the 10,000-step run.
 fn webgpu_variants(root: &Path) -> Result<String, String> {
     std::env::set_var("WGOPTIM_KERNELS_FOR", "webgpu");

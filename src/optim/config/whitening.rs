@@ -34,10 +34,16 @@ pub struct SoapConfig {
     /// Bias correction (`lr·sqrt(1−β2^t)/(1−β1^t)`).
     pub correct_bias: bool,
     /// Spread the refreshes of a bucket's matrices over the period instead of refreshing all at once (ours; the
-    /// reference refreshes every parameter on the same step): ⌈matrices/period⌉ per refresh call, in chunks of each
-    /// shape stack taken in order, chunk j of J refreshing at offset j·period/J. Changes no result for one matrix.
+    /// reference refreshes every parameter on the same step): ⌈matrices/period⌉ per refresh call (at least
+    /// [`GPU_MIN_STAGGER_CHUNK`] on GPUs), in chunks of each shape stack taken in order, chunk j of J refreshing at
+    /// offset j·period/J. Changes no result for one matrix.
     pub stagger: bool,
 }
+
+/// The fewest matrices a staggered refresh call takes at once on GPU adapters (whole stacks up to this size; CPU
+/// adapters take ⌈matrices/period⌉ alone): a refresh's sequential parts (QR panels, the sort's ranking) run one
+/// workgroup per matrix, so a GPU refreshes 16 matrices in about the time it takes for 2.
+pub const GPU_MIN_STAGGER_CHUNK: usize = 16;
 
 impl Default for SoapConfig {
     fn default() -> Self {
