@@ -8,6 +8,9 @@
 // builds Q by matmuls with `tridiag_wy.wgsl` instead of `accumulate`), state passing through a, z and aux: as one
 // kernel, llvmpipe took 3.2 s to compile it, split the largest, `reduce`, takes ~0.4 s (compile time grows with the
 // load and store sites, each expanded per lane, so each pass below has one loop).
+// GPU variants (src/linalg/eigen.rs sets them where the adapter is no CPU): ROWSPLIT splits the reduction's rows
+// over lanes, ZT rotates a column-major Z (which the host transposed into `a`, free by then) and QL_SHARED keeps
+// QL's d, e and rotations in workgroup memory; on an H100, 4 × 512² took 50 ms before them and 16 after.
 struct U { n: u32, np: u32, _b: u32, _c: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -34,6 +37,10 @@ const LANE_COLS = vec4<u32>(0u, 1u, 2u, 3u);
 const MAX_ITERS: u32 = 60u;
 // Per-lane partial sums: [0, WG) for vᵀp, [WG, 2·WG) for reflector tails (two halves: no barrier between uses).
 var<workgroup> part: array<f32, 2u * WG>;
+//#if ROWSPLIT
+// The reduction's per-lane sums of x·y for 8 columns (two vec4s per lane).
+var<workgroup> qpart: array<vec4<f32>, 2u * WG>;
+//#endif
 var<workgroup> beta_now: f32;
 var<workgroup> ql_top: u32;
 var<workgroup> ql_count: u32;
@@ -49,6 +56,15 @@ fn hypot(x: f32, y: f32) -> f32 {
 
 // Scalar views of the padded matrices (index in f32s).
 fn a_at(i: u32) -> f32 { return a[i / 4u][i % 4u]; }
+fn set_a(i: u32, x: f32) { a[i / 4u][i % 4u] = x; }
+// Z's entry (row, col) for `sort`: row-major in z, or (ZT) column-major in `a`, where the host transposed it.
+fn z_entry(base: u32, np: u32, row: u32, col: u32) -> f32 {
+//#if ZT
+    return a_at(base + col * u.n + row);
+//#else
+    return z_at(base + row * np + col);
+//#endif
+}
 fn z_at(i: u32) -> f32 { return z[i / 4u][i % 4u]; }
 // Z's scalars at four indices.
 fn z4(i: vec4<u32>) -> vec4<f32> { return vec4<f32>(z_at(i.x), z_at(i.y), z_at(i.z), z_at(i.w)); }
@@ -110,6 +126,30 @@ fn reflector(li: u32, tail: f32, base: u32, d0: u32, k: u32) -> f32 {
     return workgroupUniformLoad(&beta_now);
 }
 
+// The QL recurrences' d, e and rotations (c, s): in workgroup memory where it fits (QL_SHARED; each of lane 0's
+// sequential steps then waits on no storage load: on an H100, 4 × 512² took 225 ms of QL in storage), else in aux.
+//#if QL_SHARED
+var<workgroup> ql_d: array<f32, {{QLN}}>;
+var<workgroup> ql_e: array<f32, {{QLN}}>;
+var<workgroup> ql_cs: array<vec2<f32>, {{QLN}}>;
+fn d_at(d0: u32, i: u32) -> f32 { return ql_d[i]; }
+fn set_d(d0: u32, i: u32, x: f32) { ql_d[i] = x; }
+fn e_at(d0: u32, i: u32) -> f32 { return ql_e[i]; }
+fn set_e(d0: u32, i: u32, x: f32) { ql_e[i] = x; }
+fn cs_at(d0: u32, i: u32) -> vec2<f32> { return ql_cs[i]; }
+fn set_cs(d0: u32, i: u32, c: f32, s: f32) { ql_cs[i] = vec2<f32>(c, s); }
+//#else
+fn d_at(d0: u32, i: u32) -> f32 { return aux[d0 + i]; }
+fn set_d(d0: u32, i: u32, x: f32) { aux[d0 + i] = x; }
+fn e_at(d0: u32, i: u32) -> f32 { return aux[d0 + u.n + i]; }
+fn set_e(d0: u32, i: u32, x: f32) { aux[d0 + u.n + i] = x; }
+fn cs_at(d0: u32, i: u32) -> vec2<f32> { return vec2<f32>(aux[d0 + 3u * u.n + 2u * i], aux[d0 + 3u * u.n + 2u * i + 1u]); }
+fn set_cs(d0: u32, i: u32, c: f32, s: f32) {
+    aux[d0 + 3u * u.n + 2u * i] = c;
+    aux[d0 + 3u * u.n + 2u * i + 1u] = s;
+}
+//#endif
+
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 
 // One implicit QL step on the unreduced block starting at l, by lane 0: finds the block's end m, and unless
@@ -117,51 +157,48 @@ fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000
 // Sets ql_top = m and ql_count = rotations stored (0: d[l] converged).
 fn ql_step(d0: u32, l: u32, t_floor: f32) {
     let n = u.n;
-    let e0 = d0 + n;
-    let r0 = d0 + 3u * n;
     var m = l;
     while (m + 1u < n) {
-        if (abs(aux[e0 + m]) <= max(EPS * (abs(aux[d0 + m]) + abs(aux[d0 + m + 1u])), t_floor)) { break; }
+        if (abs(e_at(d0, m)) <= max(EPS * (abs(d_at(d0, m)) + abs(d_at(d0, m + 1u))), t_floor)) { break; }
         m++;
     }
     ql_top = m;
     ql_count = 0u;
-    let el = aux[e0 + l];
+    let el = e_at(d0, l);
     // Non-finite input (WGSL may assume floats are finite, so test the bits): stop rather than iterate.
-    if (m == l || !finite(el) || !finite(aux[d0 + l])) { return; }
-    var g = (aux[d0 + l + 1u] - aux[d0 + l]) / (2.0 * el);
+    if (m == l || !finite(el) || !finite(d_at(d0, l))) { return; }
+    var g = (d_at(d0, l + 1u) - d_at(d0, l)) / (2.0 * el);
     var r = hypot(g, 1.0);
-    g = aux[d0 + m] - aux[d0 + l] + el / (g + select(-r, r, g >= 0.0));
+    g = d_at(d0, m) - d_at(d0, l) + el / (g + select(-r, r, g >= 0.0));
     var s = 1.0;
     var c = 1.0;
     var p = 0.0;
     var i = m;
     while (i > l) {
         i--;
-        let f = s * aux[e0 + i];
-        let b = c * aux[e0 + i];
+        let f = s * e_at(d0, i);
+        let b = c * e_at(d0, i);
         r = hypot(f, g);
-        aux[e0 + i + 1u] = r;
+        set_e(d0, i + 1u, r);
         if (r == 0.0) {
             // The rotation would divide by zero: the block splits here; the rotations above i stand.
-            aux[d0 + i + 1u] -= p;
-            aux[e0 + m] = 0.0;
+            set_d(d0, i + 1u, d_at(d0, i + 1u) - p);
+            set_e(d0, m, 0.0);
             ql_count = m - i - 1u;
             return;
         }
         s = f / r;
         c = g / r;
-        g = aux[d0 + i + 1u] - p;
-        r = (aux[d0 + i] - g) * s + 2.0 * c * b;
+        g = d_at(d0, i + 1u) - p;
+        r = (d_at(d0, i) - g) * s + 2.0 * c * b;
         p = s * r;
-        aux[d0 + i + 1u] = g + p;
+        set_d(d0, i + 1u, g + p);
         g = c * r - b;
-        aux[r0 + 2u * i] = c;
-        aux[r0 + 2u * i + 1u] = s;
+        set_cs(d0, i, c, s);
     }
-    aux[d0 + l] -= p;
-    aux[e0 + l] = g;
-    aux[e0 + m] = 0.0;
+    set_d(d0, l, d_at(d0, l) - p);
+    set_e(d0, l, g);
+    set_e(d0, m, 0.0);
     ql_count = m - l;
 }
 
@@ -243,6 +280,52 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         // no reflector k, v and w count as zero and the pass only computes p (so at j = 0, and after a zero tail).
         if (on || next != 0.0) {
             var vp = 0.0;
+//#if ROWSPLIT
+            // GPUs: each column group's rows split over `hs` lanes (a lane per column group left most of the
+            // device's lanes idle, each waiting on one load after another: 34 of 40 ms for 4 × 512² on an H100),
+            // their sums of x·y totalled in workgroup memory.
+            let span = n8 - g0;
+            let hs = max(WG / n8, 1u);
+            let g = g0 + li % span;
+            let h = li / span;
+            let mine = h < hs && g < n8;
+            var q0 = vec4<f32>(0.0);
+            var q1 = vec4<f32>(0.0);
+            var v0 = vec4<f32>(0.0);
+            var v1 = vec4<f32>(0.0);
+            if (mine) {
+                v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
+                v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+                let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
+                let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
+                for (var i = j + 1u + h; i < n; i += hs) {
+                    let vi = select(0.0, a_at(row + i), on);
+                    let wi = select(0.0, aux[wk + i] - kk * vi, on);
+                    let yi = a_at(y + i);
+                    let at = b4 + i * n4 + 2u * g;
+                    let x0 = a[at] - (vi * w0g + wi * v0);
+                    let x1 = a[at + 1u] - (vi * w1g + wi * v1);
+                    a[at] = x0;
+                    a[at + 1u] = x1;
+                    q0 += x0 * yi;
+                    q1 += x1 * yi;
+                }
+            }
+            qpart[2u * li] = q0;
+            qpart[2u * li + 1u] = q1;
+            workgroupBarrier();
+            if (mine && h == 0u) {
+                for (var o = 1u; o < hs; o++) {
+                    q0 += qpart[2u * (li + o * span)];
+                    q1 += qpart[2u * (li + o * span) + 1u];
+                }
+                let p0 = q0 * next;
+                let p1 = q1 * next;
+                set_aux8(w0 + (j & 1u) * np, g, j, p0, p1);
+                let y4 = y / 4u + 2u * g;
+                vp += dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
+            }
+//#else
             for (var g = g0 + li; g < n8; g += WG) {
                 let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
                 let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
@@ -268,6 +351,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 let y4 = y / 4u + 2u * g;
                 vp += dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
             }
+//#endif
             part[li] = vp;
             storageBarrier();
             workgroupBarrier();
@@ -381,6 +465,12 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         for (var i = 0u; i < n; i++) { t_norm = max(t_norm, abs(aux[d0 + i]) + abs(aux[e0 + i])); }
         t_floor = EPS * t_norm;
     }
+//#if QL_SHARED
+    for (var i = li; i < n; i += WG) {
+        ql_d[i] = aux[d0 + i];
+        ql_e[i] = aux[e0 + i];
+    }
+//#endif
     for (var l = 0u; l < n; l++) {
         for (var it = 0u; it < MAX_ITERS; it++) {
             // Every lane has read the last ql_count before lane 0 writes the next one.
@@ -390,6 +480,34 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let count = workgroupUniformLoad(&ql_count);
             if (count == 0u) { break; }
             let m = ql_top;
+//#if ZT
+            // Z column-major (GPUs): a lane per row, so lanes read a column's adjacent entries; the rotations in
+            // chunks of 8 columns whose loads go first, so their latencies overlap.
+            let stop = m - count;
+            for (var r = li; r < n; r += WG) {
+                var carry = a_at(base + m * n + r);
+                for (var i = m; i > stop;) {
+                    let len = min(8u, i - stop);
+                    var zs: array<f32, 8>;
+                    for (var q = 0u; q < 8u; q++) {
+                        if (q < len) { zs[q] = a_at(base + (i - 1u - q) * n + r); }
+                    }
+                    for (var q = 0u; q < 8u; q++) {
+                        if (q < len) {
+                            let cs = cs_at(d0, i - 1u - q);
+                            let next = cs.x * zs[q] - cs.y * carry;
+                            zs[q] = cs.y * zs[q] + cs.x * carry;  // column i − q's new entry
+                            carry = next;
+                        }
+                    }
+                    for (var q = 0u; q < 8u; q++) {
+                        if (q < len) { set_a(base + (i - q) * n + r, zs[q]); }
+                    }
+                    i -= len;
+                }
+                set_a(base + stop * n + r, carry);
+            }
+//#else
             // Four adjacent rows per lane at a time (rows past n repeat row r: same values, same places), so
             // each rotation's (c, s) is loaded once for four rows.
             for (var r = 4u * li; r < n; r += 4u * WG) {
@@ -398,17 +516,24 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 var carry = z4(zr + m);
                 for (var i = m; i > m - count;) {
                     i--;
-                    let c = aux[w0 + 2u * i];
-                    let s = aux[w0 + 2u * i + 1u];
+                    let cs = cs_at(d0, i);
+                    let c = cs.x;
+                    let s = cs.y;
                     let zi = z4(zr + i);
                     set_z4(zr + i + 1u, s * zi + c * carry);
                     carry = c * zi - s * carry;
                 }
                 set_z4(zr + m - count, carry);
             }
+//#endif
             storageBarrier();
         }
     }
+//#if QL_SHARED
+    // The eigenvalues for `sort`.
+    workgroupBarrier();
+    for (var i = li; i < n; i += WG) { aux[d0 + i] = ql_d[i]; }
+//#endif
 }
 
 @compute @workgroup_size({{WG}}, 1, 1)
@@ -433,16 +558,16 @@ fn sort(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let out = wg.x * n * n + rank;
 //#if WARM
         var along = 0.0;
-        for (var row = 0u; row < n; row++) { along += z_at(base + row * np + i) * warm[out + row * n]; }
+        for (var row = 0u; row < n; row++) { along += z_entry(base, np, row, i) * warm[out + row * n]; }
         let sign = select(1.0, -1.0, along < 0.0);
 //#else
         var big = 0.0;
         for (var row = 0u; row < n; row++) {
-            let x = z_at(base + row * np + i);
+            let x = z_entry(base, np, row, i);
             if (abs(x) > abs(big)) { big = x; }
         }
         let sign = select(1.0, -1.0, big < 0.0);
 //#endif
-        for (var row = 0u; row < n; row++) { vecs[out + row * n] = sign * z_at(base + row * np + i); }
+        for (var row = 0u; row < n; row++) { vecs[out + row * n] = sign * z_entry(base, np, row, i); }
     }
 }

@@ -43,7 +43,9 @@ pub enum EighMethod {
     /// On an H100 (Vulkan), warm starts from the basis of a matrix 1e-3 away, eigenvalues spread over 6–12
     /// decades as gradient factors have them: n = 512 ×4 Tridiagonal 49 ms (×16: 50 ms) against Rounds 187 ms;
     /// n = 1024 ×2 182 against 496 ms; n = 128 ×4 8.6 against 24.5 ms; n = 64 ×4 Workgroup 0.67 ms against
-    /// Tridiagonal 1.7 and Rounds 11 ms; n = 32 0.43 against 0.77 ms (cold, the two equal at n ≤ 64).
+    /// Tridiagonal 1.7 and Rounds 11 ms; n = 32 0.43 against 0.77 ms (cold, the two equal at n ≤ 64). Since then
+    /// the GPU variant of Tridiagonal (Z column-major for QL, the reduction's rows split over lanes) takes n = 512
+    /// ×4 in 16 ms, n = 1024 in 85, n = 128 in 4.6, n = 64 in 1.2.
     #[default]
     Auto,
     /// Jacobi; one workgroup per matrix loops over every sweep and round in one dispatch: no dispatch overhead,
@@ -208,9 +210,24 @@ fn tridiagonal_ql(
     let (work, z) = (plan.scratch(&[b, n, np])?, plan.scratch(&[b, n, np])?);
     let aux = plan.scratch(&[b, 3 * n + 2 * np])?;
     // 64 lanes on CPU adapters (lavapipe, measured on the first, scalar layout: 2 × 512² 524 ms against 562 for 32
-    // and 539–565 for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere, unmeasured.
+    // and 539–565 for 128–256; 128²: 18 against 20–37 ms); 256 elsewhere (H100, 4 × 512²: reduce 34 ms and rotate
+    // 225 against 44 and 229 with 1024, before ZT and ROWSPLIT).
     let wg = if plan.gpu().is_cpu() { 64 } else { 256 };
-    let defines = [("WG", wg.to_string()), ("WARM", (warm.is_some() as u32).to_string())];
+    // QL's d, e and rotations in workgroup memory where they fit (16 bytes per row); on GPUs only, where lane 0's
+    // sequential steps otherwise wait on storage (H100, 4 × 128²: 8.5 → 7.8 ms). CPU adapters keep one kernel for
+    // every n (each costs llvmpipe a compile) and their caches serve lane 0.
+    let ql_bytes = 16 * n + 64;
+    let ql_shared = !plan.gpu().is_cpu() && ql_bytes <= plan.gpu().limits().max_compute_workgroup_storage_size as usize;
+    let mut defines = vec![("WG", wg.to_string()), ("WARM", (warm.is_some() as u32).to_string())];
+    if ql_shared {
+        defines.extend([("QL_SHARED", "1".to_string()), ("QLN", n.to_string())]);
+    }
+    // GPUs rotate Z column-major, in the reduction's work copy (free by then): row-major, a rotation's loads were
+    // one row per lane, 32 cache lines per warp access.
+    let zt = !plan.gpu().is_cpu();
+    defines.push(("ZT", (zt as u32).to_string()));
+    // And split the reduction's rows over lanes (each lane one column group of 8 suits llvmpipe's SIMD groups).
+    defines.push(("ROWSPLIT", (zt as u32).to_string()));
     let u = [n as u32, np as u32, 0, 0];
     let mut bufs = vec![a, &work, &z, &aux, vals, vecs];
     bufs.extend(warm);
@@ -223,6 +240,9 @@ fn tridiagonal_ql(
         accumulate_blocked(plan, &work, &aux, &z, b, n, np)?;
     } else {
         phase(plan, "accumulate")?;
+    }
+    if zt {
+        transpose(plan, &z, &work.reshape(&[b, np, n])?)?;
     }
     phase(plan, "rotate")?;
     phase(plan, "sort")
