@@ -811,24 +811,22 @@ fn sort_basis(
         defines.extend(extra.iter().cloned());
         gpu.kernel("optim/kron.wgsl", "main", &defines)
     };
-    let est_kernel = phase("SORT_EST", &[])?;
-    let sort_kernel = phase("SORT", &[("D", d.to_string())])?;
-    let permute_kernel = phase("PERMUTE", &[("POWER", (power.is_some() as u32).to_string())])?;
     let u = KronU { d: d as u32, dst_off: q.offset() as u32, ..Default::default() };
     let estimates = if from_vals {
         est.clone()
     } else {
         let e = plan.scratch(&[st.count, d])?;
-        plan.dispatch(&est_kernel, &u, &[q, est, &e], [columns(d), 1, count])?;
+        plan.dispatch(&phase("SORT_EST", &[])?, &u, &[q, est, &e], [columns(d), 1, count])?;
         e
     };
     let ranks = plan.scratch(&[st.count, d])?;
-    plan.dispatch(&sort_kernel, &u, &[&estimates, &ranks], [count, 1, 1])?;
+    plan.dispatch(&phase("SORT", &[("D", d.to_string())])?, &u, &[&estimates, &ranks], [count, 1, 1])?;
     let mut t = vec![&ranks, q, q_out];
     if let Some(p) = power {
         t.extend([est, p]);
     }
-    plan.dispatch(&permute_kernel, &u, &t, [columns(d), rows(d), count])?;
+    let permute = phase("PERMUTE", &[("POWER", (power.is_some() as u32).to_string())])?;
+    plan.dispatch(&permute, &u, &t, [columns(d), rows(d), count])?;
     if let Some((v_in, v_out, side)) = v {
         let kernel = phase("PERMUTE", &[("PERMUTE_V", "1".to_string())])?;
         let u = KronU {
