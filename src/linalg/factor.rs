@@ -209,8 +209,9 @@ impl WyBlock<'_> {
 /// barrier costs a switch through all of a workgroup's lanes (llvmpipe, 4 × 512×512: the panels took 83–92 ms with
 /// 8 groups, 62 with 1, before VᵀV moved into the reflection loop); on GPUs as many as the device's workgroup
 /// limits allow, up to 16, since a panel is one workgroup per matrix whose time is the latency of its row loops.
-/// `WGOPTIM_QR_GROUPS` overrides it (for measuring; values the limits refuse are ignored).
-fn panel_defines(gpu: &Gpu) -> [(&'static str, String); 2] {
+/// `WGOPTIM_QR_GROUPS` overrides it (for measuring; values the limits refuse are ignored). With more than one group
+/// the sub-block's row passes take every lane (`DENSE`).
+fn panel_defines(gpu: &Gpu) -> [(&'static str, String); 3] {
     let limits = gpu.limits();
     let fits = |g: usize| {
         let lanes = g * QR_PANEL;
@@ -226,7 +227,8 @@ fn panel_defines(gpu: &Gpu) -> [(&'static str, String); 2] {
         _ if gpu.is_cpu() => 1,
         _ => [16, 8, 4, 2, 1].into_iter().find(|&g| fits(g)).unwrap_or(1),
     };
-    [("GROUPS", groups.to_string()), ("WG", (groups * QR_PANEL).to_string())]
+    let dense = (groups > 1) as u32;
+    [("GROUPS", groups.to_string()), ("WG", (groups * QR_PANEL).to_string()), ("DENSE", dense.to_string())]
 }
 
 #[repr(C)]
