@@ -133,7 +133,8 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 //#if DENSE
         // GPUs: the sub-block's passes over rows on every lane, `li % KB` its column and `li / KB` its row group
         // (laid out by column, 3/4 of each warp's lanes sat out the passes; H100, 4 × 512² QR: 4.1 → 3.4 ms). The
-        // KB lanes of a row group stay together in a SIMD group, as the passes need (see the header).
+        // KB lanes of a row group stay in one SIMD group, as in the column layout: lane k stores column k of a row
+        // that the group's other lanes load in the same iteration, which relies on their loads issuing first.
         let c2 = s + li % KB;
         let g2 = li / KB;
         let dense = c2 < s_end;
