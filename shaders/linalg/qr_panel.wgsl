@@ -128,28 +128,29 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     for (var s = 0u; s < w; s += KB) {
         let s_end = min(s + KB, w);
         let in_block = c >= s && c < s_end;
-        // p: Σ over rows below the next reflector's diagonal of (this lane's column)·(the next column).
-        var p = 0.0;
+        // The lane's column and row group in the row passes: on GPUs (DENSE) every lane, column s + li % KB and row
+        // group li / KB (laid out by column, 3/4 of each warp's lanes sat out the passes; H100, 4 × 512² QR:
+        // 4.1 → 3.4 ms); else the column layout. The KB lanes of a row group stay in one SIMD group: lane k stores
+        // column k of a row that the group's other lanes load in the same iteration, which relies on their loads
+        // issuing first.
 //#if DENSE
-        // GPUs: the sub-block's passes over rows on every lane, `li % KB` its column and `li / KB` its row group
-        // (laid out by column, 3/4 of each warp's lanes sat out the passes; H100, 4 × 512² QR: 4.1 → 3.4 ms). The
-        // KB lanes of a row group stay in one SIMD group, as in the column layout: lane k stores column k of a row
-        // that the group's other lanes load in the same iteration, which relies on their loads issuing first.
-        let c2 = s + li % KB;
-        let g2 = li / KB;
-        let dense = c2 < s_end;
-        if (dense) {
-            for (var i = j0 + s + 1u + g2; i < m; i += WG / KB) {
-                p += v[vbase + i * NB + c2] * v[vbase + i * NB + s];
-            }
-        }
+        let pcol = s + li % KB;
+        let pg = li / KB;
+        let pstep = WG / KB;
+        let pass_on = pcol < s_end;
 //#else
-        if (in_block) {
-            for (var i = j0 + s + 1u + g; i < m; i += GROUPS) {
-                p += v[vbase + i * NB + c] * v[vbase + i * NB + s];
+        let pcol = c;
+        let pg = g;
+        let pstep = GROUPS;
+        let pass_on = in_block;
+//#endif
+        // p: Σ over rows below the next reflector's diagonal of (the pass column)·(the next column).
+        var p = 0.0;
+        if (pass_on) {
+            for (var i = j0 + s + 1u + pg; i < m; i += pstep) {
+                p += v[vbase + i * NB + pcol] * v[vbase + i * NB + s];
             }
         }
-//#endif
         for (var k = s; k < s_end; k++) {
             let r = j0 + k;
 //#if DENSE
@@ -193,36 +194,21 @@ fn panel(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 for (var i = j0 + g; i < r; i += GROUPS) { v[vbase + i * NB + k] = 0.0; }
             }
             p = 0.0;
-//#if DENSE
-            if (dense) {
-                let d2 = select(0.0, coef[c2], c2 > k);
-                for (var i = r + g2; i < m; i += WG / KB) {
+            if (pass_on) {
+                // The pass column's coefficient in reflector k (used only right of k).
+                let dc = select(0.0, coef[pcol], pcol > k);
+                for (var i = r + pg; i < m; i += pstep) {
                     let row = vbase + i * NB;
                     let vk = select(sc * (v[row + k] - d_prev * v[row + kp]), 1.0, i == r);
-                    let own = v[row + c2];
+                    let own = v[row + pcol];
                     var now = own;
-                    if (c2 == k) { now = vk; } else if (c2 > k) { now = own - d2 * vk; }
-                    if (c2 == k || c2 > kn) { v[row + c2] = now; }
+                    if (pcol == k) { now = vk; } else if (pcol > k) { now = own - dc * vk; }
+                    if (pcol == k || pcol > kn) { v[row + pcol] = now; }
                     if (has_next && i > r + 1u) {
-                        p += select(own, now, c2 >= k) * (v[row + kn] - dn * vk);
+                        p += select(own, now, pcol >= k) * (v[row + kn] - dn * vk);
                     }
                 }
             }
-//#else
-            if (in_block) {
-                for (var i = r + g; i < m; i += GROUPS) {
-                    let row = vbase + i * NB;
-                    let vk = select(sc * (v[row + k] - d_prev * v[row + kp]), 1.0, i == r);
-                    let own = v[row + c];
-                    var now = own;
-                    if (c == k) { now = vk; } else if (c > k) { now = own - d * vk; }
-                    if (c == k || c > kn) { v[row + c] = now; }
-                    if (has_next && i > r + 1u) {
-                        p += select(own, now, c >= k) * (v[row + kn] - dn * vk);
-                    }
-                }
-            }
-//#endif
             storageBarrier();
             workgroupBarrier();
         }
