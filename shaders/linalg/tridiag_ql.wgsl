@@ -202,6 +202,49 @@ fn ql_step(d0: u32, l: u32, t_floor: f32) {
     ql_count = m - l;
 }
 
+// Eight columns' sums, as two vec4s.
+struct Sums8 { lo: vec4<f32>, hi: vec4<f32> }
+
+// The reduction's pass on column group g (columns 8g..8g+7) of rows first, first + step, … < n: reflector k applied
+// (v from row k, w = p − K·v from the w region at wk; both zero unless `on`), and those rows' sums of x·y with y
+// row j.
+fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool, kk: f32, wk: u32) -> Sums8 {
+    let np = u.np;
+    let row = base + k * np;
+    let r4 = row / 4u;
+    let y = base + j * np;
+    let b4 = base / 4u;
+    let n4 = np / 4u;
+    let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
+    let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+    let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
+    let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
+    var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var i = first; i < u.n; i += step) {
+        let vi = select(0.0, a_at(row + i), on);
+        let wi = select(0.0, aux[wk + i] - kk * vi, on);
+        let yi = a_at(y + i);
+        let at = b4 + i * n4 + 2u * g;
+        let x0 = a[at] - (vi * w0g + wi * v0);
+        let x1 = a[at + 1u] - (vi * w1g + wi * v1);
+        a[at] = x0;
+        a[at + 1u] = x1;
+        q.lo += x0 * yi;
+        q.hi += x1 * yi;
+    }
+    return q;
+}
+
+// p of reflector j on column group g from its sums q (β = next), into the w region's half (j mod 2); returns the
+// group's part of yᵀp (y row j).
+fn store_p(base: u32, j: u32, g: u32, w0: u32, q: Sums8, next: f32) -> f32 {
+    let p0 = q.lo * next;
+    let p1 = q.hi * next;
+    set_aux8(w0 + (j & 1u) * u.np, g, j, p0, p1);
+    let y4 = (base + j * u.np) / 4u + 2u * g;
+    return dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
+}
+
 // Where matrix `w`'s data lives: the padded matrices' base (in f32s, a multiple of 8) and its aux region.
 struct Geo { n: u32, np: u32, n4: u32, n8: u32, base: u32, b4: u32, d0: u32, e0: u32, b0: u32, w0: u32 }
 
@@ -219,7 +262,6 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let here = geo(wg.x);
     let n = here.n;
     let np = here.np;
-    let n4 = here.n4;
     let n8 = here.n8;
     let base = here.base;
     let b4 = here.b4;
@@ -253,7 +295,6 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     for (var j = 0u; j + 1u < n; j++) {
         let k = max(j, 1u) - 1u;
         let row = base + k * np;
-        let r4 = row / 4u;
         let g0 = j / 8u;
         let wk = w0 + (k & 1u) * np;
         let fuse = j + 2u < n;
@@ -289,67 +330,21 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let g = g0 + li % span;
             let h = li / span;
             let mine = h < hs && g < n8;
-            var q0 = vec4<f32>(0.0);
-            var q1 = vec4<f32>(0.0);
-            var v0 = vec4<f32>(0.0);
-            var v1 = vec4<f32>(0.0);
-            if (mine) {
-                v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
-                v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-                let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
-                let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
-                for (var i = j + 1u + h; i < n; i += hs) {
-                    let vi = select(0.0, a_at(row + i), on);
-                    let wi = select(0.0, aux[wk + i] - kk * vi, on);
-                    let yi = a_at(y + i);
-                    let at = b4 + i * n4 + 2u * g;
-                    let x0 = a[at] - (vi * w0g + wi * v0);
-                    let x1 = a[at + 1u] - (vi * w1g + wi * v1);
-                    a[at] = x0;
-                    a[at + 1u] = x1;
-                    q0 += x0 * yi;
-                    q1 += x1 * yi;
-                }
-            }
-            qpart[2u * li] = q0;
-            qpart[2u * li + 1u] = q1;
+            var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
+            if (mine) { q = apply_rows(base, j, k, g, j + 1u + h, hs, on, kk, wk); }
+            qpart[2u * li] = q.lo;
+            qpart[2u * li + 1u] = q.hi;
             workgroupBarrier();
             if (mine && h == 0u) {
                 for (var o = 1u; o < hs; o++) {
-                    q0 += qpart[2u * (li + o * span)];
-                    q1 += qpart[2u * (li + o * span) + 1u];
+                    q.lo += qpart[2u * (li + o * span)];
+                    q.hi += qpart[2u * (li + o * span) + 1u];
                 }
-                let p0 = q0 * next;
-                let p1 = q1 * next;
-                set_aux8(w0 + (j & 1u) * np, g, j, p0, p1);
-                let y4 = y / 4u + 2u * g;
-                vp += dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
+                vp += store_p(base, j, g, w0, q, next);
             }
 //#else
             for (var g = g0 + li; g < n8; g += WG) {
-                let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
-                let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-                let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
-                let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
-                var q0 = vec4<f32>(0.0);
-                var q1 = vec4<f32>(0.0);
-                for (var i = j + 1u; i < n; i++) {
-                    let vi = select(0.0, a_at(row + i), on);
-                    let wi = select(0.0, aux[wk + i] - kk * vi, on);
-                    let yi = a_at(y + i);
-                    let at = b4 + i * n4 + 2u * g;
-                    let x0 = a[at] - (vi * w0g + wi * v0);
-                    let x1 = a[at + 1u] - (vi * w1g + wi * v1);
-                    a[at] = x0;
-                    a[at + 1u] = x1;
-                    q0 += x0 * yi;
-                    q1 += x1 * yi;
-                }
-                let p0 = q0 * next;
-                let p1 = q1 * next;
-                set_aux8(w0 + (j & 1u) * np, g, j, p0, p1);
-                let y4 = y / 4u + 2u * g;
-                vp += dot(live(y4, 8u * g, j), p0) + dot(live(y4 + 1u, 8u * g + 4u, j), p1);
+                vp += store_p(base, j, g, w0, apply_rows(base, j, k, g, j + 1u, 1u, on, kk, wk), next);
             }
 //#endif
             part[li] = vp;
