@@ -67,6 +67,27 @@ fn lb(batch: u32, kk: u32, cidx: u32) -> f32 {
 }
 //#endif
 
+// The k range a tile of rows r0.., columns c0.. sums over: all of k, or less where op(A) or op(B) is triangular
+// (A_UPPER: op(A)_rk = 0 for k < r; A_LOWER: for k > r; B_UPPER: op(B)_kc = 0 for k > c; B_LOWER: for k < c),
+// the start rounded down to the loop's step (the terms added multiply zeros).
+fn k_range(r0: u32, c0: u32, step: u32) -> vec2<u32> {
+    var lo = 0u;
+    var hi = u.k;
+//#if A_UPPER
+    lo = max(lo, r0);
+//#endif
+//#if A_LOWER
+    hi = min(hi, r0 + {{TILE_M}}u);
+//#endif
+//#if B_UPPER
+    hi = min(hi, c0 + {{TILE_N}}u);
+//#endif
+//#if B_LOWER
+    lo = max(lo, c0);
+//#endif
+    return vec2<u32>(lo / step * step, hi);
+}
+
 fn store(batch: u32, r: u32, cidx: u32, v: f32) {
     if (r >= u.m || cidx >= u.n) { return; }
 //#if GUARD
@@ -109,7 +130,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let mlast = u.m - 1u;
     let nlast = u.n - 1u;
 {{DECL}}
-    for (var k0 = 0u; k0 < u.k; k0 += {{BK}}u) {
+    let kr = k_range(tile_r, tile_c, {{BK}}u);
+    for (var k0 = kr.x; k0 < kr.y; k0 += {{BK}}u) {
         let klast = u.k - 1u;
         for (var l = 0u; l < {{LOADS_A}}u; l++) {
             let e = tid + l * {{THREADS}}u;
@@ -182,17 +204,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let m4 = u.m / 4u;
     let n4 = u.n / 4u;
     let k4 = u.k / 4u;
-    for (var kq = 0u; kq < k4; kq++) {
+    let kr = k_range(ti * {{TILE_M}}u, tj * {{TILE_N}}u, 4u);
+    for (var kq = kr.x / 4u; kq < (kr.y + 3u) / 4u; kq++) {
         let kk = kq * 4u;
 {{BODY}}
     }
 //#else
 //#if SUBGROUP
-    for (var kk = 0u; kk < u.k; kk += {{K_STEP}}u) {
+    let kr = k_range(ti * {{TILE_M}}u, tj * {{TILE_N}}u, {{K_STEP}}u);
+    for (var kk = kr.x; kk < kr.y; kk += {{K_STEP}}u) {
 {{BODY}}
     }
 //#else
-    for (var kk = 0u; kk < u.k; kk++) {
+    let kr = k_range(ti * {{TILE_M}}u, tj * {{TILE_N}}u, 1u);
+    for (var kk = kr.x; kk < kr.y; kk++) {
 {{BODY}}
     }
 //#endif

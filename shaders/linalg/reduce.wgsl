@@ -1,12 +1,18 @@
 // Deterministic tree reduction of `segments` segments of `count` strided elements each.
 // Pass 1 (FINAL=0) writes one partial per (chunk, segment); pass 2 (FINAL=1, READ_PARTIALS=1) reduces them.
 // Ops: 0 sum, 1 sum of squares, 2 max |x|, 3 L1, 4 non-finite count (as max of an indicator).
+// VEC4 (contiguous segments, stride 1): the first pass reads vec4s, count, off, seg_stride and chunk_len then
+// counted in vec4s; each vec4's components are combined pairwise before the lane's running value.
 struct U {
     count: u32, stride: u32, seg_stride: u32, off: u32,
     chunks: u32, chunk_len: u32, out_off: u32, _p: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;
+//#if VEC4
+@group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
+//#else
 @group(0) @binding(1) var<storage, read> src: array<f32>;
+//#endif
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 var<workgroup> part: array<f32, 256>;
@@ -51,7 +57,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let end = min(begin + u.chunk_len, u.count);
     var acc = 0.0;
     for (var i = begin + li; i < end; i += 256u) {
+//#if VEC4
+        let v = src[u.off + seg * u.seg_stride + i];
+        acc = combine(acc, combine(combine(load(v.x), load(v.y)), combine(load(v.z), load(v.w))));
+//#else
         acc = combine(acc, load(src[u.off + seg * u.seg_stride + i * u.stride]));
+//#endif
     }
     part[li] = acc;
     workgroupBarrier();

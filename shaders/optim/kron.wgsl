@@ -13,7 +13,8 @@
 //          the group's first applied step only initializes (no moment update).
 // FILTER:  Shampoo's filtered gradient Ḡ (bias-corrected EMA) and the grafting direction.
 // COMBINE: Shampoo's direction: grafted per matrix (‖P_graft‖/‖P‖·P, or P_graft before the start step) or P.
-// PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases).
+// PREP:    F / bc2 + εI before an eigendecomposition (Shampoo's roots, SPlus's and SPA's bases) of rows × cols
+//          factors, on the per-matrix grid of `matrix_grid` in src/optim/kron.rs.
 // MOMENTUM: SPlus / SPA / KL-Shampoo: M ← β1 M + (1−β1) G, out = (1−a)·M + a·G (a: lookahead); flags 1 (SPA)
 //          zeroes M on the first applied step, flags 2 (KL-Shampoo) leaves it untouched then.
 // KL_SCALE: in place over a stack of m×n (rows, cols) at dst_off, d elements, four per invocation: x ← x·f with
@@ -81,8 +82,9 @@
 @group(0) @binding(6) var<storage, read_write> dir: array<{{VT}}>;
 //#endif
 //#if PREP
-@group(0) @binding(2) var<storage, read> src: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> scalars: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<{{VT}}>;
+@group(0) @binding(3) var<storage, read_write> dst: array<{{VT}}>;
 //#endif
 //#if MOMENTUM
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -321,6 +323,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         for (var i = li; i < u.d; i += 64u) { vals[b * u.d + i] = vals[b * u.d + i] - lo + u.a; }
     }
 //#endif
+//#if PREP
+    // a = ε, b = β2 of the factors, flags 1: bias correction. Matrix wg.z, row wg.y, W columns per invocation
+    // (u.cols and src_off counted in VT): no division per element.
+    let c = wg.x * 64u + li;
+    if (c < u.cols) {
+        var bc = 1.0;
+        if ((u.flags & 1u) != 0u && u.b < 1.0) { bc = 1.0 - pow(u.b, scalars[8u + 16u * u.group + 4u]); }
+        let i = (wg.z * u.rows + wg.y) * u.cols + c;
+        let diagonal = {{UT}}(c * {{W}}u) + {{LANES}} == {{UT}}(wg.y);
+        dst[i] = src[u.src_off + i] / bc + select({{VT}}(0.0), {{VT}}(u.a), diagonal);
+    }
+//#endif
 //#if ELEMENTWISE
     let i = (wg.y * nw.x + wg.x) * 64u + li;
     if (i >= u.total) { return; }
@@ -330,14 +344,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     if (scalars[0] == 0.0) { return; }
     let f = select(u.a * dst[u.dst_off + i], {{VT}}(0.0), u.a == 0.0);
     dst[u.dst_off + i] = f + u.b * src[u.src_off + i];
-//#endif
-//#if PREP
-    // a = ε, b = β2 of the factors, flags 1: bias correction.
-    let d = u.d;
-    var bc = 1.0;
-    if ((u.flags & 1u) != 0u && u.b < 1.0) { bc = 1.0 - pow(u.b, t); }
-    let within = i % (d * d);
-    dst[i] = src[u.src_off + i] / bc + select(0.0, u.a, within / d == within % d);
 //#endif
 //#if MOMENTUM
     if (scalars[0] == 0.0 || ((u.flags & 2u) != 0u && t < 1.5)) { return; }

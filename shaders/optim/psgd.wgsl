@@ -29,25 +29,27 @@ var<workgroup> y: array<f32, {{D}}>;
 //#include "nn/dropout_mask.wgsl"
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 //#endif
+// The per-matrix-grid phases (GIN, TRIU, BALANCE, CLIP) run on VT = vec4<f32> where the rows and offsets allow
+// (cols, dst_off and src_off then counted in vec4s; W = 4 columns per invocation, LANES their offsets), else f32.
 //#if GIN
 @group(0) @binding(2) var<storage, read> l1: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<{{VT}}>;
+@group(0) @binding(4) var<storage, read_write> x: array<{{VT}}>;
 //#endif
 //#if TRIU
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<{{VT}}>;
 @group(0) @binding(3) var<storage, read> lb: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<{{VT}}>;
 //#endif
 //#if BALANCE
 @group(0) @binding(2) var<storage, read> n_self: array<f32>;
 @group(0) @binding(3) var<storage, read> n_other: array<f32>;
-@group(0) @binding(4) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read_write> q: array<{{VT}}>;
 //#endif
 //#if CLIP
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<{{VT}}>;
 @group(0) @binding(3) var<storage, read> norms: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<{{VT}}>;
 //#endif
 
 //#if LB
@@ -136,8 +138,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let nz = sqrt(reduce_sum(li, zz));
     if (li == 0u) { lb[wg.x] = select(nz * amax, 0.0, amax == 0.0); }
 //#else
+//#if MATRIX_GRID
+    // Matrix wg.z, row wg.y, 64 columns per workgroup: indices without a division per element (scalarized on
+    // CPU drivers).
+    let col = wg.x * 64u + li;
+    if (col >= u.cols) { return; }
+    let b = wg.z;
+    let row = wg.y;
+    let i = (b * u.rows + row) * u.cols + col;
+//#else
     let i = (wg.y * nw.x + wg.x) * 64u + li;
     if (i >= u.total) { return; }
+//#endif
     let o = 8u + 16u * u.group;
 //#if MH
     out[i] = mom[u.dst_off + i] / scalars[o + 2u];
@@ -152,28 +164,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 //#endif
 //#if GIN
     if (scalars[0] == 0.0) { return; }
-    let b = i / (u.rows * u.cols);
-    x[i] = x[i] + u.a * (l1[b] / f32(u.rows * u.cols)) * v[u.src_off + i];
+    x[i] = x[i] + u.a * (l1[b] / f32(u.rows * u.cols * {{W}}u)) * v[u.src_off + i];
 //#endif
 //#if TRIU
     if (scalars[0] == 0.0) { return; }
-    let dd = u.d * u.d;
-    let b = i / dd;
-    let row = (i - b * dd) / u.d;
-    let keep = row <= i - b * dd - row * u.d;
-    out[i] = select(0.0, x[i] * u.a / max(lb[b], 1.17549435e-38), keep);
+    let keep = {{UT}}(row) <= {{UT}}(col * {{W}}u) + {{LANES}};
+    out[i] = select({{VT}}(0.0), x[i] * u.a / max(lb[b], 1.17549435e-38), keep);
 //#endif
 //#if BALANCE
     if (scalars[0] == 0.0) { return; }
-    let b = i / (u.d * u.d);
     let s = n_self[b];
     let t = n_other[b];
     if (s > 0.0 && t > 0.0) { q[i] = q[i] * sqrt(t / s); }
 //#endif
 //#if CLIP
     if (scalars[0] == 0.0) { return; }
-    let mn = u.rows * u.cols;
-    let rms = norms[i / mn] / sqrt(f32(mn));
+    let rms = norms[b] / sqrt(f32(u.rows * u.cols * {{W}}u));
     out[u.dst_off + i] = x[i] * min(1.0, u.a / (rms + 1e-12));
 //#endif
 //#endif

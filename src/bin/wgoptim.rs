@@ -281,7 +281,7 @@ mod cli {
         gpu.wait()?;
         let warmup_secs = warm_start.elapsed().as_secs_f64();
         // Empty where the adapter has no timestamp queries.
-        let stages: Vec<(String, f64)> = pollster::block_on(opt.plan().run_timed()).unwrap_or_default();
+        let stages: Vec<(String, f64)> = pollster::block_on(opt.timed_step()).unwrap_or_default();
         let submits = gpu.counters().submits();
         // Elementwise optimizers: the median of 20 replays of the step plan. Matrix optimizers: 20 timed steps
         // (two refresh periods at the default frequency), since refreshes make steps differ.

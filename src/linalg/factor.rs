@@ -286,7 +286,15 @@ pub enum Side {
     Right,
 }
 
+/// Rows of the diagonal blocks of [`trsm`]. Measured on lavapipe with the 8 solves of a PSGD-Kron preconditioner
+/// update over GPT-small's matrices (T up to 512², 128 right-hand sides per matrix): 158 ms by substitution
+/// alone; blocked with 16 rows 49 ms, 32 43 ms, 64 54 ms, 128 ~80 ms.
+const TRSM_BLOCK: usize = 32;
+
 /// Triangular solve with many right-hand sides: `op(T)·X = B` or `X·op(T) = B`, T lower (`lower`) or upper.
+/// Blocked for n > 32: each diagonal block by substitution (one invocation per right-hand side, in order), the
+/// rest of X updated by a matmul after each block, so that all but ~32/n of the work runs at the device's matmul
+/// speed.
 pub fn trsm(
     plan: &mut PlanBuilder,
     t: &Tensor,
@@ -308,24 +316,113 @@ pub fn trsm(
     if x.buffer() == b.buffer() || x.buffer() == t.buffer() {
         return Err(Error::InvalidArgument { op: "trsm", name: "x", detail: "x must not alias T or B".into() });
     }
-    // The matrix each vector sees: op(T) on the left, op(T)ᵀ on the right.
+    // The matrix each vector sees: op(T) on the left, op(T)ᵀ on the right; lower means forward substitution.
     let trans_m = (trans == Trans::T) != (side == Side::Right);
-    let m_lower = lower != trans_m;
-    let (count, v_stride, e_stride) = if side == Side::Left { (bc, 1, bc) } else { (br, bc, 1) };
-    let kernel = plan.gpu().kernel("linalg/trsm.wgsl", "main", &[])?;
-    let u: [u32; 12] = [
-        n as u32,
-        count as u32,
-        m_lower as u32,
-        trans_m as u32,
-        v_stride as u32,
-        e_stride as u32,
-        (br * bc) as u32,
-        t.offset() as u32,
-        b.offset() as u32,
-        x.offset() as u32,
-        0,
-        0,
-    ];
-    plan.dispatch(&kernel, &u, &[t, b, x], [(count as u32).div_ceil(64), bb as u32, 1])
+    let forward = lower != trans_m;
+    let r = if side == Side::Left { bc } else { br };
+    let solve = Substitution { t, n, trans_m, forward, side, r, batch: bb };
+    if n <= TRSM_BLOCK {
+        return solve.record(plan, (0, n), b, x, None);
+    }
+    copy(plan, b, x)?;
+    let at = |x: &Tensor, offset: usize, shape: &[usize]| {
+        Tensor::from_buffer(x.gpu(), x.buffer().clone(), x.offset() + offset, &[bb, shape[0], shape[1]])
+    };
+    // Each solved block, packed: the update's operand (it cannot read X while writing X).
+    let solved = plan.scratch(&[bb * TRSM_BLOCK * r])?;
+    let mut starts: Vec<usize> = (0..n).step_by(TRSM_BLOCK).collect();
+    if !forward {
+        starts.reverse();
+    }
+    for k0 in starts {
+        let len = TRSM_BLOCK.min(n - k0);
+        solve.record(plan, (k0, len), x, x, Some(&solved))?;
+        // The unsolved indices: after the block (forward) or before it.
+        let rest = if forward { (k0 + len, n - k0 - len) } else { (0, k0) };
+        if rest.1 == 0 {
+            continue;
+        }
+        // The block of op(T) that couples them: T's (rest, block) on the left without transposition and on the
+        // right with it, else T's (block, rest); used transposed with T.
+        let (rows, cols) =
+            if (side == Side::Left) == (trans == Trans::N) { (rest, (k0, len)) } else { ((k0, len), rest) };
+        let tb = at(t, rows.0 * n + cols.0, &[rows.1, cols.1])?;
+        match side {
+            // X[rest, :] −= op(T)[rest, block]·X[block, :]
+            Side::Left => {
+                let (xk, xr) = (at(&solved, 0, &[len, r])?, at(x, rest.0 * r, &[rest.1, r])?);
+                Matmul::new(&tb, &xk, &xr)
+                    .trans(trans, Trans::N)
+                    .scaled(-1.0, Some(&xr), 1.0)
+                    .row_strides(n, r, r)
+                    .batch_strides(n * n, len * r, n * r)
+                    .record(plan)?;
+            }
+            // X[:, rest] −= X[:, block]·op(T)[block, rest]
+            Side::Right => {
+                let (xk, xr) = (at(&solved, 0, &[r, len])?, at(x, rest.0, &[r, rest.1])?);
+                Matmul::new(&xk, &tb, &xr)
+                    .trans(Trans::N, trans)
+                    .scaled(-1.0, Some(&xr), 1.0)
+                    .row_strides(len, n, n)
+                    .batch_strides(len * r, n * n, n * r)
+                    .record(plan)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Substitution over one diagonal block of [`trsm`], one invocation per right-hand-side vector.
+struct Substitution<'a> {
+    t: &'a Tensor,
+    n: usize,
+    trans_m: bool,
+    forward: bool,
+    side: Side,
+    /// Right-hand sides per matrix.
+    r: usize,
+    batch: usize,
+}
+
+impl Substitution<'_> {
+    /// Solve the indices `k0..k0 + len` of every vector from `b` into `x`; with `solved`, in place (`b` is `x`)
+    /// and the solved block also packed into `solved` (`[batch, len, r]` on the left, `[batch, r, len]` on the
+    /// right).
+    fn record(
+        &self,
+        plan: &mut PlanBuilder,
+        (k0, len): (usize, usize),
+        b: &Tensor,
+        x: &Tensor,
+        solved: Option<&Tensor>,
+    ) -> Result<()> {
+        let (n, r) = (self.n, self.r);
+        let kernel =
+            plan.gpu().kernel("linalg/trsm.wgsl", "main", &[("IN_PLACE", (solved.is_some() as u32).to_string())])?;
+        // Vectors are columns of X on the left (elements r apart), rows on the right.
+        let (v_stride, e_stride) = if self.side == Side::Left { (1, r) } else { (n, 1) };
+        let (s_vec, s_elem) = if self.side == Side::Left { (1, r) } else { (len, 1) };
+        let u: [u32; 16] = [
+            len as u32,
+            r as u32,
+            self.forward as u32,
+            self.trans_m as u32,
+            v_stride as u32,
+            e_stride as u32,
+            (n * r) as u32,
+            (self.t.offset() + k0 * n + k0) as u32,
+            (b.offset() + k0 * e_stride) as u32,
+            (x.offset() + k0 * e_stride) as u32,
+            n as u32,
+            (n * n) as u32,
+            s_vec as u32,
+            s_elem as u32,
+            0,
+            0,
+        ];
+        let mut tensors = vec![self.t, b, x];
+        tensors.extend(solved);
+        plan.dispatch(&kernel, &u, &tensors, [(r as u32).div_ceil(64), self.batch as u32, 1])
+    }
 }

@@ -360,6 +360,19 @@ pub struct Matmul<'a> {
     /// `(flags, i)`: `out` is left untouched when `flags[i] == 0` on the device (an optimizer's apply flag, so a
     /// skipped step changes no state without a readback). The flag is read at the stores: the product still runs.
     pub guard: Option<(&'a Tensor, usize)>,
+    /// Triangular structure of `op(A)` and `op(B)` that the caller guarantees (zeros outside the triangle): each
+    /// tile of the output sums only over the k that can be nonzero, e.g. about a sixth of a square product's work
+    /// when both are upper triangular, half when one is. The values are those of the full product.
+    pub triangles: [Option<Triangle>; 2],
+}
+
+/// Which triangle of a (possibly rectangular) matrix may hold nonzeros, the diagonal included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Triangle {
+    /// Zeros below the diagonal (`x_ij = 0` for `i > j`).
+    Upper,
+    /// Zeros above the diagonal (`x_ij = 0` for `i < j`).
+    Lower,
 }
 
 impl<'a> Matmul<'a> {
@@ -379,6 +392,7 @@ impl<'a> Matmul<'a> {
             row_strides: None,
             variant: None,
             guard: None,
+            triangles: [None, None],
         }
     }
     /// Set the transposes.
@@ -412,6 +426,11 @@ impl<'a> Matmul<'a> {
     /// Leave `out` untouched when `flags[index] == 0`: see [`Matmul::guard`](Matmul#structfield.guard).
     pub fn guarded(mut self, flags: &'a Tensor, index: usize) -> Self {
         self.guard = Some((flags, index));
+        self
+    }
+    /// Declare `op(A)` and `op(B)` triangular: see [`Matmul::triangles`](Matmul#structfield.triangles).
+    pub fn triangular(mut self, a: Option<Triangle>, b: Option<Triangle>) -> Self {
+        self.triangles = [a, b];
         self
     }
     /// Run this kernel variant instead of the adapter's choice (for tests and measurements).
@@ -660,6 +679,10 @@ fn kernel(
         ("HAS_C", flag(has_c)),
         ("C_INPLACE", flag(inplace)),
         ("SYM", flag(sym)),
+        ("A_UPPER", flag(mm.triangles[0] == Some(Triangle::Upper))),
+        ("A_LOWER", flag(mm.triangles[0] == Some(Triangle::Lower))),
+        ("B_UPPER", flag(mm.triangles[1] == Some(Triangle::Upper))),
+        ("B_LOWER", flag(mm.triangles[1] == Some(Triangle::Lower))),
         ("GUARD", flag(mm.guard.is_some())),
         ("GUARD_BINDING", (if has_c { 5 } else { 4 }).to_string()),
         ("ROUND_BF16", flag(mm.precision == Precision::Bf16Emulated)),
@@ -843,6 +866,7 @@ pub fn gram_guarded(
         row_strides: None,
         variant: None,
         guard,
+        triangles: [None, None],
     };
     let (bx, r, cdim) = x.matrices("gram X")?;
     let (bo, m, n) = out.matrices("gram out")?;

@@ -340,11 +340,8 @@ impl Trainer {
             k.record(&mut encoder, self.step, self.config.recipe.lr_at(self.step))?;
             self.gpu.submit([encoder.finish()]);
         }
-        let opt = self.optimizer.plan().run_timed().await?;
-        // The whitening optimizers' refreshes and Shampoo's direction belong to the step (untimed here).
-        let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
-        self.optimizer.record_after_plan(&mut encoder);
-        self.gpu.submit([encoder.finish()]);
+        // The whitening optimizers' refreshes run untimed within it.
+        let opt = self.optimizer.timed_step().await?;
         self.step += 1;
         let time = |name: &str| stages.iter().filter(|(s, _)| s.starts_with(name)).map(|(_, t)| t).sum::<f64>();
         let mut ops: Vec<(String, f64)> = Vec::new();

@@ -416,7 +416,7 @@ impl OptimizerBuilder {
         record_updates(&mut plan, &groups, &buckets, &state.scalars, wg)?;
         let plan = plan.build()?;
         let modes = schedule_free_plans(&self.gpu, &groups, &buckets, wg)?;
-        let (refreshes, post) = crate::optim::kron::plans(gpu, &groups, &buckets, &state.scalars, wg)?;
+        let (refreshes, post) = crate::optim::kron::plans(gpu, &groups, &buckets, &state.scalars, wg, self.timing)?;
         let mut opt = Optimizer::new(
             gpu.clone(),
             plan,

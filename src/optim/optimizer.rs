@@ -186,17 +186,38 @@ impl Optimizer {
     }
 
     /// What follows the step plan within a step (counting the call): the whitening refreshes due at this call
-    /// and Shampoo's direction. For callers that run the step plan themselves (timed runs).
-    pub(crate) fn record_after_plan(&self, encoder: &mut wgpu::CommandEncoder) {
+    /// and Shampoo's direction.
+    fn record_after_plan(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.record_refreshes(encoder);
+        if let Some(p) = &self.post {
+            p.record(encoder);
+        }
+    }
+
+    /// The whitening refreshes due at this call, counting the call.
+    fn record_refreshes(&self, encoder: &mut wgpu::CommandEncoder) {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         for r in &self.refreshes {
             if let Some(p) = r.due(call) {
                 p.record(encoder);
             }
         }
+    }
+
+    /// One step with device time per stage, waiting for it (refused in eval mode): the step plan's stages, then
+    /// `direction` for the plan that follows the refreshes (Shampoo's and PSGD-Kron's directions and their
+    /// apply; absent for other optimizers). The refreshes due at this call run between the two, untimed. Needs
+    /// [`crate::optim::OptimizerBuilder::with_timing`] and an adapter with TIMESTAMP_QUERY.
+    pub async fn timed_step(&self) -> Result<Vec<(String, f64)>> {
+        self.check_train("Optimizer::timed_step")?;
+        let mut stages = self.plan.run_timed().await?;
+        let mut encoder = self.gpu.device().create_command_encoder(&Default::default());
+        self.record_refreshes(&mut encoder);
+        self.gpu.submit([encoder.finish()]);
         if let Some(p) = &self.post {
-            p.record(encoder);
+            stages.extend(p.run_timed().await?);
         }
+        Ok(stages)
     }
 
     /// Dispatches of the step plan plus Shampoo's direction plan, and of all SOAP/Shampoo refreshes together (the

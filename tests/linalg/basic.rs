@@ -57,6 +57,70 @@ fn matmul_all_transposes_and_shapes() {
     }
 }
 
+/// `m` with zeros outside `tri`.
+fn masked(m: Mat, tri: Option<Triangle>) -> Mat {
+    let mut m = m;
+    for i in 0..m.r {
+        for j in 0..m.c {
+            match tri {
+                Some(Triangle::Upper) if i > j => m.set(i, j, 0.0),
+                Some(Triangle::Lower) if i < j => m.set(i, j, 0.0),
+                _ => {}
+            }
+        }
+    }
+    m
+}
+
+/// Products with triangular operands skip the zero terms and give exactly the full product's values: every
+/// triangle of op(A) and op(B) with every transpose (the adapter's variant), and the other variants on some, on
+/// shapes of several tiles each way with k beyond and below them.
+#[test]
+fn matmul_triangular_operands() {
+    let gpu = gpu();
+    let mut rng = Rng::new(17);
+    let tris = [None, Some(Triangle::Upper), Some(Triangle::Lower)];
+    let all = [(Trans::N, Trans::N), (Trans::N, Trans::T), (Trans::T, Trans::N), (Trans::T, Trans::T)];
+    let mut cases = Vec::new();
+    for ta_tri in tris {
+        for tb_tri in tris {
+            if (ta_tri, tb_tri) != (None, None) {
+                cases.extend(all.map(|t| (None, [ta_tri, tb_tri], t)));
+            }
+        }
+    }
+    let (up, low) = (Some(Triangle::Upper), Some(Triangle::Lower));
+    for v in [MatmulVariant::Registers, MatmulVariant::Shared, MatmulVariant::Vec4] {
+        cases.push((Some(v), [up, up], (Trans::N, Trans::N)));
+        cases.push((Some(v), [low, up], (Trans::T, Trans::N)));
+    }
+    for &(m, k, n) in &[(36usize, 68usize, 132usize), (132, 36, 20)] {
+        for &(variant, [ta_tri, tb_tri], (ta, tb)) in &cases {
+            let batch = 2;
+            let a: Vec<Mat> = (0..batch).map(|_| op(&masked(rng.mat(m, k), ta_tri), ta)).collect();
+            let b: Vec<Mat> = (0..batch).map(|_| op(&masked(rng.mat(k, n), tb_tri), tb)).collect();
+            let c: Vec<Mat> = (0..batch).map(|_| rng.mat(m, n)).collect();
+            let (ga, gb, gc) = (upload(&gpu, &a), upload(&gpu, &b), upload(&gpu, &c));
+            let product = |tri: [Option<Triangle>; 2]| {
+                let out = Tensor::zeros(&gpu, &[batch, m, n]).unwrap();
+                run(&gpu, |p| {
+                    let mut mm = Matmul::new(&ga, &gb, &out).trans(ta, tb).scaled(0.5, Some(&gc), -2.0);
+                    mm.variant = variant;
+                    mm.triangular(tri[0], tri[1]).record(p).unwrap()
+                });
+                out.read_blocking().unwrap()
+            };
+            let got = product([ta_tri, tb_tri]);
+            let what = format!("{m}x{k}x{n} {ta:?}{tb:?} {variant:?} {ta_tri:?} {tb_tri:?}");
+            for (i, g) in split(&got, batch).iter().enumerate() {
+                let want = op(&a[i], ta).mul(&op(&b[i], tb)).scale(0.5).add(&c[i].scale(-2.0));
+                assert!(rel_err(g, &want.d) < 1e-5, "{what} batch {i}: rel err {}", rel_err(g, &want.d));
+            }
+            assert!(got == product([None, None]), "{what}: differs from the full product");
+        }
+    }
+}
+
 #[test]
 fn matmul_vector_load_variant() {
     aligned_shapes_all_transposes(MatmulVariant::Vec4);
@@ -487,53 +551,59 @@ fn bf16_emulation_rounds_products() {
     assert_eq!(o.read_blocking().unwrap(), vec![1.0 + 1.0 / 64.0]);
 }
 
+/// With a diagonal term (per element), and without one on sizes that read vec4s, in place too.
 #[test]
 fn axpby_with_batch_scalars_and_diagonal() {
     let gpu = gpu();
     let mut rng = Rng::new(4);
-    let (m, n) = (7, 13);
-    let x: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
-    let y: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
-    let (gx, gy) = (upload(&gpu, &x), upload(&gpu, &y));
-    let s = Tensor::from_slice(&gpu, &[3], &[1.0, 4.0, 9.0]).unwrap();
-    let out = Tensor::zeros(&gpu, &[3, m, n]).unwrap();
-    run(&gpu, |p| {
-        Axpby {
-            x: Some(&gx),
-            a: 2.0,
-            diag: 0.5,
-            scale: Some(BatchScalar::of(&s).affine(1.0, 0.0, 0.0).pow(-0.5)),
-            y: Some(&gy),
-            b: -1.0,
-            ..Axpby::new(&out)
+    for (m, n, diag) in [(7, 13, 0.5), (8, 12, 0.0)] {
+        let x: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
+        let y: Vec<Mat> = (0..3).map(|_| rng.mat(m, n)).collect();
+        let (gx, gy) = (upload(&gpu, &x), upload(&gpu, &y));
+        let s = Tensor::from_slice(&gpu, &[3], &[1.0, 4.0, 9.0]).unwrap();
+        let out = Tensor::zeros(&gpu, &[3, m, n]).unwrap();
+        run(&gpu, |p| {
+            Axpby {
+                x: Some(&gx),
+                a: 2.0,
+                diag,
+                scale: Some(BatchScalar::of(&s).affine(1.0, 0.0, 0.0).pow(-0.5)),
+                y: Some(&gy),
+                b: -1.0,
+                ..Axpby::new(&out)
+            }
+            .record(p)
+            .unwrap()
+        });
+        let got = out.read_blocking().unwrap();
+        for (i, g) in split(&got, 3).iter().enumerate() {
+            let mut d = Mat::zeros(m, n);
+            for j in 0..m.min(n) {
+                d.set(j, j, diag as f64);
+            }
+            let sc = 1.0 / ((i + 1) as f64);
+            let want = x[i].scale(2.0).add(&d).scale(sc).add(&y[i].scale(-1.0));
+            assert!(rel_err(g, &want.d) < 1e-6, "{m}×{n}, diagonal {diag}");
         }
-        .record(p)
-        .unwrap()
-    });
-    let got = out.read_blocking().unwrap();
-    for (i, g) in split(&got, 3).iter().enumerate() {
-        let mut d = Mat::zeros(m, n);
-        for j in 0..m.min(n) {
-            d.set(j, j, 0.5);
-        }
-        let sc = 1.0 / ((i + 1) as f64);
-        let want = x[i].scale(2.0).add(&d).scale(sc).add(&y[i].scale(-1.0));
-        assert!(rel_err(g, &want.d) < 1e-6);
+        // In place: out = 3·out.
+        run(&gpu, |p| Axpby { x: Some(&out), a: 3.0, ..Axpby::new(&out) }.record(p).unwrap());
+        let again = out.read_blocking().unwrap();
+        assert!(again.iter().zip(&got).all(|(a, b)| (a - 3.0 * b).abs() <= 1e-6 * b.abs().max(1.0)));
     }
-    // In place: out = 3·out.
-    run(&gpu, |p| Axpby { x: Some(&out), a: 3.0, ..Axpby::new(&out) }.record(p).unwrap());
-    let again = out.read_blocking().unwrap();
-    assert!(again.iter().zip(&got).all(|(a, b)| (a - 3.0 * b).abs() <= 1e-6 * b.abs().max(1.0)));
 }
 
 #[test]
 fn reductions_match_cpu() {
     let gpu = gpu();
     let mut rng = Rng::new(5);
-    for &len in &[1usize, 255, 4097, 100_003] {
+    // Odd lengths read scalars; multiples of 4 at offsets that are too read vec4s (one chunk or several); the
+    // offset-2 view reads scalars again.
+    for &(len, off) in &[(1usize, 0usize), (255, 0), (4097, 0), (100_003, 0), (64, 0), (40_000, 4), (40_000, 2)] {
         let segs = 3;
         let data: Vec<f64> = (0..len * segs).map(|_| rng.next() * 3.0).collect();
-        let x = Tensor::from_slice(&gpu, &[segs, len], &data.iter().map(|&v| v as f32).collect::<Vec<_>>()).unwrap();
+        let flat: Vec<f32> = std::iter::repeat_n(7.0, off).chain(data.iter().map(|&v| v as f32)).collect();
+        let buf = Tensor::from_slice(&gpu, &[flat.len()], &flat).unwrap();
+        let x = Tensor::from_buffer(&gpu, buf.buffer().clone(), off, &[segs, len]).unwrap();
         for op in [ReduceOp::Sum, ReduceOp::SumSq, ReduceOp::Norm, ReduceOp::MaxAbs, ReduceOp::L1, ReduceOp::AllFinite]
         {
             let out = Tensor::zeros(&gpu, &[segs]).unwrap();
@@ -550,7 +620,7 @@ fn reductions_match_cpu() {
                     ReduceOp::AllFinite => 1.0,
                 };
                 let tol = if op == ReduceOp::Sum { 1e-4 * (len as f64).sqrt() } else { 1e-5 * want.abs().max(1.0) };
-                assert!((got[s] as f64 - want).abs() <= tol, "{op:?} len {len}: {} vs {want}", got[s]);
+                assert!((got[s] as f64 - want).abs() <= tol, "{op:?} len {len} at {off}: {} vs {want}", got[s]);
             }
         }
     }

@@ -287,10 +287,10 @@ fn cholesky_and_failure_report() {
 fn trsm_every_side_triangle_and_transpose() {
     let gpu = gpu();
     let mut rng = Rng::new(26);
-    let (n, r) = (23, 9);
-    for lower in [true, false] {
+    // One diagonal block, and blocked (64-row blocks and a partial one; more vectors than a workgroup).
+    for (n, r, lower) in [(23, 9, true), (23, 9, false), (150, 70, true), (150, 70, false)] {
         // A well-conditioned triangular T.
-        let mut t = rng.mat(n, n).scale(0.1);
+        let mut t = rng.mat(n, n).scale(2.3 / n as f64);
         for i in 0..n {
             for j in 0..n {
                 if (lower && j > i) || (!lower && j < i) {
@@ -310,7 +310,7 @@ fn trsm_every_side_triangle_and_transpose() {
                 for xs in split(&got, 2) {
                     let xm = Mat::from_f32(b.r, b.c, &xs);
                     let back = if side == Side::Left { opt.mul(&xm) } else { xm.mul(&opt) };
-                    assert!(rel_err(&back.f32s(), &b.d) < 1e-5, "lower={lower} {trans:?} {side:?}");
+                    assert!(rel_err(&back.f32s(), &b.d) < 1e-5, "n={n} lower={lower} {trans:?} {side:?}");
                 }
                 // Views at offsets: the second T and B of their stacks into the second half of a buffer.
                 let view =
@@ -416,6 +416,30 @@ fn decompositions_reject_bad_input() {
     assert!(matches!(cholesky(&mut pb, &sq, &sq, &v, -1.0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(sqrt_newton_schulz(&mut pb, &sq, None, None, 0.0, 5), Err(Error::InvalidArgument { .. })));
     assert!(pb.is_empty());
+}
+
+/// `V·diag(f(λ))·Vᵀ` against f64 where rows are wider than a workgroup, on vec4s (n = 300) and scalars (n = 259).
+#[test]
+fn eig_apply_matches_cpu_on_wide_and_odd_sizes() {
+    let gpu = gpu();
+    let mut rng = Rng::new(31);
+    for n in [300usize, 259] {
+        let v: Vec<Mat> = (0..2).map(|_| rng.mat(n, n).scale(1.0 / (n as f64).sqrt())).collect();
+        let lam: Vec<f64> =
+            (0..2 * n).map(|i| 0.01 + (i % 17) as f64 * 0.3 - if i % 5 == 0 { 0.5 } else { 0.0 }).collect();
+        let gv = upload(&gpu, &v);
+        let vals = Tensor::from_slice(&gpu, &[2, n], &lam.iter().map(|&x| x as f32).collect::<Vec<_>>()).unwrap();
+        let out = Tensor::zeros(&gpu, &[2, n, n]).unwrap();
+        let (power, eps, floor) = (-0.25, 1e-3, 0.0);
+        run(&gpu, |p| eig_apply(p, &vals, &gv, &out, power, eps, floor).unwrap());
+        let got = out.read_blocking().unwrap();
+        for (b, g) in split(&got, 2).iter().enumerate() {
+            let f: Vec<f64> =
+                (0..n).map(|j| (lam[b * n + j].max(floor as f64) + eps as f64).powf(power as f64)).collect();
+            let want = v[b].scale_cols(&f).mul(&v[b].t());
+            assert!(rel_err(g, &want.d) < 1e-5, "n = {n}, matrix {b}: rel err {}", rel_err(g, &want.d));
+        }
+    }
 }
 
 #[test]

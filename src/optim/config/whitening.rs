@@ -99,8 +99,9 @@ pub enum Grafting {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootMethod {
-    /// Symmetric eigendecomposition by Jacobi, warm-started from the previous eigenbasis (§11.4); eigenvalues
-    /// below ε are shifted up as the reference does.
+    /// Symmetric eigendecomposition (§11.4; [`crate::linalg::EighMethod::Auto`]: Householder tridiagonalization
+    /// and QL, or Jacobi for n ≤ 64 on GPUs), given the previous eigenbasis as its warm start; eigenvalues below
+    /// ε are shifted up as the reference does.
     #[default]
     Eigh,
     /// The coupled Newton iteration (§11.2, distributed_shampoo's `CoupledNewtonConfig`) for a fixed number of
