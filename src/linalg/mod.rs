@@ -19,7 +19,7 @@ pub use eigen::{eig_apply, eigh, EighConfig, EighMethod, MAX_EIGH_DIM};
 pub use elementwise::{copy, identity, Axpby, BatchScalar};
 pub use factor::{cholesky, qr, qr_q_in_place, trsm, Side, MAX_QR_COLS};
 pub use matmul::{gram, gram_guarded, GramSide, Matmul, MatmulTile, MatmulVariant, Trans, Triangle};
-pub use polar::{polar, PolarAlgorithm, PolarConfig};
+pub use polar::{polar, polar_stacks, PolarAlgorithm, PolarConfig};
 pub use reduce::{mean_sq, reduce, trace, transpose, ReduceOp};
 pub use roots::{inverse_root_eigh, inverse_root_newton, sqrt_newton_schulz};
 

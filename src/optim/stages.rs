@@ -135,9 +135,17 @@ pub(crate) fn record_muon(
             )?;
         }
     }
+    let view = |t: &Tensor, &(offset, count, m, n, _): &(usize, usize, usize, usize, usize)| {
+        Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n])
+    };
+    let views = parts
+        .stacks
+        .iter()
+        .map(|st| Ok((view(&parts.ns_in, st)?, view(&parts.ns_out, st)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let pairs: Vec<(&Tensor, &Tensor)> = views.iter().map(|(g, o)| (g, o)).collect();
+    crate::linalg::polar_stacks(plan, &pairs, &c.polar)?;
     for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
-        let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[count, m, n]);
-        crate::linalg::polar(plan, &view(&parts.ns_in)?, &view(&parts.ns_out)?, &c.polar)?;
         if let Some(nm) = &normuon {
             let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[])?;
             let paper = (nm.scaling == crate::optim::NorMuonScaling::PaperRms02) as u32;

@@ -176,6 +176,57 @@ fn bad_configs_are_rejected() {
     assert!(matches!(polar(&mut pb, &x, &x, &cfg), Err(Error::InvalidArgument { .. })));
 }
 
+/// Stacks of several shapes in one buffer (views at offsets), wide, tall and square with one small side and a
+/// stack with another: each as `polar` alone makes it and as the exact map; the middle products of a small side
+/// run as one dispatch.
+#[test]
+fn stacks_share_their_middle_products() {
+    let gpu = gpu();
+    let cfg = PolarConfig::default();
+    let mut rng = Rng::new(5);
+    let shapes = [(2, 8, 20), (1, 20, 8), (3, 8, 8), (1, 5, 9)];
+    let cases: Vec<Vec<(Mat, Mat)>> =
+        shapes.iter().map(|&(b, m, n)| (0..b).map(|_| case(&mut rng, m, n, &cfg)).collect()).collect();
+    let data: Vec<f32> = cases.iter().flatten().flat_map(|c| c.0.f32s()).collect();
+    let (x, out) =
+        (Tensor::from_slice(&gpu, &[data.len()], &data).unwrap(), Tensor::zeros(&gpu, &[data.len()]).unwrap());
+    let mut views = Vec::new();
+    let mut offset = 0;
+    for &(b, m, n) in &shapes {
+        let view = |t: &Tensor| Tensor::from_buffer(&gpu, t.buffer().clone(), offset, &[b, m, n]).unwrap();
+        views.push((view(&x), view(&out)));
+        offset += b * m * n;
+    }
+    let pairs: Vec<(&Tensor, &Tensor)> = views.iter().map(|(g, o)| (g, o)).collect();
+    let mut pb = PlanBuilder::new(&gpu);
+    polar_stacks(&mut pb, &pairs, &cfg).unwrap();
+    let plan = pb.build().unwrap();
+    assert_eq!(
+        plan.dispatch_count(),
+        2 * 4 + (4 + 2 + 4) * 5,
+        "per stack norm and scale; per step 4 Grams, 2 middle products, 4 applies"
+    );
+    plan.run();
+    let got = out.read_blocking().unwrap();
+    let mut at = 0;
+    for (((b, m, n), cs), (g, _)) in shapes.iter().zip(&cases).zip(&views) {
+        let alone = Tensor::zeros(&gpu, &[*b, *m, *n]).unwrap();
+        let mut pb = PlanBuilder::new(&gpu);
+        polar(&mut pb, g, &alone, &cfg).unwrap();
+        pb.build().unwrap().run();
+        let alone = alone.read_blocking().unwrap();
+        for (i, c) in cs.iter().enumerate() {
+            let size = m * n;
+            let mine = &got[at + i * size..at + (i + 1) * size];
+            let e = rel_err(mine, &c.1.d);
+            assert!(e < 2e-4, "{m}x{n} matrix {i}: rel err {e} against the exact map");
+            let d = rel_err(mine, &alone[i * size..(i + 1) * size].iter().map(|&v| v as f64).collect::<Vec<_>>());
+            assert!(d < 1e-6, "{m}x{n} matrix {i}: {d} away from polar alone");
+        }
+        at += b * m * n;
+    }
+}
+
 #[test]
 fn one_polar_call_is_one_submit() {
     // A device of its own: the shared one counts the submits of tests running in parallel.
