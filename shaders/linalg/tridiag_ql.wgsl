@@ -28,6 +28,12 @@ struct U { n: u32, np: u32, _b: u32, _c: u32 }
 // The previous basis (columns), whose vectors the results keep pointing along.
 @group(0) @binding(7) var<storage, read> warm: array<f32>;
 //#endif
+//#if ROWSPLIT
+//#else
+// CPU layout: the reduction keeps only the lower triangle of the trailing block; per matrix, column group g's
+// part of row i's sum over its columns left of the diagonal at [g·np + i] (np·np/8 values per matrix).
+@group(0) @binding(8) var<storage, read_write> rowpart: array<f32>;
+//#endif
 
 const WG: u32 = {{WG}}u;
 const EPS: f32 = 1.1920929e-7;
@@ -205,6 +211,7 @@ fn ql_step(d0: u32, l: u32, t_floor: f32) {
 // Eight columns' sums, as two vec4s.
 struct Sums8 { lo: vec4<f32>, hi: vec4<f32> }
 
+//#if ROWSPLIT
 // The reduction's pass on column group g (columns 8g..8g+7) of rows first, first + step, … < n: reflector k applied
 // (v from row k, w = p − K·v from the w region at wk; both zero unless `on`), and those rows' sums of x·y with y
 // row j.
@@ -234,6 +241,62 @@ fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool
     }
     return q;
 }
+//#endif
+
+//#if ROWSPLIT
+//#else
+// apply_rows on the lower triangle only (CPU layout): rows first.. < n from the group's first column on, each row's
+// entries right of the diagonal neither summed nor kept (that part of a row is free until its reflector is stored
+// there); besides the group's column sums of x·y (y row j), its part of each row's Σ x·y left of the diagonal into
+// rowpart (the other half of S·y, by symmetry).
+fn apply_lower(base: u32, j: u32, k: u32, g: u32, first: u32, on: bool, kk: f32, wk: u32, rp: u32) -> Sums8 {
+    let np = u.np;
+    let row = base + k * np;
+    let r4 = row / 4u;
+    let y = base + j * np;
+    let b4 = base / 4u;
+    let n4 = np / 4u;
+    let c0 = 8u * g + LANE_COLS;
+    let c1 = c0 + 4u;
+    let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
+    let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
+    let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
+    let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
+    let y0 = live(y / 4u + 2u * g, 8u * g, j);
+    let y1 = live(y / 4u + 2u * g + 1u, 8u * g + 4u, j);
+    var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var i = max(first, 8u * g); i < u.n; i++) {
+        let vi = select(0.0, a_at(row + i), on);
+        let wi = select(0.0, aux[wk + i] - kk * vi, on);
+        let yi = a_at(y + i);
+        let at = b4 + i * n4 + 2u * g;
+        let x0 = a[at] - (vi * w0g + wi * v0);
+        let x1 = a[at + 1u] - (vi * w1g + wi * v1);
+        a[at] = x0;
+        a[at + 1u] = x1;
+        let ri = vec4<u32>(i);
+        q.lo += select(vec4<f32>(0.0), x0, c0 <= ri) * yi;
+        q.hi += select(vec4<f32>(0.0), x1, c1 <= ri) * yi;
+        rowpart[rp + i] = dot(select(vec4<f32>(0.0), x0, c0 < ri), y0) + dot(select(vec4<f32>(0.0), x1, c1 < ri), y1);
+    }
+    return q;
+}
+
+// The group's column sums as the w region holds them (`apply_lower`'s pass), plus the row parts of its columns
+// from every group at or left of it: S·y on the group's columns.
+fn lower_sums(w: u32, g: u32, g0: u32, j: u32, rpb: u32) -> Sums8 {
+    var lo = aux4(w + 8u * g);
+    var hi = aux4(w + 8u * g + 4u);
+    for (var h = g0; h <= g; h++) {
+        let at = rpb + h * u.np + 8u * g;
+        lo += vec4<f32>(rowpart[at], rowpart[at + 1u], rowpart[at + 2u], rowpart[at + 3u]);
+        hi += vec4<f32>(rowpart[at + 4u], rowpart[at + 5u], rowpart[at + 6u], rowpart[at + 7u]);
+    }
+    // Columns ≤ j (finished) hold stale row parts: zero, as store_p's dot expects.
+    let c0 = 8u * g + LANE_COLS;
+    return Sums8(select(vec4<f32>(0.0), lo, c0 > vec4<u32>(j)), select(vec4<f32>(0.0), hi, c0 + 4u > vec4<u32>(j)));
+}
+//#endif
 
 // p of reflector j on column group g from its sums q (β = next), into the w region's half (j mod 2); returns the
 // group's part of yᵀp (y row j).
@@ -291,6 +354,10 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     //    columns only S·v passes, then S − V·Wᵀ − W·Vᵀ by one matmul) was measured and is slower on llvmpipe
     //    (2 × 512²: 78 ms of panels + 11 of matmuls against 61): this pass already loads each trailing element
     //    once per step, as S·v must, and the stores it adds are cheap there. It may still pay on GPUs.
+    //    CPU adapters touch only the lower triangle of S (`apply_lower`): S·y is the column sums below the diagonal
+    //    plus the row sums left of it, each column group's part of the latter stored per row and totalled after
+    //    the pass; the rows' upper parts are left stale until a reflector is stored there (lavapipe, eigh of
+    //    2 × 512²: 149–164 → 124–136 ms; 2 × 128²: 15 → 11–12 ms).
     var beta = 0.0;     // β of reflector j − 1; zero: nothing to apply
     for (var j = 0u; j + 1u < n; j++) {
         let k = max(j, 1u) - 1u;
@@ -310,8 +377,14 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         for (var c = j + li; c < n; c += WG) {
             let v = select(0.0, a_at(row + c), on && c > k);
             let w = select(0.0, aux[wk + c] - kk * v, on);
+//#if ROWSPLIT
             let x = a_at(y + c) - (vj * w + wj * v);
             if (on) { a[(y + c) / 4u][c % 4u] = x; }
+//#else
+            // Only the lower triangle is current: row j's tail is column j's, copied into the row for the reflector.
+            let x = a_at(base + c * np + j) - (vj * w + wj * v);
+            a[(y + c) / 4u][c % 4u] = x;
+//#endif
             if (c >= j + 2u) { tail = fma(x, x, tail); }
         }
         storageBarrier();
@@ -343,8 +416,18 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 vp += store_p(base, j, g, w0, q, next);
             }
 //#else
+            // CPU adapters: the lower triangle (each access is a load or store per lane there), then S·y from the
+            // column sums and the row parts.
+            let rpb = wg.x * n8 * np;
+            let wj0 = w0 + (j & 1u) * np;
             for (var g = g0 + li; g < n8; g += WG) {
-                vp += store_p(base, j, g, w0, apply_rows(base, j, k, g, j + 1u, 1u, on, kk, wk), next);
+                let q = apply_lower(base, j, k, g, j + 1u, on, kk, wk, rpb + g * np);
+                set_aux8(wj0, g, j, q.lo, q.hi);
+            }
+            storageBarrier();
+            workgroupBarrier();
+            for (var g = g0 + li; g < n8; g += WG) {
+                vp += store_p(base, j, g, w0, lower_sums(wj0, g, g0, j, rpb), next);
             }
 //#endif
             part[li] = vp;

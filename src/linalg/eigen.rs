@@ -229,8 +229,11 @@ fn tridiagonal_ql(
     // And split the reduction's rows over lanes (each lane one column group of 8 suits llvmpipe's SIMD groups).
     defines.push(("ROWSPLIT", (zt as u32).to_string()));
     let u = [n as u32, np as u32, 0, 0];
+    // CPU adapters' reduction: each column group's parts of the row sums (binding 8, after the optional warm basis).
+    let rowpart = if zt { None } else { Some(plan.scratch(&[b, np / 8 * np])?) };
     let mut bufs = vec![a, &work, &z, &aux, vals, vecs];
-    bufs.extend(warm);
+    bufs.push(warm.unwrap_or(a));
+    bufs.extend(rowpart.as_ref());
     let phase = |plan: &mut PlanBuilder, name: &str| -> Result<()> {
         let kernel = plan.gpu().kernel("linalg/tridiag_ql.wgsl", name, &defines)?;
         plan.dispatch(&kernel, &u, &bufs, [b as u32, 1, 1])

@@ -89,6 +89,26 @@ fn eigh_tridiagonal_large_builds_q_in_blocks() {
     }
 }
 
+/// On CPU adapters the reduction keeps the lower triangle and each lane owns groups of 8 columns: from n = 513 a
+/// lane owns two groups (the row sums then gather over more groups than lanes). Checked by reconstruction and
+/// orthogonality, which pin an eigendecomposition down (an f64 reference at this size would only repeat them).
+#[test]
+fn eigh_tridiagonal_with_more_column_groups_than_lanes() {
+    let mut rng = Rng::new(31);
+    let n = 600;
+    let m = rng.mat(n, n);
+    let a = m.add(&m.t());
+    let (vals, vecs) =
+        run_eigh(&[a.clone()], None, &EighConfig { method: EighMethod::Tridiagonal, ..Default::default() });
+    let v = Mat::from_f32(n, n, &vecs);
+    let lam: Vec<f64> = vals.iter().map(|&x| x as f64).collect();
+    assert!(lam.windows(2).all(|w| w[0] <= w[1]), "eigenvalues must ascend");
+    let recon = max_abs_diff(&v.scale_cols(&lam).mul(&v.t()), &a) / a.norm();
+    assert!(recon < 2e-5, "reconstruction {recon}");
+    let orth = max_abs_diff(&v.t().mul(&v), &Mat::eye(n));
+    assert!(orth < 2e-4, "orthogonality {orth}");
+}
+
 #[test]
 fn eigh_warm_start_converges_in_few_sweeps() {
     let gpu = gpu();
