@@ -211,11 +211,13 @@ fn ql_step(d0: u32, l: u32, t_floor: f32) {
 // Eight columns' sums, as two vec4s.
 struct Sums8 { lo: vec4<f32>, hi: vec4<f32> }
 
-//#if ROWSPLIT
 // The reduction's pass on column group g (columns 8g..8g+7) of rows first, first + step, … < n: reflector k applied
 // (v from row k, w = p − K·v from the w region at wk; both zero unless `on`), and those rows' sums of x·y with y
-// row j.
-fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool, kk: f32, wk: u32) -> Sums8 {
+// row j. CPU layout (no ROWSPLIT): the lower triangle only, rows from the group's first column on, each row's
+// entries right of the diagonal neither summed nor kept (that part of a row is free until its reflector is stored
+// there); besides the column sums, the group's part of each row's Σ x·y left of the diagonal goes to rowpart at rp
+// (the other half of S·y, by symmetry).
+fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool, kk: f32, wk: u32, rp: u32) -> Sums8 {
     let np = u.np;
     let row = base + k * np;
     let r4 = row / 4u;
@@ -226,46 +228,17 @@ fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool
     let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
     let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
     let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
-    var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var i = first; i < u.n; i += step) {
-        let vi = select(0.0, a_at(row + i), on);
-        let wi = select(0.0, aux[wk + i] - kk * vi, on);
-        let yi = a_at(y + i);
-        let at = b4 + i * n4 + 2u * g;
-        let x0 = a[at] - (vi * w0g + wi * v0);
-        let x1 = a[at + 1u] - (vi * w1g + wi * v1);
-        a[at] = x0;
-        a[at + 1u] = x1;
-        q.lo += x0 * yi;
-        q.hi += x1 * yi;
-    }
-    return q;
-}
-//#endif
-
 //#if ROWSPLIT
+    let start = first;
 //#else
-// apply_rows on the lower triangle only (CPU layout): rows first.. < n from the group's first column on, each row's
-// entries right of the diagonal neither summed nor kept (that part of a row is free until its reflector is stored
-// there); besides the group's column sums of x·y (y row j), its part of each row's Σ x·y left of the diagonal into
-// rowpart (the other half of S·y, by symmetry).
-fn apply_lower(base: u32, j: u32, k: u32, g: u32, first: u32, on: bool, kk: f32, wk: u32, rp: u32) -> Sums8 {
-    let np = u.np;
-    let row = base + k * np;
-    let r4 = row / 4u;
-    let y = base + j * np;
-    let b4 = base / 4u;
-    let n4 = np / 4u;
+    let start = max(first, 8u * g);
     let c0 = 8u * g + LANE_COLS;
     let c1 = c0 + 4u;
-    let v0 = keep4(on, live(r4 + 2u * g, 8u * g, k));
-    let v1 = keep4(on, live(r4 + 2u * g + 1u, 8u * g + 4u, k));
-    let w0g = keep4(on, aux4(wk + 8u * g) - kk * v0);
-    let w1g = keep4(on, aux4(wk + 8u * g + 4u) - kk * v1);
     let y0 = live(y / 4u + 2u * g, 8u * g, j);
     let y1 = live(y / 4u + 2u * g + 1u, 8u * g + 4u, j);
+//#endif
     var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var i = max(first, 8u * g); i < u.n; i++) {
+    for (var i = start; i < u.n; i += step) {
         let vi = select(0.0, a_at(row + i), on);
         let wi = select(0.0, aux[wk + i] - kk * vi, on);
         let yi = a_at(y + i);
@@ -274,15 +247,22 @@ fn apply_lower(base: u32, j: u32, k: u32, g: u32, first: u32, on: bool, kk: f32,
         let x1 = a[at + 1u] - (vi * w1g + wi * v1);
         a[at] = x0;
         a[at + 1u] = x1;
+//#if ROWSPLIT
+        q.lo += x0 * yi;
+        q.hi += x1 * yi;
+//#else
         let ri = vec4<u32>(i);
         q.lo += select(vec4<f32>(0.0), x0, c0 <= ri) * yi;
         q.hi += select(vec4<f32>(0.0), x1, c1 <= ri) * yi;
         rowpart[rp + i] = dot(select(vec4<f32>(0.0), x0, c0 < ri), y0) + dot(select(vec4<f32>(0.0), x1, c1 < ri), y1);
+//#endif
     }
     return q;
 }
 
-// The group's column sums as the w region holds them (`apply_lower`'s pass), plus the row parts of its columns
+//#if ROWSPLIT
+//#else
+// The group's column sums as the w region holds them (`apply_rows`' lower pass), plus the row parts of its columns
 // from every group at or left of it: S·y on the group's columns.
 fn lower_sums(w: u32, g: u32, g0: u32, j: u32, rpb: u32) -> Sums8 {
     var lo = aux4(w + 8u * g);
@@ -354,7 +334,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     //    columns only S·v passes, then S − V·Wᵀ − W·Vᵀ by one matmul) was measured and is slower on llvmpipe
     //    (2 × 512²: 78 ms of panels + 11 of matmuls against 61): this pass already loads each trailing element
     //    once per step, as S·v must, and the stores it adds are cheap there. It may still pay on GPUs.
-    //    CPU adapters touch only the lower triangle of S (`apply_lower`): S·y is the column sums below the diagonal
+    //    CPU adapters touch only the lower triangle of S (`apply_rows`): S·y is the column sums below the diagonal
     //    plus the row sums left of it, each column group's part of the latter stored per row and totalled after
     //    the pass; the rows' upper parts are left stale until a reflector is stored there (lavapipe, eigh of
     //    2 × 512²: 149–164 → 124–136 ms; 2 × 128²: 15 → 11–12 ms).
@@ -404,7 +384,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let h = li / span;
             let mine = h < hs && g < n8;
             var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (mine) { q = apply_rows(base, j, k, g, j + 1u + h, hs, on, kk, wk); }
+            if (mine) { q = apply_rows(base, j, k, g, j + 1u + h, hs, on, kk, wk, 0u); }
             qpart[2u * li] = q.lo;
             qpart[2u * li + 1u] = q.hi;
             workgroupBarrier();
@@ -421,7 +401,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let rpb = wg.x * n8 * np;
             let wj0 = w0 + (j & 1u) * np;
             for (var g = g0 + li; g < n8; g += WG) {
-                let q = apply_lower(base, j, k, g, j + 1u, on, kk, wk, rpb + g * np);
+                let q = apply_rows(base, j, k, g, j + 1u, 1u, on, kk, wk, rpb + g * np);
                 set_aux8(wj0, g, j, q.lo, q.hi);
             }
             storageBarrier();
