@@ -216,8 +216,12 @@ struct Sums8 { lo: vec4<f32>, hi: vec4<f32> }
 // row j. CPU layout (no ROWSPLIT): the lower triangle only, rows from the group's first column on, each row's
 // entries right of the diagonal neither summed nor kept (that part of a row is free until its reflector is stored
 // there); besides the column sums, the group's part of each row's Σ x·y left of the diagonal goes to rowpart at rp
-// (the other half of S·y, by symmetry).
-fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool, kk: f32, wk: u32, rp: u32) -> Sums8 {
+// (the other half of S·y, by symmetry: the next step adds it to p), and Σ y_i·(that part) to *rsum (its share of
+// yᵀ·S·y, so that the pass needs no second barrier).
+fn apply_rows(
+    base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool, kk: f32, wk: u32, rp: u32,
+    rsum: ptr<function, f32>,
+) -> Sums8 {
     let np = u.np;
     let row = base + k * np;
     let r4 = row / 4u;
@@ -254,7 +258,9 @@ fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool
         let ri = vec4<u32>(i);
         q.lo += select(vec4<f32>(0.0), x0, c0 <= ri) * yi;
         q.hi += select(vec4<f32>(0.0), x1, c1 <= ri) * yi;
-        rowpart[rp + i] = dot(select(vec4<f32>(0.0), x0, c0 < ri), y0) + dot(select(vec4<f32>(0.0), x1, c1 < ri), y1);
+        let r = dot(select(vec4<f32>(0.0), x0, c0 < ri), y0) + dot(select(vec4<f32>(0.0), x1, c1 < ri), y1);
+        rowpart[rp + i] = r;
+        *rsum = fma(yi, r, *rsum);
 //#endif
     }
     return q;
@@ -262,19 +268,12 @@ fn apply_rows(base: u32, j: u32, k: u32, g: u32, first: u32, step: u32, on: bool
 
 //#if ROWSPLIT
 //#else
-// The group's column sums as the w region holds them (`apply_rows`' lower pass), plus the row parts of its columns
-// from every group at or left of it: S·y on the group's columns.
-fn lower_sums(w: u32, g: u32, g0: u32, j: u32, rpb: u32) -> Sums8 {
-    var lo = aux4(w + 8u * g);
-    var hi = aux4(w + 8u * g + 4u);
-    for (var h = g0; h <= g; h++) {
-        let at = rpb + h * u.np + 8u * g;
-        lo += vec4<f32>(rowpart[at], rowpart[at + 1u], rowpart[at + 2u], rowpart[at + 3u]);
-        hi += vec4<f32>(rowpart[at + 4u], rowpart[at + 5u], rowpart[at + 6u], rowpart[at + 7u]);
-    }
-    // Columns ≤ j (finished) hold stale row parts: zero, as store_p's dot expects.
-    let c0 = 8u * g + LANE_COLS;
-    return Sums8(select(vec4<f32>(0.0), lo, c0 > vec4<u32>(j)), select(vec4<f32>(0.0), hi, c0 + 4u > vec4<u32>(j)));
+// Row c's parts left of the diagonal from the pass that made p of reflector k (groups from k / 8 on): what p_c
+// lacks, before β.
+fn row_total(rpb: u32, k: u32, c: u32) -> f32 {
+    var t = 0.0;
+    for (var h = k / 8u; h <= c / 8u; h++) { t += rowpart[rpb + h * u.np + c]; }
+    return t;
 }
 //#endif
 
@@ -335,9 +334,10 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     //    (2 × 512²: 78 ms of panels + 11 of matmuls against 61): this pass already loads each trailing element
     //    once per step, as S·v must, and the stores it adds are cheap there. It may still pay on GPUs.
     //    CPU adapters touch only the lower triangle of S (`apply_rows`): S·y is the column sums below the diagonal
-    //    plus the row sums left of it, each column group's part of the latter stored per row and totalled after
-    //    the pass; the rows' upper parts are left stale until a reflector is stored there (lavapipe, eigh of
-    //    2 × 512²: 149–164 → 124–136 ms; 2 × 128²: 15 → 11–12 ms).
+    //    plus the row sums left of it, each column group's part of the latter stored per row and added to p at
+    //    the next step's row update (after the barrier that ends the pass; a barrier of its own cost llvmpipe
+    //    0.4 s more compile); the rows' upper parts are left stale until a reflector is stored there. Lavapipe,
+    //    eigh of 2 × 512²: 160–171 → 130–137 ms; first call 0.73–0.84 → 0.87–1.2 s on that (slow) host.
     var beta = 0.0;     // β of reflector j − 1; zero: nothing to apply
     for (var j = 0u; j + 1u < n; j++) {
         let k = max(j, 1u) - 1u;
@@ -350,17 +350,33 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         var kk = 0.0;
         if (on) { kk = 0.5 * beta * part_sum(0u); }
         let vj = select(0.0, a_at(row + j), on);
+//#if ROWSPLIT
         let wj = select(0.0, aux[wk + j] - kk * vj, on);
+//#else
+        // CPU layout: p of reflector k completed with the row parts of the pass that made it.
+        let rpb = wg.x * n8 * np;
+        var pj = 0.0;
+        if (on) { pj = aux[wk + j] + beta * row_total(rpb, k, j); }
+        let wj = select(0.0, pj - kk * vj, on);
+//#endif
         // Row j updated with reflector k, and each lane's part of row j's tail sum.
         let y = base + j * np;     // row j: reflector j's vector from column j+1 on
         var tail = 0.0;
         for (var c = j + li; c < n; c += WG) {
             let v = select(0.0, a_at(row + c), on && c > k);
-            let w = select(0.0, aux[wk + c] - kk * v, on);
 //#if ROWSPLIT
+            let w = select(0.0, aux[wk + c] - kk * v, on);
             let x = a_at(y + c) - (vj * w + wj * v);
             if (on) { a[(y + c) / 4u][c % 4u] = x; }
 //#else
+            // p_c completed, and stored so for the pass (column j's stays: every lane read it above, and the pass
+            // does not need it, column j being finished).
+            var pc = pj;
+            if (on && c > j) {
+                pc = aux[wk + c] + beta * row_total(rpb, k, c);
+                aux[wk + c] = pc;
+            }
+            let w = select(0.0, pc - kk * v, on);
             // Only the lower triangle is current: row j's tail is column j's, copied into the row for the reflector.
             let x = a_at(base + c * np + j) - (vj * w + wj * v);
             a[(y + c) / 4u][c % 4u] = x;
@@ -384,7 +400,10 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             let h = li / span;
             let mine = h < hs && g < n8;
             var q = Sums8(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (mine) { q = apply_rows(base, j, k, g, j + 1u + h, hs, on, kk, wk, 0u); }
+            if (mine) {
+                var unused = 0.0;
+                q = apply_rows(base, j, k, g, j + 1u + h, hs, on, kk, wk, 0u, &unused);
+            }
             qpart[2u * li] = q.lo;
             qpart[2u * li + 1u] = q.hi;
             workgroupBarrier();
@@ -396,18 +415,12 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                 vp += store_p(base, j, g, w0, q, next);
             }
 //#else
-            // CPU adapters: the lower triangle (each access is a load or store per lane there), then S·y from the
-            // column sums and the row parts.
-            let rpb = wg.x * n8 * np;
-            let wj0 = w0 + (j & 1u) * np;
+            // CPU adapters: the lower triangle (each access is a load or store per lane there); p from the column
+            // sums here, completed with the row parts at the next step.
             for (var g = g0 + li; g < n8; g += WG) {
-                let q = apply_rows(base, j, k, g, j + 1u, 1u, on, kk, wk, rpb + g * np);
-                set_aux8(wj0, g, j, q.lo, q.hi);
-            }
-            storageBarrier();
-            workgroupBarrier();
-            for (var g = g0 + li; g < n8; g += WG) {
-                vp += store_p(base, j, g, w0, lower_sums(wj0, g, g0, j, rpb), next);
+                var rsum = 0.0;
+                let q = apply_rows(base, j, k, g, j + 1u, 1u, on, kk, wk, rpb + g * np, &rsum);
+                vp += store_p(base, j, g, w0, q, next) + next * rsum;
             }
 //#endif
             part[li] = vp;
