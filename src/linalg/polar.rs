@@ -59,7 +59,8 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
 /// [`polar`] of several stacks `(g, out)` with one configuration (an optimizer bucket's stacks of different
 /// shapes). Newton–Schulz steps interleave the stacks so that the middle products `bA + cA²` of all stacks with
 /// the same small side run as one batched product: GPT-small's four Muon stacks take 5 matmul dispatches per step
-/// instead of 20 for them (the Gram and apply products differ in shape and stay one per stack).
+/// instead of 20 for them (the Gram and apply products differ in shape and stay one per stack). Each `out` may be
+/// its own `g`; the stacks must not overlap otherwise.
 pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: &PolarConfig) -> Result<()> {
     if cfg.steps == 0 {
         return Err(Error::InvalidArgument { op: "polar", name: "steps", detail: "at least one step".into() });
