@@ -100,7 +100,7 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
         }
         .record(plan)
     };
-    let side = |m: usize, n: usize| if m > n { GramSide::Cols } else { GramSide::Rows };
+    let side = |tall: bool| if tall { GramSide::Cols } else { GramSide::Rows };
     // Plain Newton–Schulz stacks, grouped by their small side k.
     let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
     for (i, &(b, m, n)) in shapes.iter().enumerate() {
@@ -109,7 +109,7 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
                 let xa = plan.scratch(&[b, m, n])?;
                 normalize(plan, stacks[i].0, b, &xa)?;
                 let (tall, k) = (m > n, m.min(n));
-                gram_newton_schulz(plan, (&xa, stacks[i].1), side(m, n), tall, k, &rows, restarts, cfg.precision)?;
+                gram_newton_schulz(plan, (&xa, stacks[i].1), side(tall), tall, k, &rows, restarts, cfg.precision)?;
                 continue;
             }
         }
@@ -122,7 +122,6 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
     for (k, members) in groups {
         let total: usize = members.iter().map(|&i| shapes[i].0).sum();
         let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
-        // Per member: its iterate's ping-pong pair (so that the last step writes `out`) and its views of A and B.
         let mut iterates = Vec::with_capacity(members.len());
         let mut first = 0;
         for &i in &members {
@@ -133,23 +132,34 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
             normalize(plan, g, b, &cur)?;
             let view =
                 |t: &Tensor| Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + first * k * k, &[b, k, k]);
-            iterates.push((cur, next, view(&a_all)?, view(&b_all)?, m > n, side(m, n)));
+            iterates.push(Iterate { cur, next, a: view(&a_all)?, b: view(&b_all)?, tall: m > n });
             first += b;
         }
         for &[a, bc, c] in &rows {
-            for (cur, _, a_mat, _, _, side) in &iterates {
-                gram(plan, cur, *side, a_mat, 1.0, None, 0.0, cfg.precision)?;
+            for it in &iterates {
+                gram(plan, &it.cur, side(it.tall), &it.a, 1.0, None, 0.0, cfg.precision)?;
             }
             gram(plan, &a_all, GramSide::Rows, &b_all, c as f32, Some(&a_all), bc as f32, cfg.precision)?;
             // X ← a·X + B·X (wide) or a·X + X·B (tall).
-            for (cur, next, _, b_mat, tall, _) in &mut iterates {
-                let mm = if *tall { Matmul::new(cur, b_mat, next) } else { Matmul::new(b_mat, cur, next) };
-                mm.scaled(1.0, Some(cur), a as f32).precision(cfg.precision).record(plan)?;
-                std::mem::swap(cur, next);
+            for it in &mut iterates {
+                let mm =
+                    if it.tall { Matmul::new(&it.cur, &it.b, &it.next) } else { Matmul::new(&it.b, &it.cur, &it.next) };
+                mm.scaled(1.0, Some(&it.cur), a as f32).precision(cfg.precision).record(plan)?;
+                std::mem::swap(&mut it.cur, &mut it.next);
             }
         }
     }
     Ok(())
+}
+
+/// One stack's Newton–Schulz iterate in [`polar_stacks`]: the ping-pong pair (so that the last step writes `out`)
+/// and its views of its group's A and B.
+struct Iterate {
+    cur: Tensor,
+    next: Tensor,
+    a: Tensor,
+    b: Tensor,
+    tall: bool,
 }
 
 /// §1.4 with restarts; `x.0` holds the normalized input, the result lands in `x.1`.

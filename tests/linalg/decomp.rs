@@ -99,7 +99,7 @@ fn eigh_tridiagonal_with_more_column_groups_than_lanes() {
     let m = rng.mat(n, n);
     let a = m.add(&m.t());
     let (vals, vecs) =
-        run_eigh(&[a.clone()], None, &EighConfig { method: EighMethod::Tridiagonal, ..Default::default() });
+        run_eigh(std::slice::from_ref(&a), None, &EighConfig { method: EighMethod::Tridiagonal, ..Default::default() });
     let v = Mat::from_f32(n, n, &vecs);
     let lam: Vec<f64> = vals.iter().map(|&x| x as f64).collect();
     assert!(lam.windows(2).all(|w| w[0] <= w[1]), "eigenvalues must ascend");

@@ -21,6 +21,9 @@ for (const line of fs.readFileSync(nativeCsv, 'utf8').trim().split('\n').slice(1
   if (val) native.val.set(Number(step), Number(val));
 }
 
+// What the page's last run left: its result, or its error.
+const outcome = (page) => page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+
 // Stop a fresh run of the page's form (the same configuration) early, save its checkpoint through the download
 // button, continue from that file through the file input; returns the continued run's result.
 async function roundTrip(page, iters) {
@@ -40,7 +43,7 @@ async function roundTrip(page, iters) {
   await page.click('#start');
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null,
     { timeout: 10 * 60 * 1000, polling: 500 });
-  const stopped = await page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+  const stopped = await outcome(page);
   if (stopped.error) throw new Error(`the run to stop failed: ${stopped.error}`);
   const stoppedAt = stopped.result && stopped.result.steps;
   if (!(stoppedAt > 0 && stoppedAt < iters)) throw new Error(`stop did not stop the run early (steps: ${stoppedAt})`);
@@ -51,7 +54,7 @@ async function roundTrip(page, iters) {
   await page.waitForFunction(() => document.body.dataset.state === 'running', null, { timeout: 60000 });
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null,
     { timeout: 20 * 60 * 1000, polling: 500 });
-  const r = await page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+  const r = await outcome(page);
   if (r.error) throw new Error(`continuing from the checkpoint failed: ${r.error}`);
   if (r.result.train[0][0] !== stoppedAt || r.result.steps !== iters) {
     throw new Error(`the continued run covers steps ${r.result.train[0][0]}..${r.result.steps - 1}, not ${stoppedAt}..${iters - 1}`);
@@ -69,7 +72,7 @@ try {
   await page.goto(`${server.base}/index.html?${query}`, { waitUntil: 'domcontentloaded' });
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null,
     { timeout: 20 * 60 * 1000, polling: 500 });
-  const r = await page.evaluate(() => ({ result: window.wgoptimResult, error: window.wgoptimError }));
+  const r = await outcome(page);
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
   if (r.error) throw new Error(`the page failed: ${r.error}`);
   const res = r.result;
