@@ -4,7 +4,8 @@
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
 use crate::linalg::{
-    gram, reduce, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision, ReduceOp, Trans,
+    gram, reduce, reduce::copy_view, Axpby, BatchScalar, GramSide, Matmul, NsCoefficients, NsNormalization, Precision,
+    ReduceOp, Trans,
 };
 
 /// The iteration that computes the polar factor.
@@ -59,8 +60,9 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
 /// [`polar`] of several stacks `(g, out)` with one configuration (an optimizer bucket's stacks of different
 /// shapes). Newton–Schulz steps interleave the stacks so that the middle products `bA + cA²` of all stacks with
 /// the same small side run as one batched product: GPT-small's four Muon stacks take 5 matmul dispatches per step
-/// instead of 20 for them (the Gram and apply products differ in shape and stay one per stack). Each `out` may be
-/// its own `g`; the stacks must not overlap otherwise.
+/// instead of 20 for them (on CPU adapters the Gram and apply products differ in shape and stay one per stack; on
+/// GPUs the whole group runs as one padded stack, see [`padded_group`]). Each `out` may be its own `g`; the stacks
+/// must not overlap otherwise.
 pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: &PolarConfig) -> Result<()> {
     if cfg.steps == 0 {
         return Err(Error::InvalidArgument { op: "polar", name: "steps", detail: "at least one step".into() });
@@ -122,6 +124,11 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
     for (k, members) in groups {
         let total: usize = members.iter().map(|&i| shapes[i].0).sum();
         let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
+        if members.len() > 1 && !plan.gpu().is_cpu() {
+            let group: Vec<_> = members.iter().map(|&i| (stacks[i], shapes[i])).collect();
+            padded_group(plan, &group, (&a_all, &b_all), &rows, &normalize, cfg.precision)?;
+            continue;
+        }
         let mut iterates = Vec::with_capacity(members.len());
         let mut first = 0;
         for &i in &members {
@@ -148,6 +155,51 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
                 std::mem::swap(&mut it.cur, &mut it.next);
             }
         }
+    }
+    Ok(())
+}
+
+/// A stack of [`polar_stacks`]: `(g, out)` and its shape `(b, m, n)`.
+type Member<'a> = ((&'a Tensor, &'a Tensor), (usize, usize, usize));
+
+/// One group of [`polar_stacks`] on a GPU: its stacks (all with small side k) as one padded stack `[Σb, k, L]`, L the longest side: every matrix wide (a tall one transposed: the polar factor of Xᵀ
+/// is that of X, transposed), zeros right of its own columns. Zero columns add nothing to X·Xᵀ or its norm and stay
+/// zero under X ← a·X + B·X, so the result is each stack's own, and every Newton–Schulz step is three dispatches
+/// whatever the shapes: on a GPU such small products are bound by their dispatches, not by the FLOPs the padding
+/// adds. H100, GPT-small's Muon step (4 stacks, k = 128): 62 → 32 dispatches, device time 0.77 → 0.48 ms, 20 steps
+/// queued 0.45 ms each. CPU adapters, bound by FLOPs, keep one product per stack. `normalize(plan, x, b, dst)`
+/// writes the scaled start.
+fn padded_group(
+    plan: &mut PlanBuilder,
+    group: &[Member<'_>],
+    (a_all, b_all): (&Tensor, &Tensor),
+    rows: &[[f64; 3]],
+    normalize: &dyn Fn(&mut PlanBuilder, &Tensor, usize, &Tensor) -> Result<()>,
+    precision: Precision,
+) -> Result<()> {
+    let (total, k, _) = a_all.matrices("polar")?;
+    let long = group.iter().map(|&(_, (_, m, n))| m.max(n)).max().unwrap_or(k);
+    let (mut cur, mut next) = (plan.scratch(&[total, k, long])?, plan.scratch(&[total, k, long])?);
+    // Matrix `first` of a padded stack (as a view whose offset is all `copy_view` reads).
+    let at = |t: &Tensor, first: usize| {
+        Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + first * k * long, &[k, long])
+    };
+    let mut first = 0;
+    for &((g, _), (b, m, n)) in group {
+        copy_view(plan, g, (b, m, n), (n, m * n), m > n, &at(&cur, first)?, (long, k * long))?;
+        first += b;
+    }
+    normalize(plan, &cur, total, &cur)?;
+    for &[a, bc, c] in rows {
+        gram(plan, &cur, GramSide::Rows, a_all, 1.0, None, 0.0, precision)?;
+        gram(plan, a_all, GramSide::Rows, b_all, c as f32, Some(a_all), bc as f32, precision)?;
+        Matmul::new(b_all, &cur, &next).scaled(1.0, Some(&cur), a as f32).precision(precision).record(plan)?;
+        std::mem::swap(&mut cur, &mut next);
+    }
+    let mut first = 0;
+    for &((_, out), (b, m, n)) in group {
+        copy_view(plan, &at(&cur, first)?, (b, k, m.max(n)), (long, k * long), m > n, out, (n, m * n))?;
+        first += b;
     }
     Ok(())
 }

@@ -184,10 +184,39 @@ pub(crate) fn transpose_view(
     plan: &mut PlanBuilder,
     x: &Tensor,
     (b, m, n): (usize, usize, usize),
-    (ld, bs): (usize, usize),
+    from: (usize, usize),
     out: &Tensor,
 ) -> Result<()> {
-    let u: [u32; 8] = [m as u32, n as u32, x.offset() as u32, out.offset() as u32, ld as u32, bs as u32, 0, 0];
+    copy_view(plan, x, (b, m, n), from, true, out, (m, m * n))
+}
+
+/// Copy `b` matrices of `m×n` (transposed or not) between strided views: from `x`'s buffer at `x.offset()`, rows and
+/// matrices `from = (ld, bs)` apart, into `out`'s at `out.offset()`, rows and matrices `to = (ld, bs)` apart (rows
+/// of the result: `n` of them when transposed). The caller checks that the source view lies in `x`'s buffer; the
+/// destination is checked here.
+pub(crate) fn copy_view(
+    plan: &mut PlanBuilder,
+    x: &Tensor,
+    (b, m, n): (usize, usize, usize),
+    (ld, bs): (usize, usize),
+    transposed: bool,
+    out: &Tensor,
+    (out_ld, out_bs): (usize, usize),
+) -> Result<()> {
+    let (rows, cols) = if transposed { (n, m) } else { (m, n) };
+    let fits =
+        |b: usize| out.offset() + (b - 1) * out_bs + (rows - 1) * out_ld + cols <= out.buffer().size() as usize / 4;
+    if b * rows * cols == 0 || out_ld < cols || !fits(b) {
+        return Err(Error::Shape {
+            op: "copy",
+            detail: format!("{b} matrices of {rows}×{cols} at rows {out_ld} apart do not fit the output"),
+        });
+    }
+    let u: [u32; 8] = [m, n, x.offset(), out.offset(), ld, bs, out_ld, out_bs].map(|v| v as u32);
+    if !transposed {
+        let k = plan.gpu().kernel("linalg/transpose.wgsl", "main", &[("COPY", "1".into())])?;
+        return plan.dispatch(&k, &u, &[x, out], [(n as u32).div_ceil(16), (m as u32).div_ceil(16), b as u32]);
+    }
     if plan.gpu().is_cpu() {
         let k = plan.gpu().kernel(
             "linalg/transpose.wgsl",

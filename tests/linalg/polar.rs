@@ -201,11 +201,19 @@ fn stacks_share_their_middle_products() {
     let mut pb = PlanBuilder::new(&gpu);
     polar_stacks(&mut pb, &pairs, &cfg).unwrap();
     let plan = pb.build().unwrap();
-    assert_eq!(
-        plan.dispatch_count(),
-        2 * 4 + (4 + 2 + 4) * 5,
-        "per stack norm and scale; per step 4 Grams, 2 middle products, 4 applies"
-    );
+    if gpu.is_cpu() {
+        let count = 2 * 4 + (4 + 2 + 4) * 5;
+        assert_eq!(
+            plan.dispatch_count(),
+            count,
+            "per stack norm and scale; per step 4 Grams, 2 middle products, 4 applies"
+        );
+    } else {
+        // k = 8: its three stacks copied into one padded stack, norm and scale, 3 products per step, copied out;
+        // k = 5 (alone): norm and scale, 3 products per step.
+        let count = 3 + 2 + 3 * 5 + 3 + 2 + 3 * 5;
+        assert_eq!(plan.dispatch_count(), count, "GPUs: one padded stack per small side");
+    }
     plan.run();
     let got = out.read_blocking().unwrap();
     let mut at = 0;
@@ -221,7 +229,8 @@ fn stacks_share_their_middle_products() {
             let e = rel_err(mine, &c.1.d);
             assert!(e < 2e-4, "{m}x{n} matrix {i}: rel err {e} against the exact map");
             let d = rel_err(mine, &alone[i * size..(i + 1) * size].iter().map(|&v| v as f64).collect::<Vec<_>>());
-            assert!(d < 1e-6, "{m}x{n} matrix {i}: {d} away from polar alone");
+            // GPUs sum the norm over the padded group (another order), which the steps amplify a little.
+            assert!(d < 1e-5, "{m}x{n} matrix {i}: {d} away from polar alone");
         }
         at += b * m * n;
     }
