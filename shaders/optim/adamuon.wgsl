@@ -1,26 +1,45 @@
-// AdaMuon's second-moment normalization of the polar factor (official code, docs/optimizers.md §3.2), one
-// workgroup per matrix: V ← μV + (1−μ)O², Ô = O/(sqrt(V) + eps), Ô ← Ô·0.2·sqrt(min·max of the parameter's
-// dims)/(‖Ô‖_F + eps); or the simplified form of §3.3. Rewrites the polar output in place. Skipped with the step
-// on a non-finite gradient.
-struct U { size: u32, o_off: u32, group: u32, simplified: u32, eps: f32, minmax: f32, beta2: f32, scale: f32 }
+// AdaMuon's second-moment normalization of the polar factor (official code, docs/optimizers.md §3.2):
+// V ← μV + (1−μ)O², Ô = O/(sqrt(V) + eps), Ô ← Ô·0.2·sqrt(min·max of the parameter's dims)/(‖Ô‖_F + eps); or the
+// simplified form of §3.3. Rewrites the polar output in place. Skipped with the step on a non-finite gradient.
+// Workgroups take blocks of BLOCK values of a matrix (x: blocks, y: matrices). The official form runs two passes:
+// STATS normalizes by V and stores each block's ‖Ô‖² in `part`; the other totals the matrix's blocks and rescales.
+// (One workgroup per matrix took 0.35 ms per GPT-small stack on an H100.)
+struct U { size: u32, o_off: u32, group: u32, simplified: u32, eps: f32, minmax: f32, beta2: f32, scale: f32,
+           blocks: u32, _p0: u32, _p1: u32, _p2: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> scalars: array<f32>;
 @group(0) @binding(2) var<storage, read_write> o: array<f32>;
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
 const WG: u32 = 64u;
+const BLOCK: u32 = 1024u;
 var<workgroup> red: array<f32, WG>;
+
+fn block_sum(li: u32, x: f32) -> f32 {
+    red[li] = x;
+    workgroupBarrier();
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        if (li < w) { red[li] += red[li + w]; }
+        workgroupBarrier();
+    }
+    return red[0];
+}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     if (scalars[0] == 0.0) { return; }
     let mu = scalars[8u + 16u * u.group + 1u];
+    let base = u.o_off + wg.y * u.size;
+    let first = wg.x * BLOCK;
+    let end = min(first + BLOCK, u.size);
+//#if STATS
     if (u.simplified == 1u) {
         // O·scale (Keller), V ← β2 V + (1−β2) O², u = O / (sqrt(V / (1 − β2^t)) + eps); no rescale (§3.3).
         let t = scalars[8u + 16u * u.group + 4u];
         let bc2 = 1.0 - pow(u.beta2, t);
-        for (var i = li; i < u.size; i += WG) {
-            let idx = u.o_off + wg.x * u.size + i;
+        for (var i = first + li; i < end; i += WG) {
+            let idx = base + i;
             let x = o[idx] * u.scale;
             let vv = u.beta2 * v[idx] + (1.0 - u.beta2) * x * x;
             v[idx] = vv;
@@ -28,9 +47,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         return;
     }
-    let base = u.o_off + wg.x * u.size;
     var ss = 0.0;
-    for (var i = li; i < u.size; i += WG) {
+    for (var i = first + li; i < end; i += WG) {
         let x = o[base + i];
         let vv = mu * v[base + i] + (1.0 - mu) * x * x;
         v[base + i] = vv;
@@ -38,12 +56,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         o[base + i] = y;
         ss += y * y;
     }
-    red[li] = ss;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if (li < w) { red[li] += red[li + w]; }
-        workgroupBarrier();
-    }
-    let factor = 0.2 * sqrt(u.minmax) / (sqrt(red[0]) + u.eps);
-    for (var i = li; i < u.size; i += WG) { o[base + i] *= factor; }
+    let total = block_sum(li, ss);
+    if (li == 0u) { part[wg.y * u.blocks + wg.x] = total; }
+//#else
+    var acc = 0.0;
+    for (var b = li; b < u.blocks; b += WG) { acc += part[wg.y * u.blocks + b]; }
+    let factor = 0.2 * sqrt(u.minmax) / (sqrt(block_sum(li, acc)) + u.eps);
+    for (var i = first + li; i < end; i += WG) { o[base + i] *= factor; }
+//#endif
 }

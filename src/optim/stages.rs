@@ -147,7 +147,6 @@ pub(crate) fn record_muon(
     crate::linalg::polar_stacks(plan, &pairs, &c.polar)?;
     for (&(offset, count, m, n, v_off), shape) in parts.stacks.iter().zip(&parts.stack_shapes) {
         if let Some(nm) = &normuon {
-            let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[])?;
             let paper = (nm.scaling == crate::optim::NorMuonScaling::PaperRms02) as u32;
             #[repr(C)]
             #[derive(Clone, Copy, Pod, Zeroable)]
@@ -160,6 +159,8 @@ pub(crate) fn record_muon(
                 paper: u32,
                 group: u32,
                 total: u32,
+                blocks: u32,
+                _pad: [u32; 3],
             }
             // Normalization groups: each matrix, or each (out, in) kernel of a convolution (rows kh × kw).
             let (rows, cols) = match shape[..] {
@@ -167,6 +168,7 @@ pub(crate) fn record_muon(
                 _ => (m, n),
             };
             let total = count * m * n / (rows * cols);
+            let blocks = rows.div_ceil(NORM_ROWS);
             let u = N {
                 rows: rows as u32,
                 cols: cols as u32,
@@ -176,12 +178,18 @@ pub(crate) fn record_muon(
                 paper,
                 group: b.group as u32,
                 total: total as u32,
+                blocks: blocks as u32,
+                _pad: [0; 3],
             };
             let (gx, gy) = grid(total);
-            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, state("second_momentum_buffer")?], [gx, gy, 1])?;
+            let part = plan.scratch(&[total * blocks * 2])?;
+            let tensors = [scalars, &parts.ns_out, state("second_momentum_buffer")?, &part];
+            for stats in ["1", "0"] {
+                let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[("STATS", stats.into())])?;
+                plan.dispatch(&kernel, &u, &tensors, [blocks as u32, gx, gy])?;
+            }
         }
         if let Some(am) = adamuon {
-            let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[])?;
             #[repr(C)]
             #[derive(Clone, Copy, Pod, Zeroable)]
             struct A {
@@ -193,10 +201,13 @@ pub(crate) fn record_muon(
                 minmax: f32,
                 beta2: f32,
                 scale: f32,
+                blocks: u32,
+                _pad: [u32; 3],
             }
             // 0.2·sqrt(min·max) over the parameter's own dims (all four for a convolution, as the reference does).
             let minmax = (shape.iter().min().copied().unwrap_or(1) * shape.iter().max().copied().unwrap_or(1)) as f32;
             let simplified = am.variant == crate::optim::AdaMuonVariant::Simplified;
+            let blocks = (m * n).div_ceil(ADAMUON_BLOCK);
             let u = A {
                 size: (m * n) as u32,
                 o_off: offset as u32,
@@ -206,8 +217,16 @@ pub(crate) fn record_muon(
                 minmax,
                 beta2: am.beta2,
                 scale: crate::optim::AdjustLr::Keller.scale_for(shape),
+                blocks: blocks as u32,
+                _pad: [0; 3],
             };
-            plan.dispatch(&kernel, &u, &[scalars, &parts.ns_out, &b.states[1].1], [count as u32, 1, 1])?;
+            let part = plan.scratch(&[count * blocks])?;
+            let tensors = [scalars, &parts.ns_out, &b.states[1].1, &part];
+            // The simplified form is elementwise: its one pass is STATS'.
+            for stats in if simplified { &["1"][..] } else { &["1", "0"][..] } {
+                let kernel = gpu.kernel("optim/adamuon.wgsl", "main", &[("STATS", (*stats).into())])?;
+                plan.dispatch(&kernel, &u, &tensors, [blocks as u32, count as u32, 1])?;
+            }
         }
     }
     if let Some(sfc) = sf {
@@ -289,6 +308,11 @@ pub(crate) fn adafactor_layout(
     *mom += n;
     Ok(views)
 }
+
+/// Rows per workgroup of normuon.wgsl (its `WG`).
+const NORM_ROWS: usize = 64;
+/// Values per workgroup of adamuon.wgsl (its `BLOCK`).
+const ADAMUON_BLOCK: usize = 1024;
 
 pub(crate) fn grid(chunks: usize) -> (u32, u32) {
     let gx = (chunks as u32).clamp(1, 65535);

@@ -25,7 +25,8 @@ use wgoptim::{Error, Gpu, Tensor};
 /// Shapes: a hidden matrix, a vector crossing a chunk boundary (4096), a scalar, a 3-D tensor.
 /// Two same-shape 4-aligned matrices form one batched polar stack for Muon.
 const SPECS: &[(&str, &[usize])] = &[
-    ("h.weight", &[7, 13]),
+    // More than 64 rows and 1,024 values: NorMuon and AdaMuon split such matrices over several workgroups.
+    ("h.weight", &[70, 17]),
     ("emb", &[5000]),
     ("scale", &[1]),
     ("conv", &[3, 1, 2]),
