@@ -258,23 +258,21 @@ impl RefMat {
     }
 
     /// Shampoo §4.2 (`q` holds the inverse roots, `m` the gradient EMA, `v` the grafting state).
-    fn shampoo(&mut self, c: &ShampooConfig, g: &Mat, lr: f64, refresh: bool) {
+    fn shampoo(&mut self, c: &ShampooConfig, g: &Mat, lr: f64, refresh: [bool; 2]) {
         self.t += 1;
         let t = self.t as i32;
         let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
         self.factor_ema(g, b2, if b2 == 1.0 { 1.0 } else { 1.0 - b2 });
-        if refresh {
-            for s in 0..2 {
-                let bc = if c.use_bias_correction && b2 < 1.0 { 1.0 - b2.powi(t) } else { 1.0 };
-                let a = self.f[s].scale(1.0 / bc).add(&Mat::eye(self.f[s].r).scale(c.epsilon as f64));
-                let (mut vals, vecs) = cpu_eigh(&a);
-                let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
-                if lo < c.epsilon as f64 {
-                    vals.iter_mut().for_each(|l| *l = *l - lo + c.epsilon as f64);
-                }
-                let w: Vec<f64> = vals.iter().map(|l| l.powf(-1.0 / c.root as f64)).collect();
-                self.q[s] = vecs.scale_cols(&w).mul(&vecs.t());
+        for s in (0..2).filter(|&s| refresh[s]) {
+            let bc = if c.use_bias_correction && b2 < 1.0 { 1.0 - b2.powi(t) } else { 1.0 };
+            let a = self.f[s].scale(1.0 / bc).add(&Mat::eye(self.f[s].r).scale(c.epsilon as f64));
+            let (mut vals, vecs) = cpu_eigh(&a);
+            let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
+            if lo < c.epsilon as f64 {
+                vals.iter_mut().for_each(|l| *l = *l - lo + c.epsilon as f64);
             }
+            let w: Vec<f64> = vals.iter().map(|l| l.powf(-1.0 / c.root as f64)).collect();
+            self.q[s] = vecs.scale_cols(&w).mul(&vecs.t());
         }
         let gbar = if b1 > 0.0 {
             let b3 = c.filter_beta() as f64;
@@ -323,6 +321,12 @@ impl RefMat {
 /// stack order; parameter order within) in chunks of ⌈matrices / period⌉ (at least GPU_MIN_STAGGER_CHUNK on GPUs),
 /// chunk j of J at j·period/J.
 pub(super) fn stagger_offset(i: usize, period: u64) -> u64 {
+    let (mine, chunks) = stagger_chunk(i, period);
+    mine as u64 * period / chunks as u64
+}
+
+/// Matrix `i`'s chunk j under staggering over `period` calls, and the number of chunks J.
+fn stagger_chunk(i: usize, period: u64) -> (usize, usize) {
     let min_chunk = if gpu().is_cpu() { 1 } else { GPU_MIN_STAGGER_CHUNK };
     let size = SPECS.len().div_ceil(period as usize).max(min_chunk);
     let (mut chunks, mut mine) = (0, 0);
@@ -333,7 +337,7 @@ pub(super) fn stagger_offset(i: usize, period: u64) -> u64 {
         }
         chunks += members.len().div_ceil(size);
     }
-    mine as u64 * period / chunks as u64
+    (mine, chunks)
 }
 
 fn soap_refresh_due(c: &SoapConfig, call: u64, i: usize) -> bool {
@@ -342,9 +346,19 @@ fn soap_refresh_due(c: &SoapConfig, call: u64, i: usize) -> bool {
     call > 0 && call >= offset && (call - offset).is_multiple_of(f)
 }
 
-fn shampoo_refresh_due(c: &ShampooConfig, call: u64, i: usize) -> bool {
-    let offset = if c.stagger { stagger_offset(i, c.precondition_frequency as u64) } else { 0 };
-    call + 1 > offset && c.refreshes_at(call + 1 - offset)
+/// Whether each side's root of matrix `i` is refreshed at `call`. Staggered on GPUs, each chunk's sides are calls
+/// of their own: chunk j of J's side s at (2j + s)·period/(2J).
+fn shampoo_refresh_due(c: &ShampooConfig, call: u64, i: usize) -> [bool; 2] {
+    let period = c.precondition_frequency as u64;
+    let offset = |s: usize| match (c.stagger, gpu().is_cpu()) {
+        (false, _) => 0,
+        (true, true) => stagger_offset(i, period),
+        (true, false) => {
+            let (mine, chunks) = stagger_chunk(i, period);
+            (2 * mine + s) as u64 * period / (2 * chunks) as u64
+        }
+    };
+    [0, 1].map(|s| call + 1 > offset(s) && c.refreshes_at(call + 1 - offset(s)))
 }
 
 /// Run the device and the reference side by side; compare the parameters at the end.
@@ -411,9 +425,10 @@ fn shampoo_matches_its_reference() {
 fn shampoo_variants_match_their_reference() {
     let base = ShampooConfig { lr: 0.01, epsilon: 0.05, weight_decay: 0.1, ..ShampooConfig::default() };
     let variants = [
+        // Period 4 over 3 chunks: on GPUs each chunk's sides refresh at different calls.
         ShampooConfig {
             beta2: 0.95,
-            precondition_frequency: 3,
+            precondition_frequency: 4,
             start_preconditioning_step: Some(5),
             grafting: Some(Grafting::Adam { beta2: 0.99, eps: 1e-8 }),
             stagger: true,

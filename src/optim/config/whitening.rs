@@ -148,7 +148,9 @@ pub struct ShampooConfig {
     pub grafting: Option<Grafting>,
     /// How roots are computed.
     pub root_method: RootMethod,
-    /// Spread the root computations of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]).
+    /// Spread the root computations of a bucket's matrices over the period (ours; see [`SoapConfig::stagger`]). On
+    /// GPUs each chunk's two sides are calls of their own (left, then right), since a chunk's matrices run in
+    /// parallel but its sides one after the other.
     pub stagger: bool,
 }
 
