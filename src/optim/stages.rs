@@ -168,7 +168,8 @@ pub(crate) fn record_muon(
                 _ => (m, n),
             };
             let total = count * m * n / (rows * cols);
-            let blocks = rows.div_ceil(NORM_ROWS);
+            let lanes_per_row = if gpu.is_cpu() { 1 } else { NORM_GPU_LANES_PER_ROW };
+            let blocks = rows.div_ceil(NORM_LANES / lanes_per_row);
             let u = N {
                 rows: rows as u32,
                 cols: cols as u32,
@@ -185,7 +186,8 @@ pub(crate) fn record_muon(
             let part = plan.scratch(&[total * blocks * 2])?;
             let tensors = [scalars, &parts.ns_out, state("second_momentum_buffer")?, &part];
             for stats in ["1", "0"] {
-                let kernel = gpu.kernel("optim/normuon.wgsl", "main", &[("STATS", stats.into())])?;
+                let defines = [("STATS", stats.to_string()), ("LPR", lanes_per_row.to_string())];
+                let kernel = gpu.kernel("optim/normuon.wgsl", "main", &defines)?;
                 plan.dispatch(&kernel, &u, &tensors, [blocks as u32, gx, gy])?;
             }
         }
@@ -309,8 +311,9 @@ pub(crate) fn adafactor_layout(
     Ok(views)
 }
 
-/// Rows per workgroup of normuon.wgsl (its `WG`).
-const NORM_ROWS: usize = 64;
+/// Lanes per workgroup of normuon.wgsl (its `WG`), and its lanes per row on GPUs (`LPR`; CPU adapters take 1).
+const NORM_LANES: usize = 64;
+const NORM_GPU_LANES_PER_ROW: usize = 16;
 /// Values per workgroup of adamuon.wgsl (its `BLOCK`).
 const ADAMUON_BLOCK: usize = 1024;
 
