@@ -14,17 +14,8 @@ struct U { size: u32, o_off: u32, group: u32, simplified: u32, eps: f32, minmax:
 
 const WG: u32 = 64u;
 const BLOCK: u32 = 1024u;
-var<workgroup> red: array<f32, WG>;
 
-fn block_sum(li: u32, x: f32) -> f32 {
-    red[li] = x;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if (li < w) { red[li] += red[li + w]; }
-        workgroupBarrier();
-    }
-    return red[0];
-}
+//#include "optim/block_sum.wgsl"
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -56,12 +47,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         o[base + i] = y;
         ss += y * y;
     }
-    let total = block_sum(li, ss);
+    let total = block_sum(li, vec2<f32>(ss, 0.0)).x;
     if (li == 0u) { part[wg.y * u.blocks + wg.x] = total; }
 //#else
     var acc = 0.0;
     for (var b = li; b < u.blocks; b += WG) { acc += part[wg.y * u.blocks + b]; }
-    let factor = 0.2 * sqrt(u.minmax) / (sqrt(block_sum(li, acc)) + u.eps);
+    let factor = 0.2 * sqrt(u.minmax) / (sqrt(block_sum(li, vec2<f32>(acc, 0.0)).x) + u.eps);
     for (var i = first + li; i < end; i += WG) { o[base + i] *= factor; }
 //#endif
 }

@@ -18,7 +18,6 @@ struct U { rows: u32, cols: u32, o_off: u32, v_off: u32, beta2: f32, paper: u32,
 
 const WG: u32 = 64u;
 const LPR: u32 = {{LPR}}u;
-var<workgroup> red: array<vec2<f32>, WG>;
 var<workgroup> row_red: array<f32, WG>;
 
 // The sum of x over the LPR lanes of each row, for every lane of the row.
@@ -32,15 +31,7 @@ fn row_sum(li: u32, x: f32) -> f32 {
     return row_red[li - li % LPR];
 }
 
-fn block_sum(li: u32, x: vec2<f32>) -> vec2<f32> {
-    red[li] = x;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if (li < w) { red[li] += red[li + w]; }
-        workgroupBarrier();
-    }
-    return red[0];
-}
+//#include "optim/block_sum.wgsl"
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,

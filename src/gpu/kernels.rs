@@ -40,6 +40,7 @@ shader_table!(
     "optim/muon.wgsl",
     "optim/normuon.wgsl",
     "optim/adamuon.wgsl",
+    "optim/block_sum.wgsl",
     "optim/kron.wgsl",
     "optim/psgd.wgsl",
     "optim/kron_uniforms.wgsl",
