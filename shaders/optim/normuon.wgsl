@@ -38,22 +38,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         @builtin(local_invocation_index) li: u32) {
     let id = wg.y + wg.z * nw.y;
     if (scalars[0] == 0.0 || id >= u.total) { return; }
-    let r = wg.x * (WG / LPR) + li / LPR;
     let lane = li % LPR;
-    let row = u.o_off + (id * u.rows + r) * u.cols;
-    let vr = u.v_off + id * u.rows + r;
+    // Row blocks wg.x, wg.x + nw.x, …: at most 65,535 workgroups per group.
+    let stride = nw.x * (WG / LPR);
 //#if STATS
-    var ss = 0.0;
-    if (r < u.rows) {
-        for (var c = lane; c < u.cols; c += LPR) { let x = o[row + c]; ss += x * x; }
-    }
-    ss = row_sum(li, ss);
     var acc = vec2<f32>(0.0);
-    if (r < u.rows && lane == 0u) {
-        let v = u.beta2 * v2[vr] + (1.0 - u.beta2) * (ss / f32(u.cols));
-        v2[vr] = v;
-        let s = 1.0 / (sqrt(v) + 1e-10);
-        acc = vec2<f32>(ss, ss * s * s);
+    for (var r0 = wg.x * (WG / LPR); r0 < u.rows; r0 += stride) {
+        let r = r0 + li / LPR;
+        let row = u.o_off + (id * u.rows + r) * u.cols;
+        var ss = 0.0;
+        if (r < u.rows) {
+            for (var c = lane; c < u.cols; c += LPR) { let x = o[row + c]; ss += x * x; }
+        }
+        ss = row_sum(li, ss);
+        if (r < u.rows && lane == 0u) {
+            let vr = u.v_off + id * u.rows + r;
+            let v = u.beta2 * v2[vr] + (1.0 - u.beta2) * (ss / f32(u.cols));
+            v2[vr] = v;
+            let s = 1.0 / (sqrt(v) + 1e-10);
+            acc += vec2<f32>(ss, ss * s * s);
+        }
+        workgroupBarrier();
     }
     let total = block_sum(li, acc);
     if (li == 0u) { part[id * u.blocks + wg.x] = total; }
@@ -65,8 +70,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let after = sqrt(total.y);
     var factor = before / (after + 1e-10);
     if (u.paper == 1u) { factor = 0.2 * sqrt(f32(u.rows * u.cols)) / after; }
-    if (r < u.rows) {
-        let s = factor / (sqrt(v2[vr]) + 1e-10);
+    for (var r = wg.x * (WG / LPR) + li / LPR; r < u.rows; r += stride) {
+        let s = factor / (sqrt(v2[u.v_off + id * u.rows + r]) + 1e-10);
+        let row = u.o_off + (id * u.rows + r) * u.cols;
         for (var c = lane; c < u.cols; c += LPR) { o[row + c] *= s; }
     }
 //#endif

@@ -162,13 +162,14 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
 /// A stack of [`polar_stacks`]: `(g, out)` and its shape `(b, m, n)`.
 type Member<'a> = ((&'a Tensor, &'a Tensor), (usize, usize, usize));
 
-/// One group of [`polar_stacks`] on a GPU: its stacks (all with small side k) as one padded stack `[Σb, k, L]`, L the longest side: every matrix wide (a tall one transposed: the polar factor of Xᵀ
-/// is that of X, transposed), zeros right of its own columns. Zero columns add nothing to X·Xᵀ or its norm and stay
-/// zero under X ← a·X + B·X, so the result is each stack's own, and every Newton–Schulz step is three dispatches
-/// whatever the shapes: on a GPU such small products are bound by their dispatches, not by the FLOPs the padding
-/// adds. H100, GPT-small's Muon step (4 stacks, k = 128): 62 → 32 dispatches, device time 0.77 → 0.48 ms, 20 steps
-/// queued 0.45 ms each. CPU adapters, bound by FLOPs, keep one product per stack. `normalize(plan, x, b, dst)`
-/// writes the scaled start.
+/// One group of [`polar_stacks`] on a GPU: its stacks (all with small side k) as one padded stack `[Σb, k, L]`, L
+/// the longest side: every matrix wide (a tall one transposed: the polar factor of Xᵀ is that of X, transposed),
+/// zeros right of its own columns. Zero columns add nothing to X·Xᵀ or its norm and stay zero under
+/// X ← a·X + B·X, so each stack gets its own result (up to the order of the norm's sum), and every Newton–Schulz
+/// step is three dispatches whatever the shapes: on a GPU such small products are bound by their dispatches, not
+/// by the FLOPs the padding adds. H100, GPT-small's Muon step (4 stacks, k = 128): 62 → 32 dispatches, device time
+/// 0.77 → 0.48 ms, 20 steps queued 0.45 ms each. CPU adapters, bound by FLOPs, keep one product per stack.
+/// `normalize(plan, x, b, dst)` writes the scaled start.
 fn padded_group(
     plan: &mut PlanBuilder,
     group: &[Member<'_>],

@@ -169,7 +169,7 @@ pub(crate) fn record_muon(
             };
             let total = count * m * n / (rows * cols);
             let lanes_per_row = if gpu.is_cpu() { 1 } else { NORM_GPU_LANES_PER_ROW };
-            let blocks = rows.div_ceil(NORM_LANES / lanes_per_row);
+            let blocks = rows.div_ceil(NORM_LANES / lanes_per_row).min(MAX_GROUPS);
             let u = N {
                 rows: rows as u32,
                 cols: cols as u32,
@@ -204,12 +204,13 @@ pub(crate) fn record_muon(
                 beta2: f32,
                 scale: f32,
                 blocks: u32,
-                _pad: [u32; 3],
+                block: u32,
+                _pad: [u32; 2],
             }
             // 0.2·sqrt(min·max) over the parameter's own dims (all four for a convolution, as the reference does).
             let minmax = (shape.iter().min().copied().unwrap_or(1) * shape.iter().max().copied().unwrap_or(1)) as f32;
             let simplified = am.variant == crate::optim::AdaMuonVariant::Simplified;
-            let blocks = (m * n).div_ceil(ADAMUON_BLOCK);
+            let blocks = (m * n).div_ceil(ADAMUON_BLOCK).min(MAX_GROUPS);
             let u = A {
                 size: (m * n) as u32,
                 o_off: offset as u32,
@@ -220,7 +221,8 @@ pub(crate) fn record_muon(
                 beta2: am.beta2,
                 scale: crate::optim::AdjustLr::Keller.scale_for(shape),
                 blocks: blocks as u32,
-                _pad: [0; 3],
+                block: (m * n).div_ceil(blocks) as u32,
+                _pad: [0; 2],
             };
             let part = plan.scratch(&[count * blocks])?;
             let tensors = [scalars, &parts.ns_out, &b.states[1].1, &part];
@@ -314,8 +316,10 @@ pub(crate) fn adafactor_layout(
 /// Lanes per workgroup of normuon.wgsl (its `WG`), and its lanes per row on GPUs (`LPR`; CPU adapters take 1).
 const NORM_LANES: usize = 64;
 const NORM_GPU_LANES_PER_ROW: usize = 16;
-/// Values per workgroup of adamuon.wgsl (its `BLOCK`).
+/// Values per workgroup of adamuon.wgsl (fewer workgroups, with more each, past MAX_GROUPS of them).
 const ADAMUON_BLOCK: usize = 1024;
+/// The most workgroups along one dimension of a dispatch (WebGPU's default limit).
+const MAX_GROUPS: usize = 65535;
 
 pub(crate) fn grid(chunks: usize) -> (u32, u32) {
     let gx = (chunks as u32).clamp(1, 65535);
