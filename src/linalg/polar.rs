@@ -122,13 +122,20 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
         }
     }
     for (k, members) in groups {
-        let total: usize = members.iter().map(|&i| shapes[i].0).sum();
-        let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
-        if members.len() > 1 && !plan.gpu().is_cpu() {
-            let group: Vec<_> = members.iter().map(|&i| (stacks[i], shapes[i])).collect();
+        // GPUs: stacks of similar long sides as padded stacks; the rest (and CPU adapters) one product per stack.
+        let (padded, members) =
+            if plan.gpu().is_cpu() { (Vec::new(), members) } else { padded_parts(&shapes, members) };
+        for part in padded {
+            let total: usize = part.iter().map(|&i| shapes[i].0).sum();
+            let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
+            let group: Vec<_> = part.iter().map(|&i| (stacks[i], shapes[i])).collect();
             padded_group(plan, &group, (&a_all, &b_all), &rows, &normalize, cfg.precision)?;
+        }
+        if members.is_empty() {
             continue;
         }
+        let total: usize = members.iter().map(|&i| shapes[i].0).sum();
+        let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
         let mut iterates = Vec::with_capacity(members.len());
         let mut first = 0;
         for &i in &members {
@@ -157,6 +164,31 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
         }
     }
     Ok(())
+}
+
+/// A group's stacks (indices into `shapes`, all with one small side) split for GPUs: parts of two or more to run
+/// as padded stacks ([`padded_group`]; longest sides first, each part's padding at most doubling its size, so a
+/// 128×50,000 head does not pad a stack of 128² matrices to its width), and the stacks left alone.
+fn padded_parts(shapes: &[(usize, usize, usize)], mut members: Vec<usize>) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let long = |i: usize| shapes[i].1.max(shapes[i].2);
+    members.sort_by_key(|&i| std::cmp::Reverse(long(i)));
+    let (mut parts, mut alone) = (Vec::new(), Vec::new());
+    let mut close = |part: Vec<usize>| if part.len() > 1 { parts.push(part) } else { alone.extend(part) };
+    let mut part: Vec<usize> = Vec::new();
+    for i in members {
+        let fits = part.first().is_some_and(|&first| {
+            let (_, m, n) = shapes[first];
+            let count: usize = part.iter().chain([&i]).map(|&j| shapes[j].0).sum();
+            let values: usize = part.iter().chain([&i]).map(|&j| shapes[j].0 * shapes[j].1 * shapes[j].2).sum();
+            count * m.min(n) * long(first) <= 2 * values
+        });
+        if !fits {
+            close(std::mem::take(&mut part));
+        }
+        part.push(i);
+    }
+    close(part);
+    (parts, alone)
 }
 
 /// A stack of [`polar_stacks`]: `(g, out)` and its shape `(b, m, n)`.
