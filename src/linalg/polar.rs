@@ -60,9 +60,10 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
 /// [`polar`] of several stacks `(g, out)` with one configuration (an optimizer bucket's stacks of different
 /// shapes). Newton–Schulz steps interleave the stacks so that the middle products `bA + cA²` of all stacks with
 /// the same small side run as one batched product: GPT-small's four Muon stacks take 5 matmul dispatches per step
-/// instead of 20 for them (on CPU adapters the Gram and apply products differ in shape and stay one per stack; on
-/// GPUs the whole group runs as one padded stack, see [`padded_group`]). Each `out` may be its own `g`; the stacks
-/// must not overlap otherwise.
+/// instead of 20 for them (on CPU adapters the Gram and apply products differ in shape and stay one per stack). On
+/// GPUs, stacks of a small side whose long sides are alike run as one stack padded with zero columns, three
+/// dispatches per step in all: GPT-small's Muon step takes 32 dispatches there instead of 62. Each `out` may be its
+/// own `g`; the stacks must not overlap otherwise.
 pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: &PolarConfig) -> Result<()> {
     if cfg.steps == 0 {
         return Err(Error::InvalidArgument { op: "polar", name: "steps", detail: "at least one step".into() });
