@@ -127,10 +127,8 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
         let (padded, members) =
             if plan.gpu().is_cpu() { (Vec::new(), members) } else { padded_parts(&shapes, members) };
         for part in padded {
-            let total: usize = part.iter().map(|&i| shapes[i].0).sum();
-            let (a_all, b_all) = (plan.scratch(&[total, k, k])?, plan.scratch(&[total, k, k])?);
             let group: Vec<_> = part.iter().map(|&i| (stacks[i], shapes[i])).collect();
-            padded_group(plan, &group, (&a_all, &b_all), &rows, &normalize, cfg.precision)?;
+            padded_group(plan, &group, k, &rows, &normalize, cfg.precision)?;
         }
         if members.is_empty() {
             continue;
@@ -195,7 +193,7 @@ fn padded_parts(shapes: &[(usize, usize, usize)], mut members: Vec<usize>) -> (V
 /// A stack of [`polar_stacks`]: `(g, out)` and its shape `(b, m, n)`.
 type Member<'a> = ((&'a Tensor, &'a Tensor), (usize, usize, usize));
 
-/// One group of [`polar_stacks`] on a GPU: its stacks (all with small side k) as one padded stack `[Σb, k, L]`, L
+/// One group of [`polar_stacks`] on a GPU: its stacks (all with small side `k`) as one padded stack `[Σb, k, L]`, L
 /// the longest side: every matrix wide (a tall one transposed: the polar factor of Xᵀ is that of X, transposed),
 /// zeros right of its own columns. Zero columns add nothing to X·Xᵀ or its norm and stay zero under
 /// X ← a·X + B·X, so each stack gets its own result (up to the order of the norm's sum), and every Newton–Schulz
@@ -206,14 +204,15 @@ type Member<'a> = ((&'a Tensor, &'a Tensor), (usize, usize, usize));
 fn padded_group(
     plan: &mut PlanBuilder,
     group: &[Member<'_>],
-    (a_all, b_all): (&Tensor, &Tensor),
+    k: usize,
     rows: &[[f64; 3]],
     normalize: &dyn Fn(&mut PlanBuilder, &Tensor, usize, &Tensor) -> Result<()>,
     precision: Precision,
 ) -> Result<()> {
-    let (total, k, _) = a_all.matrices("polar")?;
+    let total: usize = group.iter().map(|&(_, (b, _, _))| b).sum();
     let long = group.iter().map(|&(_, (_, m, n))| m.max(n)).max().unwrap_or(k);
     let (mut cur, mut next) = (plan.scratch(&[total, k, long])?, plan.scratch(&[total, k, long])?);
+    let (a_all, b_all) = (&plan.scratch(&[total, k, k])?, &plan.scratch(&[total, k, k])?);
     // Matrix `first` of a padded stack (as a view whose offset is all `copy_view` reads).
     let at = |t: &Tensor, first: usize| {
         Tensor::from_buffer(t.gpu(), t.buffer().clone(), t.offset() + first * k * long, &[k, long])
