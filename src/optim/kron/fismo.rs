@@ -7,7 +7,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Plan, PlanBuilder, Tensor};
-use crate::linalg::{copy, eigh, gram, polar, trace, EighConfig, GramSide, Matmul, Trans};
+use crate::linalg::{copy, eigh, gram, polar_stacks, trace, EighConfig, GramSide, Matmul, Trans};
 use crate::optim::optimizer::Bucket;
 use crate::optim::{FismoConfig, FismoDiagConfig};
 
@@ -69,6 +69,15 @@ impl KronStack {
     }
 }
 
+/// One FISMO stack between its momentum and the un-whitening: the momentum, its polar factor's scratch, a free
+/// scratch of the stack's shape, and both sides' roots (basis, inverse square roots).
+struct Whitened {
+    mom: Tensor,
+    o: Tensor,
+    a: Tensor,
+    roots: [(Tensor, Tensor); 2],
+}
+
 /// FISMO's step per stack (§5): P from the previous Q's roots, P's roots, Q from the new P's, Q's roots (inline
 /// when `c.root_every == 1`, else the last refresh's), the whitened gradient `V_P·diag(s_P)·V_Pᵀ·G·V_Q·diag(s_Q)·V_Qᵀ`,
 /// the momentum, its polar factor un-whitened into the direction buffer; then the apply.
@@ -81,6 +90,9 @@ pub(super) fn record_fismo(
 ) -> Result<()> {
     let (p, k) = parts(b)?;
     let inline = c.root_every == 1;
+    // Per stack up to the momentum; the polar factors of all stacks in one call (middle products batched across
+    // them); then each un-whitened.
+    let mut whitened = Vec::with_capacity(k.stacks.len());
     for st in &k.stacks {
         let g = st.view(&p.ns_in)?;
         let (m, n) = (st.m as f32, st.n as f32);
@@ -101,17 +113,21 @@ pub(super) fn record_fismo(
         let a = plan.scratch(g.shape())?;
         Matmul::new(&z, &vr, &a).record(plan)?;
         scale_sides(plan, b.group, scalars, &a, [None, Some(&sr)], false, 0, 0.0)?;
-        let whitened = plan.scratch(g.shape())?;
-        let bases = [Some(&vl), Some(&vr)];
-        sandwich(plan, bases, BACK, &a, &whitened)?;
+        let w = plan.scratch(g.shape())?;
+        sandwich(plan, [Some(&vl), Some(&vr)], BACK, &a, &w)?;
         let mom = plan.scratch(g.shape())?;
-        momentum(plan, st, b.group, scalars, &whitened, b.state("momentum_buffer")?, &mom, 0, 0.0)?;
-        let o = plan.scratch(g.shape())?;
-        polar(plan, &mom, &o, &c.polar)?;
+        momentum(plan, st, b.group, scalars, &w, b.state("momentum_buffer")?, &mom, 0, 0.0)?;
+        whitened.push(Whitened { mom, o: plan.scratch(g.shape())?, a, roots: [(vl, sl), (vr, sr)] });
+    }
+    let pairs: Vec<(&Tensor, &Tensor)> = whitened.iter().map(|w| (&w.mom, &w.o)).collect();
+    polar_stacks(plan, &pairs, &c.polar)?;
+    for (st, w) in k.stacks.iter().zip(&whitened) {
         // Un-whiten: P^{-1/2}·O·Q^{-1/2}.
-        sandwich(plan, bases, PROJECT, &o, &a)?;
-        scale_sides(plan, b.group, scalars, &a, [Some(&sl), Some(&sr)], false, 0, 0.0)?;
-        sandwich(plan, bases, BACK, &a, &st.view(&p.ns_out)?)?;
+        let [(vl, sl), (vr, sr)] = &w.roots;
+        let bases = [Some(vl), Some(vr)];
+        sandwich(plan, bases, PROJECT, &w.o, &w.a)?;
+        scale_sides(plan, b.group, scalars, &w.a, [Some(sl), Some(sr)], false, 0, 0.0)?;
+        sandwich(plan, bases, BACK, &w.a, &st.view(&p.ns_out)?)?;
     }
     chunked(plan, b, scalars, wg, Some(Apply::new(0, c.weight_decay)))
 }
@@ -162,6 +178,8 @@ pub(super) fn record_fismo_diag(
     wg: u32,
 ) -> Result<()> {
     let (p, k) = parts(b)?;
+    // Per stack up to the momentum; the polar factors of all stacks in one call; then each scaled back.
+    let mut moms = Vec::with_capacity(k.stacks.len());
     for st in &k.stacks {
         let g = st.view(&p.ns_in)?;
         diag_side(plan, st, scalars, &g, 0, c)?;
@@ -172,9 +190,13 @@ pub(super) fn record_fismo_diag(
         scale_sides(plan, b.group, scalars, &whitened, sides, true, 0, 0.0)?;
         let mom = plan.scratch(g.shape())?;
         momentum(plan, st, b.group, scalars, &whitened, b.state("momentum_buffer")?, &mom, 0, 0.0)?;
-        let out = st.view(&p.ns_out)?;
-        polar(plan, &mom, &out, &c.polar)?;
-        scale_sides(plan, b.group, scalars, &out, sides, true, 0, 0.0)?;
+        moms.push((mom, st.view(&p.ns_out)?));
+    }
+    let pairs: Vec<(&Tensor, &Tensor)> = moms.iter().map(|(m, o)| (m, o)).collect();
+    polar_stacks(plan, &pairs, &c.polar)?;
+    for (st, (_, out)) in k.stacks.iter().zip(&moms) {
+        let sides = [st.factors[0].as_ref(), st.factors[1].as_ref()];
+        scale_sides(plan, b.group, scalars, out, sides, true, 0, 0.0)?;
     }
     chunked(plan, b, scalars, wg, Some(Apply::new(0, c.weight_decay)))
 }

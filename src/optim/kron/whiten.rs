@@ -6,21 +6,24 @@
 use super::{chunked, elementwise, momentum, parts, sandwich, Apply, KronStack, KronU, BACK, PROJECT};
 use crate::error::{Error, Result};
 use crate::gpu::{PlanBuilder, Tensor};
-use crate::linalg::{copy, polar};
+use crate::linalg::{copy, polar_stacks};
 use crate::optim::optimizer::Bucket;
 use crate::optim::{Basis, Normalization, WhitenConfig};
 
 /// The grid's step per stack, then the apply and (eigenbasis) the factor EMAs.
 pub(super) fn record(plan: &mut PlanBuilder, c: &WhitenConfig, b: &Bucket, scalars: &Tensor, wg: u32) -> Result<()> {
     let (p, k) = parts(b)?;
+    // Per stack, x: the direction in its basis; stat: what the second moment is taken of (the gradient in that
+    // basis, or for Newton–Schulz the polar factor itself). Newton–Schulz's polar factors come from one call over
+    // all stacks (middle products batched across them), so the normalizations follow in a second pass.
+    let mut dirs = Vec::with_capacity(k.stacks.len());
+    let mut polar_in = Vec::new();
     for st in &k.stacks {
         let g = st.view(&p.ns_in)?;
         let look = plan.scratch(g.shape())?;
         momentum(plan, st, b.group, scalars, &g, b.state("exp_avg")?, &look, 0, c.effective_lookahead())?;
         let bases = KronStack::side(&st.bases);
-        // x: the direction in its basis; stat: what the second moment is taken of (the gradient in that basis,
-        // or for Newton–Schulz the polar factor itself).
-        let (x, stat) = match c.basis {
+        dirs.push(match c.basis {
             Basis::Identity => (look, g.clone()),
             Basis::Eigen => {
                 let x = plan.scratch(g.shape())?;
@@ -33,14 +36,20 @@ pub(super) fn record(plan: &mut PlanBuilder, c: &WhitenConfig, b: &Bucket, scala
             }
             Basis::NewtonSchulz => {
                 let x = plan.scratch(g.shape())?;
-                polar(plan, &look, &x, &c.polar)?;
+                polar_in.push(look);
                 (x.clone(), x)
             }
-        };
-        let n = normalize(plan, c, st, b, scalars, &stat, &x)?;
+        });
+    }
+    if !polar_in.is_empty() {
+        let pairs: Vec<(&Tensor, &Tensor)> = polar_in.iter().zip(&dirs).map(|(m, (x, _))| (m, x)).collect();
+        polar_stacks(plan, &pairs, &c.polar)?;
+    }
+    for (st, (x, stat)) in k.stacks.iter().zip(&dirs) {
+        let n = normalize(plan, c, st, b, scalars, stat, x)?;
         let out = st.view(&p.ns_out)?;
         match c.basis {
-            Basis::Eigen => sandwich(plan, bases, BACK, &n, &out)?,
+            Basis::Eigen => sandwich(plan, KronStack::side(&st.bases), BACK, &n, &out)?,
             _ => copy(plan, &n, &out)?,
         }
     }
