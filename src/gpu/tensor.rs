@@ -72,6 +72,12 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether this view and `other` share an element of one buffer.
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        self.buffer == other.buffer
+            && self.offset < other.offset + other.numel()
+            && other.offset < self.offset + self.numel()
+    }
     /// The underlying buffer (shared with any views).
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer

@@ -63,7 +63,7 @@ pub fn polar(plan: &mut PlanBuilder, g: &Tensor, out: &Tensor, cfg: &PolarConfig
 /// instead of 20 for them (on CPU adapters the Gram and apply products differ in shape and stay one per stack). On
 /// GPUs, stacks of a small side whose long sides are alike run as one stack padded with zero columns, three
 /// dispatches per step in all: GPT-small's Muon step takes 32 dispatches there instead of 62. Each `out` may be its
-/// own `g`; the stacks must not overlap otherwise.
+/// own `g`; stacks that overlap one another are refused.
 pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: &PolarConfig) -> Result<()> {
     if cfg.steps == 0 {
         return Err(Error::InvalidArgument { op: "polar", name: "steps", detail: "at least one step".into() });
@@ -88,6 +88,18 @@ pub fn polar_stacks(plan: &mut PlanBuilder, stacks: &[(&Tensor, &Tensor)], cfg: 
             });
         }
         shapes.push((b, m, n));
+    }
+    // One stack's input or output sharing memory with another's would be read after the other has written it.
+    for (i, &(g, out)) in stacks.iter().enumerate() {
+        for &(g2, out2) in &stacks[..i] {
+            if [g, out].iter().any(|t| t.overlaps(g2) || t.overlaps(out2)) {
+                return Err(Error::InvalidArgument {
+                    op: "polar",
+                    name: "stacks",
+                    detail: format!("stack {i} overlaps an earlier stack in memory"),
+                });
+            }
+        }
     }
     let rows = cfg.coefficients.rows(cfg.steps);
     let (mult, add, floor) = cfg.normalization.params();

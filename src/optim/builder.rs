@@ -189,10 +189,7 @@ impl OptimizerBuilder {
         if param.buffer() == grad.buffer() {
             return err(format!("`{name}`: the gradient must not live in the parameter's buffer"));
         }
-        let (a0, a1) = (param.offset(), param.offset() + param.numel());
-        if let Some(other) = self.params.iter().find(|p| {
-            p.param.buffer() == param.buffer() && p.param.offset() < a1 && a0 < p.param.offset() + p.param.numel()
-        }) {
+        if let Some(other) = self.params.iter().find(|p| p.param.overlaps(param)) {
             return err(format!("`{name}` overlaps parameter `{}` in the same buffer", other.name));
         }
         self.params.push(ParamEntry { name: name.to_string(), param: param.clone(), grad: grad.clone() });

@@ -174,6 +174,16 @@ fn bad_configs_are_rejected() {
     assert!(matches!(polar(&mut pb, &x, &x, &cfg), Err(Error::InvalidArgument { .. })));
     let cfg = PolarConfig { coefficients: NsCoefficients::Custom(vec![]), ..PolarConfig::default() };
     assert!(matches!(polar(&mut pb, &x, &x, &cfg), Err(Error::InvalidArgument { .. })));
+    // Stacks in one buffer: in place is fine, sharing an element with another stack (input or output) is not.
+    let buf = Tensor::zeros(&gpu, &[40]).unwrap();
+    let at = |offset: usize| Tensor::from_buffer(&gpu, buf.buffer().clone(), offset, &[4, 4]).unwrap();
+    let (a, b, c) = (at(0), at(16), at(15));
+    let cfg = PolarConfig::default();
+    assert!(polar_stacks(&mut pb, &[(&a, &a), (&b, &b)], &cfg).is_ok());
+    for pairs in [[(&a, &a), (&c, &c)], [(&a, &b), (&c, &x)], [(&b, &a), (&x, &c)]] {
+        let err = polar_stacks(&mut pb, &pairs, &cfg);
+        assert!(matches!(err, Err(Error::InvalidArgument { name: "stacks", .. })), "{err:?}");
+    }
 }
 
 /// Stacks of several shapes in one buffer (views at offsets), wide, tall and square with one small side and a
