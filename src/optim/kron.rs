@@ -945,19 +945,8 @@ fn shampoo_refresh(
     for s in 0..2 {
         let (Some(f), Some(root)) = (&st.factors[s], &st.roots[s]) else { continue };
         let d = f.shape()[1];
-        let prep = plan.scratch(f.shape())?;
-        let u = KronU {
-            total: f.numel() as u32,
-            src_off: f.offset() as u32,
-            group: group as u32,
-            a: c.epsilon,
-            b: c.beta2,
-            flags: c.use_bias_correction as u32,
-            rows: d as u32,
-            cols: d as u32,
-            ..Default::default()
-        };
-        matrix_grid(&mut plan, "optim/kron.wgsl", "PREP", u, st.count, &[scalars, f, &prep])?;
+        let bias = c.use_bias_correction.then_some(c.beta2);
+        let prep = prepared(&mut plan, scalars, f, st.count, group, c.epsilon, bias)?;
         let new_root = plan.scratch(f.shape())?;
         let Some(q) = &st.bases[s] else {
             // Coupled Newton (no eigenbasis kept).
@@ -997,6 +986,34 @@ fn kl_refresh(gpu: &Gpu, st: &KronStack, scalars: &Tensor) -> Result<Plan> {
     plan.build()
 }
 
+/// `F / bc + εI` for each of the `count` d×d factors `f` (PREP), into a new scratch: the input of their
+/// eigendecomposition. `bias`: the factors' β2 when divided by their bias correction `bc = 1 − β2^t` (else 1).
+fn prepared(
+    plan: &mut PlanBuilder,
+    scalars: &Tensor,
+    f: &Tensor,
+    count: usize,
+    group: usize,
+    eps: f32,
+    bias: Option<f32>,
+) -> Result<Tensor> {
+    let d = f.shape()[1] as u32;
+    let prep = plan.scratch(f.shape())?;
+    let u = KronU {
+        total: f.numel() as u32,
+        src_off: f.offset() as u32,
+        group: group as u32,
+        a: eps,
+        b: bias.unwrap_or(0.0),
+        flags: bias.is_some() as u32,
+        rows: d,
+        cols: d,
+        ..Default::default()
+    };
+    matrix_grid(plan, "optim/kron.wgsl", "PREP", u, count, &[scalars, f, &prep])?;
+    Ok(prep)
+}
+
 /// SPlus's and SPA's eigenbases `eigh(F + εI)` (cold, or warm-started from the current basis), committed on an
 /// applied step. The order of the columns does not matter: the sign direction is invariant to permutations and
 /// sign flips of the basis vectors.
@@ -1005,17 +1022,7 @@ fn eigen_refresh(gpu: &Gpu, st: &KronStack, group: usize, scalars: &Tensor, eps:
     for s in 0..2 {
         let (Some(f), Some(q)) = (&st.factors[s], &st.bases[s]) else { continue };
         let d = f.shape()[1];
-        let prep = plan.scratch(f.shape())?;
-        let u = KronU {
-            total: f.numel() as u32,
-            src_off: f.offset() as u32,
-            group: group as u32,
-            a: eps,
-            rows: d as u32,
-            cols: d as u32,
-            ..Default::default()
-        };
-        matrix_grid(&mut plan, "optim/kron.wgsl", "PREP", u, st.count, &[scalars, f, &prep])?;
+        let prep = prepared(&mut plan, scalars, f, st.count, group, eps, None)?;
         let (vals, vecs) = (plan.scratch(&[st.count, d])?, plan.scratch(f.shape())?);
         eigh(&mut plan, &prep, &vals, &vecs, (!cold).then_some(q), &EighConfig::default())?;
         ema(&mut plan, scalars, &vecs, q, 0.0, 1.0)?;
