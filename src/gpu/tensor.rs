@@ -72,11 +72,10 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-    /// Whether this view and `other` share an element of one buffer.
+    /// Whether this view and `other` share an element of one buffer (an empty view shares none).
     pub fn overlaps(&self, other: &Tensor) -> bool {
-        self.buffer == other.buffer
-            && self.offset < other.offset + other.numel()
-            && other.offset < self.offset + self.numel()
+        let (a, b) = ((self.offset, self.numel()), (other.offset, other.numel()));
+        self.buffer == other.buffer && a.1 > 0 && b.1 > 0 && a.0 < b.0 + b.1 && b.0 < a.0 + a.1
     }
     /// The underlying buffer (shared with any views).
     pub fn buffer(&self) -> &wgpu::Buffer {

@@ -104,6 +104,12 @@ fn limits_and_mismatches_are_errors() {
         Err(Error::InvalidArgument { detail, .. }) => assert!(detail.contains("share one buffer"), "{detail}"),
         other => panic!("aliasing accepted: {other:?}"),
     }
+    // Overlap is about elements: x (0..4) and y (4..6) share a buffer but none; an empty view overlaps nothing.
+    let z = Tensor::from_buffer(&gpu, flat.buffer().clone(), 3, &[2]).unwrap();
+    let empty = Tensor::from_buffer(&gpu, flat.buffer().clone(), 2, &[0]).unwrap();
+    assert!(!x.overlaps(&y) && !y.overlaps(&x) && x.overlaps(&x));
+    assert!(z.overlaps(&x) && z.overlaps(&y) && x.overlaps(&z));
+    assert!(!empty.overlaps(&x) && !x.overlaps(&empty) && !x.overlaps(&o));
     // A kernel given fewer tensors than its entry point binds is an error, not a driver failure later.
     let sort = gpu.kernel("linalg/tridiag_ql.wgsl", "sort", &[("WG", "64".into()), ("WARM", "0".into())]).unwrap();
     match pb.dispatch(&sort, &[2u32, 8, 0, 0], &[&a, &o], [1, 1, 1]) {
