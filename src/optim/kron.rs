@@ -25,7 +25,7 @@ use crate::optim::config::{
     WhitenConfig, GPU_MIN_STAGGER_CHUNK,
 };
 use crate::optim::optimizer::{Bucket, ParamSlot, StackParts, StateView};
-use crate::optim::stages::{grid, StackUniform};
+use crate::optim::stages::{grid, StackUniform, MAX_GROUPS};
 use crate::optim::{Group, OptimizerConfig};
 
 mod fismo;
@@ -843,7 +843,7 @@ fn sort_basis(
     let count = st.count as u32;
     let columns = |n: usize| n.div_ceil(64) as u32;
     // Rows past WebGPU's grid limit per dimension are strided.
-    let rows = |n: usize| n.min(65535) as u32;
+    let rows = |n: usize| n.min(MAX_GROUPS) as u32;
     let gpu = plan.gpu().clone();
     let phase = |name: &str, extra: &[(&str, String)]| {
         let mut defines = vec![(name, "1".to_string())];

@@ -319,10 +319,11 @@ const NORM_GPU_LANES_PER_ROW: usize = 16;
 /// Values per workgroup of adamuon.wgsl (fewer workgroups, with more each, past MAX_GROUPS of them).
 const ADAMUON_BLOCK: usize = 1024;
 /// The most workgroups along one dimension of a dispatch (WebGPU's default limit).
-const MAX_GROUPS: usize = 65535;
+pub(crate) const MAX_GROUPS: usize = 65535;
 
+/// A 2-D grid of at least `chunks` workgroups, at most MAX_GROUPS along x.
 pub(crate) fn grid(chunks: usize) -> (u32, u32) {
-    let gx = (chunks as u32).clamp(1, 65535);
+    let gx = (chunks as u32).clamp(1, MAX_GROUPS as u32);
     (gx, (chunks as u32).div_ceil(gx).max(1))
 }
 
