@@ -224,7 +224,8 @@ pub(crate) fn record_muon(
                 block: (m * n).div_ceil(blocks) as u32,
                 _pad: [0; 2],
             };
-            let part = plan.scratch(&[count * blocks])?;
+            // The simplified form never reads or writes `part`; one value fills the binding.
+            let part = plan.scratch(&[if simplified { 1 } else { count * blocks }])?;
             let tensors = [scalars, &parts.ns_out, &b.states[1].1, &part];
             // The simplified form is elementwise: its one pass is STATS'.
             for stats in if simplified { &["1"][..] } else { &["1", "0"][..] } {
