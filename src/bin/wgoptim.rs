@@ -82,11 +82,17 @@ mod cli {
             /// Parameter set: gpt-small (4 layers, width 128: 36 tensors, 805,248 values).
             #[arg(long, default_value = "gpt-small")]
             shapes: String,
-            /// Untimed steps before the 20 timed ones (matrix optimizers): the first refresh of each stack
+            /// Untimed steps before the timed ones (matrix optimizers): the first refresh of each stack
             /// starts its decompositions cold, later ones warm; the warm-up's time is reported separately.
-            /// The default covers Shampoo's start step plus one staggered period at frequency 10.
-            #[arg(long, default_value_t = 20)]
-            warmup: usize,
+            /// Default: 20, or more until every stack has made one warm refresh (Shampoo's start step, staggered
+            /// offsets).
+            #[arg(long)]
+            warmup: Option<usize>,
+            /// Timed steps (matrix optimizers), each waited for, then as many queued back to back. Default: 20
+            /// rounded up to whole refresh periods, so that the mean carries each stack's refreshes in the share
+            /// training pays (at `precondition_frequency` 100: 100 steps).
+            #[arg(long)]
+            steps: Option<usize>,
             /// Print JSON instead of text.
             #[arg(long)]
             json: bool,
@@ -172,8 +178,8 @@ mod cli {
             Cmd::Bench { what: Bench::Decomp { n, batch, ops, method, json } } => {
                 bench_decomp(n, batch, ops.as_deref(), &method, json)
             }
-            Cmd::Bench { what: Bench::Step { optimizer, config, shapes, warmup, json } } => {
-                bench_step(&optimizer, &config, &shapes, warmup, json)
+            Cmd::Bench { what: Bench::Step { optimizer, config, shapes, warmup, steps, json } } => {
+                bench_step(&optimizer, &config, &shapes, (warmup, steps), json)
             }
             Cmd::Bench { what: Bench::Train { preset, optimizer, data, steps, ops, json } } => {
                 bench_train(&preset, &optimizer, data.as_deref(), steps, ops, json)
@@ -237,7 +243,13 @@ mod cli {
     }
 
     /// Matrix optimizers are compute-bound: bytes-moved figures do not describe them.
-    fn bench_step(name: &str, config: &str, shapes: &str, warmup: usize, json: bool) -> Result<()> {
+    fn bench_step(
+        name: &str,
+        config: &str,
+        shapes: &str,
+        (warmup, steps): (Option<usize>, Option<usize>),
+        json: bool,
+    ) -> Result<()> {
         use wgoptim::optim::{Group, Matcher, OptimizerBuilder, OptimizerConfig, ParamStore};
         if shapes != "gpt-small" {
             return Err(Error::InvalidArgument {
@@ -268,6 +280,7 @@ mod cli {
             b.rule(Matcher::All, Group::new(cfg));
         }
         let opt = b.build()?;
+        let (warmup, timed, period) = step_counts(&opt, warmup, steps)?;
         // The first step compiles shaders (CPU drivers do at the first dispatch) and runs the cold initial
         // decompositions (SOAP's first eigenbases); it is reported on its own.
         let first_start = Instant::now();
@@ -283,35 +296,35 @@ mod cli {
         // Empty where the adapter has no timestamp queries.
         let stages: Vec<(String, f64)> = pollster::block_on(opt.timed_step()).unwrap_or_default();
         let submits = gpu.counters().submits();
-        // Elementwise optimizers: the median of 20 replays of the step plan. Matrix optimizers: 20 timed steps
-        // (two refresh periods at the default frequency), since refreshes make steps differ.
+        // Elementwise optimizers: the median of 20 replays of the step plan. Matrix optimizers: `timed` steps
+        // (whole refresh periods), since refreshes make steps differ.
         let (secs, max_secs, runs) = if matrix {
             let mut times = Vec::new();
-            for _ in 0..20 {
+            for _ in 0..timed {
                 let t = Instant::now();
                 opt.step()?;
                 gpu.wait()?;
                 times.push(t.elapsed().as_secs_f64());
             }
             let max = times.iter().cloned().fold(0.0, f64::max);
-            (times.iter().sum::<f64>() / times.len() as f64, max, 20.0)
+            (times.iter().sum::<f64>() / times.len() as f64, max, timed as f64)
         } else {
             let s = time_plan(&gpu, opt.plan(), 20)?;
             (s, s, 21.0)
         };
-        // Matrix optimizers again, 20 steps queued back to back with one wait: the throughput a training loop
-        // sees (the waits above add each step's submit and fence latency).
+        // Matrix optimizers again, as many steps queued back to back with one wait: the throughput a training
+        // loop sees (the waits above add each step's submit and fence latency).
         let queued_secs = if matrix {
             let t = Instant::now();
-            for _ in 0..20 {
+            for _ in 0..timed {
                 opt.step()?;
             }
             gpu.wait()?;
-            t.elapsed().as_secs_f64() / 20.0
+            t.elapsed().as_secs_f64() / timed as f64
         } else {
             secs
         };
-        let runs = if matrix { runs + 20.0 } else { runs };
+        let runs = if matrix { runs + timed as f64 } else { runs };
         let submits_per_step = (gpu.counters().submits() - submits) as f64 / runs;
         let (dispatches, refresh_dispatches) = opt.dispatch_counts();
         // Bytes each element moves per step: the statistics pass reads g; the update reads g and p and every
@@ -324,7 +337,7 @@ mod cli {
             out!(
                 "{}",
                 json!({"adapter": gpu.describe(), "bench": "step", "optimizer": name, "shapes": shapes, "tensors": specs.len(),
-                       "values": numel, "first_step_s": first_secs, "warmup_steps": if matrix { warmup } else { 0 }, "warmup_s": warmup_secs, "ms_per_step": secs * 1e3, "max_ms_per_step": max_secs * 1e3, "queued_ms_per_step": queued_secs * 1e3, "dispatches_per_step": dispatches, "refresh_dispatches": refresh_dispatches,
+                       "values": numel, "first_step_s": first_secs, "warmup_steps": if matrix { warmup } else { 0 }, "timed_steps": if matrix { timed } else { 20 }, "refresh_period": period, "warmup_s": warmup_secs, "ms_per_step": secs * 1e3, "max_ms_per_step": max_secs * 1e3, "queued_ms_per_step": queued_secs * 1e3, "dispatches_per_step": dispatches, "refresh_dispatches": refresh_dispatches,
                        "submits_per_step": submits_per_step, "stage_ms": stages.iter().map(|(n, t)| (n.clone(), t * 1e3)).collect::<std::collections::BTreeMap<_, _>>(), "gb_per_s": gbs, "copy_gb_per_s": copy, "fraction_of_copy": gbs / copy})
             );
         } else {
@@ -338,7 +351,9 @@ mod cli {
             if !matrix {
                 out!("  {gbs:.2} GB/s moved vs {copy:.2} GB/s buffer copy ({:.0} %)", 100.0 * gbs / copy);
             } else {
-                out!("  {:.3} ms per step with 20 steps queued back to back (one wait)", queued_secs * 1e3);
+                let whole = period.map_or(String::new(), |p| format!(", whole refresh periods of {p}"));
+                out!("  over {timed} steps waited one by one{whole}");
+                out!("  {:.3} ms per step with {timed} steps queued back to back (one wait)", queued_secs * 1e3);
             }
             if matrix && warmup > 0 {
                 out!(
@@ -352,6 +367,40 @@ mod cli {
             }
         }
         Ok(())
+    }
+
+    /// Warm-up and timed step counts for `bench step`: by default 20 of each, the warm-up lengthened until every
+    /// stack has made one warm refresh and the timed steps rounded up to whole refresh periods (also returned).
+    fn step_counts(
+        opt: &wgoptim::optim::Optimizer,
+        warmup: Option<usize>,
+        steps: Option<usize>,
+    ) -> Result<(usize, usize, Option<u64>)> {
+        const MOST: u64 = 10_000;
+        let cadence = opt.refresh_cadence();
+        // The first step runs before the warm-up.
+        let warm = cadence.map_or(0, |c| c.warm_after.saturating_sub(1));
+        let period = cadence.map(|c| c.period);
+        let timed = match (steps, period) {
+            (Some(0), _) => {
+                return Err(Error::InvalidArgument { op: "bench step", name: "steps", detail: "must be ≥ 1".into() })
+            }
+            (Some(n), _) => n,
+            (None, Some(p)) if p > MOST => {
+                return Err(Error::InvalidArgument {
+                    op: "bench step",
+                    name: "steps",
+                    detail: format!(
+                        "the refreshes repeat every {p} steps, more than the {MOST} timed by default: pass --steps \
+                         (fewer than a period give a mean without its share of refreshes)"
+                    ),
+                })
+            }
+            (None, Some(p)) => (20u64.div_ceil(p) * p) as usize,
+            (None, None) => 20,
+        };
+        let warmup = warmup.unwrap_or(20.max(warm.min(MOST) as usize));
+        Ok((warmup, timed, period))
     }
 
     fn training_text(path: Option<&std::path::Path>) -> Result<(String, String)> {

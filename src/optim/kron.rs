@@ -112,6 +112,25 @@ impl Refresh {
         }
     }
 
+    /// Its steady cadence: (the first call whose refresh follows the cold initial one, the period in calls).
+    /// `None` for PSGD-Kron, whose schedule is not periodic (and whose counter `due` advances), and past 2²⁶
+    /// calls.
+    pub(crate) fn cadence(&self) -> Option<(u64, u64)> {
+        let (period, start, offset) = match &self.cadence {
+            Cadence::Soap { period, offset } | Cadence::Eigen { period, offset } => (*period, 0, *offset),
+            Cadence::Shampoo { cfg, offset } => (cfg.precondition_frequency as u64, cfg.start() as u64, *offset),
+            Cadence::Psgd { .. } => return None,
+        };
+        // The second call with a refresh (the first is the cold one: an `init` plan or Shampoo's first roots),
+        // found by asking `due` itself; it lies within the offset, the start step and two periods.
+        let bound = offset + start + 2 * period.max(1) + 2;
+        if bound > 1 << 26 {
+            return None; // nothing a benchmark could time; and not worth the scan
+        }
+        let mut due = (0..bound).filter(|&c| self.due(c).is_some());
+        due.nth(1).map(|first| (first, period.max(1)))
+    }
+
     /// Dispatches of its larger plan (for reports).
     pub(crate) fn dispatch_count(&self) -> usize {
         self.plan.dispatch_count().max(self.init.as_ref().map_or(0, Plan::dispatch_count))

@@ -20,7 +20,7 @@ pub use config::{
     ScheduleFreeSgdConfig, SfNorMuonConfig, SgdConfig, ShampooConfig, ShapeScale, SignumConfig, SoapConfig, SpaConfig,
     SplusConfig, StepSizeRule, UpdateSchedule, WhitenConfig, GPU_MIN_STAGGER_CHUNK,
 };
-pub use optimizer::{Optimizer, StepReport};
+pub use optimizer::{Optimizer, RefreshCadence, StepReport};
 pub use params::ParamStore;
 pub use replay::replay;
 pub use schedule::{MomentumSchedule, Schedule};

@@ -137,6 +137,24 @@ struct GroupMeta {
     params: Vec<String>,
 }
 
+/// When an optimizer's refreshes run ([`Optimizer::refresh_cadence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshCadence {
+    /// Calls after which every bucket has made one refresh past its cold first one (staggered offsets included).
+    pub warm_after: u64,
+    /// Calls after which the pattern of refresh steps repeats: the least common multiple of the buckets' periods.
+    pub period: u64,
+}
+
+/// Least common multiple of two positive numbers; `None` on overflow.
+fn lcm(a: u64, b: u64) -> Option<u64> {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    (a / x).checked_mul(b)
+}
+
 const FORMAT: &str = "wgoptim-checkpoint-1";
 
 impl Optimizer {
@@ -218,6 +236,23 @@ impl Optimizer {
             stages.extend(p.run_timed().await?);
         }
         Ok(stages)
+    }
+
+    /// The cadence of the whitening refreshes (SOAP, Shampoo, SPlus, SPA, amortized FISMO), for timing steps
+    /// fairly: a mean over fewer steps than a period, or over steps that include the cold first refreshes, is
+    /// not what training sees. `None` without refreshes, with PSGD-Kron's (not periodic) schedule, or when the
+    /// periods' pattern repeats only after more than 2⁶⁴ calls or a refresh's first two after more than 2²⁶.
+    pub fn refresh_cadence(&self) -> Option<RefreshCadence> {
+        let mut out: Option<RefreshCadence> = None;
+        for r in &self.refreshes {
+            let (first, period) = r.cadence()?;
+            let (warm, lcm) = match out {
+                None => (first + 1, period),
+                Some(c) => (c.warm_after.max(first + 1), lcm(c.period, period)?),
+            };
+            out = Some(RefreshCadence { warm_after: warm, period: lcm });
+        }
+        out
     }
 
     /// Dispatches of the step plan plus Shampoo's direction plan, and of all SOAP/Shampoo refreshes together (the

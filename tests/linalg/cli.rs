@@ -49,3 +49,23 @@ fn bench_step_runs_optimizers_that_take_the_loss() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"optimizer\":\"schedulefree_plus\"") && stdout.contains("\"ms_per_step\""), "{stdout}");
 }
+
+#[test]
+fn bench_step_times_whole_refresh_periods() {
+    // SOAP refreshing every 7 steps: 20 timed steps would carry 2 or 3 refreshes per stack, not the share
+    // training pays; the default rounds up to 21. A period beyond the default's reach asks for --steps.
+    let run = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wgoptim"))
+            .args(["bench", "step", "--optimizer", "soap", "--warmup", "1", "--json", "--config", config])
+            .output()
+            .expect("run wgoptim")
+    };
+    let out = run(r#"{"precondition_frequency": 7}"#);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"timed_steps\":21") && stdout.contains("\"refresh_period\":7"), "{stdout}");
+    let out = run(r#"{"precondition_frequency": 20000}"#);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--steps") && stderr.contains("20000"), "{stderr}");
+}

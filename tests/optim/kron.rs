@@ -568,6 +568,55 @@ fn whitening_steps_are_one_submit_even_with_refreshes() {
 }
 
 #[test]
+fn refresh_cadence_matches_the_refresh_steps() {
+    // `Optimizer::refresh_cadence` (which `bench step` times by) against the refresh steps the references take:
+    // the warm-up must reach every stack's first refresh after its cold one, the period is the frequency.
+    let warm_after = |due: &dyn Fn(u64) -> bool, cold: usize| (0..1000).filter(|&c| due(c)).nth(cold).unwrap() + 1;
+    for f in [3u32, 10] {
+        for stagger in [false, true] {
+            let c = SoapConfig { precondition_frequency: f, stagger, ..soap() };
+            let (_, dev) = build(OptimizerConfig::Soap(c.clone())).unwrap();
+            // SOAP's cold refresh is call 0's initialization, which `soap_refresh_due` leaves out.
+            let warm = (0..SPECS.len()).map(|i| warm_after(&|call| soap_refresh_due(&c, call, i), 0)).max();
+            let want = RefreshCadence { warm_after: warm.unwrap(), period: f as u64 };
+            assert_eq!(dev.refresh_cadence(), Some(want), "soap f = {f}, stagger {stagger}");
+        }
+    }
+    for (f, start, stagger) in [(4u32, None, false), (10, None, true), (5, Some(7), true), (5, Some(3), false)] {
+        let c = ShampooConfig {
+            precondition_frequency: f,
+            start_preconditioning_step: start,
+            stagger,
+            ..Default::default()
+        };
+        let (_, dev) = build(OptimizerConfig::Shampoo(c.clone())).unwrap();
+        let warm = (0..SPECS.len())
+            .flat_map(|i| [0, 1].map(|s| warm_after(&|call| shampoo_refresh_due(&c, call, i)[s], 1)))
+            .max();
+        let want = RefreshCadence { warm_after: warm.unwrap(), period: f as u64 };
+        assert_eq!(dev.refresh_cadence(), Some(want), "shampoo f = {f}, start {start:?}, stagger {stagger}");
+    }
+    // Two groups: the pattern repeats after the periods' least common multiple.
+    let gpu = gpu();
+    let store = ParamStore::new(&gpu, SPECS).unwrap();
+    let mut b = OptimizerBuilder::new(&gpu);
+    b.params_from(&store).unwrap();
+    let shampoo = ShampooConfig { precondition_frequency: 6, ..Default::default() };
+    b.rule(Matcher::Names(vec!["a".into(), "b".into()]), Group::new(OptimizerConfig::Soap(soap())));
+    b.rule(Matcher::All, Group::new(OptimizerConfig::Shampoo(shampoo)));
+    let dev = b.build().unwrap();
+    assert_eq!(dev.refresh_cadence().map(|c| c.period), Some(lcm(soap().precondition_frequency as u64, 6)));
+    // No refreshes, or PSGD-Kron's schedule, which is not periodic.
+    for opt in [OptimizerConfig::Muon(Default::default()), OptimizerConfig::PsgdKron(Default::default())] {
+        assert_eq!(build(opt).unwrap().1.refresh_cadence(), None);
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    (1..=a * b).find(|m| m % a == 0 && m % b == 0).unwrap()
+}
+
+#[test]
 fn bad_whitening_configs_are_errors() {
     let bad = [
         OptimizerConfig::Soap(SoapConfig { precondition_frequency: 0, ..soap() }),
