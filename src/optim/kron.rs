@@ -127,8 +127,8 @@ impl Refresh {
         if bound > 1 << 26 {
             return None; // nothing a benchmark could time; and not worth the scan
         }
-        let mut due = (0..bound).filter(|&c| self.due(c).is_some());
-        due.nth(1).map(|first| (first, period.max(1)))
+        let warm = (0..bound).filter(|&c| self.due(c).is_some()).nth(1)?;
+        Some((warm, period.max(1)))
     }
 
     /// Dispatches of its larger plan (for reports).

@@ -245,12 +245,12 @@ impl Optimizer {
     pub fn refresh_cadence(&self) -> Option<RefreshCadence> {
         let mut out: Option<RefreshCadence> = None;
         for r in &self.refreshes {
-            let (first, period) = r.cadence()?;
-            let (warm, lcm) = match out {
-                None => (first + 1, period),
-                Some(c) => (c.warm_after.max(first + 1), lcm(c.period, period)?),
-            };
-            out = Some(RefreshCadence { warm_after: warm, period: lcm });
+            // `warm`: the call of the refresh's first warm run, so `warm + 1` calls cover it.
+            let (warm, period) = r.cadence()?;
+            out = Some(match out {
+                None => RefreshCadence { warm_after: warm + 1, period },
+                Some(c) => RefreshCadence { warm_after: c.warm_after.max(warm + 1), period: lcm(c.period, period)? },
+            });
         }
         out
     }
